@@ -1,0 +1,54 @@
+# Two commands on a fresh Debian machine with Python 3.11: `make demo` and `make test`.
+# Both install what is missing first (system packages through apt-get, then .venv).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+APT_PACKAGES := chromium tesseract-ocr tesseract-ocr-chi-sim tesseract-ocr-eng fonts-noto-cjk
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+# Tesseract's own threads fight each other on small machines; stampless runs one per core.
+export OMP_THREAD_LIMIT := 1
+
+.PHONY: demo test install system-packages lint format bench clean
+
+demo: install
+	$(BIN)/stampless demo
+
+test: install
+	$(BIN)/python -m pytest
+
+install: system-packages $(VENV)/.installed
+
+system-packages:
+	@missing=""; \
+	for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing system packages:$$missing"; \
+	  { $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; } \
+	  || { echo "Could not install:$$missing. Install them with 'apt-get install$$missing' and run make again." >&2; exit 1; }; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+lint: install
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: install
+	$(BIN)/python bench/robot_lookup.py
+	$(BIN)/python bench/ocr_accuracy.py
+	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/instant.py
+
+clean:
+	rm -rf var bench/out .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,3 @@
+from stampless.cli import main
+
+main()

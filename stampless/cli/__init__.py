@@ -1,0 +1,102 @@
+"""The ``stampless`` command line (DESIGN.md, "Command line").
+
+Each command group lives in its own module with a ``register(app)`` function; heavy
+imports (Playwright, Tesseract wrappers, Flask) happen inside the commands, so
+``stampless --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import typer
+
+from stampless.cli._common import err_console, state
+from stampless.errors import ExitCode, StamplessError
+
+app = typer.Typer(
+    name="stampless",
+    help="Robots that verify documents against legacy department web systems.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Modules of stampless.cli that add commands; each defines register(app).
+COMMAND_MODULES = (
+    "basic",
+    "fixtures",
+)
+
+
+@app.callback()
+def _root(
+    config: Path = typer.Option(Path("robot.toml"), "--config", help="Path to robot.toml."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debug logs."),
+) -> None:
+    state.config_path = config
+    state.debug = debug
+
+
+def _hoist_global_options(argv: list[str]) -> list[str]:
+    """Move --config/--debug from anywhere to the front, where the root callback reads them."""
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--debug":
+            front.append(arg)
+        elif arg == "--config" and i + 1 < len(argv):
+            front += [arg, argv[i + 1]]
+            i += 1
+        elif arg.startswith("--config="):
+            front.append(arg)
+        elif arg == "--":
+            rest += argv[i:]
+            break
+        else:
+            rest.append(arg)
+        i += 1
+    return front + rest
+
+
+for _name in COMMAND_MODULES:
+    importlib.import_module(f"stampless.cli.{_name}").register(app)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI, turning expected errors into one line and an exit code."""
+    args = _hoist_global_options(list(sys.argv[1:] if argv is None else argv))
+    debug = "--debug" in args
+    try:
+        app(args=args, prog_name="stampless", standalone_mode=False)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except StamplessError as exc:
+        if debug:
+            raise
+        err_console.print(f"stampless: {exc}", markup=False, soft_wrap=True)
+        sys.exit(int(exc.exit_code))
+    except KeyboardInterrupt:
+        err_console.print("stampless: interrupted.")
+        sys.exit(130)
+    except Exception as exc:
+        import click
+
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(130)
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(int(ExitCode.bad_input))
+        if debug:
+            raise
+        err_console.print(
+            f"stampless: unexpected {exc.__class__.__name__}: {exc}. "
+            "Run again with --debug for the traceback, and report it.",
+            markup=False,
+            soft_wrap=True,
+        )
+        sys.exit(int(ExitCode.system_failure))

@@ -1,0 +1,42 @@
+"""What every command shares: the loaded configuration, the console, error reporting.
+
+``--config PATH`` and ``--debug`` are accepted anywhere on the command line; ``main()``
+hoists them to the root callback, so each command need not declare them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from stampless.config import Config, load_config
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+@dataclass
+class State:
+    config_path: Path = Path("robot.toml")
+    debug: bool = False
+    _config: Config | None = field(default=None, repr=False)
+
+    def config(self, *, required: bool = True) -> Config:
+        """The deployment's configuration, loaded once per process."""
+        if self._config is None:
+            self._config = load_config(self.config_path, required=required)
+        return self._config
+
+
+state = State()
+
+
+def get_config(*, required: bool = True) -> Config:
+    return state.config(required=required)
+
+
+def exit_with(code: int) -> None:
+    raise typer.Exit(int(code))

@@ -1,0 +1,383 @@
+"""robot.toml, loaded into one validated configuration.
+
+Precedence, lowest first: the defaults written here < robot.toml < environment
+variables ``STAMPLESS__SECTION__KEY=value`` (the value parsed as a TOML value when it
+parses, else taken as a string) < command-line options (applied by the CLI through
+:meth:`Config.with_overrides`).
+
+Relative paths in robot.toml are relative to the folder that holds robot.toml, so a
+project works the same from any current directory. Secrets are never values here, only
+references (``env:NAME``, ``file:PATH#NAME``, ``keyring:SERVICE/NAME``), resolved by
+:mod:`stampless.vault` when they are used.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from stampless.errors import ConfigError
+from stampless.models import Tier
+
+SECRET_SCHEMES = ("env:", "file:", "keyring:")
+ENV_PREFIX = "STAMPLESS__"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _secret_ref(value: str | None) -> str | None:
+    if value is None or value == "":
+        return None
+    if not value.startswith(SECRET_SCHEMES):
+        # Never echo the value: it may be the secret itself.
+        raise ValueError(
+            "must be a reference to a secret (env:NAME, file:PATH#NAME or keyring:SERVICE/NAME), "
+            "never the secret itself"
+        )
+    return value
+
+
+class ProjectConfig(_Section):
+    name: str = "stampless"
+    var_dir: Path = Path("var")
+
+
+class BrowserConfig(_Section):
+    executable_path: str | None = None
+    headless: bool = True
+    args: list[str] = Field(
+        default_factory=lambda: [
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--no-first-run",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+        ]
+    )
+    timeout_ms: int = Field(default=15_000, ge=100)
+    navigation_timeout_ms: int = Field(default=20_000, ge=100)
+    download_timeout_ms: int = Field(default=30_000, ge=100)
+    recycle_after: int = Field(default=200, ge=1)
+    trace: Literal["off", "on_failure", "always"] = "on_failure"
+    viewport_width: int = 1280
+    viewport_height: int = 900
+
+
+class AccountConfig(_Section):
+    name: str
+    username: str
+    password: str
+    totp: str | None = None
+
+    _check_password = field_validator("password")(_secret_ref)
+    _check_totp = field_validator("totp")(_secret_ref)
+
+
+class SystemConfig(_Section):
+    """One department system: where it is, which robot drives it, which accounts it has."""
+
+    url: str
+    robot: Path
+    selectors: Path
+    accounts: list[AccountConfig] = Field(min_length=1)
+    max_relogins: int = Field(default=3, ge=0, le=10)
+    relogin_backoff_s: float = Field(default=1.0, ge=0)
+    circuit_failures: int = Field(default=5, ge=1)
+    circuit_reset_s: float = Field(default=30.0, gt=0)
+
+
+class TypeConfig(_Section):
+    """One document type: its task module, the system that holds its records, its tier."""
+
+    task: Path
+    system: str | None = None
+    tier: Tier | None = None
+    thresholds: dict[str, float] = Field(default_factory=dict)
+
+
+class PreprocessConfig(_Section):
+    orientation: bool = True
+    deskew: bool = True
+    perspective: bool = True
+    rescale: bool = True
+    illumination: bool = True
+    remove_seal: bool = True
+    denoise: bool = True
+    binarize: bool = True
+    save_steps: bool = True
+
+
+class OcrConfig(_Section):
+    engine: Literal["tesseract", "rapidocr"] = "tesseract"
+    second_opinion: Literal["none", "rapidocr"] = "none"
+    languages: str = "chi_sim+eng"
+    tesseract_cmd: str | None = None
+    max_pixels: int = Field(default=60_000_000, ge=1_000_000)
+    max_file_mb: float = Field(default=40.0, gt=0)
+    timeout_s: float = Field(default=60.0, gt=0)
+    min_confidence: float = Field(default=0.80, ge=0, le=1)
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+
+
+class TiersConfig(_Section):
+    """Promised times (SLA) per tier, in seconds from the moment a request is received."""
+
+    instant: float = Field(default=10, gt=0)
+    robot: float = Field(default=180, gt=0)
+    manual: float = Field(default=600, gt=0)
+
+    def sla_seconds(self, tier: Tier) -> float:
+        return float(getattr(self, Tier(tier).value))
+
+
+class QueueConfig(_Section):
+    backend: Literal["sqlite"] = "sqlite"
+    path: Path | None = None  # default: <var_dir>/queue.db
+    lease_s: float = Field(default=120, gt=0)
+    max_attempts: int = Field(default=5, ge=1)
+    backoff_base_s: float = Field(default=1.0, ge=0)
+    backoff_max_s: float = Field(default=30.0, ge=0)
+
+
+class WebhookConfig(_Section):
+    url: str
+    token: str | None = None
+    timeout_s: float = Field(default=10, gt=0)
+    max_attempts: int = Field(default=8, ge=1)
+
+    _check_token = field_validator("token")(_secret_ref)
+
+
+class OutboxConfig(_Section):
+    path: Path | None = None  # default: <var_dir>/outbox
+    webhook: WebhookConfig | None = None
+
+
+class EvidenceConfig(_Section):
+    path: Path | None = None  # default: <var_dir>/evidence
+    signing_key: str | None = None
+    keep_trace_on_success: bool = False
+
+    _check_key = field_validator("signing_key")(_secret_ref)
+
+
+class AuditConfig(_Section):
+    path: Path | None = None  # default: <var_dir>/audit
+    rotate_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+
+
+class InboxConfig(_Section):
+    path: Path | None = None  # default: <var_dir>/inbox
+
+
+class JobConfig(_Section):
+    """A scheduled job: ``kind`` names what it does, ``every_s`` or ``cron`` when."""
+
+    kind: Literal["poll_inbox", "recheck", "sweep_leases", "sweep_deadlines", "deliver_outbox"]
+    every_s: float | None = Field(default=None, gt=0)
+    cron: str | None = None
+    type: str | None = None
+    older_than_days: float | None = None
+
+
+class IntakeConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=0, ge=0, le=65535)
+    token: str | None = None
+
+    _check_token = field_validator("token")(_secret_ref)
+
+
+class ReviewConfig(_Section):
+    users_path: Path | None = None  # default: <var_dir>/review/users.json
+    claim_minutes: float = Field(default=5, gt=0)
+    max_failed_logins: int = Field(default=5, ge=1)
+    lockout_minutes: float = Field(default=15, gt=0)
+    secret_key: str | None = None
+
+    _check_key = field_validator("secret_key")(_secret_ref)
+
+
+class IssuerConfig(_Section):
+    """A department that signs electronic certificates."""
+
+    public_key: str  # base64 of the raw Ed25519 public key, or a path to a PEM file
+    revocation_list: Path | None = None
+
+
+class LoggingConfig(_Section):
+    path: Path | None = None  # default: <var_dir>/log
+    level: str = "INFO"
+
+
+class Config(_Section):
+    """The whole deployment. Build it with :func:`load_config`."""
+
+    project: ProjectConfig = Field(default_factory=ProjectConfig)
+    browser: BrowserConfig = Field(default_factory=BrowserConfig)
+    systems: dict[str, SystemConfig] = Field(default_factory=dict)
+    types: dict[str, TypeConfig] = Field(default_factory=dict)
+    ocr: OcrConfig = Field(default_factory=OcrConfig)
+    tiers: TiersConfig = Field(default_factory=TiersConfig)
+    queue: QueueConfig = Field(default_factory=QueueConfig)
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    evidence: EvidenceConfig = Field(default_factory=EvidenceConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
+    inbox: InboxConfig = Field(default_factory=InboxConfig)
+    intake: IntakeConfig = Field(default_factory=IntakeConfig)
+    jobs: dict[str, JobConfig] = Field(default_factory=dict)
+    review: ReviewConfig = Field(default_factory=ReviewConfig)
+    issuers: dict[str, IssuerConfig] = Field(default_factory=dict)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    # Where robot.toml lives; relative paths resolve against it. Not a TOML key.
+    root: Path = Field(default_factory=Path.cwd, exclude=True)
+
+    def path(self, value: Path | str | None, default: str) -> Path:
+        """Resolve a configured path against the project root, or ``var_dir/default``."""
+        if value is None:
+            return self.var_dir / default
+        p = Path(value)
+        return p if p.is_absolute() else self.root / p
+
+    @property
+    def var_dir(self) -> Path:
+        v = self.project.var_dir
+        return v if v.is_absolute() else self.root / v
+
+    @property
+    def queue_path(self) -> Path:
+        return self.path(self.queue.path, "queue.db")
+
+    @property
+    def outbox_dir(self) -> Path:
+        return self.path(self.outbox.path, "outbox")
+
+    @property
+    def evidence_dir(self) -> Path:
+        return self.path(self.evidence.path, "evidence")
+
+    @property
+    def audit_dir(self) -> Path:
+        return self.path(self.audit.path, "audit")
+
+    @property
+    def log_dir(self) -> Path:
+        return self.path(self.logging.path, "log")
+
+    @property
+    def inbox_dir(self) -> Path:
+        return self.path(self.inbox.path, "inbox")
+
+    def type_config(self, type_name: str) -> TypeConfig:
+        """The configuration of a document type, or an InputError naming the known ones."""
+        try:
+            return self.types[type_name]
+        except KeyError:
+            known = ", ".join(sorted(self.types)) or "none"
+            raise ConfigError(
+                f"Unknown document type {type_name!r}; robot.toml defines: {known}."
+            ) from None
+
+    def system_config(self, system: str) -> SystemConfig:
+        try:
+            return self.systems[system]
+        except KeyError:
+            known = ", ".join(sorted(self.systems)) or "none"
+            raise ConfigError(
+                f"Unknown department system {system!r}; robot.toml defines: {known}."
+            ) from None
+
+    def with_overrides(self, overrides: dict[str, Any]) -> Config:
+        """A copy with dotted-key overrides applied (``{"browser.headless": False}``)."""
+        data = self.model_dump(mode="python")
+        for dotted, value in overrides.items():
+            _set_dotted(data, dotted, value)
+        return _validate(data, self.root, "command line")
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    node = data
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+
+
+def _env_overrides(environ: dict[str, str] | os._Environ[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        dotted = name[len(ENV_PREFIX) :].lower().replace("__", ".")
+        try:
+            value: Any = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        out[dotted] = value
+    return out
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    first = error.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        return f"{source}: unknown key '{key}'; remove it or check its spelling."
+    if kind == "missing":
+        return f"{source}: key '{key}' is required but missing."
+    msg = first["msg"]
+    more = f" (and {len(error.errors()) - 1} more problem(s))" if len(error.errors()) > 1 else ""
+    return f"{source}: key '{key}': {msg}.{more}"
+
+
+def _validate(data: dict[str, Any], root: Path, source: str) -> Config:
+    data = dict(data)
+    data.pop("root", None)
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from None
+    cfg.root = root
+    return cfg
+
+
+def load_config(
+    path: Path | str | None = None,
+    *,
+    environ: dict[str, str] | None = None,
+    required: bool = True,
+) -> Config:
+    """Load robot.toml (default ``./robot.toml``), apply environment overrides, validate.
+
+    With ``required=False`` a missing file gives the defaults rooted at the current folder.
+    Raises :class:`ConfigError` with the file, the key and what was expected.
+    """
+    file = Path(path) if path is not None else Path("robot.toml")
+    data: dict[str, Any] = {}
+    if file.is_file():
+        try:
+            data = tomllib.loads(file.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{file}: not valid TOML ({exc}).") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{file}: cannot be read ({exc.__class__.__name__}).") from None
+        root = file.resolve().parent
+    elif required:
+        raise ConfigError(
+            f"{file}: no such file; run from a project folder, pass --config PATH, "
+            "or create a project with 'stampless init DIR'."
+        )
+    else:
+        root = Path.cwd()
+    for dotted, value in _env_overrides(environ if environ is not None else os.environ).items():
+        _set_dotted(data, dotted, value)
+    return _validate(data, root, str(file))

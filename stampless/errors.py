@@ -1,0 +1,90 @@
+"""The exceptions of stampless, in two families under one root.
+
+    StamplessError                   every error the framework raises on purpose
+    ├── InputError       (exit 2)    bad request, config, image or usage: fix the input
+    │   └── ConfigError              robot.toml or a file it names is wrong
+    ├── BusinessError                final: the document is wrong, becomes a verdict
+    │   ├── RecordNotFound           the department system has no such record
+    │   └── RecordRevoked            the record exists but is revoked or cancelled
+    └── SystemFailure    (exit 4)    retried with backoff, then reported
+        ├── RobotError               the robot could not finish (selector, page, dialog)
+        ├── SessionLost              the system logged us out (re-login, then retry)
+        ├── DepartmentUnavailable    5xx, timeout, connection refused, circuit open
+        ├── BrowserError             Chromium missing, crashed or would not start
+        └── OcrEngineError           Tesseract missing or crashed
+
+Third-party exceptions (Playwright, pytesseract, PIL) are translated into these at the
+module that calls the library, with ``raise ... from exc``. Every message is a sentence a
+user can act on; it never contains a secret or a full ID number.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Process exit codes of the CLI (DESIGN.md, "Exit codes")."""
+
+    ok = 0
+    not_verified = 1
+    bad_input = 2
+    manual_review = 3
+    system_failure = 4
+
+
+class StamplessError(Exception):
+    """Root of all stampless errors. ``str(exc)`` is the one-line user-facing message."""
+
+    exit_code: ExitCode = ExitCode.system_failure
+
+
+class InputError(StamplessError):
+    """The input is wrong (request, image, arguments). Retrying will not help."""
+
+    exit_code = ExitCode.bad_input
+
+
+class ConfigError(InputError):
+    """robot.toml, or a file it refers to, is missing or invalid."""
+
+
+class BusinessError(StamplessError):
+    """A final answer about the document. The pipeline turns it into a verdict."""
+
+    exit_code = ExitCode.not_verified
+
+
+class RecordNotFound(BusinessError):
+    """The department system has no record for the key that was looked up."""
+
+
+class RecordRevoked(BusinessError):
+    """The record exists but has been revoked or cancelled."""
+
+
+class SystemFailure(StamplessError):
+    """Something outside the document failed; the queue retries it with backoff."""
+
+    exit_code = ExitCode.system_failure
+    retryable: bool = True
+
+
+class RobotError(SystemFailure):
+    """The robot could not complete its steps (selector not found, unexpected page)."""
+
+
+class SessionLost(RobotError):
+    """The department system logged the robot out; log in again and retry."""
+
+
+class DepartmentUnavailable(SystemFailure):
+    """The department system answered 5xx, timed out or refused the connection."""
+
+
+class BrowserError(SystemFailure):
+    """Chromium could not be found, started, or crashed."""
+
+
+class OcrEngineError(SystemFailure):
+    """The OCR engine is missing or failed on an image."""

@@ -1,0 +1,165 @@
+"""The typed data that flows between stages (DESIGN.md, "Data flow").
+
+Every stage takes and returns these pydantic models, so any stage can run alone and
+the formats on disk (request, verdict) are validated in one place.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware in UTC (every timestamp stampless writes)."""
+    return datetime.now(UTC)
+
+
+def check_request_id(value: str) -> str:
+    """Validate an idempotency key: it becomes a file name, so no path tricks."""
+    if not REQUEST_ID_PATTERN.match(value) or ".." in value:
+        raise ValueError(
+            "an id may hold only letters, digits, '-', '_' and '.', start with a letter or "
+            "digit, contain no '..', and be at most 128 characters"
+        )
+    return value
+
+
+RequestId = Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class Tier(StrEnum):
+    instant = "instant"
+    robot = "robot"
+    manual = "manual"
+
+
+class VerdictKind(StrEnum):
+    verified = "verified"
+    mismatch = "mismatch"
+    not_found = "not_found"
+    needs_review = "needs_review"
+    error = "error"
+
+
+class FieldStatus(StrEnum):
+    match = "match"
+    mismatch = "mismatch"
+    unreadable = "unreadable"
+    missing = "missing"
+
+
+class Request(BaseModel):
+    """One verification request (DESIGN.md, "Request"). ``id`` is the idempotency key."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: RequestId
+    type: str = Field(min_length=1, max_length=64)
+    claim: dict[str, Any]
+    scan: str | None = None
+    ecert: str | None = None
+    priority: int = 0
+    case_id: str | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _id_is_safe(cls, value: str) -> str:
+        return check_request_id(value)
+
+    @field_validator("case_id")
+    @classmethod
+    def _case_id_is_safe(cls, value: str | None) -> str | None:
+        return None if value is None else check_request_id(value)
+
+    def scan_path(self, base: Path) -> Path | None:
+        """The scan as a path, relative to ``base`` (the request file's folder) if not absolute."""
+        if self.scan is None:
+            return None
+        path = Path(self.scan)
+        return path if path.is_absolute() else base / path
+
+    def ecert_path(self, base: Path) -> Path | None:
+        """The electronic certificate file, resolved like ``scan``."""
+        if self.ecert is None:
+            return None
+        path = Path(self.ecert)
+        return path if path.is_absolute() else base / path
+
+
+class OcrField(BaseModel):
+    """One field read from a scan."""
+
+    value: str | None
+    confidence: float = Field(ge=0.0, le=1.0)
+    valid: bool
+    raw: str | None = None
+    box: tuple[int, int, int, int] | None = None  # left, top, width, height in the read image
+
+
+class OcrWord(BaseModel):
+    text: str
+    confidence: float
+    box: tuple[int, int, int, int]
+
+
+class OcrResult(BaseModel):
+    """What the OCR stage returns: fields by name, the words with their boxes, timings."""
+
+    type: str
+    fields: dict[str, OcrField]
+    words: list[OcrWord] = []
+    text: str = ""
+    image_size: tuple[int, int] | None = None
+    seconds: float = 0.0
+    engine: str = "tesseract"
+
+
+class Record(BaseModel):
+    """A record as a robot read it from the department system."""
+
+    system: str
+    key: str
+    fields: dict[str, str]
+    status: str = "valid"
+    url: str | None = None
+
+
+class FieldResult(BaseModel):
+    name: str
+    claimed: str | None
+    ocr: str | None
+    record: str | None
+    status: FieldStatus
+    confidence: float = Field(ge=0.0, le=1.0)
+
+
+class Verdict(BaseModel):
+    """The outcome of one request (DESIGN.md, "Verdict"); written once to the outbox."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str
+    type: str
+    tier: Tier
+    verdict: VerdictKind
+    fields: list[FieldResult] = []
+    reasons: list[str] = []
+    evidence: str | None = None
+    manifest_sha256: str | None = None
+    received_at: datetime
+    finished_at: datetime
+    deadline: datetime | None = None
+    sla_met: bool | None = None
+    attempts: int = 1
+    stampless_version: str
+    case_id: str | None = None
+    decided_by: str | None = None
+    supersedes: str | None = None
