@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -33,8 +34,10 @@ COMMAND_MODULES = (
 
 @app.callback()
 def _root(
-    config: Path = typer.Option(Path("robot.toml"), "--config", help="Path to robot.toml."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debug logs."),
+    config: Annotated[Path, typer.Option("--config", help="Path to robot.toml.")] = Path(
+        "robot.toml"
+    ),
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
 ) -> None:
     state.config_path = config
     state.debug = debug
