@@ -1,0 +1,137 @@
+"""The outbox: one verdict per request, written atomically and never rewritten.
+
+The hall's own system reads ``<outbox_dir>/<request_id>.json``. A file appears whole or
+not at all (temp file in the same folder, fsync, rename, fsync of the folder), so a
+reader never sees half a verdict and a crash never leaves one. Writing the same verdict
+again is a no-op, which makes the write idempotent for a worker that re-runs after a
+crash; writing a *different* verdict under the same name raises :class:`OutboxConflict`,
+because a delivered verdict must never change. A later re-check writes a new file whose
+verdict names the first one in ``supersedes`` (see :func:`recheck_name`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from stampless.errors import StamplessError
+from stampless.models import Verdict, VerdictKind, check_request_id, utcnow
+
+# needs_review is not final: it goes to the review store, and the reviewer's decision is
+# what reaches the outbox later under the same request id.
+FINAL_VERDICTS = frozenset(
+    {VerdictKind.verified, VerdictKind.mismatch, VerdictKind.not_found, VerdictKind.error}
+)
+
+
+class OutboxConflict(StamplessError):
+    """A different verdict already exists in the outbox under this name."""
+
+
+def verdict_bytes(verdict: Verdict) -> bytes:
+    """The exact bytes written for a verdict (stable, so rewrites can be compared)."""
+    return (verdict.model_dump_json(indent=2) + "\n").encode("utf-8")
+
+
+def outbox_path(outbox_dir: Path, name: str) -> Path:
+    """The outbox file of a request id (or other verdict name), checked for path tricks."""
+    try:
+        check_request_id(name)
+    except ValueError as exc:
+        raise OutboxConflict(f"Outbox name {name!r} is not a safe file name: {exc}.") from exc
+    return Path(outbox_dir) / f"{name}.json"
+
+
+def _fsync_dir(folder: Path) -> None:
+    # The rename is only durable once the directory entry is on disk.
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_verdict(outbox_dir: Path, verdict: Verdict, *, name: str | None = None) -> Path:
+    """Write ``verdict`` to ``<outbox_dir>/<name or request_id>.json`` atomically, once.
+
+    Returns the path. If the file already holds exactly these bytes, returns quietly
+    (idempotent). If it holds anything else, raises :class:`OutboxConflict` and leaves
+    the file alone. ``needs_review`` verdicts are refused: they are not final.
+    """
+    if verdict.verdict not in FINAL_VERDICTS:
+        raise OutboxConflict(
+            f"Verdict {verdict.verdict.value!r} for {verdict.request_id} is not final; "
+            "send it to the review store instead of the outbox."
+        )
+    outbox_dir = Path(outbox_dir)
+    target = outbox_path(outbox_dir, name or verdict.request_id)
+    data = verdict_bytes(verdict)
+    outbox_dir.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        return _same_or_conflict(target, data)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".tmp", dir=outbox_dir)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        # os.link fails if the target exists, so two writers racing on one id cannot
+        # overwrite each other (rename would silently replace).
+        try:
+            os.link(tmp, target)
+        except FileExistsError:
+            return _same_or_conflict(target, data)
+        _fsync_dir(outbox_dir)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return target
+
+
+def _same_or_conflict(target: Path, data: bytes) -> Path:
+    if target.read_bytes() == data:
+        return target
+    raise OutboxConflict(
+        f"The outbox already holds a different verdict in {target.name}; verdicts are never "
+        "rewritten, so write a re-check under a new name that supersedes it."
+    )
+
+
+def read_verdict(outbox_dir: Path, name: str) -> Verdict | None:
+    """The verdict stored under ``name``, or None if there is none yet."""
+    path = outbox_path(outbox_dir, name)
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    try:
+        return Verdict.model_validate_json(raw)
+    except ValidationError as exc:
+        raise OutboxConflict(
+            f"{path} is not a valid verdict; move it aside and re-run the request."
+        ) from exc
+
+
+def has_verdict(outbox_dir: Path, name: str) -> bool:
+    """True when the outbox already holds a verdict under ``name``."""
+    return outbox_path(outbox_dir, name).is_file()
+
+
+def iter_verdicts(outbox_dir: Path) -> Iterator[Path]:
+    """The verdict files in the outbox, oldest name first (temp files skipped)."""
+    outbox_dir = Path(outbox_dir)
+    if not outbox_dir.is_dir():
+        return
+    yield from sorted(p for p in outbox_dir.glob("*.json") if not p.name.startswith("."))
+
+
+def recheck_name(request_id: str, when: str | None = None) -> str:
+    """The outbox name of a later re-check of ``request_id`` (its verdict supersedes it)."""
+    stamp = when or utcnow().strftime("%Y%m%dT%H%M%S")
+    return f"{request_id}.recheck-{stamp}"
