@@ -6,15 +6,35 @@ the formats on disk (request, verdict) are validated in one place.
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+MAX_REQUEST_BYTES = 1024 * 1024
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One sentence for the first problem pydantic found (and how many more there are)."""
+    errors = exc.errors()
+    first = errors[0]
+    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    if first["type"] == "missing":
+        text = f"field '{where}' is required but missing."
+    elif first["type"] == "extra_forbidden":
+        text = f"field '{where}' is not allowed here."
+    else:
+        text = f"field '{where}': {first['msg']}."
+    if len(errors) > 1:
+        text += f" ({len(errors) - 1} more problem(s).)"
+    return text
 
 
 def utcnow() -> datetime:
@@ -78,6 +98,30 @@ class Request(BaseModel):
     @classmethod
     def _case_id_is_safe(cls, value: str | None) -> str | None:
         return None if value is None else check_request_id(value)
+
+    @classmethod
+    def from_file(cls, path: Path) -> Request:
+        """Read and validate a request JSON file; InputError names the file and the problem."""
+        from stampless.errors import InputError
+
+        try:
+            raw = Path(path).read_bytes()
+        except FileNotFoundError:
+            raise InputError(f"{path}: no such request file.") from None
+        except OSError as exc:
+            raise InputError(f"{path}: cannot be read ({exc.strerror}).") from None
+        if len(raw) > MAX_REQUEST_BYTES:
+            raise InputError(f"{path}: larger than {MAX_REQUEST_BYTES // 1024} KiB; not a request.")
+        try:
+            data = json.loads(raw.decode("utf-8-sig"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InputError(f"{path}: not valid JSON ({exc}); fix the file.") from None
+        if not isinstance(data, dict):
+            raise InputError(f"{path}: a request is a JSON object with id, type and claim.")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise InputError(f"{path}: {describe_validation_error(exc)}") from None
 
     def scan_path(self, base: Path) -> Path | None:
         """The scan as a path, relative to ``base`` (the request file's folder) if not absolute."""
