@@ -241,12 +241,14 @@ class Config(_Section):
     # Where robot.toml lives; relative paths resolve against it. Not a TOML key.
     root: Path = Field(default_factory=Path.cwd, exclude=True)
 
-    def path(self, value: Path | str | None, default: str) -> Path:
-        """Resolve a configured path against the project root, or ``var_dir/default``."""
-        if value is None:
-            return self.var_dir / default
+    def resolve(self, value: Path | str) -> Path:
+        """A path from robot.toml, relative to the folder that holds robot.toml."""
         p = Path(value)
         return p if p.is_absolute() else self.root / p
+
+    def path(self, value: Path | str | None, default: str) -> Path:
+        """Resolve a configured path against the project root, or ``var_dir/default``."""
+        return self.var_dir / default if value is None else self.resolve(value)
 
     @property
     def var_dir(self) -> Path:
@@ -347,6 +349,13 @@ def _validate(data: dict[str, Any], root: Path, source: str) -> Config:
     except ValidationError as exc:
         raise ConfigError(_describe(exc, source)) from None
     cfg.root = root
+    # Code and selector maps are found by path relative to robot.toml; make them absolute
+    # once here so every consumer gets the same file whatever the current folder is.
+    for system in cfg.systems.values():
+        system.robot = cfg.resolve(system.robot)
+        system.selectors = cfg.resolve(system.selectors)
+    for doc_type in cfg.types.values():
+        doc_type.task = cfg.resolve(doc_type.task)
     return cfg
 
 
