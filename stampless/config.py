@@ -211,6 +211,7 @@ class IssuerConfig(_Section):
 
     public_key: str  # base64 of the raw Ed25519 public key, or a path to a PEM file
     revocation_list: Path | None = None
+    types: list[str] = Field(default_factory=list)  # document types it may sign; empty: any
 
 
 class LoggingConfig(_Section):
