@@ -1,0 +1,196 @@
+"""How a task module declares a document type, and how robot.toml's types are loaded.
+
+A task module in ``tasks/`` (loaded by file path, never imported as a package) defines
+``DOCUMENT = DocumentType(...)``: the claim schema a request must satisfy, the fields OCR
+reads (label anchors, format, normalizer, comparison rule, confidence threshold), the
+key a robot looks the record up by, and the default tier and department system. The
+engine knows no document; everything document-specific lives in the task module.
+
+The claim value types below (:data:`ResidentId`, :data:`CreditCode`, :data:`IsoDate`,
+...) validate and canonicalize what an applicant typed, so the comparison sees the same
+forms as OCR and the department record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator
+
+from stampless import normalize as norm
+from stampless.config import Config
+from stampless.errors import ConfigError
+from stampless.loader import load_attribute
+from stampless.models import Tier
+
+
+class Rule(StrEnum):
+    """How a field's claimed, read and recorded values are compared (stampless.compare)."""
+
+    exact = "exact"  # equal after normalization: numbers, dates, codes
+    name = "name"  # CJK names exact; Latin names by rapidfuzz similarity
+    text = "text"  # exact; a near miss (OCR noise) goes to review, never to verified
+    numeric = "numeric"  # |a - b| <= tolerance
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One field of a document type.
+
+    ``labels`` are the printed label texts that anchor the field (spaces and OCR noise
+    in them are tolerated); ``kind`` names the normalizer in
+    :data:`stampless.normalize.NORMALIZERS`, which also decides what "valid" means.
+    ``occurrence`` picks the n-th appearance of a label (a marriage certificate prints
+    姓名 once per person); ``part`` picks the n-th value of the kind after the label
+    (缴费起止年月 holds two months). ``region`` is where on the page, as fractions
+    ``(left, top, right, bottom)``, the label is expected; it ranks candidate anchors
+    and bounds the fallback search. ``whitelist`` and ``psm`` drive the re-read of the
+    field's own region; ``pattern`` is a regular expression the value is searched with
+    in the text after the label (the kind's own search is used when None).
+    """
+
+    name: str
+    labels: tuple[str, ...]
+    kind: str
+    rule: Rule = Rule.exact
+    required: bool = True
+    threshold: float | None = None
+    pattern: str | None = None
+    whitelist: str | None = None
+    psm: int = 7
+    occurrence: int = 0
+    part: int = 0
+    region: tuple[float, float, float, float] | None = None
+    tolerance: float = 0.0
+    max_chars: int = 60
+
+    def __post_init__(self) -> None:
+        if self.kind not in norm.NORMALIZERS:
+            raise ValueError(
+                f"field {self.name!r}: unknown kind {self.kind!r}; "
+                f"use one of {', '.join(norm.NORMALIZERS)}"
+            )
+        if not self.labels:
+            raise ValueError(f"field {self.name!r}: give at least one label")
+
+
+@dataclass(frozen=True)
+class DocumentType:
+    """A document type: what a claim holds, what OCR reads, how verdicts are decided."""
+
+    name: str
+    title: str
+    tier: Tier
+    system: str | None
+    key_field: str
+    claim_model: type[BaseModel]
+    fields: tuple[FieldSpec, ...]
+    # Words printed on every genuine page (the title); a page without them needs review.
+    page_markers: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        names = [f.name for f in self.fields]
+        if len(set(names)) != len(names):
+            raise ValueError(f"document type {self.name!r}: field names repeat")
+        if self.key_field not in names:
+            raise ValueError(f"document type {self.name!r}: key_field is not one of its fields")
+        extra = self.claim_model.model_config.get("extra")
+        if extra != "forbid":
+            raise ValueError(f"document type {self.name!r}: the claim model must forbid extra keys")
+
+    def field(self, name: str) -> FieldSpec:
+        """The field named ``name`` (KeyError if there is none)."""
+        for spec in self.fields:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+
+# --- claim value types for task modules ----------------------------------------------
+
+
+def _checked(kind: str, what: str) -> AfterValidator:
+    def validate(value: str) -> str:
+        canonical, valid = norm.check(kind, value)
+        if canonical is None or not valid:
+            raise ValueError(f"is not {what}")
+        return canonical
+
+    return AfterValidator(validate)
+
+
+def _as_text(value: object) -> object:
+    # Counts and amounts arrive as JSON numbers from some halls; compare them as text.
+    return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+
+
+ResidentId = Annotated[
+    str, _checked("resident_id", "an 18-character resident ID with a valid check digit")
+]
+CreditCode = Annotated[
+    str,
+    _checked("credit_code", "an 18-character unified social credit code with a valid check"),
+]
+CertNo = Annotated[str, _checked("cert_no", "a certificate number like J320102-2024-001234")]
+IsoDate = Annotated[str, _checked("date", "a date such as 2024-01-02")]
+YearMonth = Annotated[str, _checked("month", "a month such as 2024-01")]
+PersonName = Annotated[str, _checked("name", "a name of 2 to 6 CJK characters or Latin letters")]
+Text = Annotated[str, _checked("text", "a text of at least two characters")]
+Capital = Annotated[
+    str, BeforeValidator(_as_text), _checked("capital", "an amount in 万元 such as 100")
+]
+Count = Annotated[str, BeforeValidator(_as_text), _checked("integer", "a whole number")]
+
+
+# --- loading -------------------------------------------------------------------------
+
+
+def bundled_tasks_dir() -> Path:
+    """The tasks/ folder of the stampless repository (the three bundled document types)."""
+    import stampless
+
+    return Path(stampless.__file__).resolve().parents[1] / "tasks"
+
+
+@lru_cache(maxsize=64)
+def _load(path: Path, tier: Tier | None, system: str | None) -> DocumentType:
+    doc = load_attribute(path, "DOCUMENT")
+    if not isinstance(doc, DocumentType):
+        raise ConfigError(
+            f"{path}: DOCUMENT must be a stampless.DocumentType, not {type(doc).__name__}."
+        )
+    if tier is not None:
+        doc = dataclasses.replace(doc, tier=Tier(tier))
+    if system is not None:
+        doc = dataclasses.replace(doc, system=system)
+    return doc
+
+
+def load_doctype_file(
+    path: Path, *, tier: Tier | None = None, system: str | None = None
+) -> DocumentType:
+    """Load ``DOCUMENT`` from a task module file; ``tier``/``system`` override its defaults."""
+    return _load(Path(path).resolve(), tier, system)
+
+
+def load_doctype(config: Config, type_name: str) -> DocumentType:
+    """The document type ``type_name`` of robot.toml (``[types.NAME] task = ...``).
+
+    The task path is relative to robot.toml's folder. ``tier`` and ``system`` set in
+    robot.toml override the module's defaults. Cached per path; raises ConfigError for an
+    unknown type or a broken module.
+    """
+    tc = config.type_config(type_name)
+    path = config.path(tc.task, "")
+    doc = load_doctype_file(path, tier=tc.tier, system=tc.system)
+    if doc.name != type_name:
+        raise ConfigError(
+            f"{path}: declares document type {doc.name!r}, but robot.toml loads it as "
+            f"{type_name!r}; make the names agree."
+        )
+    return doc

@@ -1,0 +1,84 @@
+"""结婚证 (marriage certificate): civil affairs, robot tier (DOCUMENTS.md).
+
+Loaded by file path from robot.toml (``[types.marriage_certificate] task = ...``).
+Each person block prints 姓名 and 身份证件号; the holder's block comes first, so the
+holder's fields take the first occurrence of those labels and the spouse's the second.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+from stampless import (
+    CertNo,
+    DocumentType,
+    FieldSpec,
+    IsoDate,
+    PersonName,
+    ResidentId,
+    Rule,
+    Tier,
+)
+
+ID_CHARS = "0123456789X"
+
+
+class MarriageClaim(BaseModel):
+    """What an application states about a marriage certificate."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    cert_no: CertNo
+    holder_name: PersonName
+    holder_id: ResidentId
+    registered_on: IsoDate
+    spouse_name: PersonName | None = None
+    spouse_id: ResidentId | None = None
+
+
+DOCUMENT = DocumentType(
+    name="marriage_certificate",
+    title="结婚证",
+    tier=Tier.robot,
+    system="civil_affairs",
+    key_field="cert_no",
+    claim_model=MarriageClaim,
+    page_markers=("结婚证",),
+    fields=(
+        FieldSpec(
+            name="cert_no",
+            labels=("结婚证字号", "证字号"),
+            kind="cert_no",
+            whitelist="J0123456789-",
+        ),
+        FieldSpec(name="registered_on", labels=("登记日期",), kind="date"),
+        FieldSpec(
+            name="holder_name",
+            labels=("持证人", "姓名"),
+            kind="name",
+            rule=Rule.name,
+            max_chars=8,
+        ),
+        FieldSpec(
+            name="holder_id",
+            labels=("身份证件号", "身份证号"),
+            kind="resident_id",
+            whitelist=ID_CHARS,
+        ),
+        FieldSpec(
+            name="spouse_name",
+            labels=("姓名",),
+            kind="name",
+            rule=Rule.name,
+            occurrence=1,
+            max_chars=8,
+        ),
+        FieldSpec(
+            name="spouse_id",
+            labels=("身份证件号", "身份证号"),
+            kind="resident_id",
+            whitelist=ID_CHARS,
+            occurrence=1,
+        ),
+    ),
+)
