@@ -8,6 +8,7 @@ imports (Playwright, Tesseract wrappers, Flask) happen inside the commands, so
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -72,6 +73,8 @@ for _name in COMMAND_MODULES:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning expected errors into one line and an exit code."""
+    # Tesseract's own threads fight each other on small machines; we run one per core.
+    os.environ.setdefault("OMP_THREAD_LIMIT", "1")
     args = _hoist_global_options(list(sys.argv[1:] if argv is None else argv))
     debug = "--debug" in args
     try:

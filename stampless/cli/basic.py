@@ -1,10 +1,31 @@
-"""Top-level commands: version (more are added by the pipeline work)."""
+"""Top-level commands: verify, doctor, demo, version."""
 
 from __future__ import annotations
 
-import typer
+import asyncio
+import json
+from pathlib import Path
+from typing import Annotated
 
-from stampless.cli._common import console
+import typer
+from rich.table import Table
+
+from stampless.cli._common import console, exit_with, get_config, state
+from stampless.errors import ExitCode
+
+VERDICT_STYLE = {
+    "verified": "bold green",
+    "mismatch": "bold red",
+    "not_found": "bold yellow",
+    "needs_review": "bold blue",
+    "error": "bold magenta",
+}
+
+
+def _setup_logging(*, required: bool = True) -> None:
+    from stampless._logging import setup_logging
+
+    setup_logging(get_config(required=required), debug=state.debug)
 
 
 def register(app: typer.Typer) -> None:
@@ -14,3 +35,90 @@ def register(app: typer.Typer) -> None:
         from stampless._version import __version__
 
         console.print(__version__)
+
+    @app.command()
+    def verify(
+        request: Annotated[Path, typer.Argument(help="The request JSON file.")],
+        as_json: Annotated[bool, typer.Option("--json", help="Print the verdict as JSON.")] = False,
+    ) -> None:
+        """Verify one request now. Exit 0 verified, 1 not verified, 2 bad input, 3 sent to
+        manual review, 4 the department system or robot failed."""
+        from stampless.verify import verify_file
+
+        _setup_logging()
+        outcome = asyncio.run(verify_file(get_config(), request))
+        verdict = outcome.verdict
+        if as_json:
+            console.print_json(verdict.model_dump_json())
+        else:
+            style = VERDICT_STYLE.get(verdict.verdict.value, "bold")
+            console.print(f"[{style}]{verdict.verdict.value}[/] {verdict.request_id}")
+            for reason in verdict.reasons:
+                console.print(f"  {reason}", markup=False)
+            where = outcome.destination or "the manual review queue"
+            console.print(f"  verdict: {where}", markup=False)
+            console.print(f"  evidence: {verdict.evidence}", markup=False)
+        exit_with(outcome.exit_code)
+
+    @app.command()
+    def doctor() -> None:
+        """Say what this machine is missing for stampless, and how to get it."""
+        from stampless.doctor import run_checks
+
+        checks = run_checks(get_config(required=False))
+        table = Table("check", "", "detail", "how to fix", box=None, pad_edge=False)
+        for check in checks:
+            mark = "[green]ok[/]" if check.ok else "[red]missing[/]"
+            table.add_row(check.name, mark, check.detail, check.fix)
+        console.print(table)
+        if not all(c.ok for c in checks):
+            exit_with(ExitCode.system_failure)
+
+    @app.command()
+    def demo(
+        difficulty: Annotated[
+            str, typer.Option(help="How degraded the demo scans are: easy, normal or hard.")
+        ] = "normal",
+        workers: Annotated[int, typer.Option(min=1, max=8, help="Requests at once.")] = 2,
+        as_json: Annotated[bool, typer.Option("--json", help="Print rows as JSON.")] = False,
+    ) -> None:
+        """Verify a handful of generated scans end to end against the emulated systems."""
+        from stampless.demo import run_demo
+
+        if difficulty not in ("easy", "normal", "hard"):
+            raise typer.BadParameter("use easy, normal or hard", param_hint="--difficulty")
+        _setup_logging()
+        rows, summary, seconds = run_demo(get_config(), difficulty=difficulty, workers=workers)
+        if as_json:
+            console.print_json(
+                json.dumps(
+                    [
+                        {
+                            "request": r.item.request_path.name,
+                            "verdict": r.verdict,
+                            "expected": r.item.expected,
+                            "evidence": r.outcome.verdict.evidence if r.outcome else None,
+                        }
+                        for r in rows
+                    ]
+                )
+            )
+        else:
+            table = Table(
+                "request", "scan", "verdict", "expected", "evidence", title="stampless demo"
+            )
+            for r in rows:
+                style = VERDICT_STYLE.get(r.verdict, "bold")
+                expected = r.item.expected if r.as_expected else f"[red]{r.item.expected}[/]"
+                evidence = (r.outcome.verdict.evidence if r.outcome else r.error) or ""
+                table.add_row(
+                    r.item.request_path.name.removesuffix(".request.json"),
+                    r.item.note,
+                    f"[{style}]{r.verdict}[/]",
+                    expected,
+                    evidence,
+                )
+            console.print(table)
+            console.print(f"{len(rows)} requests in {seconds:.1f} s. Summary: {summary}")
+        if any(r.outcome is None for r in rows):
+            exit_with(ExitCode.system_failure)

@@ -1,0 +1,405 @@
+"""The orchestrator: one request in, one sealed verdict out (DESIGN.md, "Data flow").
+
+It reads like the recipe it is::
+
+    validate  -> claim model of the document type, scan opened safely
+    route     -> instant (e-certificate), robot, or manual tier
+    gather    -> robot lookup on the department system  ||  OCR of the scan (in a thread)
+    decide    -> compare claim / OCR / record field by field
+    seal      -> evidence bundle with a signed manifest, audit entries
+
+The pipeline never writes the outbox and never retries across attempts: the caller
+(``stampless verify`` or a queue worker) does both. One ``Pipeline`` per process owns
+one browser (through :class:`stampless.robot.RobotRuntime`), started on first use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from loguru import logger
+
+from stampless._version import __version__
+from stampless.audit import AuditLog
+from stampless.compare import Decision, decide
+from stampless.config import Config
+from stampless.doctype import DocumentType, load_doctype
+from stampless.errors import InputError, RecordNotFound, RecordRevoked
+from stampless.evidence import EvidenceBundle
+from stampless.models import (
+    OcrResult,
+    Record,
+    Request,
+    Tier,
+    Verdict,
+    VerdictKind,
+    describe_validation_error,
+    utcnow,
+)
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from stampless.robot import RobotRuntime
+    from stampless.signing import Signer
+
+MANUAL_REASON = "Confidential record: a person decides; the robot gathered the evidence."
+
+
+class Pipeline:
+    """Runs requests through the stages; use as ``async with Pipeline(config) as p``."""
+
+    def __init__(self, config: Config, *, signer: Signer | None = None) -> None:
+        self.config = config
+        self._signer = signer
+        self._runtime: RobotRuntime | None = None
+        self._runtime_lock = asyncio.Lock()
+        self.audit = AuditLog(config.audit_dir, rotate_bytes=config.audit.rotate_bytes)
+
+    async def __aenter__(self) -> Pipeline:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._runtime is not None:
+            await self._runtime.__aexit__(None, None, None)
+            self._runtime = None
+
+    # -- routing -----------------------------------------------------------------------
+
+    def doctype(self, type_name: str) -> DocumentType:
+        """The document type of ``type_name`` (InputError when robot.toml does not know it)."""
+        return load_doctype(self.config, type_name)
+
+    def tier_of(self, request: Request) -> Tier:
+        """Instant when the request carries an e-certificate, else the document type's tier."""
+        if request.ecert is not None:
+            return Tier.instant
+        return self.doctype(request.type).tier
+
+    def system_of(self, request: Request) -> str | None:
+        """The department system whose account a worker must hold, or None (no browser)."""
+        if self.tier_of(request) is Tier.instant:
+            return None
+        return self.doctype(request.type).system
+
+    def deadline_for(self, request: Request, received_at: datetime) -> datetime:
+        return received_at + timedelta(seconds=self.config.tiers.sla_seconds(self.tier_of(request)))
+
+    # -- the stages ----------------------------------------------------------------------
+
+    def validate(self, request: Request, base_dir: Path) -> tuple[DocumentType, BaseModel]:
+        """Check everything that can be checked without side effects; InputError if wrong."""
+        from pydantic import ValidationError
+
+        from stampless.ocr import open_image
+
+        doctype = self.doctype(request.type)
+        try:
+            claim = doctype.claim_model.model_validate(request.claim)
+        except ValidationError as exc:
+            raise InputError(
+                f"Request {request.id}: claim {describe_validation_error(exc)}"
+            ) from None
+        if request.ecert is not None:
+            ecert = request.ecert_path(base_dir)
+            if ecert is None or not ecert.is_file():
+                raise InputError(
+                    f"Request {request.id}: e-certificate file {request.ecert} not found."
+                )
+        else:
+            scan = request.scan_path(base_dir)
+            if scan is None:
+                raise InputError(f"Request {request.id}: 'scan' is required for {request.type}.")
+            open_image(scan, self.config.ocr).close()
+        return doctype, claim
+
+    async def process(
+        self,
+        request: Request,
+        *,
+        base_dir: Path,
+        received_at: datetime,
+        deadline: datetime | None = None,
+        attempt: int = 1,
+        account: str | None = None,
+    ) -> Verdict:
+        """Verify one request and seal its evidence; see the module docstring.
+
+        Returns the verdict (verified, mismatch, not_found or needs_review). Raises
+        InputError for a bad request (final) and SystemFailure when the department
+        system or the robot failed (the caller retries).
+        """
+        with logger.contextualize(request_id=request.id):
+            doctype, claim = self.validate(request, base_dir)
+            tier = self.tier_of(request)
+            deadline = deadline or self.deadline_for(request, received_at)
+            bundle = self._open_bundle(request, base_dir, attempt=attempt)
+            if tier is Tier.instant:
+                decision = await self._instant(request, base_dir, claim, bundle)
+                ocr: OcrResult | None = None
+            else:
+                ocr, record = await asyncio.gather(
+                    self._read_scan(request, base_dir, doctype, bundle),
+                    self._lookup(request, doctype, claim, bundle, account, deadline),
+                )
+                decision = decide(
+                    doctype,
+                    claim,
+                    ocr,
+                    record,
+                    thresholds=self.config.types[request.type].thresholds,
+                    min_confidence=self.config.ocr.min_confidence,
+                )
+                self.audit.append("compared", request_id=request.id, verdict=decision.verdict)
+                if tier is Tier.manual:
+                    decision = _to_review(decision, MANUAL_REASON)
+            logger.info("{} {}: {}", request.type, tier.value, decision.verdict.value)
+            return self._seal(
+                request,
+                bundle,
+                decision,
+                tier=tier,
+                received_at=received_at,
+                deadline=deadline,
+                attempts=attempt,
+            )
+
+    async def escalate(
+        self,
+        request: Request,
+        *,
+        base_dir: Path,
+        received_at: datetime,
+        deadline: datetime | None,
+        attempts: int,
+        reason: str,
+    ) -> Verdict:
+        """Seal what earlier attempts gathered as a needs_review verdict for a person."""
+        decision = Decision(verdict=VerdictKind.needs_review, fields=[], reasons=[reason])
+        return self._finish_without_decision(
+            request, base_dir, decision, received_at, deadline, attempts, event="escalated"
+        )
+
+    async def fail(
+        self,
+        request: Request,
+        *,
+        base_dir: Path,
+        received_at: datetime,
+        deadline: datetime | None,
+        attempts: int,
+        reason: str,
+    ) -> Verdict:
+        """Seal an ``error`` verdict (bad input found late, or a type that cannot go to review)."""
+        decision = Decision(verdict=VerdictKind.error, fields=[], reasons=[reason])
+        return self._finish_without_decision(
+            request, base_dir, decision, received_at, deadline, attempts, event="failed"
+        )
+
+    # -- helpers -------------------------------------------------------------------------
+
+    @cached_property
+    def signer(self) -> Signer:
+        from stampless.signing import ensure_dev_key, load_signer
+
+        if self._signer is not None:
+            return self._signer
+        if self.config.evidence.signing_key:
+            return load_signer(self.config)
+        logger.warning(
+            "evidence.signing_key is not set in robot.toml: bundles are signed with a "
+            "development key under {}; run 'stampless keys init' for a real deployment.",
+            self.config.var_dir / "keys",
+        )
+        return ensure_dev_key(self.config)
+
+    async def runtime(self) -> RobotRuntime:
+        """The process's robot runtime (one browser), started on first use."""
+        async with self._runtime_lock:
+            if self._runtime is None:
+                from stampless.robot import RobotRuntime
+
+                runtime = RobotRuntime(self.config)
+                await runtime.__aenter__()
+                self._runtime = runtime
+            return self._runtime
+
+    def _open_bundle(self, request: Request, base_dir: Path, *, attempt: int) -> EvidenceBundle:
+        bundle = EvidenceBundle.open(self.config.evidence_dir, request.id)
+        if not bundle.path("request.json").exists():
+            bundle.add_json("request.json", request.model_dump(mode="json"), kind="request")
+            for kind, source in (
+                ("scan", request.scan_path(base_dir)),
+                ("ecert", request.ecert_path(base_dir)),
+            ):
+                if source is not None:
+                    bundle.add_file(
+                        source,
+                        f"{kind}{source.suffix.lower()}",
+                        kind="scan" if kind == "scan" else "request",
+                    )
+        bundle.set_meta(stampless_version=__version__, type=request.type, attempts=attempt)
+        return bundle
+
+    async def _read_scan(
+        self, request: Request, base_dir: Path, doctype: DocumentType, bundle: EvidenceBundle
+    ) -> OcrResult:
+        """OCR in a worker thread (Tesseract runs as a subprocess, so threads use both cores).
+
+        An earlier attempt's result in the partial bundle is reused: a retry after the
+        department system failed does not read the scan again.
+        """
+        from stampless.ocr import read_document
+
+        cached = bundle.path("ocr.json")
+        if cached.exists():
+            return OcrResult.model_validate_json(cached.read_bytes())
+        scan = request.scan_path(base_dir)
+        assert scan is not None  # validate() made sure
+        steps_dir = bundle.path("preprocessed")
+        result = await asyncio.to_thread(
+            read_document, scan, doctype, self.config.ocr, steps_dir=steps_dir
+        )
+        for step in sorted(steps_dir.glob("*.png")) if steps_dir.is_dir() else []:
+            bundle.note_file(f"preprocessed/{step.name}", kind="preprocessed")
+        bundle.add_json("ocr.json", result.model_dump(mode="json"), kind="ocr")
+        self.audit.append("ocr", request_id=request.id, seconds=round(result.seconds, 3))
+        return result
+
+    async def _lookup(
+        self,
+        request: Request,
+        doctype: DocumentType,
+        claim: BaseModel,
+        bundle: EvidenceBundle,
+        account: str | None,
+        deadline: datetime,
+    ) -> Record | None:
+        """The record from the department system; None when it has no such record."""
+        if doctype.system is None:
+            return None
+        key = str(getattr(claim, doctype.key_field))
+        runtime = await self.runtime()
+        try:
+            record = await runtime.lookup(
+                doctype.system, key, account=account, evidence=bundle, deadline=deadline
+            )
+        except RecordNotFound:
+            bundle.add_json(
+                "record.json", {"found": False, "system": doctype.system}, kind="record"
+            )
+            return None
+        except RecordRevoked as exc:
+            record = Record(system=doctype.system, key=key, fields={}, status="revoked")
+            bundle.add_json("record.json", {"found": True, "revoked": str(exc)}, kind="record")
+            return record
+        bundle.add_json("record.json", record.model_dump(mode="json"), kind="record")
+        return record
+
+    async def _instant(
+        self, request: Request, base_dir: Path, claim: BaseModel, bundle: EvidenceBundle
+    ) -> Decision:
+        from stampless.ecert import verify_ecert
+
+        path = request.ecert_path(base_dir)
+        assert path is not None
+        decision = verify_ecert(
+            path.read_bytes(),
+            config=self.config,
+            doc_type=request.type,
+            claim=claim.model_dump(mode="json"),
+        )
+        self.audit.append(
+            "compared", request_id=request.id, verdict=decision.verdict, tier="instant"
+        )
+        return decision
+
+    def _finish_without_decision(
+        self,
+        request: Request,
+        base_dir: Path,
+        decision: Decision,
+        received_at: datetime,
+        deadline: datetime | None,
+        attempts: int,
+        *,
+        event: str,
+    ) -> Verdict:
+        with logger.contextualize(request_id=request.id):
+            bundle = self._open_bundle(request, base_dir, attempt=attempts)
+            self.audit.append(event, request_id=request.id, reason=decision.reasons[0])
+            try:
+                tier = self.tier_of(request)
+            except InputError:
+                tier = Tier.robot
+            return self._seal(
+                request,
+                bundle,
+                decision,
+                tier=tier,
+                received_at=received_at,
+                deadline=deadline,
+                attempts=attempts,
+            )
+
+    def _seal(
+        self,
+        request: Request,
+        bundle: EvidenceBundle,
+        decision: Decision,
+        *,
+        tier: Tier,
+        received_at: datetime,
+        deadline: datetime | None,
+        attempts: int,
+    ) -> Verdict:
+        finished = utcnow()
+        verdict = Verdict(
+            request_id=request.id,
+            type=request.type,
+            tier=tier,
+            verdict=decision.verdict,
+            fields=decision.fields,
+            reasons=decision.reasons,
+            evidence=None,
+            received_at=received_at,
+            finished_at=finished,
+            deadline=deadline,
+            sla_met=None if deadline is None else finished <= deadline,
+            attempts=attempts,
+            stampless_version=__version__,
+            case_id=request.case_id,
+        )
+        verdict_json: dict[str, Any] = verdict.model_dump(mode="json")
+        bundle.add_json(
+            "comparison.json",
+            [f.model_dump(mode="json") for f in decision.fields],
+            kind="comparison",
+        )
+        bundle.add_json("verdict.json", verdict_json, kind="verdict")
+        sealed = bundle.seal(self.signer, verdict=verdict_json)
+        verdict.evidence = str(sealed.path)
+        verdict.manifest_sha256 = sealed.manifest_sha256
+        self.audit.append(
+            "verdict",
+            request_id=request.id,
+            verdict=verdict.verdict,
+            manifest_sha256=sealed.manifest_sha256,
+        )
+        return verdict
+
+
+def _to_review(decision: Decision, reason: str) -> Decision:
+    machine = f"The machine comparison says {decision.verdict.value}."
+    return Decision(
+        verdict=VerdictKind.needs_review,
+        fields=decision.fields,
+        reasons=[reason, machine, *decision.reasons],
+    )

@@ -1,0 +1,75 @@
+"""One-off verification: a request file in, a verdict in the outbox (or review queue) out.
+
+This is what ``stampless verify`` and ``stampless demo`` run; queue workers use the same
+:func:`deliver` after the pipeline, so a verdict reaches the outbox or the review store
+the same way whichever way it was produced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from loguru import logger
+
+from stampless.config import Config
+from stampless.errors import ExitCode
+from stampless.models import Request, Verdict, VerdictKind, utcnow
+from stampless.outbox import FINAL_VERDICTS, read_verdict, write_verdict
+from stampless.pipeline import Pipeline
+
+EXIT_CODES = {
+    VerdictKind.verified: ExitCode.ok,
+    VerdictKind.mismatch: ExitCode.not_verified,
+    VerdictKind.not_found: ExitCode.not_verified,
+    VerdictKind.needs_review: ExitCode.manual_review,
+    VerdictKind.error: ExitCode.system_failure,
+}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A verdict and where it went."""
+
+    verdict: Verdict
+    destination: Path | None  # the outbox file, or None when it went to the review store
+    already_done: bool = False
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return EXIT_CODES[self.verdict.verdict]
+
+
+def deliver(config: Config, verdict: Verdict, request: Request, base_dir: Path) -> Path | None:
+    """Final verdicts go to the outbox; needs_review goes to the review store for a person."""
+    if verdict.verdict in FINAL_VERDICTS:
+        return write_verdict(config.outbox_dir, verdict)
+    from stampless.review.store import ReviewStore
+
+    ReviewStore.from_config(config).add(
+        verdict, request=request, base_dir=base_dir, reason="; ".join(verdict.reasons)
+    )
+    return None
+
+
+async def verify_request(
+    config: Config, request: Request, base_dir: Path, *, pipeline: Pipeline
+) -> Outcome:
+    """Verify ``request`` unless the outbox already holds its verdict (ids are idempotent)."""
+    existing = read_verdict(config.outbox_dir, request.id)
+    if existing is not None:
+        logger.info("{} already has a verdict in the outbox; nothing to do", request.id)
+        return Outcome(existing, config.outbox_dir / f"{request.id}.json", already_done=True)
+    received = utcnow()
+    pipeline.audit.append("received", request_id=request.id, type=request.type, via="verify")
+    verdict = await pipeline.process(request, base_dir=base_dir, received_at=received)
+    return Outcome(verdict, deliver(config, verdict, request, base_dir))
+
+
+async def verify_file(config: Config, path: Path) -> Outcome:
+    """``stampless verify REQUEST.json``: validate, process, deliver."""
+    request = Request.from_file(path)
+    base_dir = path.resolve().parent
+    async with Pipeline(config) as pipeline:
+        pipeline.validate(request, base_dir)
+        return await verify_request(config, request, base_dir, pipeline=pipeline)
