@@ -1,0 +1,40 @@
+"""The durable work queue: an interface (:mod:`stampless.queue.abc`) and its backends.
+
+Use :func:`open_queue`; workers depend only on :class:`WorkQueue`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from stampless.queue.abc import (
+    TERMINAL_STATES,
+    Claim,
+    EnqueueResult,
+    ItemState,
+    LeaseLost,
+    QueueItem,
+    WorkQueue,
+)
+
+if TYPE_CHECKING:
+    from stampless.config import Config
+
+__all__ = [
+    "TERMINAL_STATES",
+    "Claim",
+    "EnqueueResult",
+    "ItemState",
+    "LeaseLost",
+    "QueueItem",
+    "WorkQueue",
+    "open_queue",
+]
+
+
+def open_queue(config: Config) -> WorkQueue:
+    """The deployment's queue (``[queue] backend`` in robot.toml; default SQLite)."""
+    from stampless.queue.sqlite import SqliteQueue
+
+    accounts = {name: [a.name for a in system.accounts] for name, system in config.systems.items()}
+    return SqliteQueue(config.queue_path, accounts)

@@ -1,0 +1,221 @@
+"""The work queue's interface: what a backend must do, written on each method.
+
+Workers talk only to :class:`WorkQueue`, so a distributed backend (Procrastinate on
+PostgreSQL, whose per-job lock would serve as the account lock) can replace the embedded
+SQLite one without touching them. Every backend must pass the contract tests in
+``tests/test_queue.py``.
+
+Life of an item::
+
+    enqueue -> queued --claim--> claimed --complete--> done | review | failed
+                  ^                 |
+                  +--- fail(retry_at) / release / lease expired ---+
+
+``attempts`` counts claims. ``release`` (graceful shutdown) gives the attempt back;
+``fail`` and an expired lease keep it. ``done``, ``review`` and ``failed`` are terminal
+for the queue (a reviewer's decision later reaches the outbox, and the deadline sweep
+then marks a ``review`` item ``done``). The ``overdue`` flag is set by the deadline sweep
+on items still unfinished after their deadline.
+"""
+
+from __future__ import annotations
+
+import builtins
+from abc import ABC, abstractmethod
+from collections.abc import Collection, Iterable
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from stampless.errors import StamplessError
+from stampless.models import Request, Tier, VerdictKind
+
+
+class ItemState(StrEnum):
+    queued = "queued"
+    claimed = "claimed"
+    done = "done"  # a final verdict is in the outbox
+    review = "review"  # waiting for a person in the review store
+    failed = "failed"  # finished with an "error" verdict
+
+
+TERMINAL_STATES = frozenset({ItemState.done, ItemState.review, ItemState.failed})
+
+
+class LeaseLost(StamplessError):
+    """The claim's lease expired and the item went back to the queue (or to another worker)."""
+
+
+class QueueItem(BaseModel):
+    """One request in the queue, with its scheduling and outcome fields."""
+
+    model_config = ConfigDict(frozen=True)
+
+    request_id: str
+    type: str
+    tier: Tier
+    priority: int
+    system: str | None
+    case_id: str | None
+    base_dir: Path
+    request: Request
+    state: ItemState
+    received_at: datetime
+    deadline: datetime
+    not_before: datetime | None = None
+    attempts: int = 0
+    account: str | None = None
+    lease_owner: str | None = None
+    lease_expires: datetime | None = None
+    last_error: str | None = None
+    verdict: VerdictKind | None = None
+    sla_met: bool | None = None
+    finished_at: datetime | None = None
+    overdue: bool = False
+    supersedes: str | None = None
+
+
+class Claim(BaseModel):
+    """A worker's hold on one item: the item as claimed plus the lease token that proves it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    item: QueueItem
+    token: str
+    worker: str
+    expires: datetime
+
+    @property
+    def request_id(self) -> str:
+        return self.item.request_id
+
+
+class EnqueueResult(BaseModel):
+    """What ``enqueue`` did: ``added`` is False when the id was already known."""
+
+    added: bool
+    item: QueueItem
+
+
+class WorkQueue(ABC):
+    """A durable queue of verification requests with leases and per-account locks."""
+
+    @abstractmethod
+    def enqueue(
+        self,
+        request: Request,
+        *,
+        base_dir: Path,
+        tier: Tier,
+        system: str | None,
+        received_at: datetime,
+        deadline: datetime,
+        supersedes: str | None = None,
+    ) -> EnqueueResult:
+        """Add ``request`` in state queued, unless its id is already known.
+
+        The request id is the idempotency key: a second enqueue of the same id changes
+        nothing (whatever its state) and returns ``added=False`` with the stored item.
+        ``base_dir`` is where the request's files live (the spool folder).
+        """
+
+    @abstractmethod
+    def claim(
+        self,
+        worker: str,
+        *,
+        lease_s: float,
+        skip_systems: Collection[str] = (),
+        due_by: datetime | None = None,
+        now: datetime | None = None,
+    ) -> Claim | None:
+        """Atomically take the next runnable item, or return None.
+
+        Runnable: state queued and ``not_before`` passed. Order: earliest deadline, then
+        highest priority, then oldest. An item with a ``system`` also needs one of that
+        system's accounts whose lock is free; the claim takes that lock together with
+        the lease, both expiring at ``now + lease_s``, so two workers never hold one
+        account at once. Items without a system need no account. Items of
+        ``skip_systems`` (circuit open) are passed over unless their deadline is at or
+        before ``due_by`` (so they can be escalated). The claim counts one attempt.
+        Expired leases are returned to the queue first.
+        """
+
+    @abstractmethod
+    def renew(self, claim: Claim, *, lease_s: float) -> Claim:
+        """Extend the lease and the account lock; raise :class:`LeaseLost` if lost."""
+
+    @abstractmethod
+    def complete(
+        self,
+        claim: Claim,
+        *,
+        state: ItemState,
+        verdict: VerdictKind | None,
+        sla_met: bool | None,
+        finished_at: datetime,
+        error: str | None = None,
+    ) -> QueueItem:
+        """Finish the item in a terminal ``state`` and free the account lock.
+
+        Raises :class:`LeaseLost` if the claim's token no longer holds the item (the
+        caller's outbox write is idempotent, so the other holder's result stands).
+        """
+
+    @abstractmethod
+    def fail(self, claim: Claim, *, error: str, retry_at: datetime) -> QueueItem:
+        """Give the item back for a retry at ``retry_at`` (attempt kept, error recorded).
+
+        ``error`` is a user-facing message and must hold no secret. Raises LeaseLost.
+        """
+
+    @abstractmethod
+    def release(self, claim: Claim, *, retry_at: datetime | None = None) -> None:
+        """Give the item back untouched (shutdown, circuit open): the attempt is not
+        counted. Quietly does nothing if the lease was already lost."""
+
+    @abstractmethod
+    def get(self, request_id: str) -> QueueItem | None:
+        """The item with this id, or None."""
+
+    @abstractmethod
+    def list(
+        self,
+        *,
+        states: Iterable[ItemState] | None = None,
+        type: str | None = None,
+        case_id: str | None = None,
+        limit: int = 1000,
+    ) -> builtins.list[QueueItem]:
+        """Items, filtered; overdue first, then by deadline."""
+
+    @abstractmethod
+    def counts(self) -> dict[ItemState, int]:
+        """How many items are in each state (every state present, zero if none)."""
+
+    @abstractmethod
+    def sweep_leases(self, *, now: datetime | None = None) -> builtins.list[str]:
+        """Return items whose lease expired to queued (attempt kept); their ids."""
+
+    @abstractmethod
+    def mark_overdue(self, *, now: datetime | None = None) -> builtins.list[str]:
+        """Flag unfinished (queued, claimed, review) items past their deadline; new ids."""
+
+    @abstractmethod
+    def settle(
+        self, request_id: str, *, verdict: VerdictKind, sla_met: bool | None, finished_at: datetime
+    ) -> bool:
+        """Mark a ``review`` item ``done`` once its decision is in the outbox; True if changed."""
+
+    @abstractmethod
+    def retry(self, request_id: str) -> QueueItem:
+        """Make a queued item waiting for its back-off runnable now (operator's command).
+
+        Raises InputError for an unknown id or an item that is not queued (a finished
+        item's verdict is never changed; re-check it under a new id instead).
+        """
+
+    def close(self) -> None:  # noqa: B027 - optional for backends without resources
+        """Release the backend's resources."""

@@ -1,0 +1,476 @@
+"""The embedded queue backend: one SQLite file in WAL mode, safe across processes.
+
+Every state change is one ``BEGIN IMMEDIATE`` transaction, so a claim (lease plus
+account lock) either happens whole or not at all, and a worker killed at any moment
+leaves the file consistent. Times are stored as UTC epoch seconds so SQL can compare
+and sort them.
+"""
+
+from __future__ import annotations
+
+import builtins
+import os
+import sqlite3
+import threading
+import uuid
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from stampless.errors import InputError, SystemFailure
+from stampless.models import Request, Tier, VerdictKind, utcnow
+from stampless.queue.abc import (
+    Claim,
+    EnqueueResult,
+    ItemState,
+    LeaseLost,
+    QueueItem,
+    WorkQueue,
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    request_id    TEXT PRIMARY KEY,
+    type          TEXT NOT NULL,
+    tier          TEXT NOT NULL,
+    priority      INTEGER NOT NULL DEFAULT 0,
+    system        TEXT,
+    case_id       TEXT,
+    base_dir      TEXT NOT NULL,
+    request       TEXT NOT NULL,
+    state         TEXT NOT NULL,
+    received_at   REAL NOT NULL,
+    deadline      REAL NOT NULL,
+    not_before    REAL,
+    attempts      INTEGER NOT NULL DEFAULT 0,
+    account       TEXT,
+    lease_token   TEXT,
+    lease_owner   TEXT,
+    lease_expires REAL,
+    last_error    TEXT,
+    verdict       TEXT,
+    sla_met       INTEGER,
+    finished_at   REAL,
+    overdue       INTEGER NOT NULL DEFAULT 0,
+    supersedes    TEXT,
+    updated_at    REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS items_runnable ON items (state, deadline, priority);
+CREATE INDEX IF NOT EXISTS items_case ON items (case_id);
+CREATE TABLE IF NOT EXISTS account_locks (
+    system      TEXT NOT NULL,
+    account     TEXT NOT NULL,
+    request_id  TEXT NOT NULL,
+    lease_token TEXT NOT NULL,
+    expires     REAL NOT NULL,
+    PRIMARY KEY (system, account)
+);
+"""
+
+# How many runnable candidates one claim looks at before giving up; the ones skipped
+# are waiting for a busy account, so looking further rarely finds more.
+_CLAIM_SCAN = 200
+
+
+def _ts(value: datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
+
+
+def _dt(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, tz=UTC)
+
+
+def _at(value: float) -> datetime:
+    return datetime.fromtimestamp(value, tz=UTC)
+
+
+class SqliteQueue(WorkQueue):
+    """:class:`WorkQueue` on one SQLite file.
+
+    ``accounts`` maps each department system to its account names (from robot.toml);
+    a claim for an item of a system not listed needs no account.
+    """
+
+    def __init__(self, path: Path, accounts: Mapping[str, Sequence[str]]) -> None:
+        self.path = Path(path)
+        self.accounts = {system: tuple(names) for system, names in accounts.items()}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        try:
+            self._db().executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise SystemFailure(
+                f"Cannot open the queue database {self.path} ({exc}); check the folder's "
+                "permissions and free space."
+            ) from exc
+
+    # -- connections -------------------------------------------------------------------
+
+    def _db(self) -> sqlite3.Connection:
+        # One connection per thread and per process: sqlite3 connections must not cross
+        # threads, and a forked child must not reuse its parent's.
+        key = (os.getpid(), threading.get_ident())
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None or getattr(self._local, "key", None) != key:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=30000")
+            self._local.conn = conn
+            self._local.key = key
+        return conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        db = self._db()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise SystemFailure(
+                f"The queue database {self.path} is busy or unavailable ({exc}); try again."
+            ) from exc
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        else:
+            db.execute("COMMIT")
+
+    def close(self) -> None:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # -- rows --------------------------------------------------------------------------
+
+    @staticmethod
+    def _item(row: sqlite3.Row) -> QueueItem:
+        return QueueItem(
+            request_id=row["request_id"],
+            type=row["type"],
+            tier=Tier(row["tier"]),
+            priority=row["priority"],
+            system=row["system"],
+            case_id=row["case_id"],
+            base_dir=Path(row["base_dir"]),
+            request=Request.model_validate_json(row["request"]),
+            state=ItemState(row["state"]),
+            received_at=_at(row["received_at"]),
+            deadline=_at(row["deadline"]),
+            not_before=_dt(row["not_before"]),
+            attempts=row["attempts"],
+            account=row["account"],
+            lease_owner=row["lease_owner"],
+            lease_expires=_dt(row["lease_expires"]),
+            last_error=row["last_error"],
+            verdict=VerdictKind(row["verdict"]) if row["verdict"] else None,
+            sla_met=None if row["sla_met"] is None else bool(row["sla_met"]),
+            finished_at=_dt(row["finished_at"]),
+            overdue=bool(row["overdue"]),
+            supersedes=row["supersedes"],
+        )
+
+    def _row(self, db: sqlite3.Connection, request_id: str) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = db.execute(
+            "SELECT * FROM items WHERE request_id = ?", (request_id,)
+        ).fetchone()
+        return row
+
+    # -- the interface -----------------------------------------------------------------
+
+    def enqueue(
+        self,
+        request: Request,
+        *,
+        base_dir: Path,
+        tier: Tier,
+        system: str | None,
+        received_at: datetime,
+        deadline: datetime,
+        supersedes: str | None = None,
+    ) -> EnqueueResult:
+        now = utcnow().timestamp()
+        with self._tx() as db:
+            cur = db.execute(
+                """INSERT OR IGNORE INTO items (request_id, type, tier, priority, system,
+                   case_id, base_dir, request, state, received_at, deadline, supersedes,
+                   updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)""",
+                (
+                    request.id,
+                    request.type,
+                    Tier(tier).value,
+                    request.priority,
+                    system,
+                    request.case_id,
+                    str(base_dir),
+                    request.model_dump_json(),
+                    ItemState.queued.value,
+                    received_at.timestamp(),
+                    deadline.timestamp(),
+                    supersedes,
+                    now,
+                ),
+            )
+            row = self._row(db, request.id)
+        assert row is not None
+        return EnqueueResult(added=cur.rowcount == 1, item=self._item(row))
+
+    def _expire(self, db: sqlite3.Connection, now: float) -> builtins.list[str]:
+        ids = [
+            r[0]
+            for r in db.execute(
+                "SELECT request_id FROM items WHERE state = 'claimed' AND lease_expires < ?",
+                (now,),
+            )
+        ]
+        if ids:
+            db.executemany(
+                """UPDATE items SET state = 'queued', lease_token = NULL, lease_owner = NULL,
+                   lease_expires = NULL, account = NULL,
+                   last_error = COALESCE(last_error, 'The worker holding it stopped.'),
+                   updated_at = ? WHERE request_id = ?""",
+                [(now, rid) for rid in ids],
+            )
+        db.execute("DELETE FROM account_locks WHERE expires < ?", (now,))
+        return ids
+
+    def claim(
+        self,
+        worker: str,
+        *,
+        lease_s: float,
+        skip_systems: Collection[str] = (),
+        due_by: datetime | None = None,
+        now: datetime | None = None,
+    ) -> Claim | None:
+        t = (now or utcnow()).timestamp()
+        due = _ts(due_by)
+        expires = t + lease_s
+        token = uuid.uuid4().hex
+        with self._tx() as db:
+            self._expire(db, t)
+            busy: set[tuple[str, str]] = {
+                (r[0], r[1]) for r in db.execute("SELECT system, account FROM account_locks")
+            }
+            rows = db.execute(
+                """SELECT request_id, system, deadline FROM items
+                   WHERE state = 'queued' AND (not_before IS NULL OR not_before <= ?)
+                   ORDER BY deadline, priority DESC, received_at LIMIT ?""",
+                (t, _CLAIM_SCAN),
+            ).fetchall()
+            for row in rows:
+                system = row["system"]
+                if system in skip_systems and (due is None or row["deadline"] > due):
+                    continue
+                account: str | None = None
+                if system is not None and system in self.accounts:
+                    free = [a for a in self.accounts[system] if (system, a) not in busy]
+                    if not free:
+                        continue
+                    account = free[0]
+                    db.execute(
+                        "INSERT INTO account_locks VALUES (?,?,?,?,?)",
+                        (system, account, row["request_id"], token, expires),
+                    )
+                db.execute(
+                    """UPDATE items SET state = 'claimed', attempts = attempts + 1,
+                       account = ?, lease_token = ?, lease_owner = ?, lease_expires = ?,
+                       updated_at = ? WHERE request_id = ?""",
+                    (account, token, worker, expires, t, row["request_id"]),
+                )
+                claimed = self._row(db, row["request_id"])
+                assert claimed is not None
+                return Claim(
+                    item=self._item(claimed), token=token, worker=worker, expires=_at(expires)
+                )
+        return None
+
+    def _held(self, db: sqlite3.Connection, claim: Claim) -> sqlite3.Row:
+        row = self._row(db, claim.request_id)
+        if row is None or row["state"] != "claimed" or row["lease_token"] != claim.token:
+            raise LeaseLost(
+                f"The lease on {claim.request_id} expired and the item went back to the queue."
+            )
+        return row
+
+    def _unlock(self, db: sqlite3.Connection, claim: Claim) -> None:
+        db.execute("DELETE FROM account_locks WHERE lease_token = ?", (claim.token,))
+
+    def renew(self, claim: Claim, *, lease_s: float) -> Claim:
+        t = utcnow().timestamp()
+        expires = t + lease_s
+        with self._tx() as db:
+            self._held(db, claim)
+            db.execute(
+                "UPDATE items SET lease_expires = ?, updated_at = ? WHERE request_id = ?",
+                (expires, t, claim.request_id),
+            )
+            db.execute(
+                "UPDATE account_locks SET expires = ? WHERE lease_token = ?",
+                (expires, claim.token),
+            )
+        return claim.model_copy(update={"expires": _dt(expires)})
+
+    def complete(
+        self,
+        claim: Claim,
+        *,
+        state: ItemState,
+        verdict: VerdictKind | None,
+        sla_met: bool | None,
+        finished_at: datetime,
+        error: str | None = None,
+    ) -> QueueItem:
+        if state not in (ItemState.done, ItemState.review, ItemState.failed):
+            raise ValueError(f"complete() needs a terminal state, not {state}")
+        t = utcnow().timestamp()
+        with self._tx() as db:
+            self._held(db, claim)
+            db.execute(
+                """UPDATE items SET state = ?, verdict = ?, sla_met = ?, finished_at = ?,
+                   last_error = COALESCE(?, last_error), lease_token = NULL,
+                   lease_owner = NULL, lease_expires = NULL, not_before = NULL,
+                   updated_at = ? WHERE request_id = ?""",
+                (
+                    state.value,
+                    None if verdict is None else VerdictKind(verdict).value,
+                    None if sla_met is None else int(sla_met),
+                    finished_at.timestamp(),
+                    error,
+                    t,
+                    claim.request_id,
+                ),
+            )
+            self._unlock(db, claim)
+            row = self._row(db, claim.request_id)
+        assert row is not None
+        return self._item(row)
+
+    def fail(self, claim: Claim, *, error: str, retry_at: datetime) -> QueueItem:
+        t = utcnow().timestamp()
+        with self._tx() as db:
+            self._held(db, claim)
+            db.execute(
+                """UPDATE items SET state = 'queued', last_error = ?, not_before = ?,
+                   lease_token = NULL, lease_owner = NULL, lease_expires = NULL,
+                   account = NULL, updated_at = ? WHERE request_id = ?""",
+                (error, retry_at.timestamp(), t, claim.request_id),
+            )
+            self._unlock(db, claim)
+            row = self._row(db, claim.request_id)
+        assert row is not None
+        return self._item(row)
+
+    def release(self, claim: Claim, *, retry_at: datetime | None = None) -> None:
+        t = utcnow().timestamp()
+        with self._tx() as db:
+            try:
+                self._held(db, claim)
+            except LeaseLost:
+                return
+            db.execute(
+                """UPDATE items SET state = 'queued', attempts = MAX(attempts - 1, 0),
+                   not_before = ?, lease_token = NULL, lease_owner = NULL,
+                   lease_expires = NULL, account = NULL, updated_at = ?
+                   WHERE request_id = ?""",
+                (_ts(retry_at), t, claim.request_id),
+            )
+            self._unlock(db, claim)
+
+    def get(self, request_id: str) -> QueueItem | None:
+        row = self._row(self._db(), request_id)
+        return None if row is None else self._item(row)
+
+    def list(
+        self,
+        *,
+        states: Iterable[ItemState] | None = None,
+        type: str | None = None,
+        case_id: str | None = None,
+        limit: int = 1000,
+    ) -> builtins.list[QueueItem]:
+        where: builtins.list[str] = []
+        args: builtins.list[Any] = []
+        if states is not None:
+            wanted = [ItemState(s).value for s in states]
+            where.append(f"state IN ({','.join('?' * len(wanted))})")
+            args += wanted
+        if type is not None:
+            where.append("type = ?")
+            args.append(type)
+        if case_id is not None:
+            where.append("case_id = ?")
+            args.append(case_id)
+        sql = "SELECT * FROM items"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY overdue DESC, deadline, priority DESC LIMIT ?"
+        args.append(limit)
+        return [self._item(r) for r in self._db().execute(sql, args)]
+
+    def counts(self) -> dict[ItemState, int]:
+        out = dict.fromkeys(ItemState, 0)
+        for state, n in self._db().execute("SELECT state, COUNT(*) FROM items GROUP BY state"):
+            out[ItemState(state)] = n
+        return out
+
+    def sweep_leases(self, *, now: datetime | None = None) -> builtins.list[str]:
+        with self._tx() as db:
+            return self._expire(db, (now or utcnow()).timestamp())
+
+    def mark_overdue(self, *, now: datetime | None = None) -> builtins.list[str]:
+        t = (now or utcnow()).timestamp()
+        with self._tx() as db:
+            ids = [
+                r[0]
+                for r in db.execute(
+                    """SELECT request_id FROM items WHERE overdue = 0 AND deadline < ?
+                       AND state IN ('queued', 'claimed', 'review')""",
+                    (t,),
+                )
+            ]
+            db.executemany(
+                "UPDATE items SET overdue = 1, updated_at = ? WHERE request_id = ?",
+                [(t, rid) for rid in ids],
+            )
+        return ids
+
+    def settle(
+        self, request_id: str, *, verdict: VerdictKind, sla_met: bool | None, finished_at: datetime
+    ) -> bool:
+        with self._tx() as db:
+            cur = db.execute(
+                """UPDATE items SET state = 'done', verdict = ?, sla_met = ?, finished_at = ?,
+                   updated_at = ? WHERE request_id = ? AND state = 'review'""",
+                (
+                    VerdictKind(verdict).value,
+                    None if sla_met is None else int(sla_met),
+                    finished_at.timestamp(),
+                    utcnow().timestamp(),
+                    request_id,
+                ),
+            )
+        return cur.rowcount == 1
+
+    def retry(self, request_id: str) -> QueueItem:
+        with self._tx() as db:
+            row = self._row(db, request_id)
+            if row is None:
+                raise InputError(f"No queued request {request_id}; check the id with 'queue ls'.")
+            if row["state"] != "queued":
+                raise InputError(
+                    f"{request_id} is {row['state']}, not waiting; a finished verdict is never "
+                    "changed, so submit a re-check under a new id instead."
+                )
+            db.execute(
+                "UPDATE items SET not_before = NULL, updated_at = ? WHERE request_id = ?",
+                (utcnow().timestamp(), request_id),
+            )
+            row = self._row(db, request_id)
+        assert row is not None
+        return self._item(row)
