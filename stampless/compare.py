@@ -1,0 +1,226 @@
+"""Decide a verdict from the claim, the OCR reading of the scan and the department record.
+
+The verdict is the product, and its errors are not symmetric: accepting a forged or
+altered certificate is the worst outcome, rejecting a genuine one costs an applicant a
+trip. So the rules are:
+
+* ``not_found`` when the department has no record; ``mismatch`` when it is revoked.
+* ``mismatch`` when the claim disagrees with the record, or a field read with
+  confidence at or above its threshold disagrees with the record.
+* ``needs_review`` when a required field is unreadable, invalid, read with low
+  confidence, nearly but not exactly equal (OCR noise or a one-character forgery look
+  the same), or missing from the record. Never a silent accept.
+* ``verified`` only when every required field agrees among claim (when claimed), OCR
+  (when a scan was read) and record, each read above its threshold.
+
+Thresholds: ``thresholds[field]`` from robot.toml, else the field's own threshold in
+its task module, else ``min_confidence``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+from rapidfuzz import fuzz
+
+from stampless import normalize as norm
+from stampless.doctype import DocumentType, FieldSpec, Rule
+from stampless.models import FieldResult, FieldStatus, OcrField, OcrResult, Record, VerdictKind
+
+# Text and Latin names at or above this similarity but not equal are sent to review
+# rather than called a mismatch: OCR noise and a one-character alteration look alike.
+NEAR_MISS_RATIO = 85.0
+# Latin names this similar are the same name (case, spacing and punctuation differ).
+LATIN_NAME_MATCH_RATIO = 96.0
+
+
+class Decision(BaseModel):
+    """The machine's verdict with the per-field comparison and the reasons for it."""
+
+    verdict: VerdictKind
+    fields: list[FieldResult] = []
+    reasons: list[str] = []
+
+
+def _is_latin(value: str) -> bool:
+    return value.isascii()
+
+
+def agree(spec: FieldSpec, a: str, b: str) -> bool | None:
+    """Whether two canonical values of ``spec`` agree: True, False, or None for a near miss.
+
+    A near miss (None) means "cannot tell": the caller sends it to review.
+    """
+    if spec.rule is Rule.exact:
+        return a == b
+    if spec.rule is Rule.numeric:
+        try:
+            return abs(float(a) - float(b)) <= spec.tolerance
+        except ValueError:
+            return a == b
+    if a == b:
+        return True
+    if spec.rule is Rule.name:
+        if _is_latin(a) and _is_latin(b):
+            ratio = fuzz.token_sort_ratio(a, b)
+            if ratio >= LATIN_NAME_MATCH_RATIO:
+                return True
+            return None if ratio >= NEAR_MISS_RATIO else False
+        # CJK names have no spelling variants: a different character is a different name.
+        return False
+    # Rule.text
+    return None if fuzz.ratio(a, b) >= NEAR_MISS_RATIO else False
+
+
+def _canonical(spec: FieldSpec, value: Any) -> str | None:
+    if value is None:
+        return None
+    return norm.normalize(spec.kind, str(value))
+
+
+def _claim_dict(claim: BaseModel | dict[str, Any]) -> dict[str, Any]:
+    if isinstance(claim, BaseModel):
+        return claim.model_dump(mode="json")
+    return dict(claim)
+
+
+def _label(spec: FieldSpec) -> str:
+    return spec.name.replace("_", " ")
+
+
+def _compare_field(
+    spec: FieldSpec,
+    claimed: str | None,
+    read: OcrField | None,
+    have_ocr: bool,
+    record: str | None,
+    threshold: float,
+    reasons: list[str],
+) -> FieldResult | None:
+    """One field's FieldResult, appending reasons for anything that is not a match."""
+    label = _label(spec)
+    ocr_value = None if read is None else _canonical(spec, read.value)
+    if claimed is None and not have_ocr:
+        return None  # nothing to compare this field with
+    confidence = 1.0 if not have_ocr else (0.0 if read is None else read.confidence)
+
+    def result(status: FieldStatus) -> FieldResult:
+        return FieldResult(
+            name=spec.name,
+            claimed=claimed,
+            ocr=ocr_value,
+            record=record,
+            status=status,
+            confidence=round(min(1.0, max(0.0, confidence)), 3),
+        )
+
+    if record is None:
+        reasons.append(f"The department record has no {label}.")
+        return result(FieldStatus.missing)
+    if claimed is not None:
+        verdict = agree(spec, claimed, record)
+        if verdict is False:
+            reasons.append(f"The claimed {label} {claimed} differs from the record's {record}.")
+            return result(FieldStatus.mismatch)
+        if verdict is None:
+            reasons.append(f"The claimed {label} {claimed} nearly matches the record's {record}.")
+            return result(FieldStatus.unreadable)
+    if not have_ocr:
+        return result(FieldStatus.match)
+    if read is None or ocr_value is None:
+        reasons.append(f"The {label} could not be read on the scan.")
+        return result(FieldStatus.unreadable)
+    if not read.valid:
+        # An invalid reading (bad check digit, impossible date) is a reading problem,
+        # never proof of forgery: a reviewer looks at it.
+        reasons.append(f"The {label} read on the scan ({ocr_value}) fails its format check.")
+        return result(FieldStatus.unreadable)
+    verdict = agree(spec, ocr_value, record)
+    if verdict is True:
+        if read.confidence < threshold:
+            reasons.append(
+                f"The {label} was read with confidence {read.confidence:.2f}, "
+                f"below the threshold {threshold:.2f}."
+            )
+            return result(FieldStatus.unreadable)
+        return result(FieldStatus.match)
+    if verdict is False and read.confidence >= threshold:
+        reasons.append(f"The {label} on the scan ({ocr_value}) differs from the record's {record}.")
+        return result(FieldStatus.mismatch)
+    reasons.append(
+        f"The {label} on the scan ({ocr_value}) does not clearly match the record's {record}."
+    )
+    return result(FieldStatus.unreadable)
+
+
+def decide(
+    doctype: DocumentType,
+    claim: BaseModel | dict[str, Any],
+    ocr: OcrResult | None,
+    record: Record | None,
+    *,
+    thresholds: dict[str, float] | None = None,
+    min_confidence: float = 0.8,
+) -> Decision:
+    """Compare claim, OCR and record field by field and apply the verdict rules.
+
+    ``record`` None means the department has no such record (``not_found``); ``ocr``
+    None means no scan was read (compare claim against record only). Reasons are short
+    sentences for the evidence and the reviewer; they may show values (they go to the
+    outbox and the evidence, not to logs).
+    """
+    thresholds = thresholds or {}
+    values = _claim_dict(claim)
+    fields: list[FieldResult] = []
+    reasons: list[str] = []
+
+    if record is None:
+        key = values.get(doctype.key_field)
+        reasons.append(
+            f"The department system has no record with {_label(doctype.field(doctype.key_field))}"
+            f" {key}."
+        )
+        return Decision(verdict=VerdictKind.not_found, fields=[], reasons=reasons)
+
+    statuses: list[tuple[FieldSpec, FieldStatus]] = []
+    for spec in doctype.fields:
+        claimed = _canonical(spec, values.get(spec.name))
+        read = None if ocr is None else ocr.fields.get(spec.name)
+        recorded = _canonical(spec, record.fields.get(spec.name))
+        threshold = thresholds.get(spec.name, spec.threshold or min_confidence)
+        field_reasons: list[str] = []
+        fr = _compare_field(
+            spec, claimed, read, ocr is not None, recorded, threshold, field_reasons
+        )
+        if fr is None:
+            continue
+        # An optional field that could not be read says nothing against the document.
+        if spec.required or fr.status is FieldStatus.mismatch:
+            reasons += field_reasons
+        fields.append(fr)
+        statuses.append((spec, fr.status))
+
+    if record.status != "valid":
+        reasons.insert(0, f"The department record is {record.status}.")
+        return Decision(verdict=VerdictKind.mismatch, fields=fields, reasons=reasons)
+    if any(status is FieldStatus.mismatch for _, status in statuses):
+        return Decision(verdict=VerdictKind.mismatch, fields=fields, reasons=reasons)
+    doubtful = [
+        spec
+        for spec, status in statuses
+        if spec.required and status in (FieldStatus.unreadable, FieldStatus.missing)
+    ]
+    if doubtful:
+        return Decision(verdict=VerdictKind.needs_review, fields=fields, reasons=reasons)
+    compared_required = [spec for spec, _ in statuses if spec.required]
+    if ocr is None and doctype.key_field not in {s.name for s in compared_required}:
+        reasons.append("Nothing in the claim could be compared with the record.")
+        return Decision(verdict=VerdictKind.needs_review, fields=fields, reasons=reasons)
+    if ocr is not None:
+        missing = [s for s in doctype.fields if s.required and s.name not in ocr.fields]
+        if missing:
+            reasons.append("The scan reading lacks " + ", ".join(_label(s) for s in missing) + ".")
+            return Decision(verdict=VerdictKind.needs_review, fields=fields, reasons=reasons)
+    reasons.append("Every required field agrees with the department record.")
+    return Decision(verdict=VerdictKind.verified, fields=fields, reasons=reasons)
