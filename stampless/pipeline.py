@@ -78,7 +78,11 @@ class Pipeline:
         return load_doctype(self.config, type_name)
 
     def tier_of(self, request: Request) -> Tier:
-        """Instant when the request carries an e-certificate, else the document type's tier."""
+        """Instant when the request carries an e-certificate, else the document type's tier.
+
+        A type declared ``tier = "instant"`` in robot.toml reads the e-certificate from
+        the QR code on its scan.
+        """
         if request.ecert is not None:
             return Tier.instant
         return self.doctype(request.type).tier
@@ -142,7 +146,7 @@ class Pipeline:
             deadline = deadline or self.deadline_for(request, received_at)
             bundle = self._open_bundle(request, base_dir, attempt=attempt)
             if tier is Tier.instant:
-                decision = await self._instant(request, base_dir, claim, bundle)
+                decision = await self._instant(request, base_dir)
                 ocr: OcrResult | None = None
             else:
                 ocr, record = await asyncio.gather(
@@ -303,18 +307,12 @@ class Pipeline:
         bundle.add_json("record.json", record.model_dump(mode="json"), kind="record")
         return record
 
-    async def _instant(
-        self, request: Request, base_dir: Path, claim: BaseModel, bundle: EvidenceBundle
-    ) -> Decision:
-        from stampless.ecert import verify_ecert
+    async def _instant(self, request: Request, base_dir: Path) -> Decision:
+        """E-certificate from the request's file or the scan's QR code: no browser, no OCR."""
+        from stampless.ecert import verify_instant
 
-        path = request.ecert_path(base_dir)
-        assert path is not None
-        decision = verify_ecert(
-            path.read_bytes(),
-            config=self.config,
-            doc_type=request.type,
-            claim=claim.model_dump(mode="json"),
+        decision = await asyncio.to_thread(
+            verify_instant, request, base_dir=base_dir, config=self.config
         )
         self.audit.append(
             "compared", request_id=request.id, verdict=decision.verdict, tier="instant"
