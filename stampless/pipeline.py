@@ -161,10 +161,14 @@ class Pipeline:
                     thresholds=self.config.types[request.type].thresholds,
                     min_confidence=self.config.ocr.min_confidence,
                 )
-                self.audit.append("compared", request_id=request.id, verdict=decision.verdict)
+                self._step(
+                    "compared",
+                    request.id,
+                    f"compared fields: {decision.verdict.value}",
+                    verdict=decision.verdict,
+                )
                 if tier is Tier.manual:
                     decision = _to_review(decision, MANUAL_REASON)
-            logger.info("{} {}: {}", request.type, tier.value, decision.verdict.value)
             return self._seal(
                 request,
                 bundle,
@@ -208,6 +212,11 @@ class Pipeline:
         )
 
     # -- helpers -------------------------------------------------------------------------
+
+    def _step(self, event: str, request_id: str, message: str, **data: Any) -> None:
+        """One console/log line and one audit entry per stage, so both tell the same story."""
+        logger.info(message)
+        self.audit.append(event, request_id=request_id, **data)
 
     @cached_property
     def signer(self) -> Signer:
@@ -274,7 +283,13 @@ class Pipeline:
         for step in sorted(steps_dir.glob("*.png")) if steps_dir.is_dir() else []:
             bundle.note_file(f"preprocessed/{step.name}", kind="preprocessed")
         bundle.add_json("ocr.json", result.model_dump(mode="json"), kind="ocr")
-        self.audit.append("ocr", request_id=request.id, seconds=round(result.seconds, 3))
+        self._step(
+            "ocr",
+            request.id,
+            f"OCR read {sum(f.value is not None for f in result.fields.values())}/"
+            f"{len(result.fields)} fields in {result.seconds:.2f} s",
+            seconds=round(result.seconds, 3),
+        )
         return result
 
     async def _lookup(
@@ -314,8 +329,12 @@ class Pipeline:
         decision = await asyncio.to_thread(
             verify_instant, request, base_dir=base_dir, config=self.config
         )
-        self.audit.append(
-            "compared", request_id=request.id, verdict=decision.verdict, tier="instant"
+        self._step(
+            "compared",
+            request.id,
+            f"e-certificate checked: {decision.verdict.value}",
+            verdict=decision.verdict,
+            tier="instant",
         )
         return decision
 
@@ -332,7 +351,9 @@ class Pipeline:
     ) -> Verdict:
         with logger.contextualize(request_id=request.id):
             bundle = self._open_bundle(request, base_dir, attempt=attempts)
-            self.audit.append(event, request_id=request.id, reason=decision.reasons[0])
+            self._step(
+                event, request.id, f"{event}: {decision.reasons[0]}", reason=decision.reasons[0]
+            )
             try:
                 tier = self.tier_of(request)
             except InputError:
@@ -385,9 +406,10 @@ class Pipeline:
         sealed = bundle.seal(self.signer, verdict=verdict_json)
         verdict.evidence = str(sealed.path)
         verdict.manifest_sha256 = sealed.manifest_sha256
-        self.audit.append(
+        self._step(
             "verdict",
-            request_id=request.id,
+            request.id,
+            f"{verdict.verdict.value} ({tier.value} tier), evidence sealed in {sealed.path}",
             verdict=verdict.verdict,
             manifest_sha256=sealed.manifest_sha256,
         )
