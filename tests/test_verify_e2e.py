@@ -26,7 +26,9 @@ SEED = 7
 pytestmark = pytest.mark.slow
 
 
-def run_cli(*args: str, env: dict[str, str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: dict[str, str], cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "stampless", "--config", str(REPO / "robot.toml"), *args],
         capture_output=True,
@@ -50,10 +52,26 @@ def deployment(fixture_servers, tmp_path_factory: pytest.TempPathFactory) -> dic
 @pytest.fixture(scope="module")
 def scans(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("scans")
-    generate(out, "marriage_certificate", 1, 301, difficulty="easy", altered_share=0.0,
-             absent_share=0.0, records_seed=SEED)
-    generate(out, "marriage_certificate", 1, 302, difficulty="easy", altered_share=0.0,
-             absent_share=1.0, records_seed=SEED)
+    generate(
+        out,
+        "marriage_certificate",
+        1,
+        301,
+        difficulty="easy",
+        altered_share=0.0,
+        absent_share=0.0,
+        records_seed=SEED,
+    )
+    generate(
+        out,
+        "marriage_certificate",
+        1,
+        302,
+        difficulty="easy",
+        altered_share=0.0,
+        absent_share=1.0,
+        records_seed=SEED,
+    )
     return out
 
 
@@ -71,8 +89,12 @@ def test_genuine_certificate_is_verified_with_sealed_evidence(deployment, scans)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     verdict = json.loads(proc.stdout)
     assert verdict["verdict"] == "verified"
-    assert {f["name"] for f in verdict["fields"]} >= {"cert_no", "holder_name", "holder_id",
-                                                      "registered_on"}
+    assert {f["name"] for f in verdict["fields"]} >= {
+        "cert_no",
+        "holder_name",
+        "holder_id",
+        "registered_on",
+    }
     assert all(f["status"] == "match" for f in verdict["fields"] if f["claimed"] is not None)
 
     outbox = _var(deployment) / "outbox" / "MC-301-0000.json"
@@ -100,8 +122,11 @@ def test_wrong_certificate_number_is_a_mismatch_naming_the_field(deployment, sca
     request = _request(scans, "MC-301-0000")
     genuine = record_by_key("marriage_certificate", request["claim"]["cert_no"], SEED)
     assert genuine is not None
-    other = next(r for r in records("marriage_certificate", SEED)
-                 if r["cert_no"] != genuine["cert_no"] and r["status"] == "valid")
+    other = next(
+        r
+        for r in records("marriage_certificate", SEED)
+        if r["cert_no"] != genuine["cert_no"] and r["status"] == "valid"
+    )
     request["id"] = "MC-WRONG-NUMBER"
     request["claim"]["cert_no"] = other["cert_no"]
     request["scan"] = str(scans / "MC-301-0000.jpg")
