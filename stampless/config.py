@@ -202,6 +202,9 @@ class ReviewConfig(_Section):
     max_failed_logins: int = Field(default=5, ge=1)
     lockout_minutes: float = Field(default=15, gt=0)
     secret_key: str | None = None
+    # None: Secure cookies unless the console listens on loopback (plain HTTP in tests).
+    secure_cookies: bool | None = None
+    session_hours: float = Field(default=8, gt=0)
 
     _check_key = field_validator("secret_key")(_secret_ref)
 
