@@ -68,9 +68,16 @@ def write_verdict(outbox_dir: Path, verdict: Verdict, *, name: str | None = None
             f"Verdict {verdict.verdict.value!r} for {verdict.request_id} is not final; "
             "send it to the review store instead of the outbox."
         )
+    return write_once(outbox_dir, name or verdict.request_id, verdict_bytes(verdict))
+
+
+def write_once(outbox_dir: Path, name: str, data: bytes) -> Path:
+    """Write ``data`` to ``<outbox_dir>/<name>.json`` atomically, once (see write_verdict).
+
+    For outbox documents that are not a single verdict (a case verdict).
+    """
     outbox_dir = Path(outbox_dir)
-    target = outbox_path(outbox_dir, name or verdict.request_id)
-    data = verdict_bytes(verdict)
+    target = outbox_path(outbox_dir, name)
     outbox_dir.mkdir(parents=True, exist_ok=True)
     if target.exists():
         return _same_or_conflict(target, data)

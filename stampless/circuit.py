@@ -1,0 +1,224 @@
+"""A circuit breaker per department system, so a system that is down is not hammered.
+
+closed     requests flow; consecutive failures are counted
+open       after ``circuit_failures`` failures in a row: no requests for ``circuit_reset_s``
+half_open  after the reset time one trial request is let through; its success closes the
+           circuit, its failure opens it again
+
+States are persisted to ``<var_dir>/health/circuits.json`` as
+``{system: {"state", "failures", "opened_at"}}`` (written atomically on every change)
+so the reviewer console's admin page can show them, and so a restarted worker does not
+start by hammering a system that was down a moment ago.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from loguru import logger
+
+from stampless.errors import (
+    BrowserError,
+    OcrEngineError,
+    SystemFailure,
+)
+
+if TYPE_CHECKING:
+    from stampless.config import Config
+
+DEFAULT_FAILURES = 5
+DEFAULT_RESET_S = 30.0
+
+
+class CircuitState(StrEnum):
+    closed = "closed"
+    open = "open"
+    half_open = "half_open"
+
+
+@dataclass
+class _Circuit:
+    state: CircuitState = CircuitState.closed
+    failures: int = 0
+    opened_at: float | None = None
+    trial_in_flight: bool = False
+
+
+def counts_against_system(exc: BaseException) -> bool:
+    """Whether a failure says something about the department system (not about us)."""
+    if isinstance(exc, BrowserError | OcrEngineError):
+        return False
+    return isinstance(exc, SystemFailure)
+
+
+class CircuitBreaker:
+    """Circuit breakers for every department system, shared by a process's workers.
+
+    Thread-safe. ``allow(system)`` before calling the system, then ``success`` or
+    ``failure``. Systems not in robot.toml use the defaults.
+    """
+
+    def __init__(
+        self,
+        health_dir: Path | None,
+        *,
+        limits: dict[str, tuple[int, float]] | None = None,
+        clock: Any = time.time,
+    ) -> None:
+        self.path = None if health_dir is None else Path(health_dir) / "circuits.json"
+        self.limits = dict(limits or {})
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._circuits: dict[str, _Circuit] = {}
+        self._load()
+
+    @classmethod
+    def from_config(cls, config: Config) -> CircuitBreaker:
+        limits = {
+            name: (s.circuit_failures, s.circuit_reset_s) for name, s in config.systems.items()
+        }
+        return cls(config.var_dir / "health", limits=limits)
+
+    def _limit(self, system: str) -> tuple[int, float]:
+        return self.limits.get(system, (DEFAULT_FAILURES, DEFAULT_RESET_S))
+
+    def _load(self) -> None:
+        if self.path is None or not self.path.is_file():
+            return
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            for system, s in data.items():
+                self._circuits[system] = _Circuit(
+                    state=CircuitState(s["state"]),
+                    failures=int(s["failures"]),
+                    opened_at=s.get("opened_at"),
+                )
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            # A damaged health file must not stop the workers; start closed.
+            logger.warning("Ignoring unreadable {}: {}", self.path, exc)
+            self._circuits.clear()
+
+    def _save(self) -> None:
+        if self.path is None:
+            return
+        data = {
+            name: {"state": c.state.value, "failures": c.failures, "opened_at": c.opened_at}
+            for name, c in sorted(self._circuits.items())
+        }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".circuits.", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(data, fh, indent=2)
+                fh.flush()
+                os.fsync(fh.fileno())
+            Path(tmp).replace(self.path)
+        except OSError as exc:
+            logger.warning("Could not write {}: {}", self.path, exc)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                Path(tmp).unlink()
+
+    def state(self, system: str) -> CircuitState:
+        """The state now (an open circuit whose reset time has passed reads half_open)."""
+        with self._lock:
+            c = self._circuits.get(system)
+            if c is None:
+                return CircuitState.closed
+            if c.state is CircuitState.open and self._reset_due(system, c):
+                return CircuitState.half_open
+            return c.state
+
+    def _reset_due(self, system: str, c: _Circuit) -> bool:
+        return c.opened_at is not None and self._clock() - c.opened_at >= self._limit(system)[1]
+
+    def allow(self, system: str) -> bool:
+        """True if a request to ``system`` may go ahead now (takes the half-open trial)."""
+        with self._lock:
+            c = self._circuits.get(system)
+            if c is None or c.state is CircuitState.closed:
+                return True
+            if c.state is CircuitState.open:
+                if not self._reset_due(system, c):
+                    return False
+                c.state = CircuitState.half_open
+                c.trial_in_flight = False
+                self._save()
+            if c.trial_in_flight:
+                return False
+            c.trial_in_flight = True
+            return True
+
+    def cancel_trial(self, system: str) -> None:
+        """The half-open trial was not run after all (item released); let another try."""
+        with self._lock:
+            c = self._circuits.get(system)
+            if c is not None:
+                c.trial_in_flight = False
+
+    def success(self, system: str) -> None:
+        with self._lock:
+            c = self._circuits.get(system)
+            if c is None or (c.state is CircuitState.closed and c.failures == 0):
+                return
+            if c.state is not CircuitState.closed:
+                logger.info("Department system {} answers again; circuit closed.", system)
+            self._circuits[system] = _Circuit()
+            self._save()
+
+    def failure(self, system: str) -> None:
+        with self._lock:
+            c = self._circuits.setdefault(system, _Circuit())
+            c.failures += 1
+            c.trial_in_flight = False
+            threshold, reset_s = self._limit(system)
+            if c.state is CircuitState.half_open or (
+                c.state is CircuitState.closed and c.failures >= threshold
+            ):
+                c.state = CircuitState.open
+                c.opened_at = self._clock()
+                logger.warning(
+                    "Department system {} failed {} times in a row; circuit open, no requests "
+                    "for {:.0f} s.",
+                    system,
+                    c.failures,
+                    reset_s,
+                )
+            self._save()
+
+    def blocked(self) -> set[str]:
+        """Systems that would refuse a request now (open, or half-open with a trial out)."""
+        with self._lock:
+            return {
+                name
+                for name, c in self._circuits.items()
+                if (c.state is CircuitState.open and not self._reset_due(name, c))
+                or (c.state is CircuitState.half_open and c.trial_in_flight)
+            }
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        """What circuits.json holds, as a dict."""
+        with self._lock:
+            return {
+                n: {"state": c.state.value, "failures": c.failures, "opened_at": c.opened_at}
+                for n, c in self._circuits.items()
+            }
+
+
+def read_circuits(config: Config) -> dict[str, dict[str, Any]]:
+    """The persisted circuit states (for the admin page); empty if none recorded."""
+    path = config.var_dir / "health" / "circuits.json"
+    try:
+        data: dict[str, dict[str, Any]] = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data

@@ -1,0 +1,511 @@
+"""Intake: requests and cases into the durable queue, from files, an inbox or HTTP.
+
+Every path ends in :meth:`Intake.submit_prepared`, which does the same three things:
+
+1. validate everything first (request model, the document type's claim model, the scan
+   or e-certificate file), with no side effect, so bad input changes nothing;
+2. spool: copy the request and its files into ``<var_dir>/spool/<id>/`` (built in a
+   temporary folder, fsynced, renamed into place), so the item never depends on the
+   original files staying put;
+3. enqueue with the spool folder as ``base_dir``. The request id is the idempotency
+   key: a known id changes nothing and says so.
+
+The HTTP endpoint (:class:`IntakeServer`) accepts ``POST /requests`` with
+``Authorization: Bearer <token>`` (``[intake] token`` in robot.toml, a secret reference)
+and a JSON body ``{"request": {...}, "scan_base64": "...", "scan_name": "x.jpg"}``
+(or ``ecert_base64``/``ecert_name``); ``GET /requests/<id>`` reports the item's state.
+Without a configured token the endpoint does not start.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+import os
+import shutil
+import tempfile
+import threading
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from loguru import logger
+from pydantic import BaseModel, ValidationError
+
+from stampless.cases import CaseManifest, CaseStore, is_case, parse_case
+from stampless.errors import InputError
+from stampless.models import Request, Tier, describe_validation_error, utcnow
+
+if TYPE_CHECKING:
+    from stampless.config import Config
+    from stampless.queue import WorkQueue
+
+MAX_FILE_BYTES = 512 * 1024  # a request or case JSON file
+MAX_BODY_BYTES = 64 * 1024 * 1024  # an HTTP submission with its scan inlined
+
+
+class Router(Protocol):
+    """What intake needs from the pipeline: validation and routing, no side effects."""
+
+    def validate(self, request: Request, base_dir: Path) -> object: ...
+    def tier_of(self, request: Request) -> Tier: ...
+    def system_of(self, request: Request) -> str | None: ...
+
+
+class SubmitOutcome(BaseModel):
+    """What happened to one submitted request or case."""
+
+    id: str
+    kind: Literal["request", "case"]
+    added: bool
+    state: str
+    message: str
+
+
+@dataclass
+class Prepared:
+    """A validated request (or case) ready to spool and enqueue."""
+
+    requests: list[tuple[Request, Path]]  # request, folder its relative paths are under
+    case: CaseManifest | None = None
+    source: str = ""
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file.") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a folder; give request or case JSON files.") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror}).") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise InputError(f"{path}: larger than {MAX_FILE_BYTES // 1024} KiB; not a request.")
+    try:
+        return json.loads(raw.decode("utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: not valid JSON ({exc}); fix the file.") from None
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Intake:
+    """Validates, spools and enqueues requests and cases for one deployment."""
+
+    def __init__(
+        self,
+        config: Config,
+        queue: WorkQueue,
+        *,
+        router: Router | None = None,
+    ) -> None:
+        self.config = config
+        self.queue = queue
+        if router is None:
+            from stampless.pipeline import Pipeline
+
+            router = Pipeline(config)
+        self.router = router
+        self.spool_dir = config.var_dir / "spool"
+        self.cases = CaseStore.from_config(config)
+
+    # -- preparing (no side effects) -----------------------------------------------------
+
+    def prepare_data(self, data: Any, base_dir: Path, source: str) -> Prepared:
+        """Validate a request's or case's JSON whose relative paths are under ``base_dir``."""
+        if is_case(data):
+            case = parse_case(data, source)
+            requests = []
+            for doc in case.documents:
+                doc = {**doc, "case_id": case.case_id}
+                doc.setdefault("priority", case.priority)
+                requests.append((self._request(doc, source), base_dir))
+            manifest = CaseManifest(
+                case_id=case.case_id,
+                title=case.title,
+                request_ids=[r.id for r, _ in requests],
+                received_at=utcnow(),
+            )
+            prepared = Prepared(requests, manifest, source)
+        else:
+            if not isinstance(data, dict):
+                raise InputError(f"{source}: a request is a JSON object with id, type and claim.")
+            prepared = Prepared([(self._request(data, source), base_dir)], None, source)
+        for request, folder in prepared.requests:
+            if self.queue.get(request.id) is not None:
+                continue  # a duplicate is reported later, not validated again
+            try:
+                self.router.validate(request, folder)
+            except InputError as exc:
+                raise InputError(f"{source}: {exc}") from None
+        return prepared
+
+    @staticmethod
+    def _request(data: dict[str, Any], source: str) -> Request:
+        try:
+            return Request.model_validate(data)
+        except ValidationError as exc:
+            raise InputError(f"{source}: {describe_validation_error(exc)}") from None
+
+    def prepare_file(self, path: Path) -> Prepared:
+        path = Path(path)
+        return self.prepare_data(_read_json(path), path.resolve().parent, str(path))
+
+    # -- committing ----------------------------------------------------------------------
+
+    def submit_files(self, paths: list[Path]) -> list[SubmitOutcome]:
+        """Validate every file first, then spool and enqueue them all (``stampless submit``).
+
+        One bad file raises InputError before anything is enqueued.
+        """
+        prepared = [self.prepare_file(p) for p in paths]
+        ids: dict[str, str] = {}
+        for p in prepared:
+            for request, _ in p.requests:
+                if request.id in ids and ids[request.id] != p.source:
+                    raise InputError(
+                        f"{p.source}: id {request.id} is also used by {ids[request.id]}; "
+                        "ids must be unique."
+                    )
+                ids[request.id] = p.source
+        return [o for p in prepared for o in self.submit_prepared(p)]
+
+    def submit_prepared(self, prepared: Prepared) -> list[SubmitOutcome]:
+        """Spool and enqueue a prepared submission; one outcome per request (and case)."""
+        received_at = utcnow()
+        outcomes: list[SubmitOutcome] = []
+        for request, base_dir in prepared.requests:
+            outcomes.append(self._submit_one(request, base_dir, received_at))
+        if prepared.case is not None:
+            added = self.cases.record(prepared.case)
+            cid = prepared.case.case_id
+            n = len(prepared.case.request_ids)
+            outcomes.append(
+                SubmitOutcome(
+                    id=cid,
+                    kind="case",
+                    added=added,
+                    state="open" if added else "known",
+                    message=f"Case {cid} with {n} documents queued."
+                    if added
+                    else f"Case {cid} was already submitted; nothing changed.",
+                )
+            )
+            # A resubmitted case whose documents all finished meanwhile settles now.
+            self.cases.settle(cid)
+        return outcomes
+
+    def _submit_one(self, request: Request, base_dir: Path, received_at: datetime) -> SubmitOutcome:
+        known = self.queue.get(request.id)
+        if known is not None:
+            return _duplicate(request.id, known.state.value)
+        spool = self.spool(request, base_dir)
+        spooled = Request.model_validate_json((spool / "request.json").read_bytes())
+        tier = self.router.tier_of(spooled)
+        deadline = received_at + timedelta(seconds=self.config.tiers.sla_seconds(tier))
+        result = self.queue.enqueue(
+            spooled,
+            base_dir=spool,
+            tier=tier,
+            system=self.router.system_of(spooled),
+            received_at=received_at,
+            deadline=deadline,
+        )
+        if not result.added:
+            return _duplicate(request.id, result.item.state.value)
+        logger.info(
+            "Queued {} ({}, {} tier, due {:%H:%M:%S})", request.id, request.type, tier, deadline
+        )
+        return SubmitOutcome(
+            id=request.id,
+            kind="request",
+            added=True,
+            state="queued",
+            message=f"{request.id} queued ({tier.value} tier, due {deadline:%H:%M:%S} UTC).",
+        )
+
+    def spool(self, request: Request, base_dir: Path) -> Path:
+        """Copy the request and its files into ``<var_dir>/spool/<id>/`` atomically; the folder.
+
+        An existing spool folder (a crash between spooling and enqueueing) is reused.
+        """
+        target = self.spool_dir / request.id
+        if (target / "request.json").is_file():
+            return target
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{request.id}.", dir=self.spool_dir))
+        try:
+            updates: dict[str, str] = {}
+            for kind, source in (
+                ("scan", request.scan_path(base_dir)),
+                ("ecert", request.ecert_path(base_dir)),
+            ):
+                if source is None:
+                    continue
+                name = f"{kind}{source.suffix.lower()}"
+                try:
+                    shutil.copyfile(source, work / name)
+                except OSError as exc:
+                    raise InputError(
+                        f"Request {request.id}: cannot copy {kind} file {source.name} "
+                        f"({exc.strerror}); check that it exists and is readable."
+                    ) from None
+                with (work / name).open("rb") as fh:
+                    os.fsync(fh.fileno())
+                updates[kind] = name
+            spooled = request.model_copy(update=updates)
+            with (work / "request.json").open("w", encoding="utf-8") as fh:
+                fh.write(spooled.model_dump_json(indent=2))
+                fh.flush()
+                os.fsync(fh.fileno())
+            try:
+                work.rename(target)
+            except OSError:
+                # Someone else spooled the same id meanwhile (rename onto a non-empty
+                # folder fails); theirs is complete, so use it.
+                if not (target / "request.json").is_file():
+                    raise
+            _fsync_dir(self.spool_dir)
+        finally:
+            if work.exists():
+                shutil.rmtree(work, ignore_errors=True)
+        return target
+
+    # -- HTTP ----------------------------------------------------------------------------
+
+    def submit_http(self, body: bytes) -> SubmitOutcome:
+        """A submission from the HTTP endpoint: the request with its files inlined."""
+        try:
+            data = json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InputError(f"The body is not valid JSON ({exc}).") from None
+        if not isinstance(data, dict) or not isinstance(data.get("request"), dict):
+            raise InputError('Send {"request": {...}, "scan_base64": "...", "scan_name": "..."}.')
+        req = dict(data["request"])
+        incoming = self.spool_dir / f".incoming-{uuid.uuid4().hex}"
+        incoming.mkdir(parents=True)
+        try:
+            for kind in ("scan", "ecert"):
+                blob = data.get(f"{kind}_base64")
+                if blob is None:
+                    # Paths on the server's disk are never accepted over HTTP.
+                    if req.get(kind) is not None:
+                        raise InputError(
+                            f"Send the {kind} inline as {kind}_base64; server paths are refused."
+                        )
+                    continue
+                name = Path(str(data.get(f"{kind}_name") or kind)).name
+                suffix = Path(name).suffix.lower()[:8]
+                try:
+                    (incoming / f"{kind}{suffix}").write_bytes(
+                        base64.b64decode(blob, validate=True)
+                    )
+                except (binascii.Error, TypeError, ValueError):
+                    raise InputError(f"{kind}_base64 is not valid base64.") from None
+                req[kind] = f"{kind}{suffix}"
+            prepared = self.prepare_data(req, incoming, "HTTP request")
+            if prepared.case is not None:
+                raise InputError("Submit cases as files or through the inbox, not over HTTP.")
+            return self.submit_prepared(prepared)[0]
+        finally:
+            shutil.rmtree(incoming, ignore_errors=True)
+
+
+def _duplicate(request_id: str, state: str) -> SubmitOutcome:
+    return SubmitOutcome(
+        id=request_id,
+        kind="request",
+        added=False,
+        state=state,
+        message=f"{request_id} already queued (state {state}); nothing changed.",
+    )
+
+
+# -- inbox ---------------------------------------------------------------------------------
+
+
+@dataclass
+class InboxReport:
+    done: list[str] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)
+
+
+def _move_aside(path: Path, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / path.name
+    if target.exists():
+        stamp = utcnow().strftime("%Y%m%dT%H%M%S%f")
+        target = folder / f"{path.stem}.{stamp}{path.suffix}"
+    path.replace(target)
+    return target
+
+
+def poll_inbox(intake: Intake, inbox_dir: Path, *, min_age_s: float = 1.0) -> InboxReport:
+    """Submit every ``*.json`` in the inbox; move each to ``done/`` or ``rejected/``.
+
+    A rejected file gets ``<name>.reason.txt`` beside it. Files younger than
+    ``min_age_s`` are left for the next poll: they may still be being written.
+    """
+    inbox_dir = Path(inbox_dir)
+    report = InboxReport()
+    if not inbox_dir.is_dir():
+        return report
+    now = utcnow().timestamp()
+    for path in sorted(inbox_dir.glob("*.json")):
+        if path.name.startswith("."):
+            continue
+        try:
+            if now - path.stat().st_mtime < min_age_s:
+                continue
+        except FileNotFoundError:
+            continue  # another poller took it
+        try:
+            outcomes = intake.submit_files([path])
+        except InputError as exc:
+            moved = _move_aside(path, inbox_dir / "rejected")
+            moved.with_name(moved.name + ".reason.txt").write_text(f"{exc}\n", encoding="utf-8")
+            logger.warning("Inbox: rejected {}: {}", path.name, exc)
+            report.rejected.append(path.name)
+            continue
+        _move_aside(path, inbox_dir / "done")
+        for o in outcomes:
+            logger.info("Inbox {}: {}", path.name, o.message)
+        report.done.append(path.name)
+    return report
+
+
+# -- HTTP endpoint -------------------------------------------------------------------------
+
+
+class IntakeServer:
+    """The daemon's token-protected HTTP intake, in a background thread."""
+
+    def __init__(self, intake: Intake, token: str, host: str = "127.0.0.1", port: int = 0) -> None:
+        if not token:
+            raise InputError("The HTTP intake needs a token; set [intake] token in robot.toml.")
+        self.intake = intake
+        self._token = token.encode()
+        # Submissions touch one SQLite file and the spool; serialize them so two posts of
+        # the same id cannot both spool at once.
+        self._lock = threading.Lock()
+        handler = self._handler()
+        self.httpd = ThreadingHTTPServer((host, port), handler)
+        self.httpd.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def from_config(cls, intake: Intake) -> IntakeServer | None:
+        """The configured server, or None when ``[intake] token`` is not set."""
+        cfg = intake.config.intake
+        if not cfg.token:
+            return None
+        from stampless.vault import resolve_secret
+
+        token = resolve_secret(cfg.token, config=intake.config).reveal()
+        return cls(intake, token, cfg.host, cfg.port)
+
+    @property
+    def url(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def start(self) -> IntakeServer:
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, name="intake-http", daemon=True
+        )
+        self._thread.start()
+        logger.info("HTTP intake listening on {}", self.url)
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _authorized(self, header: str | None) -> bool:
+        if not header or not header.startswith("Bearer "):
+            return False
+        return hmac.compare_digest(header[len("Bearer ") :].strip().encode(), self._token)
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                logger.debug("intake http: " + format, *args)
+
+            def _send(self, status: int, payload: dict[str, Any]) -> None:
+                body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:
+                if self.path == "/health":
+                    self._send(200, {"ok": True})
+                    return
+                if not server._authorized(self.headers.get("Authorization")):
+                    self._send(401, {"error": "Send 'Authorization: Bearer <token>'."})
+                    return
+                if not self.path.startswith("/requests/"):
+                    self._send(404, {"error": "Use GET /requests/<id> or POST /requests."})
+                    return
+                rid = self.path[len("/requests/") :]
+                item = server.intake.queue.get(rid)
+                if item is None:
+                    self._send(404, {"error": f"No request {rid!r}."})
+                    return
+                self._send(
+                    200,
+                    {
+                        "id": rid,
+                        "state": item.state.value,
+                        "verdict": item.verdict,
+                        "deadline": item.deadline.isoformat(),
+                        "overdue": item.overdue,
+                    },
+                )
+
+            def do_POST(self) -> None:
+                if not server._authorized(self.headers.get("Authorization")):
+                    self._send(401, {"error": "Send 'Authorization: Bearer <token>'."})
+                    return
+                if self.path != "/requests":
+                    self._send(404, {"error": "POST to /requests."})
+                    return
+                try:
+                    length = int(self.headers.get("Content-Length") or 0)
+                except ValueError:
+                    length = -1
+                if length <= 0 or length > MAX_BODY_BYTES:
+                    self._send(413 if length > 0 else 400, {"error": "Body size not accepted."})
+                    return
+                body = self.rfile.read(length)
+                try:
+                    with server._lock:
+                        outcome = server.intake.submit_http(body)
+                except InputError as exc:
+                    self._send(400, {"error": str(exc)})
+                    return
+                except Exception as exc:  # the endpoint must answer, and not leak details
+                    logger.exception("HTTP intake failed: {}", exc.__class__.__name__)
+                    self._send(500, {"error": "Internal error; see the daemon's log."})
+                    return
+                self._send(201 if outcome.added else 200, outcome.model_dump())
+
+        return Handler
