@@ -2,9 +2,69 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
+from stampless.errors import InputError
+
 fixtures_app = typer.Typer(help="Emulated department systems and degraded test scans.")
+
+
+@fixtures_app.command("serve")
+def serve_command(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    base_port: Annotated[
+        int,
+        typer.Option(
+            help="Civil affairs listens here, market supervision +1, social security +2; "
+            "0 picks free ports."
+        ),
+    ] = 8700,
+    latency_ms: Annotated[int, typer.Option(help="Delay added to every request.")] = 0,
+    fault_rate: Annotated[
+        float, typer.Option(help="Share of requests that answer 500/502 or hang (seeded).")
+    ] = 0.0,
+    fault_kinds: Annotated[
+        str, typer.Option(help="Comma-separated faults to draw from: 500, 502, hang.")
+    ] = "500,502,hang",
+    hang_s: Annotated[float, typer.Option(help="How long a 'hang' fault holds a request.")] = 30.0,
+    seed: Annotated[int, typer.Option(help="Seed of the records and of the faults.")] = 7,
+    idle_timeout_s: Annotated[
+        float, typer.Option(help="Sessions idle this long are logged out.")
+    ] = 900.0,
+    access_log: Annotated[
+        Path, typer.Option(help="Folder for the access logs (<system>.jsonl).")
+    ] = Path("var/fixtures"),
+    ui_variant: Annotated[
+        str, typer.Option(help="'normal', or 'changed' to rename search field ids/names.")
+    ] = "normal",
+) -> None:
+    """Serve the three emulated department systems until interrupted; print `ready`."""
+    from stampless.fixtures.serve import serve
+    from stampless.fixtures.servers._base import FAULT_KINDS, UI_VARIANTS, ServerOptions
+
+    if not 0 <= fault_rate <= 1:
+        raise InputError("--fault-rate must be between 0 and 1, e.g. 0.05.")
+    if latency_ms < 0 or hang_s < 0 or idle_timeout_s <= 0:
+        raise InputError("--latency-ms and --hang-s must be >= 0 and --idle-timeout-s > 0.")
+    kinds = tuple(k.strip() for k in fault_kinds.split(",") if k.strip())
+    if not kinds or set(kinds) - set(FAULT_KINDS):
+        raise InputError("--fault-kinds must list some of 500, 502 and hang, e.g. '500,502'.")
+    if ui_variant not in UI_VARIANTS:
+        raise InputError("--ui-variant must be 'normal' or 'changed'.")
+    options = ServerOptions(
+        seed=seed,
+        latency_ms=latency_ms,
+        fault_rate=fault_rate,
+        fault_kinds=kinds,
+        hang_s=hang_s,
+        idle_timeout_s=idle_timeout_s,
+        access_log_dir=access_log,
+        ui_variant=ui_variant,
+    )
+    serve(host, base_port, options)
 
 
 def register(app: typer.Typer) -> None:
