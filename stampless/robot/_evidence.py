@@ -1,0 +1,218 @@
+"""Evidence a robot gathers: masked screenshots, dialogs, downloads and traces.
+
+A robot asks for evidence with ``await page.evidence.screenshot("search result")``; the
+runtime adds a screenshot on every failure and keeps the Playwright trace of a failed
+attempt. Redaction is done here, not by each robot: every password input and every
+selector marked ``mask = true`` in the selector map is covered by Playwright's
+``mask=`` option, so the pixels never hold a secret.
+
+Traces: the context records one trace chunk per attempt (``tracing.start_chunk``), and
+logging in always happens *between* chunks, so the typed password is neither in a
+trace's action log nor in its DOM snapshots (the runtime also empties password inputs
+after the robot's ``login`` returns, because snapshots copy input values).
+
+When no evidence bundle is given (a plain lookup), screenshots go to
+``<var_dir>/screenshots/`` so a failure can still be looked at.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from loguru import logger
+
+from stampless.models import utcnow
+
+if TYPE_CHECKING:
+    from playwright.async_api import Locator, Page
+
+    from stampless.audit import AuditLog
+    from stampless.robot._selectors import SelectorMap
+
+# Clearing password inputs in every frame: DOM snapshots (traces) copy input values.
+CLEAR_PASSWORDS_JS = (
+    "() => { for (const el of document.querySelectorAll('input[type=password]')) el.value = ''; }"
+)
+
+
+class BundleLike(Protocol):
+    """What the runtime needs of :class:`stampless.evidence.EvidenceBundle`."""
+
+    def path(self, name: str) -> Path: ...
+    def screenshot_path(self, caption: str) -> Path: ...
+    def note_file(self, name: str, *, kind: str, caption: str | None = None) -> Any: ...
+    def add_dialog(self, kind: str, message: str, accepted: bool) -> Any: ...
+    def set_meta(self, **kv: Any) -> Any: ...
+
+
+def _slug(text: str, limit: int = 48) -> str:
+    slug = re.sub(r"[^\w.-]+", "-", text, flags=re.UNICODE).strip("-.")
+    return (slug or "file")[:limit]
+
+
+def safe_filename(name: str, default: str = "download.bin") -> str:
+    """A server-suggested file name reduced to one harmless path component."""
+    base = Path(name.replace("\\", "/")).name
+    # Evidence names are ASCII letters, digits, '.', '_' and '-', starting with a letter
+    # or digit (stampless.evidence.check_name), so CJK names become underscores.
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", base)
+    base = re.sub(r"^[^A-Za-z0-9]+", "", base)
+    return base[:120] or default
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class Evidence:
+    """The evidence of one request, as a robot sees it (``page.evidence``)."""
+
+    def __init__(
+        self,
+        bundle: BundleLike | None,
+        *,
+        var_dir: Path,
+        selectors: SelectorMap,
+        request_id: str | None = None,
+        audit: AuditLog | None = None,
+    ) -> None:
+        self.bundle = bundle
+        self.var_dir = Path(var_dir)
+        self.selectors = selectors
+        self.request_id = request_id
+        self.audit = audit
+        self.page: Page | None = None  # set by the runtime for the page being driven
+        self.screenshots: list[Path] = []
+        self.dialogs: list[dict[str, Any]] = []
+        self.files: list[Path] = []
+
+    # ---- paths ------------------------------------------------------------------------
+
+    def _loose_dir(self) -> Path:
+        folder = self.var_dir / "screenshots"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def _bundle_name(self, path: Path) -> str:
+        assert self.bundle is not None
+        root = self.bundle.path("")
+        try:
+            return path.relative_to(root).as_posix()
+        except ValueError:
+            return path.name
+
+    def file_path(self, name: str) -> Path:
+        """A free path for a new evidence file called ``name`` (suffixed if taken)."""
+        name = safe_filename(name)
+        stem, suffix = Path(name).stem, Path(name).suffix
+        n = 1
+        while True:
+            candidate = name if n == 1 else f"{stem}-{n}{suffix}"
+            path = (
+                self.bundle.path(candidate)
+                if self.bundle is not None
+                else self._loose_dir() / candidate
+            )
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                return path
+            n += 1
+
+    # ---- what robots call ---------------------------------------------------------------
+
+    def _mask_locators(self, page: Page) -> list[Locator]:
+        masks: list[Locator] = [page.locator("input[type=password]")]
+        for spec in self.selectors.masked():
+            scopes: list[Any] = [page]
+            if spec.frame is not None:
+                scopes = [page.frame_locator(c) for c in self._frame_chain(spec.frame)]
+            for scope in scopes:
+                masks.extend(scope.locator(choice) for choice in spec.choices)
+        # Password inputs inside frames too (legacy systems log in inside framesets).
+        for frame_spec in self.selectors.frames.values():
+            for choice in frame_spec.choices:
+                masks.append(page.frame_locator(choice).locator("input[type=password]"))
+        return masks
+
+    def _frame_chain(self, frame: str) -> list[str]:
+        # Masks address frames by their first-level choices only; nested masked frames
+        # are rare enough that covering the outermost frame's choices is the useful bound.
+        return list(self.selectors.frame(frame).choices)
+
+    async def screenshot(
+        self, caption: str, *, full_page: bool = True, page: Page | None = None
+    ) -> Path | None:
+        """Take a masked screenshot of the current page, captioned, into the evidence.
+
+        Returns the file, or None when the page cannot be captured (the robot goes on).
+        """
+        from playwright.async_api import Error as PlaywrightError
+
+        target = page or self.page
+        if target is None or target.is_closed():
+            return None
+        if self.bundle is not None:
+            path = self.bundle.screenshot_path(caption)
+            path.parent.mkdir(parents=True, exist_ok=True)
+        else:
+            stamp = utcnow().strftime("%Y%m%dT%H%M%S%f")
+            path = self._loose_dir() / f"{stamp}-{_slug(caption)}.png"
+        try:
+            await target.screenshot(
+                path=str(path),
+                full_page=full_page,
+                mask=self._mask_locators(target),
+                mask_color="#000000",
+                animations="disabled",
+                timeout=10_000,
+            )
+        except PlaywrightError as exc:
+            logger.warning("screenshot {!r} failed: {}", caption, str(exc).splitlines()[0])
+            return None
+        if self.bundle is not None:
+            self.bundle.note_file(self._bundle_name(path), kind="screenshot", caption=caption)
+        self.screenshots.append(path)
+        if self.audit is not None:
+            self.audit.append("screenshot", request_id=self.request_id, caption=caption)
+        return path
+
+    async def failure_screenshot(self, reason: str, page: Page | None = None) -> Path | None:
+        """The screenshot taken on every failure, after emptying password inputs."""
+        from playwright.async_api import Error as PlaywrightError
+
+        target = page or self.page
+        if target is None or target.is_closed():
+            return None
+        try:
+            for frame in target.frames:
+                await frame.evaluate(CLEAR_PASSWORDS_JS)
+        except PlaywrightError:
+            pass  # a crashed page still gets its (masked) screenshot attempt
+        return await self.screenshot(f"failure: {reason}"[:120], page=target)
+
+    def add_dialog(self, kind: str, message: str, accepted: bool) -> None:
+        """Record an alert/confirm/prompt the page showed and what the robot answered."""
+        self.dialogs.append({"kind": kind, "message": message, "accepted": accepted})
+        if self.bundle is not None:
+            self.bundle.add_dialog(kind, message, accepted)
+
+    def add_file(self, source: Path, name: str, *, kind: str) -> Path:
+        """Move ``source`` into the evidence as ``name``; returns the stored file."""
+        dest = self.file_path(name)
+        shutil.move(str(source), dest)
+        if self.bundle is not None:
+            self.bundle.note_file(self._bundle_name(dest), kind=kind)
+        self.files.append(dest)
+        return dest
+
+    def set_meta(self, **kv: Any) -> None:
+        if self.bundle is not None:
+            self.bundle.set_meta(**kv)

@@ -1,0 +1,134 @@
+"""What a robot author writes against: :class:`Robot` and the :class:`Credentials` it gets.
+
+A robot module (``robots/<system>.py``, named in robot.toml) defines ``ROBOT = MyRobot``
+where ``MyRobot`` subclasses :class:`Robot`. The runtime creates one instance per system
+and calls its coroutines with a :class:`~stampless.robot.RobotPage`; see docs/robots.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+from stampless.errors import ConfigError, RobotError
+
+if TYPE_CHECKING:
+    from stampless.config import AccountConfig, Config
+    from stampless.models import Record
+    from stampless.robot._page import RobotPage
+    from stampless.vault import Secret
+
+
+class LoginRejected(RobotError):
+    """The system refused the account's credentials. Never retried: retries lock accounts."""
+
+    retryable = False
+
+
+class Credentials:
+    """One service account's credentials, resolved from the vault only when used.
+
+    ``username`` is plain; ``password`` is a vault ``Secret`` (call ``.reveal()`` only
+    to type it, or pass it to ``Element.fill_secret``); ``totp()`` gives the current
+    one-time code from the account's TOTP seed. ``repr()`` never shows a secret.
+    """
+
+    def __init__(self, account: AccountConfig, config: Config | None = None) -> None:
+        self.name = account.name
+        self.username = account.username
+        self._password_ref = account.password
+        self._totp_ref = account.totp
+        self._config = config
+        self._last_code: str | None = None
+
+    def __repr__(self) -> str:
+        return f"Credentials(account={self.name!r}, username={self.username!r})"
+
+    @property
+    def password(self) -> Secret:
+        from stampless.vault import resolve_secret
+
+        return resolve_secret(self._password_ref, config=self._config)
+
+    @property
+    def has_totp(self) -> bool:
+        return self._totp_ref is not None
+
+    def _totp(self) -> object:
+        import pyotp
+
+        if self._totp_ref is None:
+            raise ConfigError(
+                f"Account {self.name!r} has no 'totp' secret in robot.toml, but its system "
+                'asks for a one-time code; add totp = "env:NAME" to the account.'
+            )
+        from stampless.vault import resolve_secret
+
+        return pyotp.TOTP(resolve_secret(self._totp_ref, config=self._config).reveal())
+
+    def totp(self) -> str:
+        """The current 6-digit TOTP code (RFC 6238) from the account's seed in the vault."""
+        code: str = self._totp().now()  # type: ignore[attr-defined]
+        self._last_code = code
+        return code
+
+    async def fresh_totp(self) -> str:
+        """A TOTP code this process has not used yet (waits for the next 30 s step if needed).
+
+        Systems commonly refuse a code that was already used once; a re-login soon after a
+        login must wait for the next code rather than be refused (and counted as a failure).
+        """
+        generator = self._totp()
+        code: str = generator.now()  # type: ignore[attr-defined]
+        while code == self._last_code:
+            interval = float(generator.interval)  # type: ignore[attr-defined]
+            await asyncio.sleep(interval - time.time() % interval + 0.05)
+            code = generator.now()  # type: ignore[attr-defined]
+        self._last_code = code
+        return code
+
+
+class Robot:
+    """Base class of the robots: subclass it, set ``system``/``version``, write the steps.
+
+    The runtime calls, with the account's logged-in page:
+
+    * ``login(page, creds)`` when the account has no live session;
+    * ``is_logged_out(page)`` after navigations and while waiting for an element, to
+      tell "the element is missing" from "the system logged us out";
+    * ``lookup(page, key) -> Record``; raise :class:`~stampless.RecordNotFound` or
+      :class:`~stampless.RecordRevoked` for business outcomes (final, never retried),
+      anything else is a system failure and is retried;
+    * ``fetch(page, key) -> Path`` to download the archived scan (``page.download``).
+    """
+
+    system: ClassVar[str] = ""
+    version: ClassVar[str] = "0"
+    #: The selector-map name whose presence means "the login page is showing".
+    login_marker: ClassVar[str] = "login.form"
+    #: The session cookie; when set, its absence also means "logged out".
+    session_cookie: ClassVar[str | None] = None
+
+    async def login(self, page: RobotPage, creds: Credentials) -> None:
+        """Log the account in. Raise LoginRejected when the system refuses the password."""
+        raise NotImplementedError(f"{type(self).__name__} must implement login()")
+
+    async def is_logged_out(self, page: RobotPage) -> bool:
+        """True when the page shows that the session ended (login form, kicked notice)."""
+        if self.session_cookie is not None:
+            cookies = await page.raw.context.cookies(page.base_url)
+            if not any(c.get("name") == self.session_cookie for c in cookies):
+                return True
+        if self.login_marker in page:
+            return await page[self.login_marker].exists()
+        return False
+
+    async def lookup(self, page: RobotPage, key: str) -> Record:
+        """Find the record of ``key`` and return it as read from the system."""
+        raise NotImplementedError(f"{type(self).__name__} must implement lookup()")
+
+    async def fetch(self, page: RobotPage, key: str) -> Path:
+        """Download the archived scan of ``key`` into the evidence; return its path."""
+        raise RobotError(f"The {self.system} robot cannot fetch archived documents.")

@@ -1,0 +1,557 @@
+"""RobotRuntime: one browser per process, one logged-in context per account, retries.
+
+The pipeline calls :meth:`RobotRuntime.lookup` and :meth:`RobotRuntime.fetch`. Each call
+takes the account's lock (a context is never driven by two coroutines at once), makes
+sure the account is logged in (logging in only when it is not), records a trace chunk,
+runs the robot, and sorts the outcome:
+
+* a :class:`~stampless.BusinessError` (no such record, revoked) is final: re-raised at once;
+* :class:`~stampless.SessionLost` (the system logged us out): log in again, as the
+  :class:`~stampless.robot._watchdog.Watchdog` allows, and run the step again;
+* any other failure is translated into a :class:`~stampless.SystemFailure`, a screenshot
+  and the trace go into the evidence, and it is retried with exponential backoff, at most
+  ``attempts`` times and never past the request's deadline.
+
+A system that fails ``circuit_failures`` requests in a row is not asked again for
+``circuit_reset_s`` seconds (its requests fail at once with DepartmentUnavailable).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from loguru import logger
+
+from stampless.checksums import mask_id
+from stampless.errors import (
+    BrowserError,
+    BusinessError,
+    ConfigError,
+    DepartmentUnavailable,
+    InputError,
+    RecordNotFound,
+    RecordRevoked,
+    SessionLost,
+    StamplessError,
+)
+from stampless.loader import load_attribute
+from stampless.models import Record, utcnow
+from stampless.robot._browser import launch_browser
+from stampless.robot._evidence import Evidence
+from stampless.robot._page import RobotPage, SelectorUse, translate_error
+from stampless.robot._robot import Credentials, LoginRejected, Robot
+from stampless.robot._selectors import DriftLog, SelectorMap, load_selector_map
+from stampless.robot._sessions import (
+    Session,
+    close_context,
+    forget_state,
+    open_context,
+    save_state,
+    state_path,
+)
+from stampless.robot._watchdog import ReloginRefused, Watchdog
+
+if TYPE_CHECKING:
+    from playwright.async_api import Browser, Playwright
+
+    from stampless.audit import AuditLog
+    from stampless.config import Config, SystemConfig
+    from stampless.robot._evidence import BundleLike
+
+T = TypeVar("T")
+
+
+@dataclass
+class _System:
+    name: str
+    config: SystemConfig
+    robot: Robot
+    selectors: SelectorMap
+    watchdog: Watchdog
+    sessions: dict[str, Session]
+    usage: dict[str, SelectorUse] = field(default_factory=dict)
+    failures_in_row: int = 0
+    open_until: float = 0.0
+
+
+def load_robot(path: Path, system: str) -> Robot:
+    """Instantiate the ``ROBOT`` class of the robot module at ``path``."""
+    cls = load_attribute(path, "ROBOT")
+    if not isinstance(cls, type) or not issubclass(cls, Robot):
+        raise ConfigError(
+            f"{path}: ROBOT must be a subclass of stampless.Robot (ROBOT = MyRobot), "
+            f"got {type(cls).__name__}."
+        )
+    robot = cls()
+    if robot.system and robot.system != system:
+        logger.warning(
+            "{}: robot says system {!r}, robot.toml says {!r}", path, robot.system, system
+        )
+    return robot
+
+
+class RobotRuntime:
+    """Drives the department systems' robots for one worker process.
+
+    ``async with RobotRuntime(config) as rt: record = await rt.lookup("civil_affairs", key)``.
+    The browser starts on first use; contexts are saved and closed on exit.
+    """
+
+    def __init__(self, config: Config, *, attempts: int = 3, backoff_s: float = 0.5) -> None:
+        self.config = config
+        self.attempts = max(1, attempts)
+        self.backoff_s = backoff_s
+        self._systems: dict[str, _System] = {}
+        self._playwright: Playwright | None = None
+        self._browser: Browser | None = None
+        self._browser_lock = asyncio.Lock()
+        self._drift = DriftLog(config.var_dir)
+        self._audit: AuditLog | None = None
+        self._counts: dict[str, int] = {
+            "lookups": 0,
+            "fetches": 0,
+            "business_outcomes": 0,
+            "failures": 0,
+            "retries": 0,
+            "relogins": 0,
+            "recycles": 0,
+            "browser_launches": 0,
+        }
+        try:
+            from stampless.audit import AuditLog
+
+            self._audit = AuditLog(config.audit_dir, rotate_bytes=config.audit.rotate_bytes)
+        except ImportError:  # the audit chain is optional for a bare robot run
+            self._audit = None
+
+    # ---- lifecycle ----------------------------------------------------------------------
+
+    async def __aenter__(self) -> RobotRuntime:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Save every logged-in session's state, close contexts, the browser, Playwright."""
+        for system in self._systems.values():
+            for session in system.sessions.values():
+                async with session.lock:
+                    await close_context(session)
+        if self._browser is not None:
+            with contextlib.suppress(Exception):
+                await self._browser.close()
+            self._browser = None
+        if self._playwright is not None:
+            with contextlib.suppress(Exception):
+                await self._playwright.stop()
+            self._playwright = None
+
+    async def browser(self) -> Browser:
+        """The process's browser, launched on first use and again after a crash."""
+        async with self._browser_lock:
+            if self._browser is not None and self._browser.is_connected():
+                return self._browser
+            if self._browser is not None:
+                logger.warning("browser disconnected; starting a new one")
+                for system in self._systems.values():
+                    for session in system.sessions.values():
+                        session.context, session.page = None, None
+            if self._playwright is None:
+                from playwright.async_api import async_playwright
+
+                try:
+                    self._playwright = await async_playwright().start()
+                except Exception as exc:
+                    raise BrowserError(
+                        f"Playwright could not start ({type(exc).__name__}); reinstall it with "
+                        "'pip install playwright'."
+                    ) from exc
+            self._browser = await launch_browser(self._playwright, self.config.browser)
+            self._counts["browser_launches"] += 1
+            return self._browser
+
+    def system(self, name: str) -> _System:
+        """The loaded robot, selector map and sessions of system ``name``."""
+        found = self._systems.get(name)
+        if found is not None:
+            return found
+        cfg = self.config.system_config(name)
+        robot_path = cfg.robot if cfg.robot.is_absolute() else self.config.root / cfg.robot
+        map_path = (
+            cfg.selectors if cfg.selectors.is_absolute() else self.config.root / cfg.selectors
+        )
+        robot = load_robot(robot_path, name)
+        selectors = load_selector_map(map_path, name)
+        sessions = {
+            acc.name: Session(name, acc, state_path(self.config.var_dir, name, acc.name))
+            for acc in cfg.accounts
+        }
+        found = _System(name, cfg, robot, selectors, Watchdog(name, cfg), sessions)
+        self._systems[name] = found
+        return found
+
+    # ---- what the pipeline calls ----------------------------------------------------------
+
+    async def lookup(
+        self,
+        system: str,
+        key: str,
+        *,
+        account: str | None = None,
+        evidence: BundleLike | None = None,
+        deadline: datetime | None = None,
+    ) -> Record:
+        """The record of ``key`` on ``system``, read by its robot with ``account``.
+
+        Raises RecordNotFound / RecordRevoked (final) or a SystemFailure after retries.
+        """
+        self._counts["lookups"] += 1
+
+        async def step(robot: Robot, page: RobotPage) -> Record:
+            return await robot.lookup(page, key)
+
+        record = await self._run(system, key, "lookup", step, account, evidence, deadline)
+        if not isinstance(record, Record):
+            raise ConfigError(
+                f"The {system} robot's lookup() returned {type(record).__name__}; "
+                "it must return a stampless.Record."
+            )
+        return record
+
+    async def fetch(
+        self,
+        system: str,
+        key: str,
+        *,
+        account: str | None = None,
+        evidence: BundleLike | None = None,
+        deadline: datetime | None = None,
+    ) -> Path:
+        """Download the archived scan of ``key`` into the evidence; returns the file."""
+        self._counts["fetches"] += 1
+
+        async def step(robot: Robot, page: RobotPage) -> Path:
+            return await robot.fetch(page, key)
+
+        return await self._run(system, key, "fetch", step, account, evidence, deadline)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters of this runtime: logins per account, lookups, retries, recycles, selectors."""
+        logins: dict[str, int] = {}
+        selectors: dict[str, dict[str, dict[str, int]]] = {}
+        for system in self._systems.values():
+            for session in system.sessions.values():
+                logins[f"{system.name}/{session.name}"] = session.logins
+            selectors[system.name] = {
+                name: {
+                    **{f"choice{index + 1}": n for index, n in sorted(use.by_index.items())},
+                    "failed": use.failures,
+                }
+                for name, use in system.usage.items()
+            }
+        recycles = sum(
+            s.recycles for sys_ in self._systems.values() for s in sys_.sessions.values()
+        )
+        return {**self._counts, "recycles": recycles, "logins": logins, "selectors": selectors}
+
+    # ---- the attempt loop ---------------------------------------------------------------
+
+    def _session(self, system: _System, account: str | None) -> Session:
+        if account is None:
+            return next(iter(system.sessions.values()))
+        try:
+            return system.sessions[account]
+        except KeyError:
+            known = ", ".join(system.sessions)
+            raise ConfigError(
+                f"System {system.name!r} has no account {account!r} in robot.toml; it has: {known}."
+            ) from None
+
+    def _audit_event(self, event: str, request_id: str | None, **data: Any) -> None:
+        if self._audit is None:
+            return
+        try:
+            self._audit.append(event, request_id=request_id, **data)
+        except Exception as exc:  # evidence of a lookup must not fail the lookup itself
+            logger.warning("audit entry {} not written: {}", event, exc)
+
+    async def _run(
+        self,
+        system_name: str,
+        key: str,
+        op: str,
+        step: Callable[[Robot, RobotPage], Awaitable[T]],
+        account: str | None,
+        bundle: BundleLike | None,
+        deadline: datetime | None,
+    ) -> T:
+        system = self.system(system_name)
+        session = self._session(system, account)
+        request_id: str | None = getattr(bundle, "request_id", None)
+        self._check_circuit(system)
+        if bundle is not None:
+            bundle.set_meta(
+                system=system.name,
+                robot=type(system.robot).__name__,
+                robot_version=system.robot.version,
+                account=session.name,
+                **system.selectors.meta(),
+            )
+        async with session.lock:
+            attempt = 0
+            while True:
+                attempt += 1
+                evidence = Evidence(
+                    bundle,
+                    var_dir=self.config.var_dir,
+                    selectors=system.selectors,
+                    request_id=request_id,
+                    audit=self._audit,
+                )
+                page: RobotPage | None = None
+                started = time.perf_counter()
+                try:
+                    async with _time_limit(deadline):
+                        page = await self._ready(system, session, evidence, deadline)
+                        await self._start_chunk(session, f"{op} {system.name}")
+                        result = await step(system.robot, page)
+                except Exception as exc:
+                    error = exc if isinstance(exc, StamplessError) else translate_error(exc, op)
+                    if isinstance(error, BusinessError):
+                        await self._end_chunk(session, evidence, failed=False)
+                        self._succeeded(system, session)
+                        self._counts["business_outcomes"] += 1
+                        self._audit_event(
+                            "looked_up",
+                            request_id,
+                            system=system.name,
+                            account=session.name,
+                            key=mask_id(key),
+                            outcome=_outcome(error),
+                        )
+                        logger.info("{} {}: {}", system.name, mask_id(key), _outcome(error))
+                        raise
+                    await self._failed_attempt(system, session, evidence, page, error)
+                    if isinstance(error, InputError) or not getattr(error, "retryable", True):
+                        self._final_failure(system)
+                        raise error from exc
+                    if isinstance(error, SessionLost) and not isinstance(error, ReloginRefused):
+                        # Not a failed attempt: the watchdog bounds how often this happens.
+                        session.logged_in = False
+                        forget_state(session)
+                        self._counts["relogins"] += 1
+                        attempt -= 1
+                        continue
+                    if isinstance(error, ReloginRefused) or attempt >= self.attempts:
+                        self._final_failure(system)
+                        raise error from exc
+                    delay = self.backoff_s * (2 ** (attempt - 1))
+                    if deadline is not None and (deadline - utcnow()).total_seconds() <= delay:
+                        self._final_failure(system)
+                        raise error from exc
+                    self._counts["retries"] += 1
+                    logger.warning(
+                        "{} {} attempt {} failed ({}); retrying in {:.1f} s",
+                        system.name,
+                        op,
+                        attempt,
+                        error,
+                        delay,
+                    )
+                    await asyncio.sleep(delay)
+                    continue
+                finally:
+                    if page is not None:
+                        await page.close_popups()
+                await self._end_chunk(session, evidence, failed=False)
+                self._succeeded(system, session)
+                self._audit_event(
+                    "looked_up" if op == "lookup" else "fetched",
+                    request_id,
+                    system=system.name,
+                    account=session.name,
+                    key=mask_id(key),
+                    outcome="found",
+                    seconds=round(time.perf_counter() - started, 3),
+                )
+                await self._maybe_recycle(session)
+                return result
+
+    def _check_circuit(self, system: _System) -> None:
+        now = time.monotonic()
+        if system.open_until > now:
+            raise DepartmentUnavailable(
+                f"The {system.name} system failed {system.config.circuit_failures} requests in a "
+                f"row; stampless waits {system.open_until - now:.0f} s before trying it again."
+            )
+
+    def _final_failure(self, system: _System) -> None:
+        self._counts["failures"] += 1
+        system.failures_in_row += 1
+        if system.failures_in_row >= system.config.circuit_failures:
+            system.open_until = time.monotonic() + system.config.circuit_reset_s
+            system.failures_in_row = 0
+            logger.error(
+                "{}: circuit open for {:.0f} s", system.name, system.config.circuit_reset_s
+            )
+
+    def _succeeded(self, system: _System, session: Session) -> None:
+        system.failures_in_row = 0
+        system.watchdog.succeeded(session.name)
+        session.uses += 1
+
+    async def _failed_attempt(
+        self,
+        system: _System,
+        session: Session,
+        evidence: Evidence,
+        page: RobotPage | None,
+        error: StamplessError,
+    ) -> None:
+        """Evidence of a failed attempt: a screenshot and the trace; a crashed browser reset."""
+        logger.warning("{} ({}): {}", system.name, session.name, error)
+        if page is not None and not isinstance(error, BrowserError):
+            await evidence.failure_screenshot(
+                type(error).__name__ + " - " + str(error)[:80], page.raw
+            )
+        await self._end_chunk(session, evidence, failed=True)
+        if isinstance(error, BrowserError):
+            await close_context(session, keep_state=False)
+
+    async def _ready(
+        self, system: _System, session: Session, evidence: Evidence, deadline: datetime | None
+    ) -> RobotPage:
+        """The account's page, with a context and a live login."""
+        browser = await self.browser()
+        if session.context is None or session.page is None or session.page.raw.is_closed():
+            if session.context is not None:
+                await close_context(session, keep_state=False)
+            context = await open_context(browser, session, self.config.browser)
+            raw = await context.new_page()
+            session.page = RobotPage(
+                raw,
+                system=system.name,
+                base_url=system.config.url,
+                selectors=system.selectors,
+                config=self.config.browser,
+                drift=self._drift,
+                evidence=evidence,
+                usage=system.usage,
+            )
+            robot, page_ref = system.robot, session.page
+            session.page.logout_probe = lambda: robot.is_logged_out(page_ref)
+        page = session.page
+        page.evidence = evidence
+        evidence.page = page.raw
+        page.dialogs.clear()
+        if not session.logged_in:
+            await self._login(system, session, page, deadline)
+        return page
+
+    async def _login(
+        self, system: _System, session: Session, page: RobotPage, deadline: datetime | None
+    ) -> None:
+        relogin = session.logins > 0 or session.state_file.exists()
+        delay = system.watchdog.before_login(session.name, relogin=relogin)
+        if delay > 0:
+            if deadline is not None:
+                delay = min(delay, max(0.0, (deadline - utcnow()).total_seconds() - 1))
+            logger.info("{}: logging {} in again after {:.1f} s", system.name, session.name, delay)
+            await asyncio.sleep(delay)
+        creds = Credentials(session.account, self.config)
+        page.probing = False
+        try:
+            await system.robot.login(page, creds)
+            page._raise_if_unhealthy()
+            if await system.robot.is_logged_out(page):
+                raise LoginRejected(
+                    f"The {system.name} system did not accept the login of account "
+                    f"{session.name!r}; check its password in the vault (not retried, so the "
+                    "account does not lock)."
+                )
+        finally:
+            page.probing = True
+            await page.clear_passwords()
+        session.logged_in = True
+        session.logins += 1
+        system.watchdog.logged_in(session.name)
+        await save_state(session)
+        self._audit_event(
+            "logged_in",
+            page.evidence.request_id,
+            system=system.name,
+            account=session.name,
+            relogin=relogin,
+        )
+        logger.info("{}: account {} logged in", system.name, session.name)
+
+    async def _maybe_recycle(self, session: Session) -> None:
+        if session.uses >= self.config.browser.recycle_after:
+            await close_context(session, keep_state=True)
+            session.recycles += 1
+            logger.debug("{}: context of {} recycled", session.system, session.name)
+
+    # ---- traces -------------------------------------------------------------------------
+
+    async def _start_chunk(self, session: Session, title: str) -> None:
+        if session.tracing and session.context is not None:
+            await session.context.tracing.start_chunk(title=title)
+
+    async def _end_chunk(self, session: Session, evidence: Evidence, *, failed: bool) -> None:
+        """Stop the attempt's trace chunk; keep it on failure (or always, if configured)."""
+        if not session.tracing or session.context is None:
+            return
+        mode = self.config.browser.trace
+        keep = (
+            (failed and mode != "off")
+            or mode == "always"
+            or self.config.evidence.keep_trace_on_success
+        )
+        try:
+            if not keep:
+                await session.context.tracing.stop_chunk()
+                return
+            target = evidence.file_path("trace.zip")
+            await session.context.tracing.stop_chunk(path=str(target))
+        except Exception as exc:
+            # No chunk was running (the attempt failed before it started) or the browser
+            # is gone: there is no trace to keep.
+            logger.debug("trace chunk not kept: {}", type(exc).__name__)
+            return
+        if evidence.bundle is not None:
+            evidence.bundle.note_file(evidence._bundle_name(target), kind="trace")
+        logger.info("trace kept: {} (open with 'playwright show-trace')", target.name)
+
+
+def _outcome(error: BaseException) -> str:
+    if isinstance(error, RecordNotFound):
+        return "not_found"
+    if isinstance(error, RecordRevoked):
+        return "revoked"
+    return type(error).__name__
+
+
+@contextlib.asynccontextmanager
+async def _time_limit(deadline: datetime | None) -> AsyncIterator[None]:
+    """Cancel the attempt when the request's deadline passes."""
+    if deadline is None:
+        yield
+        return
+    remaining = (deadline - utcnow()).total_seconds()
+    if remaining <= 0:
+        raise DepartmentUnavailable("The request's deadline passed before the robot could start.")
+    try:
+        async with asyncio.timeout(remaining):
+            yield
+    except TimeoutError as exc:
+        raise DepartmentUnavailable(
+            "The robot did not finish before the request's deadline; it is reported as failed."
+        ) from exc

@@ -1,0 +1,130 @@
+"""Sessions per service account: one browser context each, logged in once, reused.
+
+A context holds one account's cookies; it is created on the first request for the
+account (from the saved storage state, when there is one, so a restarted worker need not
+log in again), reused for every later request, and recycled after
+``browser.recycle_after`` requests to bound Chromium's memory. Storage state (cookies,
+local storage) is written to ``<var_dir>/sessions/<system>/<account>.json`` with mode
+0600, since it holds live session cookies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from loguru import logger
+
+if TYPE_CHECKING:
+    from playwright.async_api import Browser, BrowserContext
+
+    from stampless.config import AccountConfig, BrowserConfig
+    from stampless.robot._page import RobotPage
+
+
+def state_path(var_dir: Path, system: str, account: str) -> Path:
+    """Where the storage state of ``account`` on ``system`` is kept."""
+    return Path(var_dir) / "sessions" / system / f"{account}.json"
+
+
+def write_private_json(path: Path, data: Any) -> None:
+    """Write JSON atomically with mode 0600 (the folder 0700): it holds session cookies."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.chmod(0o700)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, json.dumps(data).encode("utf-8"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    tmp.replace(path)
+
+
+@dataclass
+class Session:
+    """One account's context on one system, and what happened to it."""
+
+    system: str
+    account: AccountConfig
+    state_file: Path
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    context: BrowserContext | None = None
+    page: RobotPage | None = None
+    logged_in: bool = False  # believed logged in (confirmed by login or saved state)
+    uses: int = 0  # requests served by the current context
+    logins: int = 0
+    recycles: int = 0
+    tracing: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.account.name
+
+
+async def open_context(browser: Browser, session: Session, config: BrowserConfig) -> BrowserContext:
+    """A new context for ``session``, restored from its storage state when there is one."""
+    storage: str | None = None
+    if session.state_file.is_file():
+        storage = str(session.state_file)
+    context = await browser.new_context(
+        storage_state=storage,
+        viewport={"width": config.viewport_width, "height": config.viewport_height},
+        accept_downloads=True,
+        locale="zh-CN",
+        timezone_id="Asia/Shanghai",
+    )
+    context.set_default_timeout(config.timeout_ms)
+    context.set_default_navigation_timeout(config.navigation_timeout_ms)
+    session.context = context
+    session.uses = 0
+    # A restored state is trusted until the system says otherwise (the watchdog checks).
+    session.logged_in = storage is not None
+    if config.trace != "off":
+        # Recording starts now but per-request chunks are what gets kept; the login that
+        # follows happens before the first chunk, so it is never in a trace.
+        await context.tracing.start(snapshots=True, screenshots=True, sources=False)
+        await context.tracing.stop_chunk()
+        session.tracing = True
+    logger.debug(
+        "{}: context for {} opened ({})",
+        session.system,
+        session.name,
+        "saved state" if storage else "fresh",
+    )
+    return context
+
+
+async def save_state(session: Session) -> None:
+    """Save the context's cookies and storage so a restart can skip the login."""
+    if session.context is None:
+        return
+    try:
+        state = await session.context.storage_state()
+    except Exception as exc:  # a closing context has nothing worth saving
+        logger.debug("storage state of {} not saved: {}", session.name, type(exc).__name__)
+        return
+    await asyncio.to_thread(write_private_json, session.state_file, state)
+
+
+def forget_state(session: Session) -> None:
+    """Delete the saved state (after the system logged the account out, it is stale)."""
+    session.state_file.unlink(missing_ok=True)
+
+
+async def close_context(session: Session, *, keep_state: bool = True) -> None:
+    """Close the session's context, saving its state first when it is logged in."""
+    if session.context is None:
+        return
+    if keep_state and session.logged_in:
+        await save_state(session)
+    context, session.context, session.page = session.context, None, None
+    session.tracing = False
+    try:
+        await context.close()
+    except Exception as exc:  # a crashed browser's contexts are gone already
+        logger.debug("closing context of {} failed: {}", session.name, type(exc).__name__)
