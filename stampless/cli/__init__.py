@@ -30,6 +30,9 @@ app = typer.Typer(
 COMMAND_MODULES = (
     "basic",
     "fixtures",
+    "evidence",
+    "audit",
+    "keys",
 )
 
 

@@ -1,0 +1,251 @@
+"""``stampless evidence ls|show|verify|report|export``: the sealed evidence bundles."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from stampless.cli._common import console, exit_with, get_config
+from stampless.errors import ExitCode, InputError
+
+evidence_app = typer.Typer(help="Sealed evidence bundles: list, show, verify, report, export.")
+
+_RELATIVE = re.compile(r"^(\d+)\s*([smhdw])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_since(text: str, *, now: datetime | None = None) -> datetime:
+    """A time: ISO date/time (UTC if no zone) or a duration ago (``30m``, ``2h``, ``7d``)."""
+    text = text.strip()
+    m = _RELATIVE.match(text)
+    if m:
+        delta = timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
+        return (now or datetime.now(UTC)) - delta
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise InputError(
+            f"--since {text!r} is not a time; give an ISO date such as 2026-11-21 or "
+            "2026-11-21T08:00, or a duration ago such as 30m, 2h or 7d."
+        ) from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def _bundle_dir(id_or_path: str) -> Path:
+    """A request id (looked up in the evidence folder) or a path to a bundle or zip."""
+    from stampless.models import REQUEST_ID_PATTERN
+
+    path = Path(id_or_path)
+    if path.exists() and (path.is_file() or (path / "manifest.json").exists()):
+        return path
+    if REQUEST_ID_PATTERN.match(id_or_path) and ".." not in id_or_path:
+        config = get_config(required=False)
+        folder = config.evidence_dir / id_or_path
+        if folder.is_dir():
+            return folder
+        partial = config.evidence_dir / f".{id_or_path}.partial"
+        if partial.is_dir():
+            raise InputError(
+                f"The evidence of {id_or_path} is not sealed yet (still being gathered, or "
+                "its worker died); wait for the request to finish."
+            )
+        raise InputError(
+            f"No evidence bundle for {id_or_path} in {config.evidence_dir}; list them with "
+            "'stampless evidence ls'."
+        )
+    raise InputError(f"{id_or_path} is neither a request id nor a bundle folder or zip.")
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+@evidence_app.command("ls")
+def ls_cmd(
+    verdict: Annotated[
+        str | None, typer.Option("--verdict", help="Only this verdict (e.g. mismatch).")
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option("--since", help="Only bundles finished since (ISO time or 2h, 7d)."),
+    ] = None,
+) -> None:
+    """List sealed bundles, newest first (reads verdict.json; does not hash files)."""
+    from rich.table import Table
+
+    from stampless.evidence import list_bundles
+
+    config = get_config(required=False)
+    cutoff = parse_since(since) if since else None
+    rows = [
+        b
+        for b in list_bundles(config.evidence_dir)
+        if (verdict is None or b.verdict == verdict)
+        and (cutoff is None or (b.finished_at is not None and b.finished_at >= cutoff))
+    ]
+    table = Table(title=f"Evidence in {config.evidence_dir}", title_justify="left")
+    for col in ("id", "type", "verdict", "finished", "size"):
+        table.add_column(col, justify="right" if col == "size" else "left")
+    colours = {"verified": "green", "mismatch": "red", "not_found": "red", "needs_review": "yellow"}
+    for b in rows:
+        v = b.verdict or "?"
+        table.add_row(
+            b.request_id,
+            b.type or "?",
+            f"[{colours.get(v, 'white')}]{v}[/]",
+            b.finished_at.strftime("%Y-%m-%d %H:%M:%S") if b.finished_at else "?",
+            _size(b.size),
+        )
+    console.print(table)
+    console.print(f"{len(rows)} bundle(s)")
+
+
+@evidence_app.command("show")
+def show_cmd(request: Annotated[str, typer.Argument(help="Request id or bundle folder.")]) -> None:
+    """A readable summary of one bundle: verdict, fields, files, signature."""
+    import json
+
+    from rich.table import Table
+
+    folder = _bundle_dir(request)
+    if folder.is_file():
+        raise InputError("'evidence show' reads a bundle folder; use 'evidence verify' for a zip.")
+    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    verdict_file = folder / "verdict.json"
+    verdict = json.loads(verdict_file.read_text(encoding="utf-8")) if verdict_file.exists() else {}
+    console.print(f"[bold]{manifest.get('request_id')}[/]  {folder}")
+    v = verdict.get("verdict", "?")
+    console.print(
+        f"verdict [bold]{v}[/]  type {verdict.get('type', '?')}  tier {verdict.get('tier', '?')}  "
+        f"attempts {verdict.get('attempts', '?')}"
+    )
+    console.print(
+        f"started {manifest.get('started_at')}  finished {manifest.get('finished_at')}  "
+        f"stampless {manifest.get('stampless_version')}"
+    )
+    for reason in verdict.get("reasons", []):
+        console.print(f"  - {reason}", markup=False)
+    if verdict.get("fields"):
+        table = Table(title="Fields", title_justify="left")
+        for col in ("field", "claimed", "ocr", "record", "status", "conf"):
+            table.add_column(col)
+        for f in verdict["fields"]:
+            status = f.get("status", "?")
+            style = "green" if status == "match" else "red" if status == "mismatch" else "yellow"
+            table.add_row(
+                f.get("name", "?"),
+                str(f.get("claimed")),
+                str(f.get("ocr")),
+                str(f.get("record")),
+                f"[{style}]{status}[/]",
+                f"{float(f.get('confidence', 0)):.0%}",
+            )
+        console.print(table)
+    files = Table(title="Files", title_justify="left")
+    for col in ("file", "kind", "size", "caption"):
+        files.add_column(col)
+    for f in manifest.get("files", []):
+        files.add_row(f.get("name"), f.get("kind"), _size(int(f.get("size", 0))), f.get("caption"))
+    console.print(files)
+    for key, value in (manifest.get("meta") or {}).items():
+        console.print(f"{key}: {value}", markup=False)
+    sig = manifest.get("signature") or {}
+    console.print(f"signed by key {sig.get('key_id', '?')} ({sig.get('alg', '?')})")
+
+
+@evidence_app.command("verify")
+def verify_cmd(
+    target: Annotated[str, typer.Argument(help="Request id, bundle folder or exported zip.")],
+    key: Annotated[
+        list[str] | None,
+        typer.Option("--key", help="Also trust this public key (base64); repeatable."),
+    ] = None,
+) -> None:
+    """Recompute every hash and check the signature; exit 0 only when all holds."""
+    from stampless.evidence import verify_bundle
+    from stampless.signing import trusted_public_keys
+
+    path = _bundle_dir(target)
+    config = get_config(required=False)
+    trusted = trusted_public_keys(config) + list(key or [])
+    report = verify_bundle(path, trusted_keys=trusted or None)
+    if report.ok:
+        console.print(
+            f"OK: {report.request_id}: {report.files_checked} files match the manifest; "
+            f"signature valid (key {report.key_id}).",
+            markup=False,
+        )
+        if not trusted:
+            console.print(
+                "Note: no trusted public key known (no <var>/keys/*.pub, no --key); the "
+                "signature was checked against the key inside the manifest only.",
+                markup=False,
+            )
+        return
+    for problem in report.problems:
+        console.print(f"FAIL {problem}", markup=False, soft_wrap=True)
+    exit_with(ExitCode.not_verified)
+
+
+@evidence_app.command("report")
+def report_cmd(
+    request: Annotated[str, typer.Argument(help="Request id or bundle folder.")],
+    out: Annotated[Path | None, typer.Option("--out", help="Where to write the HTML.")] = None,
+    open_: Annotated[bool, typer.Option("--open", help="Open it in a browser.")] = False,
+) -> None:
+    """Write a self-contained HTML report of one bundle (images embedded)."""
+    from stampless.report import write_report
+
+    folder = _bundle_dir(request)
+    if folder.is_file():
+        raise InputError("'evidence report' reads a bundle folder, not a zip; unzip it first.")
+    config = get_config(required=False)
+    target = out or (config.var_dir / "reports" / f"{folder.name}.html")
+    path = write_report(folder, target, audit_dir=config.audit_dir)
+    console.print(str(path), markup=False)
+    if open_:
+        _open_in_browser(path, config.browser.executable_path)
+
+
+def _open_in_browser(path: Path, executable: str | None) -> None:
+    import shutil
+    import subprocess
+
+    for candidate in (executable, shutil.which("xdg-open"), shutil.which("chromium")):
+        if candidate:
+            subprocess.Popen(
+                [candidate, path.resolve().as_uri()],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            return
+    console.print("No browser found to open it; open the file above yourself.")
+
+
+@evidence_app.command("export")
+def export_cmd(
+    request: Annotated[str, typer.Argument(help="Request id or bundle folder.")],
+    out: Annotated[Path, typer.Argument(help="The zip file to write.")],
+) -> None:
+    """Zip a bundle for someone else, who can check it with 'stampless evidence verify OUT.zip'."""
+    from stampless.evidence import export_bundle
+
+    folder = _bundle_dir(request)
+    if folder.is_file():
+        raise InputError(f"{folder} is already a file; export takes a request id or folder.")
+    path = export_bundle(folder, out)
+    console.print(str(path), markup=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(evidence_app, name="evidence")
