@@ -1,0 +1,170 @@
+"""Shared pytest fixtures: the emulated department systems as real subprocesses.
+
+Fixtures (names are stable; other test modules rely on them):
+
+``fixture_servers`` (session scope)
+    One ``python -m stampless fixtures serve --base-port 0 --seed 7`` for the whole run,
+    with its access logs in a temporary folder. Treat it as shared: do not change its
+    settings (ui variant, faults, latency) or expire its sessions; start your own
+    instance with ``fixture_servers_factory`` for that.
+``fixture_servers_factory`` (function scope)
+    ``fixture_servers_factory(seed=7, latency_ms=0, fault_rate=0.0, fault_kinds=None,
+    hang_s=None, idle_timeout_s=None, ui_variant=None)`` starts another instance and
+    returns its :class:`FixtureServers`; every instance is stopped when the test ends.
+
+A :class:`FixtureServers` offers::
+
+    .urls                       {"civil_affairs": "http://127.0.0.1:P", ...}
+    .url(system)                one system's base URL
+    .base_port / .port(system)  ports (civil affairs is the base port)
+    .access_log_dir             folder of <system>.jsonl
+    .access_log_path(system)    that system's JSON-lines access log
+    .access_log(system)         its entries, as dicts (read over HTTP, always complete)
+    .control(system, **kw)      POST /_fixture/control, e.g. control("civil_affairs",
+                                expire_sessions=True); returns the resulting settings
+    .control_all(**kw)          the same on all three systems
+    .state(system)              GET /_fixture/state (settings and live sessions)
+
+Service-account credentials come from ``stampless.fixtures.accounts.fixture_env()``.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from stampless.fixtures.harness import FixtureProcess
+from stampless.fixtures.records import SYSTEMS
+
+
+class FixtureServers:
+    """A running ``stampless fixtures serve`` and helpers to inspect and steer it."""
+
+    def __init__(self, process: FixtureProcess, access_log_dir: Path) -> None:
+        self.process = process
+        self.access_log_dir = access_log_dir
+        self.urls: dict[str, str] = dict(process.urls)
+        missing = set(SYSTEMS) - set(self.urls)
+        if missing:
+            raise RuntimeError(f"fixtures serve did not print URLs for {sorted(missing)}")
+
+    def url(self, system: str) -> str:
+        """Base URL of ``system``, e.g. ``http://127.0.0.1:8700``."""
+        return self.urls[system]
+
+    def port(self, system: str) -> int:
+        """TCP port of ``system``."""
+        port = urlsplit(self.urls[system]).port
+        assert port is not None
+        return port
+
+    @property
+    def base_port(self) -> int:
+        """The civil-affairs port (the others follow it when a base port was given)."""
+        return self.port("civil_affairs")
+
+    def access_log_path(self, system: str) -> Path:
+        """The JSON-lines access log file of ``system``."""
+        return self.access_log_dir / f"{system}.jsonl"
+
+    def access_log(self, system: str) -> list[dict[str, Any]]:
+        """Every access-log entry of ``system`` so far."""
+        with urllib.request.urlopen(self.url(system) + "/_fixture/access-log", timeout=10) as r:
+            text = r.read().decode("utf-8")
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def control(self, system: str, **settings: Any) -> dict[str, Any]:
+        """Change ``system``'s settings through POST /_fixture/control."""
+        request = urllib.request.Request(
+            self.url(system) + "/_fixture/control",
+            data=json.dumps(settings).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=10) as r:
+            result: dict[str, Any] = json.loads(r.read())
+        return result
+
+    def control_all(self, **settings: Any) -> dict[str, dict[str, Any]]:
+        """:meth:`control` on every system."""
+        return {system: self.control(system, **settings) for system in SYSTEMS}
+
+    def state(self, system: str) -> dict[str, Any]:
+        """Settings and live sessions of ``system``."""
+        with urllib.request.urlopen(self.url(system) + "/_fixture/state", timeout=10) as r:
+            result: dict[str, Any] = json.loads(r.read())
+        return result
+
+    def stop(self) -> None:
+        """Stop the server process (SIGTERM, then kill)."""
+        self.process.stop()
+
+
+def _start(access_log_dir: Path, args: list[str]) -> FixtureServers:
+    process = FixtureProcess(args=args, access_log=access_log_dir)
+    process.start()
+    return FixtureServers(process, access_log_dir)
+
+
+def _options_to_args(**options: Any) -> list[str]:
+    args: list[str] = []
+    for name, value in options.items():
+        if value is None:
+            continue
+        if name == "fault_kinds" and not isinstance(value, str):
+            value = ",".join(value)
+        args += [f"--{name.replace('_', '-')}", str(value)]
+    return args
+
+
+@pytest.fixture(scope="session")
+def fixture_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FixtureServers]:
+    """The three emulated systems with seed 7, shared by the whole test session."""
+    servers = _start(tmp_path_factory.mktemp("fixture-access-log"), ["--seed", "7"])
+    try:
+        yield servers
+    finally:
+        servers.stop()
+
+
+@pytest.fixture
+def fixture_servers_factory(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[..., FixtureServers]]:
+    """Start extra instances with other options; all are stopped after the test."""
+    started: list[FixtureServers] = []
+
+    def start(
+        *,
+        seed: int = 7,
+        latency_ms: int | None = None,
+        fault_rate: float | None = None,
+        fault_kinds: str | list[str] | None = None,
+        hang_s: float | None = None,
+        idle_timeout_s: float | None = None,
+        ui_variant: str | None = None,
+    ) -> FixtureServers:
+        args = _options_to_args(
+            seed=seed,
+            latency_ms=latency_ms,
+            fault_rate=fault_rate,
+            fault_kinds=fault_kinds,
+            hang_s=hang_s,
+            idle_timeout_s=idle_timeout_s,
+            ui_variant=ui_variant,
+        )
+        servers = _start(tmp_path_factory.mktemp("fixture-extra"), args)
+        started.append(servers)
+        return servers
+
+    try:
+        yield start
+    finally:
+        for servers in started:
+            servers.stop()
