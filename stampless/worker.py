@@ -1,0 +1,615 @@
+"""The worker loop: claim -> pipeline -> outbox or review -> complete.
+
+One process runs N asyncio tasks that share one processor (the
+:class:`~stampless.pipeline.Pipeline`, hence one browser); OCR runs in threads, so two
+tasks keep two cores busy. Per item:
+
+* a verdict already in the outbox (a crash after writing it) completes the item
+  without running it again; so does an item already in the review store;
+* a :class:`~stampless.errors.SystemFailure` is retried with exponential backoff and
+  jitter while a retry can still finish before the deadline and attempts remain;
+  otherwise the item is *escalated*: robot and manual tiers go to the review store with
+  what was gathered, instant-tier items get an ``error`` verdict;
+* an :class:`~stampless.errors.InputError` is final: an ``error`` verdict;
+* the circuit breaker of the item's department system is consulted before, and told
+  after; items of a system whose circuit is open wait in the queue, and are escalated
+  when their deadline comes near;
+* the lease (and the account lock) is renewed while the item runs; a killed process
+  simply stops renewing, and the item runs again elsewhere once the lease expires;
+* on shutdown, running items get ``grace_s`` to finish, then are released (the attempt
+  is given back) and nothing half-done is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from loguru import logger
+
+from stampless.cases import CaseStore
+from stampless.circuit import CircuitBreaker, counts_against_system
+from stampless.delivery import Delivery, backoff_s
+from stampless.errors import InputError, StamplessError, SystemFailure
+from stampless.models import Request, Tier, Verdict, VerdictKind, utcnow
+from stampless.outbox import OutboxConflict, read_verdict, write_verdict
+from stampless.queue import Claim, ItemState, LeaseLost, QueueItem, WorkQueue
+
+if TYPE_CHECKING:
+    from stampless.config import Config
+    from stampless.review.store import ReviewStore
+
+DEFAULT_ESTIMATE_S = 5.0
+
+
+class Processor(Protocol):
+    """What a worker needs from the pipeline (:class:`stampless.pipeline.Pipeline`)."""
+
+    async def process(
+        self,
+        request: Request,
+        *,
+        base_dir: Path,
+        received_at: datetime,
+        deadline: datetime | None,
+        attempt: int = 1,
+        account: str | None = None,
+    ) -> Verdict: ...
+
+    async def escalate(
+        self,
+        request: Request,
+        *,
+        base_dir: Path,
+        received_at: datetime,
+        deadline: datetime | None,
+        attempts: int,
+        reason: str,
+    ) -> Verdict: ...
+
+    async def fail(
+        self,
+        request: Request,
+        *,
+        base_dir: Path,
+        received_at: datetime,
+        deadline: datetime | None,
+        attempts: int,
+        reason: str,
+    ) -> Verdict: ...
+
+
+@dataclass
+class WorkerOptions:
+    """How the pool runs; defaults come from robot.toml's ``[queue]``."""
+
+    workers: int = 2
+    until_empty: bool = False
+    poll_s: float = 0.2
+    lease_s: float = 120.0
+    max_attempts: int = 5
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 30.0
+    grace_s: float = 20.0
+    maintenance_s: float = 5.0
+    progress: bool | None = None  # None: a live display when stdout is a terminal
+    progress_every_s: float = 10.0
+
+    @classmethod
+    def from_config(cls, config: Config, **overrides: Any) -> WorkerOptions:
+        q = config.queue
+        opts = cls(
+            lease_s=q.lease_s,
+            max_attempts=q.max_attempts,
+            backoff_base_s=q.backoff_base_s,
+            backoff_max_s=q.backoff_max_s,
+        )
+        for key, value in overrides.items():
+            if value is not None:
+                setattr(opts, key, value)
+        return opts
+
+
+@dataclass
+class Stats:
+    """What this process did, for the progress display and the benchmark."""
+
+    started: float = field(default_factory=time.monotonic)
+    done: int = 0
+    failed: int = 0
+    review: int = 0
+    retried: int = 0
+    escalated: int = 0
+    released: int = 0
+    sla_met: int = 0
+    sla_missed: int = 0
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
+
+    @property
+    def finished(self) -> int:
+        return self.done + self.failed + self.review
+
+    def rate_per_min(self) -> float:
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        return self.finished * 60.0 / elapsed
+
+
+def worker_name(n: int) -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:w{n}"
+
+
+class WorkerPool:
+    """N workers on one queue, sharing one processor (one browser) in this process."""
+
+    def __init__(
+        self,
+        config: Config,
+        queue: WorkQueue,
+        processor: Processor,
+        *,
+        options: WorkerOptions | None = None,
+        review: ReviewStore | None = None,
+        circuits: CircuitBreaker | None = None,
+        delivery: Delivery | None = None,
+        cases: CaseStore | None = None,
+    ) -> None:
+        self.config = config
+        self.queue = queue
+        self.processor = processor
+        self.options = options or WorkerOptions.from_config(config)
+        if review is None:
+            from stampless.review.store import ReviewStore
+
+            review = ReviewStore.from_config(config)
+        self.review = review
+        self.circuits = circuits or CircuitBreaker.from_config(config)
+        self.delivery = delivery
+        self.cases = cases or CaseStore.from_config(config)
+        self.outbox_dir = config.outbox_dir
+        self.stats = Stats()
+        self.stop = asyncio.Event()
+        self._estimates: dict[str | None, float] = {}
+        self._running: dict[str, Claim] = {}
+        self._delivery_task: asyncio.Task[None] | None = None
+        self._delivery_again = False
+        from stampless.audit import AuditLog
+
+        self.audit = AuditLog(config.audit_dir, rotate_bytes=config.audit.rotate_bytes)
+
+    # -- the loop ------------------------------------------------------------------------
+
+    async def run(self) -> Stats:
+        """Run until ``self.stop`` is set (or the queue is empty with ``until_empty``)."""
+        opts = self.options
+        workers = [
+            asyncio.create_task(self._worker(n), name=f"worker-{n}")
+            for n in range(max(opts.workers, 1))
+        ]
+        helpers = [asyncio.create_task(self._maintenance(), name="maintenance")]
+        progress = _Progress(self) if _want_progress(opts) else None
+        helpers.append(asyncio.create_task(self._report(progress), name="progress"))
+        try:
+            await self._wait_until_finished(workers)
+        finally:
+            self.stop.set()
+            await self._drain(workers)
+            for h in helpers:
+                h.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+            if self._delivery_task is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self._delivery_task, timeout=opts.grace_s)
+            if progress is not None:
+                progress.close()
+            self._log_progress()
+        return self.stats
+
+    async def _wait_until_finished(self, workers: list[asyncio.Task[None]]) -> None:
+        stop_wait = asyncio.create_task(self.stop.wait())
+        try:
+            await asyncio.wait([stop_wait, *workers], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop_wait.cancel()
+        for w in workers:
+            if w.done() and not w.cancelled() and w.exception() is not None:
+                raise w.exception()  # type: ignore[misc]
+
+    async def _drain(self, workers: list[asyncio.Task[None]]) -> None:
+        """Give running items ``grace_s`` to finish, then cancel (they release their items)."""
+        pending = [w for w in workers if not w.done()]
+        if pending:
+            _, still = await asyncio.wait(pending, timeout=self.options.grace_s)
+            for w in still:
+                w.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+
+    async def _worker(self, n: int) -> None:
+        name = worker_name(n)
+        opts = self.options
+        while not self.stop.is_set():
+            claim = self._claim(name)
+            if claim is None:
+                if opts.until_empty and self._queue_empty():
+                    self.stop.set()
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stop.wait(), timeout=opts.poll_s)
+                continue
+            self._running[claim.request_id] = claim
+            try:
+                with logger.contextualize(request_id=claim.request_id):
+                    await self.handle(claim)
+            except asyncio.CancelledError:
+                self._release(claim, "shutdown")
+                raise
+            except LeaseLost as exc:
+                logger.warning("{}", exc)
+            except Exception as exc:
+                # A bug in one item must not kill the worker; the lease brings it back.
+                logger.exception("Worker {} failed on {}: {}", name, claim.request_id, exc)
+                self._release(claim, "internal error")
+            finally:
+                self._running.pop(claim.request_id, None)
+
+    def _queue_empty(self) -> bool:
+        counts = self.queue.counts()
+        return counts[ItemState.queued] == 0 and counts[ItemState.claimed] == 0
+
+    def _claim(self, name: str) -> Claim | None:
+        opts = self.options
+        # Items of a system whose circuit is open stay queued unless their deadline is
+        # close enough that only escalation can still meet it.
+        due_by = utcnow() + timedelta(seconds=self._margin(None) + 2 * opts.poll_s)
+        claim = self.queue.claim(
+            name, lease_s=opts.lease_s, skip_systems=self.circuits.blocked(), due_by=due_by
+        )
+        if claim is not None:
+            item = claim.item
+            self.audit.append(
+                "claimed",
+                request_id=item.request_id,
+                worker=name,
+                attempt=item.attempts,
+                account=item.account,
+            )
+        return claim
+
+    def _release(self, claim: Claim, why: str) -> None:
+        try:
+            self.queue.release(claim)
+        except StamplessError as exc:
+            logger.warning("Could not release {}: {}", claim.request_id, exc)
+            return
+        if claim.item.system:
+            self.circuits.cancel_trial(claim.item.system)
+        self.stats.released += 1
+        self.audit.append("released", request_id=claim.request_id, reason=why)
+
+    # -- one item ------------------------------------------------------------------------
+
+    async def handle(self, claim: Claim) -> None:
+        """Run one claimed item to a terminal state, a scheduled retry, or a release."""
+        item = claim.item
+        opts = self.options
+        existing = read_verdict(self.outbox_dir, item.request_id)
+        if existing is not None:
+            logger.info("{} already has a verdict in the outbox; not run again.", item.request_id)
+            self._complete(claim, existing)
+            return
+        if self.review.get(item.request_id) is not None:
+            self.queue.complete(
+                claim, state=ItemState.review, verdict=None, sla_met=None, finished_at=utcnow()
+            )
+            return
+        if item.attempts > opts.max_attempts:
+            await self._give_up(claim, f"it failed {item.attempts - 1} times ({item.last_error})")
+            return
+        system = item.system
+        if system is not None and not self.circuits.allow(system):
+            if self._too_late(item, utcnow()):
+                await self._give_up(claim, f"department system {system} is down (circuit open)")
+            else:
+                self.queue.release(claim, retry_at=utcnow() + timedelta(seconds=1))
+            return
+        verdict = await self._run(claim)
+        if verdict is not None:
+            await self._finish(claim, verdict)
+
+    async def _run(self, claim: Claim) -> Verdict | None:
+        item = claim.item
+        started = time.monotonic()
+        heartbeat = asyncio.create_task(self._heartbeat(claim))
+        try:
+            verdict = await self.processor.process(
+                item.request,
+                base_dir=item.base_dir,
+                received_at=item.received_at,
+                deadline=item.deadline,
+                attempt=item.attempts,
+                account=item.account,
+            )
+        except SystemFailure as exc:
+            if item.system is not None and counts_against_system(exc):
+                self.circuits.failure(item.system)
+            elif item.system is not None:
+                self.circuits.cancel_trial(item.system)
+            await self._retry_or_give_up(claim, exc)
+            return None
+        except InputError as exc:
+            return await self.processor.fail(
+                item.request,
+                base_dir=item.base_dir,
+                received_at=item.received_at,
+                deadline=item.deadline,
+                attempts=item.attempts,
+                reason=str(exc),
+            )
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError, LeaseLost):
+                await heartbeat
+        if item.system is not None:
+            self.circuits.success(item.system)
+        self._learn(item.system, time.monotonic() - started)
+        return verdict
+
+    async def _heartbeat(self, claim: Claim) -> None:
+        every = max(self.options.lease_s / 3, 0.05)
+        while True:
+            await asyncio.sleep(every)
+            try:
+                claim = self.queue.renew(claim, lease_s=self.options.lease_s)
+            except LeaseLost:
+                logger.warning("Lost the lease on {} while running it.", claim.request_id)
+                return
+
+    def _margin(self, system: str | None) -> float:
+        """How long an attempt is expected to take (a running average per system)."""
+        return self._estimates.get(system, DEFAULT_ESTIMATE_S)
+
+    def _learn(self, system: str | None, seconds: float) -> None:
+        old = self._estimates.get(system)
+        new = seconds if old is None else 0.8 * old + 0.2 * seconds
+        self._estimates[system] = new
+        self._estimates[None] = max(self._estimates.get(None, 0.0) * 0.8 + 0.2 * seconds, 0.5)
+
+    def _too_late(self, item: QueueItem, when: datetime) -> bool:
+        return when + timedelta(seconds=self._margin(item.system)) >= item.deadline
+
+    async def _retry_or_give_up(self, claim: Claim, exc: SystemFailure) -> None:
+        item = claim.item
+        opts = self.options
+        delay = backoff_s(item.attempts, opts.backoff_base_s, opts.backoff_max_s)
+        retry_at = utcnow() + timedelta(seconds=delay)
+        if item.attempts >= opts.max_attempts or self._too_late(item, retry_at):
+            logger.warning("{}: {} No time or attempts left; escalating.", item.request_id, exc)
+            await self._give_up(claim, str(exc))
+            return
+        self.queue.fail(claim, error=str(exc), retry_at=retry_at)
+        self.stats.retried += 1
+        self.audit.append(
+            "retried",
+            request_id=item.request_id,
+            attempt=item.attempts,
+            delay_s=round(delay, 2),
+            error=str(exc),
+        )
+        logger.info(
+            "{}: attempt {} failed ({}); retrying in {:.1f} s.",
+            item.request_id,
+            item.attempts,
+            exc,
+            delay,
+        )
+
+    async def _give_up(self, claim: Claim, why: str) -> None:
+        """Robot and manual tiers go to a person; instant-tier items end in an error."""
+        item = claim.item
+        kwargs: dict[str, Any] = {
+            "base_dir": item.base_dir,
+            "received_at": item.received_at,
+            "deadline": item.deadline,
+            "attempts": item.attempts,
+        }
+        if item.tier is Tier.instant:
+            verdict = await self.processor.fail(
+                item.request, reason=f"Could not verify in time: {why}", **kwargs
+            )
+        else:
+            verdict = await self.processor.escalate(
+                item.request,
+                reason=f"The robot could not finish before the deadline: {why}",
+                **kwargs,
+            )
+            self.stats.escalated += 1
+        await self._finish(claim, verdict)
+
+    async def _finish(self, claim: Claim, verdict: Verdict) -> None:
+        item = claim.item
+        if item.supersedes and verdict.supersedes is None:
+            verdict = verdict.model_copy(update={"supersedes": item.supersedes})
+        if verdict.verdict is VerdictKind.needs_review:
+            reason = verdict.reasons[0] if verdict.reasons else "A person must decide."
+            self.review.add(verdict, request=item.request, base_dir=item.base_dir, reason=reason)
+            self.queue.complete(
+                claim,
+                state=ItemState.review,
+                verdict=None,
+                sla_met=None,
+                finished_at=verdict.finished_at,
+            )
+            self.stats.review += 1
+            logger.info("{} sent to manual review: {}", item.request_id, reason)
+            return
+        try:
+            write_verdict(self.outbox_dir, verdict)
+        except OutboxConflict:
+            # Another holder of an expired lease wrote first; its verdict stands.
+            existing = read_verdict(self.outbox_dir, item.request_id)
+            if existing is None:
+                raise
+            verdict = existing
+        self._complete(claim, verdict)
+
+    def _complete(self, claim: Claim, verdict: Verdict) -> None:
+        item = claim.item
+        met = verdict.finished_at <= item.deadline
+        state = ItemState.failed if verdict.verdict is VerdictKind.error else ItemState.done
+        self.queue.complete(
+            claim,
+            state=state,
+            verdict=verdict.verdict,
+            sla_met=met,
+            finished_at=verdict.finished_at,
+            error=verdict.reasons[0] if state is ItemState.failed and verdict.reasons else None,
+        )
+        if state is ItemState.failed:
+            self.stats.failed += 1
+        else:
+            self.stats.done += 1
+        if met:
+            self.stats.sla_met += 1
+        else:
+            self.stats.sla_missed += 1
+        self.stats.latencies.append((verdict.finished_at - item.received_at).total_seconds())
+        if item.case_id:
+            try:
+                self.cases.settle(item.case_id)
+            except StamplessError as exc:
+                logger.error("Case {} could not be settled: {}", item.case_id, exc)
+        self._kick_delivery()
+
+    # -- background ----------------------------------------------------------------------
+
+    def _kick_delivery(self) -> None:
+        if self.delivery is None:
+            return
+        if self._delivery_task is not None and not self._delivery_task.done():
+            self._delivery_again = True
+            return
+        self._delivery_task = asyncio.create_task(self._deliver())
+
+    async def _deliver(self) -> None:
+        assert self.delivery is not None
+        while True:
+            self._delivery_again = False
+            try:
+                await asyncio.to_thread(self.delivery.deliver_pending)
+            except Exception as exc:
+                logger.error("Webhook delivery failed: {}", exc)
+            if not self._delivery_again:
+                return
+
+    async def _maintenance(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.maintenance_s)
+            try:
+                sweep_deadlines(self.queue, self.review, self.cases, self.outbox_dir)
+            except Exception as exc:
+                logger.error("Deadline sweep failed: {}", exc)
+
+    async def _report(self, progress: _Progress | None) -> None:
+        every = 0.5 if progress is not None else self.options.progress_every_s
+        while True:
+            await asyncio.sleep(every)
+            if progress is not None:
+                progress.update()
+            else:
+                self._log_progress()
+
+    def snapshot(self) -> dict[str, Any]:
+        """Counts from the queue plus this process's rate and SLA risk."""
+        counts = self.queue.counts()
+        now = utcnow()
+        at_risk = 0
+        for item in self.queue.list(states=[ItemState.queued, ItemState.claimed], limit=5000):
+            sla = self.config.tiers.sla_seconds(item.tier)
+            if (item.deadline - now).total_seconds() < 0.25 * sla:
+                at_risk += 1
+        return {
+            "done": counts[ItemState.done],
+            "failed": counts[ItemState.failed],
+            "review": counts[ItemState.review],
+            "remaining": counts[ItemState.queued] + counts[ItemState.claimed],
+            "running": counts[ItemState.claimed],
+            "rate": self.stats.rate_per_min(),
+            "at_risk": at_risk,
+        }
+
+    def _log_progress(self) -> None:
+        s = self.snapshot()
+        logger.info(
+            "progress: done {done}, failed {failed}, in review {review}, remaining "
+            "{remaining}, {rate:.1f}/min, SLA at risk {at_risk}",
+            **s,
+        )
+
+
+def sweep_deadlines(
+    queue: WorkQueue, review: ReviewStore, cases: CaseStore, outbox_dir: Path
+) -> dict[str, list[str]]:
+    """Flag overdue items, settle reviewed items and finished cases (the scheduled job)."""
+    overdue = queue.mark_overdue()
+    for rid in overdue:
+        logger.warning("{} is past its deadline and not finished (overdue).", rid)
+    settled: list[str] = []
+    for item in queue.list(states=[ItemState.review], limit=5000):
+        final = read_verdict(outbox_dir, item.request_id)
+        if final is not None:
+            met = final.finished_at <= item.deadline
+            if queue.settle(
+                item.request_id, verdict=final.verdict, sla_met=met, finished_at=final.finished_at
+            ):
+                settled.append(item.request_id)
+    return {"overdue": overdue, "settled": settled, "cases": cases.settle_all()}
+
+
+def _want_progress(opts: WorkerOptions) -> bool:
+    if opts.progress is not None:
+        return opts.progress
+    return sys.stdout.isatty()
+
+
+class _Progress:
+    """The live progress table (rich) shown when stdout is a terminal."""
+
+    def __init__(self, pool: WorkerPool) -> None:
+        from rich.live import Live
+
+        self.pool = pool
+        self.live = Live(self._table(), refresh_per_second=2, transient=False)
+        self.live.start()
+
+    def _table(self) -> Any:
+        from rich.table import Table
+
+        s = self.pool.snapshot() if hasattr(self, "pool") else {}
+        table = Table(title="stampless run", show_header=True)
+        for col in ("done", "failed", "in review", "remaining", "per min", "SLA at risk"):
+            table.add_column(col, justify="right")
+        if s:
+            table.add_row(
+                str(s["done"]),
+                str(s["failed"]),
+                str(s["review"]),
+                str(s["remaining"]),
+                f"{s['rate']:.1f}",
+                f"[red]{s['at_risk']}[/red]" if s["at_risk"] else "0",
+            )
+        return table
+
+    def update(self) -> None:
+        self.live.update(self._table())
+
+    def close(self) -> None:
+        self.update()
+        self.live.stop()
