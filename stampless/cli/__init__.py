@@ -30,6 +30,7 @@ app = typer.Typer(
 COMMAND_MODULES = (
     "basic",
     "fixtures",
+    "scans",
     "evidence",
     "audit",
     "keys",
