@@ -7,6 +7,10 @@ Fixtures (names are stable; other test modules rely on them):
     with its access logs in a temporary folder. Treat it as shared: do not change its
     settings (ui variant, faults, latency) or expire its sessions; start your own
     instance with ``fixture_servers_factory`` for that.
+``own_fixture_servers`` (module scope)
+    An instance of the calling test module's own (seed 7, default options): change its
+    settings, expire its sessions, log its accounts in and out freely; restore what later
+    tests in the module expect.
 ``fixture_servers_factory`` (function scope)
     ``fixture_servers_factory(seed=7, latency_ms=0, fault_rate=0.0, fault_kinds=None,
     hang_s=None, idle_timeout_s=None, ui_variant=None)`` starts another instance and
@@ -127,6 +131,16 @@ def _options_to_args(**options: Any) -> list[str]:
 def fixture_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FixtureServers]:
     """The three emulated systems with seed 7, shared by the whole test session."""
     servers = _start(tmp_path_factory.mktemp("fixture-access-log"), ["--seed", "7"])
+    try:
+        yield servers
+    finally:
+        servers.stop()
+
+
+@pytest.fixture(scope="module")
+def own_fixture_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FixtureServers]:
+    """The three emulated systems with seed 7, private to one test module."""
+    servers = _start(tmp_path_factory.mktemp("fixture-own"), ["--seed", "7"])
     try:
         yield servers
     finally:
