@@ -320,14 +320,13 @@ def resolve_secret(
                 f"Secret {ref}: the vault file {path} does not exist; create the entry "
                 f"with 'stampless vault set {name} --path {path}'."
             )
-        vault = Vault.from_env(path, environ=dict(env))
-        try:
-            return vault.get(name)
-        except ConfigError:
+        entries = Vault.from_env(path, environ=dict(env))._read()
+        if name not in entries:
             raise ConfigError(
                 f"Secret {ref} is not in the vault; add it with "
                 f"'stampless vault set {name} --path {path}'."
-            ) from None
+            )
+        return Secret(entries[name])
     if ref.startswith("keyring:"):
         service, sep, name = ref[len("keyring:") :].partition("/")
         if not sep or not service or not name:
