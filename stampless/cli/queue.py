@@ -1,0 +1,228 @@
+"""Queue commands: ``submit``, ``run``, ``schedule`` and ``queue ls|show|retry|redeliver``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.table import Table
+
+from stampless.cli._common import console, get_config, state
+from stampless.errors import InputError
+
+if TYPE_CHECKING:
+    from stampless.worker import Stats
+
+queue_app = typer.Typer(help="Look into the work queue and act on items.")
+
+
+def _setup_logging() -> None:
+    from stampless._logging import setup_logging
+
+    setup_logging(get_config(), debug=state.debug)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(queue_app, name="queue")
+
+    @app.command()
+    def submit(
+        files: Annotated[list[Path], typer.Argument(help="Request or case JSON files.")],
+    ) -> None:
+        """Queue requests or cases (idempotent by id). Every file is checked before any
+        is queued; a bad one exits 2 and queues nothing."""
+        from stampless.intake import Intake
+        from stampless.queue import open_queue
+
+        _setup_logging()
+        config = get_config()
+        queue = open_queue(config)
+        try:
+            outcomes = Intake(config, queue).submit_files(files)
+        finally:
+            queue.close()
+        for outcome in outcomes:
+            console.print(outcome.message, markup=False)
+
+    @app.command()
+    def run(
+        workers: Annotated[int, typer.Option(min=1, max=64, help="Concurrent workers.")] = 2,
+        until_empty: Annotated[
+            bool, typer.Option("--until-empty", help="Stop when nothing is left to do.")
+        ] = False,
+        progress: Annotated[
+            bool | None,
+            typer.Option(
+                "--progress/--no-progress",
+                help="Live display (default: when stdout is a terminal).",
+            ),
+        ] = None,
+    ) -> None:
+        """Process the queue with N workers sharing one browser."""
+        _setup_logging()
+        stats = asyncio.run(_run(workers, until_empty, progress))
+        console.print(
+            f"done {stats.done}, failed {stats.failed}, in review {stats.review}, "
+            f"retried {stats.retried}, escalated {stats.escalated}; "
+            f"SLA met {stats.sla_met}, missed {stats.sla_missed}",
+            markup=False,
+        )
+
+    @app.command()
+    def schedule(
+        list_jobs: Annotated[
+            bool, typer.Option("--list", help="Print the jobs and their next run times.")
+        ] = False,
+        workers: Annotated[int, typer.Option(min=1, max=64, help="Concurrent workers.")] = 2,
+    ) -> None:
+        """Run the scheduler, the workers and the HTTP intake until SIGTERM."""
+        from stampless.scheduler import Daemon
+        from stampless.worker import WorkerOptions
+
+        _setup_logging()
+        config = get_config()
+        options = WorkerOptions.from_config(config, workers=workers, progress=False)
+        daemon = Daemon(config, options=options)
+        if list_jobs:
+            table = Table("job", "kind", "trigger", "next run (UTC)", box=None, pad_edge=False)
+            for job in daemon.list_jobs():
+                when = f"{job.next_run:%Y-%m-%d %H:%M:%S}" if job.next_run else "-"
+                table.add_row(job.name, job.kind, job.trigger, when)
+            console.print(table)
+            return
+        asyncio.run(daemon.serve())
+
+    @queue_app.command("ls")
+    def ls(
+        item_state: Annotated[
+            str | None,
+            typer.Option("--state", help="queued, claimed, done, review or failed (default: all)."),
+        ] = None,
+        limit: Annotated[int, typer.Option(min=1, help="At most this many items.")] = 50,
+        as_json: Annotated[bool, typer.Option("--json", help="JSON lines.")] = False,
+    ) -> None:
+        """List queue items: overdue first, then by deadline."""
+        from stampless.queue import ItemState, open_queue
+
+        states = None
+        if item_state is not None:
+            try:
+                states = [ItemState(item_state)]
+            except ValueError:
+                raise InputError(
+                    f"Unknown state {item_state!r}; use one of "
+                    + ", ".join(s.value for s in ItemState)
+                    + "."
+                ) from None
+        queue = open_queue(get_config())
+        items = queue.list(states=states, limit=limit)
+        if as_json:
+            for item in items:
+                console.print(item.model_dump_json(exclude={"request"}), markup=False)
+            return
+        table = Table(
+            "id", "type", "tier", "state", "verdict", "attempts", "deadline", "SLA", box=None
+        )
+        for item in items:
+            sla = "-" if item.sla_met is None else ("met" if item.sla_met else "missed")
+            table.add_row(
+                item.request_id,
+                item.type,
+                item.tier.value,
+                item.state.value + (" (overdue)" if item.overdue else ""),
+                item.verdict.value if item.verdict else "-",
+                str(item.attempts),
+                f"{item.deadline:%m-%d %H:%M:%S}",
+                sla,
+            )
+        console.print(table)
+        counts = queue.counts()
+        console.print(", ".join(f"{k.value} {v}" for k, v in counts.items()), markup=False)
+
+    @queue_app.command("show")
+    def show(request_id: Annotated[str, typer.Argument(help="The request id.")]) -> None:
+        """Everything the queue knows about one item, as JSON."""
+        from stampless.queue import open_queue
+
+        item = open_queue(get_config()).get(request_id)
+        if item is None:
+            raise InputError(f"No request {request_id} in the queue; check 'stampless queue ls'.")
+        console.print_json(item.model_dump_json())
+
+    @queue_app.command("retry")
+    def retry(request_id: Annotated[str, typer.Argument(help="The request id.")]) -> None:
+        """Run a waiting item now; re-check a finished one under a new id that supersedes it."""
+        from datetime import timedelta
+
+        from stampless.models import utcnow
+        from stampless.outbox import recheck_name
+        from stampless.queue import ItemState, open_queue
+
+        config = get_config()
+        queue = open_queue(config)
+        item = queue.get(request_id)
+        if item is None:
+            raise InputError(f"No request {request_id} in the queue; check 'stampless queue ls'.")
+        if item.state is ItemState.queued:
+            queue.retry(request_id)
+            console.print(f"{request_id} will run at the next claim.", markup=False)
+            return
+        if item.state in (ItemState.claimed, ItemState.review):
+            raise InputError(
+                f"{request_id} is {item.state.value}; wait for it (or decide it in the "
+                "review console) before retrying."
+            )
+        now = utcnow()
+        new_id = recheck_name(request_id)
+        queue.enqueue(
+            item.request.model_copy(update={"id": new_id, "case_id": None}),
+            base_dir=item.base_dir,
+            tier=item.tier,
+            system=item.system,
+            received_at=now,
+            deadline=now + timedelta(seconds=config.tiers.sla_seconds(item.tier)),
+            supersedes=request_id,
+        )
+        console.print(
+            f"{request_id} is finished and its verdict stays; queued re-check {new_id}.",
+            markup=False,
+        )
+
+    @queue_app.command("redeliver")
+    def redeliver(name: Annotated[str, typer.Argument(help="Request or case id.")]) -> None:
+        """Deliver an outbox verdict to the webhook again (after the receiver was fixed)."""
+        from stampless.delivery import Delivery
+
+        delivery = Delivery.from_config(get_config())
+        if delivery is None:
+            raise InputError("No [outbox.webhook] in robot.toml; configure one first.")
+        delivery.discover()
+        delivery.redeliver(name)
+        report = delivery.deliver_pending()
+        console.print(json.dumps(report.__dict__), markup=False)
+
+
+async def _run(workers: int, until_empty: bool, progress: bool | None) -> Stats:
+    import signal
+
+    from stampless.delivery import Delivery
+    from stampless.pipeline import Pipeline
+    from stampless.queue import open_queue
+    from stampless.worker import WorkerOptions, WorkerPool
+
+    config = get_config()
+    queue = open_queue(config)
+    options = WorkerOptions.from_config(
+        config, workers=workers, until_empty=until_empty, progress=progress
+    )
+    async with Pipeline(config) as pipeline:
+        pool = WorkerPool(
+            config, queue, pipeline, options=options, delivery=Delivery.from_config(config)
+        )
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, pool.stop.set)
+        return await pool.run()

@@ -1,0 +1,341 @@
+"""``stampless schedule``: the scheduler, the workers and the HTTP intake in one process.
+
+Jobs come from robot.toml's ``[jobs.NAME]`` tables (``kind`` and ``every_s`` or
+``cron``); without any, the defaults below run. APScheduler 3 keeps them in its own
+SQLAlchemy job store (``<var_dir>/scheduler.db``), so next run times survive restarts
+and a nightly job missed while the daemon was down runs once when it comes back
+(``coalesce``, within ``misfire_grace_time``). A job whose trigger is unchanged keeps its
+stored schedule; a changed or new one is (re)added; one removed from robot.toml is
+removed from the store.
+
+Job kinds: ``poll_inbox``, ``recheck`` (re-verify finished items of ``type`` whose last
+check is older than ``older_than_days``; the new result supersedes the first),
+``sweep_leases``, ``sweep_deadlines`` (overdue flags, reviewed items, case verdicts) and
+``deliver_outbox``.
+
+SIGTERM or SIGINT stops the daemon gracefully: no new claims, running items get the
+grace period to finish or are released, the scheduler waits for running jobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from loguru import logger
+
+from stampless.config import JobConfig
+from stampless.errors import ConfigError
+from stampless.models import utcnow
+
+if TYPE_CHECKING:
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    from stampless.config import Config
+    from stampless.delivery import Delivery
+    from stampless.intake import Intake
+    from stampless.queue import WorkQueue
+    from stampless.worker import Processor, WorkerOptions, WorkerPool
+
+DEFAULT_JOBS: dict[str, JobConfig] = {
+    "poll_inbox": JobConfig(kind="poll_inbox", every_s=30),
+    "sweep_leases": JobConfig(kind="sweep_leases", every_s=15),
+    "sweep_deadlines": JobConfig(kind="sweep_deadlines", every_s=10),
+    "deliver_outbox": JobConfig(kind="deliver_outbox", every_s=20),
+}
+RECHECK_BATCH = 500
+
+
+@dataclass
+class JobInfo:
+    """One scheduled job as ``stampless schedule --list`` shows it."""
+
+    name: str
+    kind: str
+    trigger: str
+    next_run: datetime | None
+
+
+def configured_jobs(config: Config) -> dict[str, JobConfig]:
+    """robot.toml's jobs (or the defaults), each checked to have exactly one trigger."""
+    jobs = config.jobs or DEFAULT_JOBS
+    for name, job in jobs.items():
+        if (job.every_s is None) == (job.cron is None):
+            raise ConfigError(
+                f"robot.toml: [jobs.{name}] needs exactly one of every_s or cron; set one."
+            )
+        if job.kind == "recheck" and not job.type:
+            raise ConfigError(
+                f"robot.toml: [jobs.{name}] is a recheck; set 'type' to the type to re-check."
+            )
+        if job.type is not None:
+            config.type_config(job.type)
+    return jobs
+
+
+def _trigger(name: str, job: JobConfig) -> Any:
+    from apscheduler.triggers.cron import CronTrigger
+    from apscheduler.triggers.interval import IntervalTrigger
+
+    if job.cron is not None:
+        try:
+            return CronTrigger.from_crontab(job.cron, timezone="UTC")
+        except ValueError as exc:
+            raise ConfigError(
+                f"robot.toml: [jobs.{name}] cron {job.cron!r} is not a crontab line ({exc})."
+            ) from None
+    assert job.every_s is not None
+    return IntervalTrigger(seconds=job.every_s, timezone="UTC")
+
+
+# The running daemon, looked up by the job function: APScheduler's SQLAlchemy store
+# pickles a job as a reference to a module-level function plus its arguments, so the job
+# carries only its name and finds the live objects here.
+_ACTIVE: Daemon | None = None
+_ACTIVE_LOCK = threading.Lock()
+
+
+def run_job(name: str) -> None:
+    """Entry point of every stored job: run job ``name`` of the active daemon."""
+    daemon = _ACTIVE
+    if daemon is None:
+        logger.warning("Job {} fired with no daemon running; skipped.", name)
+        return
+    daemon.run_job(name)
+
+
+class Daemon:
+    """The long-running process: scheduler, workers, HTTP intake."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        queue: WorkQueue | None = None,
+        processor: Processor | None = None,
+        options: WorkerOptions | None = None,
+    ) -> None:
+        from stampless.cases import CaseStore
+        from stampless.delivery import Delivery
+        from stampless.intake import Intake
+        from stampless.queue import open_queue
+
+        self.config = config
+        self.jobs = configured_jobs(config)
+        self.queue = queue or open_queue(config)
+        self.processor = processor
+        self.options = options
+        self.intake: Intake = Intake(config, self.queue)
+        self.delivery: Delivery | None = Delivery.from_config(config)
+        self.cases = CaseStore.from_config(config)
+        self._review: Any = None
+        self.pool: WorkerPool | None = None
+        self.scheduler = self._make_scheduler()
+
+    @property
+    def review(self) -> Any:
+        if self._review is None:
+            from stampless.review.store import ReviewStore
+
+            self._review = ReviewStore.from_config(self.config)
+        return self._review
+
+    def _make_scheduler(self) -> BackgroundScheduler:
+        from apscheduler.executors.pool import ThreadPoolExecutor
+        from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        db = self.config.var_dir / "scheduler.db"
+        db.parent.mkdir(parents=True, exist_ok=True)
+        return BackgroundScheduler(
+            jobstores={"default": SQLAlchemyJobStore(url=f"sqlite:///{db}")},
+            executors={"default": ThreadPoolExecutor(4)},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 3600},
+            timezone="UTC",
+        )
+
+    def sync_jobs(self) -> None:
+        """Make the job store match robot.toml (unchanged jobs keep their next run time)."""
+        stored = {job.id: job for job in self.scheduler.get_jobs()}
+        for name, job in self.jobs.items():
+            trigger = _trigger(name, job)
+            old = stored.pop(name, None)
+            if old is not None and str(old.trigger) == str(trigger) and old.args == (name,):
+                continue
+            self.scheduler.add_job(
+                run_job,
+                trigger=trigger,
+                args=[name],
+                id=name,
+                name=f"{name} ({job.kind})",
+                replace_existing=True,
+            )
+        for stale in stored:
+            self.scheduler.remove_job(stale)
+
+    def list_jobs(self) -> list[JobInfo]:
+        """The jobs with their next run times (starts the store paused, then stops)."""
+        self.scheduler.start(paused=True)
+        try:
+            self.sync_jobs()
+            return [
+                JobInfo(
+                    name=j.id,
+                    kind=self.jobs[j.id].kind if j.id in self.jobs else "?",
+                    trigger=str(j.trigger),
+                    next_run=j.next_run_time,
+                )
+                for j in sorted(self.scheduler.get_jobs(), key=lambda j: j.id)
+            ]
+        finally:
+            self.scheduler.shutdown(wait=False)
+
+    # -- jobs ----------------------------------------------------------------------------
+
+    def run_job(self, name: str) -> Any:
+        """Run job ``name`` now, in the calling thread; returns what it did."""
+        job = self.jobs.get(name)
+        if job is None:
+            logger.warning("Job {} is not in robot.toml any more; skipped.", name)
+            return None
+        try:
+            result = getattr(self, f"job_{job.kind}")(job)
+        except Exception as exc:
+            logger.exception("Job {} ({}) failed: {}", name, job.kind, exc)
+            return None
+        logger.debug("Job {} ({}) done: {}", name, job.kind, result)
+        return result
+
+    def job_poll_inbox(self, job: JobConfig) -> Any:
+        from stampless.intake import poll_inbox
+
+        return poll_inbox(self.intake, self.config.inbox_dir)
+
+    def job_sweep_leases(self, job: JobConfig) -> list[str]:
+        ids = self.queue.sweep_leases()
+        for rid in ids:
+            logger.warning("{}: its worker stopped; back in the queue.", rid)
+        return ids
+
+    def job_sweep_deadlines(self, job: JobConfig) -> dict[str, list[str]]:
+        from stampless.worker import sweep_deadlines
+
+        return sweep_deadlines(self.queue, self.review, self.cases, self.config.outbox_dir)
+
+    def job_deliver_outbox(self, job: JobConfig) -> Any:
+        if self.delivery is None:
+            return None
+        return self.delivery.deliver_pending()
+
+    def job_recheck(self, job: JobConfig) -> list[str]:
+        return recheck(self.queue, self.config, job.type or "", job.older_than_days or 0.0)
+
+    # -- running -------------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        """Run until SIGTERM/SIGINT: scheduler threads, HTTP intake, the worker pool."""
+        global _ACTIVE
+        from stampless.intake import IntakeServer
+        from stampless.worker import WorkerOptions, WorkerPool
+
+        processor = self.processor
+        owned = None
+        if processor is None:
+            from stampless.pipeline import Pipeline
+
+            owned = Pipeline(self.config)
+            processor = await owned.__aenter__()
+        options = self.options or WorkerOptions.from_config(self.config)
+        self.pool = WorkerPool(
+            self.config,
+            self.queue,
+            processor,
+            options=options,
+            review=self.review,
+            delivery=self.delivery,
+            cases=self.cases,
+        )
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop_soon, sig)
+        with _ACTIVE_LOCK:
+            _ACTIVE = self
+        server = IntakeServer.from_config(self.intake)
+        self.scheduler.start()
+        try:
+            self.sync_jobs()
+            if server is not None:
+                server.start()
+            logger.info(
+                "stampless schedule: {} workers, {} jobs; SIGTERM stops gracefully.",
+                options.workers,
+                len(self.jobs),
+            )
+            print("ready", flush=True)  # for supervisors and tests waiting on startup
+            await self.pool.run()
+        finally:
+            if server is not None:
+                server.stop()
+            # Let running jobs finish: a delivery or sweep is never cut in half.
+            await asyncio.to_thread(self.scheduler.shutdown, True)
+            with _ACTIVE_LOCK:
+                _ACTIVE = None
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            if owned is not None:
+                await owned.__aexit__(None, None, None)
+            logger.info("stampless schedule stopped.")
+
+    def _stop_soon(self, sig: signal.Signals) -> None:
+        logger.info("{} received; finishing running items, then stopping.", sig.name)
+        if self.pool is not None:
+            self.pool.stop.set()
+
+
+def recheck(queue: WorkQueue, config: Config, type_name: str, older_than_days: float) -> list[str]:
+    """Queue re-checks of finished ``type_name`` items last checked before the cut-off.
+
+    Each re-check is a new item ``<id>.recheck-<time>`` whose verdict supersedes the
+    original; the original verdict is never changed.
+    """
+    from stampless.outbox import recheck_name
+    from stampless.queue import ItemState
+
+    now = utcnow()
+    cutoff = now - timedelta(days=older_than_days)
+    items = queue.list(states=[ItemState.done], type=type_name, limit=100_000)
+    latest: dict[str, datetime] = {}
+    for item in items:
+        root = item.supersedes or item.request_id
+        latest[root] = max(latest.get(root, item.received_at), item.received_at)
+    for item in queue.list(states=[ItemState.queued, ItemState.claimed], type=type_name):
+        if item.supersedes:
+            latest[item.supersedes] = now  # a re-check is already on its way
+    added: list[str] = []
+    stamp = now.strftime("%Y%m%dT%H%M%S")
+    for item in items:
+        if item.supersedes is not None or latest[item.request_id] > cutoff:
+            continue
+        new_id = recheck_name(item.request_id, stamp)
+        request = item.request.model_copy(update={"id": new_id, "case_id": None})
+        tier = item.tier
+        result = queue.enqueue(
+            request,
+            base_dir=item.base_dir,
+            tier=tier,
+            system=item.system,
+            received_at=now,
+            deadline=now + timedelta(seconds=config.tiers.sla_seconds(tier)),
+            supersedes=item.request_id,
+        )
+        if result.added:
+            added.append(new_id)
+        if len(added) >= RECHECK_BATCH:
+            break
+    if added:
+        logger.info("Re-check of {}: {} items queued.", type_name, len(added))
+    return added
