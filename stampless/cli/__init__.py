@@ -34,6 +34,7 @@ COMMAND_MODULES = (
     "evidence",
     "audit",
     "keys",
+    "queue",
 )
 
 
