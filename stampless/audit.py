@@ -340,7 +340,7 @@ def verify_chain(audit_dir: Path, since: datetime | None = None) -> ChainReport:
                     if seq > expected_seq:
                         where.reason = (
                             f"seq jumps from {expected_seq - 1} to {seq}: "
-                            f"{seq - expected_seq} line(s) before this one were removed"
+                            f"{seq - expected_seq} line(s) before this one were removed (or moved)"
                         )
                     else:
                         where.reason = (

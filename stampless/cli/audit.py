@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from stampless.cli._common import console, exit_with, get_config
+from stampless.cli._common import console, get_config
 from stampless.errors import ExitCode
 
 audit_app = typer.Typer(help="The audit chain (one hashed JSON line per step).")
@@ -37,7 +37,9 @@ def verify_cmd(
         "trusted. Restore the audit files from a backup or investigate who changed them.",
         markup=False,
     )
-    exit_with(ExitCode.not_verified)
+    # SystemExit, not typer.Exit: main() runs click with standalone_mode=False, which
+    # turns typer.Exit into an ignored return value.
+    raise SystemExit(int(ExitCode.not_verified))
 
 
 def register(app: typer.Typer) -> None:

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from stampless.cli._common import console, exit_with, get_config
+from stampless.cli._common import console, get_config
 from stampless.errors import ExitCode, InputError
 
 evidence_app = typer.Typer(help="Sealed evidence bundles: list, show, verify, report, export.")
@@ -193,7 +193,9 @@ def verify_cmd(
         return
     for problem in report.problems:
         console.print(f"FAIL {problem}", markup=False, soft_wrap=True)
-    exit_with(ExitCode.not_verified)
+    # SystemExit, not typer.Exit: main() runs click with standalone_mode=False, which
+    # turns typer.Exit into an ignored return value.
+    raise SystemExit(int(ExitCode.not_verified))
 
 
 @evidence_app.command("report")
