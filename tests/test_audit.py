@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -43,7 +44,7 @@ def test_chain_links_every_line(tmp_path: Path) -> None:
     assert len(lines) == 6
     first = json.loads(lines[0])
     assert first["seq"] == 1 and first["prev"] == GENESIS
-    for before, after in zip(lines, lines[1:], strict=False):
+    for before, after in itertools.pairwise(lines):
         assert json.loads(after)["prev"] == line_hash(before)
     report = verify_chain(tmp_path)
     assert report.ok and report.lines == 6 and report.last_seq == 6
@@ -178,7 +179,7 @@ def test_concurrent_writers_make_one_chain(tmp_path: Path) -> None:
     for path in sorted(tmp_path.glob("audit-*.jsonl")):
         actors += [json.loads(line)["actor"] for line in _lines(path)]
     # Both writers got turns in between each other, so the lock was really contended.
-    switches = sum(a != b for a, b in zip(actors, actors[1:], strict=False))
+    switches = sum(a != b for a, b in itertools.pairwise(actors))
     assert actors.count("w1") == per_writer and switches >= 1
 
 
