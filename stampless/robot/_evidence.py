@@ -102,8 +102,9 @@ class Evidence:
         return folder
 
     def _bundle_name(self, path: Path) -> str:
-        assert self.bundle is not None
-        root = self.bundle.path("")
+        root = getattr(self.bundle, "work_dir", None)
+        if root is None:
+            return path.name
         try:
             return path.relative_to(root).as_posix()
         except ValueError:
@@ -148,16 +149,23 @@ class Evidence:
         return list(self.selectors.frame(frame).choices)
 
     async def screenshot(
-        self, caption: str, *, full_page: bool = True, page: Page | None = None
+        self,
+        caption: str,
+        *,
+        full_page: bool = True,
+        page: Page | None = None,
+        always: bool = False,
     ) -> Path | None:
         """Take a masked screenshot of the current page, captioned, into the evidence.
 
-        Returns the file, or None when the page cannot be captured (the robot goes on).
+        Without an evidence bundle (a plain lookup) there is nothing to attach it to and
+        None is returned, unless ``always`` (failures are kept under var/screenshots).
+        Also None when the page cannot be captured: the robot goes on.
         """
         from playwright.async_api import Error as PlaywrightError
 
         target = page or self.page
-        if target is None or target.is_closed():
+        if target is None or target.is_closed() or (self.bundle is None and not always):
             return None
         if self.bundle is not None:
             path = self.bundle.screenshot_path(caption)
@@ -177,8 +185,7 @@ class Evidence:
         except PlaywrightError as exc:
             logger.warning("screenshot {!r} failed: {}", caption, str(exc).splitlines()[0])
             return None
-        if self.bundle is not None:
-            self.bundle.note_file(self._bundle_name(path), kind="screenshot", caption=caption)
+        # bundle.screenshot_path() has already listed the file with its caption.
         self.screenshots.append(path)
         if self.audit is not None:
             self.audit.append("screenshot", request_id=self.request_id, caption=caption)
@@ -196,7 +203,7 @@ class Evidence:
                 await frame.evaluate(CLEAR_PASSWORDS_JS)
         except PlaywrightError:
             pass  # a crashed page still gets its (masked) screenshot attempt
-        return await self.screenshot(f"failure: {reason}"[:120], page=target)
+        return await self.screenshot(f"failure: {reason}"[:120], page=target, always=True)
 
     def add_dialog(self, kind: str, message: str, accepted: bool) -> None:
         """Record an alert/confirm/prompt the page showed and what the robot answered."""

@@ -17,7 +17,7 @@ import asyncio
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin
@@ -27,6 +27,7 @@ from loguru import logger
 from stampless.errors import (
     BrowserError,
     DepartmentUnavailable,
+    InputError,
     RobotError,
     SessionLost,
     StamplessError,
@@ -42,6 +43,8 @@ if TYPE_CHECKING:
 
 # Between two looks for an element, check the page for an error page or the login page.
 POLL_SLICE_S = 0.4
+# How long the fast path waits for a selector's first choice before resolving them all.
+FAST_MS = 2000.0
 _CLOSED = ("Target page, context or browser has been closed", "Target closed", "has been closed")
 _CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?([A-Za-z0-9_-]+)""", re.IGNORECASE)
 
@@ -95,10 +98,16 @@ class SelectorUse:
 
     by_index: dict[int, int] = field(default_factory=dict)
     failures: int = 0
+    last: int | None = None  # the choice that matched last time (None: none did)
 
 
 class Element:
-    """A named element of the page; resolved through its fallbacks each time it is used."""
+    """A named element of the page; resolved through its fallbacks each time it is used.
+
+    Fast path: while the map's first choice keeps matching, an action goes straight to
+    it (one browser round trip, like a hand-written script); only when it does not
+    appear within :data:`FAST_MS` are all choices resolved in order (and drift noted).
+    """
 
     def __init__(self, page: RobotPage, spec: SelectorSpec) -> None:
         self._page = page
@@ -116,21 +125,57 @@ class Element:
         """Whether any choice matches now (or within ``timeout_ms``); never raises RobotError."""
         return await self._page._present(self.spec, timeout_ms=timeout_ms)
 
-    async def _act(self, doing: str, action: Callable[[Locator], Awaitable[Any]]) -> Any:
+    async def _act(self, doing: str, action: Callable[[Locator, float], Awaitable[Any]]) -> Any:
+        from playwright.async_api import TimeoutError as PlaywrightTimeout
+
+        page = self._page
+        fast = page._fast_locator(self.spec)
+        if fast is not None:
+            try:
+                result = await action(fast, FAST_MS)
+            except PlaywrightTimeout:
+                pass  # not there (yet): resolve every choice, with the full timeout
+            except Exception as exc:
+                raise page._explain(exc, f"{doing} {self.name!r}") from exc
+            else:
+                page._note_match(self.spec.name, self.spec.choices, 0)
+                return result
         loc = await self.locator()
         try:
-            return await action(loc.first)
+            return await action(loc.first, page.config.timeout_ms)
         except Exception as exc:
-            raise self._page._explain(exc, f"{doing} {self.name!r}") from exc
+            raise page._explain(exc, f"{doing} {self.name!r}") from exc
 
     async def click(self) -> None:
         """Click the element (the page may navigate; the next element waits for it)."""
-        await self._act("clicking", lambda loc: loc.click())
-        self._page._after_action()
+        await self._act("clicking", lambda loc, t: loc.click(timeout=t))
+
+    async def click_and_wait(self) -> None:
+        """Click and wait for the document it loads (in the element's own frame).
+
+        Use it for submits and links, so the next read never sees the previous page.
+        An error page raises DepartmentUnavailable; the login page, SessionLost.
+        """
+        page = self._page
+        page._server_error = None
+
+        async def click(loc: Locator, timeout: float) -> None:
+            waiter: Any = page.raw
+            if self.spec.frame is not None:
+                handle = await loc.element_handle(timeout=timeout)
+                waiter = await handle.owner_frame() or page.raw
+            async with waiter.expect_navigation(
+                wait_until="domcontentloaded", timeout=page.config.navigation_timeout_ms
+            ):
+                await loc.click(timeout=timeout)
+
+        await self._act("following", click)
+        page._raise_if_unhealthy()
+        await page._check_logged_out()
 
     async def fill(self, value: str) -> None:
         """Replace the element's value with ``value``."""
-        await self._act("filling", lambda loc: loc.fill(value))
+        await self._act("filling", lambda loc, t: loc.fill(value, timeout=t))
 
     async def fill_secret(self, secret: Secret | str) -> None:
         """Type a secret (password, TOTP code). Never logged; masked in screenshots.
@@ -151,21 +196,21 @@ class Element:
 
     async def select(self, value: str) -> None:
         """Choose an ``<option>`` by value or label."""
-        await self._act("selecting in", lambda loc: loc.select_option(value))
+        await self._act("selecting in", lambda loc, t: loc.select_option(value, timeout=t))
 
     async def check(self, checked: bool = True) -> None:
-        await self._act("checking", lambda loc: loc.set_checked(checked))
+        await self._act("checking", lambda loc, t: loc.set_checked(checked, timeout=t))
 
     async def text(self) -> str:
         """The element's visible text, stripped."""
-        return str(await self._act("reading", lambda loc: loc.inner_text())).strip()
+        return str(await self._act("reading", lambda loc, t: loc.inner_text(timeout=t))).strip()
 
     async def value(self) -> str:
         """The value of an input."""
-        return str(await self._act("reading", lambda loc: loc.input_value()))
+        return str(await self._act("reading", lambda loc, t: loc.input_value(timeout=t)))
 
     async def attribute(self, name: str) -> str | None:
-        result = await self._act("reading", lambda loc: loc.get_attribute(name))
+        result = await self._act("reading", lambda loc, t: loc.get_attribute(name, timeout=t))
         return None if result is None else str(result)
 
     async def texts(self) -> list[str]:
@@ -243,9 +288,6 @@ class RobotPage:
             if "ERR_ABORTED" not in failure:  # aborted: a download or a newer navigation
                 self._server_error = f"{failure} for {_path_of(request.url)}"
 
-    def _after_action(self) -> None:
-        """Forget an error page from before the action; the action may have left it."""
-
     def _raise_if_unhealthy(self) -> None:
         if self._server_error is not None:
             problem, self._server_error = self._server_error, None
@@ -290,6 +332,10 @@ class RobotPage:
             )
         await self._check_logged_out()
 
+    async def screenshot(self, caption: str) -> Path | None:
+        """A masked, captioned screenshot of this page (or popup) into the evidence."""
+        return await self.evidence.screenshot(caption, page=self.raw)
+
     async def wait_for_load(self) -> None:
         """Wait until the current navigation has loaded its document."""
         try:
@@ -302,6 +348,22 @@ class RobotPage:
 
     def __getitem__(self, name: str) -> Element:
         return Element(self, self.selectors[name])
+
+    def element(self, name: str, **params: str) -> Element:
+        """A named selector whose choices hold ``{placeholders}``, filled from ``params``.
+
+        ``page.element("detail.value", label="登记日期")`` for a map entry such as
+        ``any = ["xpath=//td[normalize-space(.)='{label}']/following-sibling::td[1]"]``.
+        """
+        spec = self.selectors[name]
+        choices = []
+        for choice in spec.choices:
+            for key, value in params.items():
+                if "'" in value or '"' in value:
+                    raise InputError(f"A value for selector {name!r} may not contain quotes.")
+                choice = choice.replace("{" + key + "}", value)
+            choices.append(choice)
+        return Element(self, replace(spec, choices=tuple(choices)))
 
     def __contains__(self, name: str) -> bool:
         return name in self.selectors
@@ -318,6 +380,32 @@ class RobotPage:
         locs = [parent.locator(choice) for choice in fspec.choices]
         index = await self._first_match(f"frame:{name}", fspec.choices, locs, timeout_ms)
         frame: FrameLocator = parent.frame_locator(fspec.choices[index])
+        return frame
+
+    def _fast_locator(self, spec: SelectorSpec) -> Locator | None:
+        """The first choice's locator, while the first choices keep matching; else None."""
+        use = self.usage.get(spec.name)
+        if use is not None and use.last != 0:
+            return None
+        scope: Any = self.raw
+        if spec.frame is not None:
+            scope = self._fast_frame(spec.frame)
+            if scope is None:
+                return None
+        loc: Locator = scope.locator(spec.choices[0]).first
+        return loc
+
+    def _fast_frame(self, name: str) -> FrameLocator | None:
+        fspec = self.selectors.frame(name)
+        use = self.usage.get(f"frame:{name}")
+        if use is not None and use.last != 0:
+            return None
+        parent: Any = self.raw
+        if fspec.parent is not None:
+            parent = self._fast_frame(fspec.parent)
+            if parent is None:
+                return None
+        frame: FrameLocator = parent.frame_locator(fspec.choices[0])
         return frame
 
     async def _scope_locators(self, spec: SelectorSpec, timeout_ms: float | None) -> list[Locator]:
@@ -377,6 +465,9 @@ class RobotPage:
                 await combined.first.wait_for(
                     state="attached", timeout=max(1.0, min(POLL_SLICE_S, remaining) * 1000)
                 )
+                if len(locs) == 1:
+                    self._note_match(name, choices, 0)
+                    return 0
                 for index, loc in enumerate(locs):
                     if await loc.count():
                         self._note_match(name, choices, index)
@@ -402,6 +493,7 @@ class RobotPage:
     def _note_match(self, name: str, choices: tuple[str, ...], index: int) -> None:
         use = self.usage.setdefault(name, SelectorUse())
         use.by_index[index] = use.by_index.get(index, 0) + 1
+        use.last = index
         if index > 0:
             logger.warning(
                 "selector {!r} of {}: first choice failed, fallback #{} matched",
@@ -420,7 +512,9 @@ class RobotPage:
                 )
 
     def _note_miss(self, name: str, choices: tuple[str, ...]) -> None:
-        self.usage.setdefault(name, SelectorUse()).failures += 1
+        use = self.usage.setdefault(name, SelectorUse())
+        use.failures += 1
+        use.last = None
         if self.drift is not None:
             self.drift.record(
                 self.system,

@@ -87,7 +87,7 @@ async def open_context(browser: Browser, session: Session, config: BrowserConfig
     if config.trace != "off":
         # Recording starts now but per-request chunks are what gets kept; the login that
         # follows happens before the first chunk, so it is never in a trace.
-        await context.tracing.start(snapshots=True, screenshots=True, sources=False)
+        await context.tracing.start(snapshots=True, screenshots=False, sources=False)
         await context.tracing.stop_chunk()
         session.tracing = True
     logger.debug(
