@@ -372,9 +372,19 @@ class WorkerPool:
                 logger.warning("Lost the lease on {} while running it.", claim.request_id)
                 return
 
-    def _margin(self, system: str | None) -> float:
-        """How long an attempt is expected to take (a running average per system)."""
-        return self._estimates.get(system, DEFAULT_ESTIMATE_S)
+    def _margin(self, system: str | None, item: QueueItem | None = None) -> float:
+        """How long an attempt is expected to take (a running average per system).
+
+        Before anything was learned, the default is capped at a quarter of the item's
+        SLA, so a short SLA still leaves room for a retry.
+        """
+        learned = self._estimates.get(system)
+        if learned is not None:
+            return learned
+        if item is None:
+            return DEFAULT_ESTIMATE_S
+        window = (item.deadline - item.received_at).total_seconds()
+        return min(DEFAULT_ESTIMATE_S, 0.25 * window)
 
     def _learn(self, system: str | None, seconds: float) -> None:
         old = self._estimates.get(system)
@@ -383,7 +393,7 @@ class WorkerPool:
         self._estimates[None] = max(self._estimates.get(None, 0.0) * 0.8 + 0.2 * seconds, 0.5)
 
     def _too_late(self, item: QueueItem, when: datetime) -> bool:
-        return when + timedelta(seconds=self._margin(item.system)) >= item.deadline
+        return when + timedelta(seconds=self._margin(item.system, item)) >= item.deadline
 
     async def _retry_or_give_up(self, claim: Claim, exc: SystemFailure) -> None:
         item = claim.item
@@ -412,6 +422,7 @@ class WorkerPool:
         )
 
     async def _give_up(self, claim: Claim, why: str) -> None:
+        # why is a user-facing message (never a secret): it is kept as the last error.
         """Robot and manual tiers go to a person; instant-tier items end in an error."""
         item = claim.item
         kwargs: dict[str, Any] = {
@@ -431,9 +442,9 @@ class WorkerPool:
                 **kwargs,
             )
             self.stats.escalated += 1
-        await self._finish(claim, verdict)
+        await self._finish(claim, verdict, error=why)
 
-    async def _finish(self, claim: Claim, verdict: Verdict) -> None:
+    async def _finish(self, claim: Claim, verdict: Verdict, *, error: str | None = None) -> None:
         item = claim.item
         if item.supersedes and verdict.supersedes is None:
             verdict = verdict.model_copy(update={"supersedes": item.supersedes})
@@ -446,6 +457,7 @@ class WorkerPool:
                 verdict=None,
                 sla_met=None,
                 finished_at=verdict.finished_at,
+                error=error,
             )
             self.stats.review += 1
             logger.info("{} sent to manual review: {}", item.request_id, reason)
@@ -458,9 +470,9 @@ class WorkerPool:
             if existing is None:
                 raise
             verdict = existing
-        self._complete(claim, verdict)
+        self._complete(claim, verdict, error=error)
 
-    def _complete(self, claim: Claim, verdict: Verdict) -> None:
+    def _complete(self, claim: Claim, verdict: Verdict, *, error: str | None = None) -> None:
         item = claim.item
         met = verdict.finished_at <= item.deadline
         state = ItemState.failed if verdict.verdict is VerdictKind.error else ItemState.done
@@ -470,7 +482,8 @@ class WorkerPool:
             verdict=verdict.verdict,
             sla_met=met,
             finished_at=verdict.finished_at,
-            error=verdict.reasons[0] if state is ItemState.failed and verdict.reasons else None,
+            error=error
+            or (verdict.reasons[0] if state is ItemState.failed and verdict.reasons else None),
         )
         if state is ItemState.failed:
             self.stats.failed += 1

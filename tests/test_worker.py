@@ -1,0 +1,460 @@
+"""The worker pool against a real HTTP "department" server, real SQLite, real processes.
+
+The processor here is small but real: it looks each request up over HTTP on a server
+started as a subprocess, which logs every access with its account and times (so account
+exclusivity is checked from the server's side) and can be told to fail for one system.
+The end-to-end tests with the real pipeline, Chromium and Tesseract are at the bottom.
+
+This file is also a script (``python tests/test_worker.py worker|daemon ...``) so the
+crash and shutdown tests can run a worker in a process of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from stampless._version import __version__
+from stampless.circuit import CircuitBreaker
+from stampless.config import (
+    AccountConfig,
+    Config,
+    ProjectConfig,
+    QueueConfig,
+    SystemConfig,
+    TiersConfig,
+)
+from stampless.errors import DepartmentUnavailable, InputError
+from stampless.models import Request, Tier, Verdict, VerdictKind, utcnow
+from stampless.outbox import read_verdict, write_verdict
+from stampless.queue import ItemState, WorkQueue, open_queue
+from stampless.review.store import ReviewStore
+from stampless.worker import Stats, WorkerOptions, WorkerPool
+
+HERE = Path(__file__).resolve()
+REPO = HERE.parents[1]
+
+LOOKUP_SERVER = r"""
+import json, sys, time, threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit, parse_qs
+
+log_path, down = sys.argv[1], set(filter(None, sys.argv[2].split(",")))
+lock = threading.Lock()
+
+class H(BaseHTTPRequestHandler):
+    def log_message(self, *a):
+        pass
+    def do_GET(self):
+        q = {k: v[0] for k, v in parse_qs(urlsplit(self.path).query).items()}
+        start = time.time()
+        status = 503 if q.get("system") in down else 200
+        if status == 200:
+            time.sleep(float(q.get("sleep", "0")))
+        end = time.time()
+        with lock, open(log_path, "a") as fh:
+            fh.write(json.dumps({**q, "start": start, "end": end, "status": status}) + "\n")
+        body = json.dumps({"ok": status == 200}).encode()
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+print("ready", srv.server_address[1], flush=True)
+srv.serve_forever()
+"""
+
+
+class LookupServer:
+    """The test's department server, as a subprocess on a free port."""
+
+    def __init__(self, tmp: Path, down: str = "") -> None:
+        self.log = tmp / "access.jsonl"
+        script = tmp / "lookup_server.py"
+        script.write_text(LOOKUP_SERVER)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(script), str(self.log), down],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().split()
+        assert line and line[0] == "ready", "lookup server did not start"
+        self.url = f"http://127.0.0.1:{line[1]}"
+
+    def entries(self) -> list[dict[str, Any]]:
+        if not self.log.exists():
+            return []
+        return [json.loads(x) for x in self.log.read_text().splitlines() if x.strip()]
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Any:
+    s = LookupServer(tmp_path)
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+class HttpProcessor:
+    """A real processor: looks the request up on the server, decides from its claim."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.calls = 0
+        self._client: httpx.AsyncClient | None = None
+
+    def _verdict(self, request: Request, kind: VerdictKind, **kw: Any) -> Verdict:
+        now = utcnow()
+        deadline = kw.pop("deadline", None)
+        return Verdict(
+            request_id=request.id,
+            type=request.type,
+            tier=Tier.robot,
+            verdict=kind,
+            received_at=kw.pop("received_at"),
+            finished_at=now,
+            deadline=deadline,
+            sla_met=None if deadline is None else now <= deadline,
+            attempts=kw.pop("attempts", 1),
+            reasons=kw.pop("reasons", []),
+            stampless_version=__version__,
+            case_id=request.case_id,
+        )
+
+    async def process(
+        self,
+        request: Request,
+        *,
+        base_dir: Path,
+        received_at: datetime,
+        deadline: datetime | None,
+        attempt: int = 1,
+        account: str | None = None,
+    ) -> Verdict:
+        self.calls += 1
+        if request.claim.get("bad"):
+            raise InputError(f"Request {request.id}: the claim is unreadable.")
+        params = {
+            "system": request.claim.get("system", ""),
+            "account": account or "",
+            "id": request.id,
+            "attempt": str(attempt),
+            "sleep": str(request.claim.get("sleep", 0.05)),
+        }
+        if self._client is None:  # one client: building its TLS context is slow
+            self._client = httpx.AsyncClient(timeout=30)
+        try:
+            r = await self._client.get(self.url + "/lookup", params=params)
+        except httpx.HTTPError as exc:
+            raise DepartmentUnavailable("The department system did not answer.") from exc
+        if r.status_code >= 500:
+            raise DepartmentUnavailable(
+                f"Department system {params['system']} answered {r.status_code}."
+            )
+        kind = VerdictKind(request.claim.get("expect", "verified"))
+        return self._verdict(
+            request, kind, received_at=received_at, deadline=deadline, attempts=attempt
+        )
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def escalate(self, request: Request, **kw: Any) -> Verdict:
+        kw.pop("base_dir")
+        return self._verdict(request, VerdictKind.needs_review, reasons=[kw.pop("reason")], **kw)
+
+    async def fail(self, request: Request, **kw: Any) -> Verdict:
+        kw.pop("base_dir")
+        return self._verdict(request, VerdictKind.error, reasons=[kw.pop("reason")], **kw)
+
+
+SYSTEMS = {"civil_affairs": ["civil01", "civil02"], "market_supervision": ["market01", "market02"]}
+
+
+def make_config(var: Path, *, robot_sla: float = 180, lease_s: float = 30) -> Config:
+    systems = {
+        name: SystemConfig(
+            url="http://127.0.0.1:1",
+            robot=Path("robots/x.py"),
+            selectors=Path("selectors/x.toml"),
+            accounts=[AccountConfig(name=a, username=a, password="env:NOPE") for a in accounts],
+            circuit_failures=3,
+            circuit_reset_s=60,
+        )
+        for name, accounts in SYSTEMS.items()
+    }
+    cfg = Config(
+        project=ProjectConfig(var_dir=var),
+        systems=systems,
+        tiers=TiersConfig(robot=robot_sla),
+        queue=QueueConfig(lease_s=lease_s, backoff_base_s=0.2, backoff_max_s=1.0),
+    )
+    cfg.root = var
+    return cfg
+
+
+def enqueue(
+    queue: WorkQueue,
+    config: Config,
+    rid: str,
+    system: str,
+    *,
+    tier: Tier = Tier.robot,
+    case_id: str | None = None,
+    **claim: Any,
+) -> None:
+    now = utcnow()
+    req = Request(
+        id=rid, type="marriage_certificate", claim={"system": system, **claim}, case_id=case_id
+    )
+    queue.enqueue(
+        req,
+        base_dir=config.var_dir / "spool" / rid,
+        tier=tier,
+        system=system,
+        received_at=now,
+        deadline=now + timedelta(seconds=config.tiers.sla_seconds(tier)),
+    )
+
+
+def make_pool(config: Config, queue: WorkQueue, url: str, **opts: Any) -> WorkerPool:
+    options = WorkerOptions.from_config(config, progress=False, poll_s=0.05, **opts)
+    return WorkerPool(
+        config,
+        queue,
+        HttpProcessor(url),
+        options=options,
+        review=ReviewStore.from_config(config),
+        circuits=CircuitBreaker.from_config(config),
+    )
+
+
+def run_pool(pool: WorkerPool, timeout: float = 60) -> Stats:
+    """Run the pool to the end in a fresh event loop, then close the processor's client."""
+
+    async def main() -> Stats:
+        try:
+            return await asyncio.wait_for(pool.run(), timeout=timeout)
+        finally:
+            processor = pool.processor
+            assert isinstance(processor, HttpProcessor)
+            await processor.aclose()
+
+    return asyncio.run(main())
+
+
+def no_overlap_per_account(entries: list[dict[str, Any]]) -> int:
+    """Assert no account served two lookups at once; return the peak parallelism."""
+    by_account: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
+    for e in entries:
+        by_account[(e["system"], e["account"])].append((e["start"], e["end"]))
+    for key, spans in by_account.items():
+        spans.sort()
+        for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+            assert start >= end, f"account {key} served two lookups at once"
+    events = sorted([(e["start"], 1) for e in entries] + [(e["end"], -1) for e in entries])
+    peak = level = 0
+    for _, d in events:
+        level += d
+        peak = max(peak, level)
+    return peak
+
+
+def test_pool_finishes_all_and_never_shares_an_account(tmp_path: Path, server: Any) -> None:
+    config = make_config(tmp_path / "var")
+    queue = open_queue(config)
+    for i in range(24):
+        system = "civil_affairs" if i % 2 else "market_supervision"
+        enqueue(queue, config, f"R{i:02}", system, sleep=0.1)
+    pool = make_pool(config, queue, server.url, workers=4, until_empty=True)
+    stats = run_pool(pool)
+    assert stats.done == 24 and stats.sla_met == 24
+    assert queue.counts()[ItemState.done] == 24
+    entries = server.entries()
+    assert len(entries) == 24
+    assert {e["account"] for e in entries} <= {a for v in SYSTEMS.values() for a in v}
+    # Four accounts, four workers: different accounts really ran in parallel.
+    assert no_overlap_per_account(entries) >= 2
+    names = sorted(p.name for p in config.outbox_dir.iterdir())
+    assert names == [f"R{i:02}.json" for i in range(24)]
+
+
+def test_input_error_is_final_and_outbox_short_circuits(tmp_path: Path, server: Any) -> None:
+    config = make_config(tmp_path / "var")
+    queue = open_queue(config)
+    enqueue(queue, config, "BAD", "civil_affairs", bad=True)
+    enqueue(queue, config, "DONE-BEFORE", "civil_affairs")
+    # As if a crashed worker wrote the verdict but never marked the item done.
+    now = utcnow()
+    earlier = Verdict(
+        request_id="DONE-BEFORE",
+        type="marriage_certificate",
+        tier=Tier.robot,
+        verdict=VerdictKind.mismatch,
+        received_at=now,
+        finished_at=now,
+        stampless_version=__version__,
+    )
+    write_verdict(config.outbox_dir, earlier)
+    pool = make_pool(config, queue, server.url, workers=1, until_empty=True)
+    run_pool(pool)
+    bad = queue.get("BAD")
+    assert bad is not None and bad.state is ItemState.failed and bad.attempts == 1
+    assert "unreadable" in (bad.last_error or "")
+    assert read_verdict(config.outbox_dir, "BAD").verdict is VerdictKind.error  # type: ignore[union-attr]
+    before = queue.get("DONE-BEFORE")
+    assert before is not None and before.state is ItemState.done
+    assert before.verdict is VerdictKind.mismatch
+    assert read_verdict(config.outbox_dir, "DONE-BEFORE") == earlier
+    assert [e["id"] for e in server.entries()] == []  # neither reached the department
+
+
+def test_down_system_retries_then_escalates_others_keep_going(tmp_path: Path) -> None:
+    down = LookupServer(tmp_path, down="civil_affairs")
+    try:
+        config = make_config(tmp_path / "var", robot_sla=4)
+        queue = open_queue(config)
+        for i in range(3):
+            enqueue(queue, config, f"CA{i}", "civil_affairs")
+            enqueue(queue, config, f"MS{i}", "market_supervision")
+        pool = make_pool(config, queue, down.url, workers=2, until_empty=True)
+        started = time.monotonic()
+        stats = run_pool(pool)
+        elapsed = time.monotonic() - started
+        entries = down.entries()
+    finally:
+        down.stop()
+    for i in range(3):
+        ms = queue.get(f"MS{i}")
+        assert ms is not None and ms.state is ItemState.done and ms.sla_met
+        ca = queue.get(f"CA{i}")
+        assert ca is not None and ca.state is ItemState.review, ca
+        assert "civil_affairs" in (ca.last_error or ""), ca.last_error
+    assert stats.retried >= 1 and stats.escalated == 3
+    # Escalated before the 4 s deadline, not after it.
+    assert elapsed < 4 + 1
+    review = ReviewStore.from_config(config)
+    item = review.get("CA0")
+    assert item is not None and "deadline" in item.reason
+    # The circuit opened after 3 failures and stopped the hammering.
+    circuits = json.loads((config.var_dir / "health" / "circuits.json").read_text())
+    assert circuits["civil_affairs"]["state"] == "open"
+    civil_calls = [e for e in entries if e["system"] == "civil_affairs"]
+    assert 3 <= len(civil_calls) <= 6
+    assert not (config.outbox_dir / "CA0.json").exists()
+
+
+# -- the crash test: a worker process killed with SIGKILL mid-item ------------------------
+
+
+def _spawn_worker(var: Path, url: str, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, str(HERE), "worker", str(var), url, *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "OMP_THREAD_LIMIT": "1"},
+    )
+
+
+def _wait_for(predicate: Any, timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_sigkill_mid_item_finishes_once_later(tmp_path: Path, server: Any) -> None:
+    var = tmp_path / "var"
+    config = make_config(var, lease_s=1.5)
+    queue = open_queue(config)
+    enqueue(queue, config, "SLOW", "civil_affairs", sleep=1.0)
+    for i in range(4):
+        enqueue(queue, config, f"Q{i}", "market_supervision", sleep=0.05)
+    first = _spawn_worker(var, server.url)
+    try:
+        _wait_for(
+            lambda: (
+                any(e["id"] == "SLOW" for e in server.entries())
+                or (queue.get("SLOW").state is ItemState.claimed)
+            ),  # type: ignore[union-attr]
+            20,
+            "the slow item to be claimed",
+        )
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(timeout=10)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait(timeout=10)
+        assert first.stdout is not None
+        first.stdout.close()
+    killed = queue.get("SLOW")
+    assert killed is not None and killed.state is ItemState.claimed
+    assert not (config.outbox_dir / "SLOW.json").exists()
+    second = _spawn_worker(var, server.url, "--until-empty")
+    try:
+        out, _ = second.communicate(timeout=40)
+    finally:
+        if second.poll() is None:
+            second.kill()
+    assert second.returncode == 0, out
+    item = queue.get("SLOW")
+    assert item is not None and item.state is ItemState.done and item.attempts == 2
+    files = sorted(p.name for p in config.outbox_dir.iterdir())
+    assert files == ["Q0.json", "Q1.json", "Q2.json", "Q3.json", "SLOW.json"]
+    assert read_verdict(config.outbox_dir, "SLOW").attempts == 2  # type: ignore[union-attr]
+    assert queue.counts()[ItemState.done] == 5
+    no_overlap_per_account(server.entries())
+
+
+def _worker_main(argv: list[str]) -> int:
+    """``worker VAR URL [--until-empty]``: run a pool with the HTTP processor."""
+    var, url = Path(argv[0]), argv[1]
+    until_empty = "--until-empty" in argv
+    config = make_config(var, lease_s=1.5)
+    queue = open_queue(config)
+    pool = make_pool(config, queue, url, workers=2, until_empty=until_empty)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, pool.stop.set)
+        print("ready", flush=True)
+        try:
+            await pool.run()
+        finally:
+            processor = pool.processor
+            assert isinstance(processor, HttpProcessor)
+            await processor.aclose()
+
+    asyncio.run(main())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_worker_main(sys.argv[2:]) if sys.argv[1] == "worker" else 2)
