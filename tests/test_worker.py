@@ -12,6 +12,7 @@ crash and shutdown tests can run a worker in a process of its own.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -273,7 +274,7 @@ def no_overlap_per_account(entries: list[dict[str, Any]]) -> int:
         by_account[(e["system"], e["account"])].append((e["start"], e["end"]))
     for key, spans in by_account.items():
         spans.sort()
-        for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+        for (_, end), (start, _) in itertools.pairwise(spans):
             assert start >= end, f"account {key} served two lookups at once"
     events = sorted([(e["start"], 1) for e in entries] + [(e["end"], -1) for e in entries])
     peak = level = 0
