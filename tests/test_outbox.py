@@ -99,3 +99,143 @@ def test_racing_writers_leave_one_file(tmp_path: Path) -> None:
     assert len(outcomes) == 8
     assert outcomes.count("conflict") == 4
     assert [p.name for p in tmp_path.iterdir()] == ["REQ-1.json"]
+
+
+# -- webhook delivery: a real receiver on 127.0.0.1 -----------------------------------------
+
+RECEIVER = r'''
+import json, sys, threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+log_path, fail_first = sys.argv[1], int(sys.argv[2])
+lock = threading.Lock()
+seen = {}      # Idempotency-Key -> times posted
+accepted = {}  # Idempotency-Key -> body, deduplicated
+
+class H(BaseHTTPRequestHandler):
+    def log_message(self, *a):
+        pass
+    def do_POST(self):
+        key = self.headers.get("Idempotency-Key")
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        with lock:
+            seen[key] = seen.get(key, 0) + 1
+            fail = seen[key] <= fail_first
+            if not fail:
+                accepted.setdefault(key, body.decode())
+            with open(log_path, "a") as fh:
+                fh.write(json.dumps({"key": key, "auth": self.headers.get("Authorization"),
+                                     "status": 500 if fail else 200}) + "\n")
+        self.send_response(500 if fail else 200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def do_GET(self):
+        with lock:
+            body = json.dumps({"seen": seen, "accepted": accepted}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+print("ready", srv.server_address[1], flush=True)
+srv.serve_forever()
+'''
+
+
+class Receiver:
+    def __init__(self, tmp: Path, fail_first: int) -> None:
+        import subprocess
+        import sys
+
+        script = tmp / "receiver.py"
+        script.write_text(RECEIVER)
+        self.log = tmp / "receiver.jsonl"
+        self.proc = subprocess.Popen(
+            [sys.executable, str(script), str(self.log), str(fail_first)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().split()
+        assert line and line[0] == "ready"
+        self.url = f"http://127.0.0.1:{line[1]}/hook"
+
+    def state(self) -> dict:
+        import httpx
+
+        return httpx.get(self.url, timeout=5).json()
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+
+
+def test_webhook_sees_every_verdict_at_least_once(tmp_path: Path) -> None:
+    import time
+
+    from stampless.delivery import Delivery
+
+    outbox = tmp_path / "outbox"
+    names = [f"REQ-{i}" for i in range(5)]
+    for name in names:
+        write_verdict(outbox, make_verdict(rid=name))
+    receiver = Receiver(tmp_path, fail_first=1)
+    try:
+        delivery = Delivery(
+            tmp_path / "delivery.db",
+            outbox,
+            url=receiver.url,
+            token="t0ken-for-test",
+            max_attempts=5,
+            backoff_base_s=0.05,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            delivery.deliver_pending()
+            if all(delivery.status(n) == "delivered" for n in names):
+                break
+            time.sleep(0.05)
+        state = receiver.state()
+        # A second pass sends nothing more: delivered is recorded.
+        assert delivery.deliver_pending().delivered == []
+    finally:
+        receiver.stop()
+    assert all(delivery.status(n) == "delivered" for n in names)
+    assert sorted(state["accepted"]) == names
+    assert all(state["seen"][n] == 2 for n in names)  # one 500, then one 200
+    for n in names:
+        assert state["accepted"][n] == (outbox / f"{n}.json").read_text()
+        tries = delivery.attempts(n)
+        assert [t["http_status"] for t in tries] == [500, 200]
+        assert [t["attempt"] for t in tries] == [1, 2]
+    lines = [json.loads(x) for x in receiver.log.read_text().splitlines()]
+    assert {x["auth"] for x in lines} == {"Bearer t0ken-for-test"}
+
+
+def test_webhook_gives_up_after_max_attempts(tmp_path: Path) -> None:
+    import socket
+
+    from stampless.delivery import Delivery
+
+    with socket.socket() as s:  # a port with nobody listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    write_verdict(tmp_path / "outbox", make_verdict(rid="REQ-X"))
+    delivery = Delivery(
+        tmp_path / "delivery.db",
+        tmp_path / "outbox",
+        url=f"http://127.0.0.1:{port}/hook",
+        max_attempts=2,
+        backoff_base_s=0.0,
+        timeout_s=2,
+    )
+    first = delivery.deliver_pending()
+    second = delivery.deliver_pending()
+    assert first.failed == ["REQ-X"] and second.gave_up == ["REQ-X"]
+    assert delivery.status("REQ-X") == "gave_up"
+    assert [t["ok"] for t in delivery.attempts("REQ-X")] == [0, 0]
+    delivery.redeliver("REQ-X")
+    assert delivery.status("REQ-X") == "pending"
