@@ -35,6 +35,8 @@ COMMAND_MODULES = (
     "audit",
     "keys",
     "queue",
+    "review",
+    "ecert",
 )
 
 

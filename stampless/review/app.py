@@ -1,0 +1,507 @@
+"""The reviewer console: a small Flask app rendered on the server, assets served locally.
+
+Pages: login, the queue (overdue first, live SLA countdown), an item (scan with
+toggleable OCR boxes, the gathered record, the field table, screenshots, and the
+decision form), and an admin page (SLA charts, department circuit states, selector
+drift). Nothing but the login page and static assets is visible without a session.
+
+Security: argon2 password hashes with lockout (:mod:`.users`); the session cookie is
+HttpOnly, SameSite=Strict and Secure unless the console listens on loopback over plain
+HTTP; every form carries the session's CSRF token; a strict Content-Security-Policy
+allows only this origin's scripts and styles.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import os
+import secrets
+from datetime import timedelta
+from functools import wraps
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from flask import (
+    Flask,
+    Response,
+    abort,
+    flash,
+    g,
+    redirect,
+    render_template,
+    request,
+    send_file,
+    session,
+    url_for,
+)
+from loguru import logger
+from markupsafe import Markup
+
+from stampless.errors import InputError
+from stampless.models import Tier, VerdictKind, utcnow
+from stampless.review.charts import format_seconds, read_verdicts, sla_chart_svg, sla_figures
+from stampless.review.store import ReviewConflict, ReviewItem, ReviewStore
+from stampless.review.users import LoginFailed, Role, UserStore
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from stampless.config import Config
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+TEMPLATES = PACKAGE_DIR.parent / "templates"
+STATIC = PACKAGE_DIR / "static"
+SESSION_KEY_FILE = "session.key"
+DECISIONS = {
+    "verified": VerdictKind.verified,
+    "mismatch": VerdictKind.mismatch,
+    "not_found": VerdictKind.not_found,
+}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif"}
+
+_CSP = (
+    "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+    "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
+)
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and localhost, where plain HTTP never leaves the machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def load_secret_key(config: Config) -> bytes:
+    """The key that signs session cookies: from the vault if configured, else a local file.
+
+    The file ``<var_dir>/review/session.key`` is created once with mode 0600, so sessions
+    survive a restart; deleting it logs everyone out.
+    """
+    ref = config.review.secret_key
+    if ref:
+        from stampless.vault import resolve_secret
+
+        return resolve_secret(ref, config=config).reveal().encode("utf-8")
+    path = config.var_dir / "review" / SESSION_KEY_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        key = path.read_bytes()
+        if len(key) >= 32:
+            return key
+        raise InputError(
+            f"{path} is too short to be a session key; delete it and restart the console."
+        ) from None
+    key = secrets.token_hex(32).encode("ascii")
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(key)
+    return key
+
+
+def _files_of(bundle: Path) -> list[dict[str, Any]]:
+    """The files a bundle's manifest lists, as dicts with at least ``name`` and ``kind``."""
+    try:
+        manifest = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    files = manifest.get("files", []) if isinstance(manifest, dict) else []
+    if isinstance(files, dict):
+        files = [{"name": k, **(v if isinstance(v, dict) else {})} for k, v in files.items()]
+    out = []
+    for f in files:
+        if isinstance(f, dict):
+            name = f.get("name") or f.get("path")
+            if isinstance(name, str):
+                out.append({**f, "name": name, "kind": f.get("kind") or ""})
+    return out
+
+
+def _inside(base: Path, name: str) -> Path | None:
+    """``base/name`` if it stays inside ``base`` (no ``..`` or absolute tricks)."""
+    try:
+        path = (base / name).resolve()
+        path.relative_to(base.resolve())
+    except (ValueError, OSError):
+        return None
+    return path
+
+
+def _read_json(path: Path | None) -> Any:
+    if path is None:
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+class ItemView:
+    """What the item page shows, gathered from the item and its evidence bundle."""
+
+    def __init__(self, item: ReviewItem) -> None:
+        self.item = item
+        self.bundle = Path(item.evidence) if item.evidence else None
+        self.files = _files_of(self.bundle) if self.bundle else []
+
+    def _by_kind(self, *kinds: str) -> list[dict[str, Any]]:
+        return [f for f in self.files if f["kind"] in kinds]
+
+    def _json_of(self, *kinds: str) -> Any:
+        for f in self._by_kind(*kinds):
+            if self.bundle is not None and str(f["name"]).endswith(".json"):
+                data = _read_json(_inside(self.bundle, f["name"]))
+                if data is not None:
+                    return data
+        return None
+
+    @property
+    def screenshots(self) -> list[dict[str, Any]]:
+        return [
+            f
+            for f in self.files
+            if Path(f["name"]).suffix.lower() in IMAGE_SUFFIXES
+            and f["kind"] not in ("scan", "preprocessed", "ocr_step")
+        ]
+
+    @property
+    def record(self) -> dict[str, Any] | None:
+        data = self._json_of("record")
+        if isinstance(data, dict):
+            fields = data.get("fields", data)
+            return fields if isinstance(fields, dict) else None
+        return None
+
+    @property
+    def record_meta(self) -> dict[str, Any]:
+        data = self._json_of("record")
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if k != "fields" and not isinstance(v, dict)}
+        return {}
+
+    def scan_path(self) -> Path | None:
+        for f in self._by_kind("scan"):
+            if self.bundle is not None:
+                path = _inside(self.bundle, f["name"])
+                if path and path.is_file():
+                    return path
+        base = self.item.base_dir or Path.cwd()
+        path = self.item.request.scan_path(base)
+        return path if path is not None and path.is_file() else None
+
+    @property
+    def ocr_boxes(self) -> dict[str, Any] | None:
+        """Field boxes from the OCR output, in the coordinates of the scan."""
+        data = self._json_of("ocr")
+        if not isinstance(data, dict):
+            return None
+        size = data.get("image_size")
+        boxes = []
+        for name, f in (data.get("fields") or {}).items():
+            if isinstance(f, dict) and f.get("box"):
+                boxes.append({"name": name, "box": f["box"], "value": f.get("value")})
+        if not size or not boxes:
+            return None
+        return {"size": size, "boxes": boxes}
+
+    def file_path(self, name: str) -> Path | None:
+        if self.bundle is None or name not in {f["name"] for f in self.files}:
+            return None
+        return _inside(self.bundle, name)
+
+
+def create_app(config: Config, *, host: str = "127.0.0.1") -> Flask:
+    """The console for one deployment; ``host`` is where it listens (decides Secure cookies)."""
+    app = Flask(
+        __name__,
+        template_folder=str(TEMPLATES),
+        static_folder=str(STATIC),
+        static_url_path="/static",
+    )
+    secure = config.review.secure_cookies
+    if secure is None:
+        secure = not is_loopback(host)
+    app.config.update(
+        SECRET_KEY=load_secret_key(config),
+        SESSION_COOKIE_NAME="stampless_review",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Strict",
+        SESSION_COOKIE_SECURE=secure,
+        PERMANENT_SESSION_LIFETIME=timedelta(hours=config.review.session_hours),
+        MAX_CONTENT_LENGTH=64 * 1024,
+        TEMPLATES_AUTO_RELOAD=False,
+    )
+    store = ReviewStore.from_config(config)
+    users = UserStore.from_config(config)
+    claim_minutes = config.review.claim_minutes
+
+    def audit() -> Any:
+        from stampless.audit import AuditLog
+
+        return AuditLog(config.audit_dir, rotate_bytes=config.audit.rotate_bytes)
+
+    def signer() -> Any:
+        from stampless.signing import ensure_dev_key, load_signer
+
+        if config.evidence.signing_key:
+            return load_signer(config)
+        return ensure_dev_key(config)
+
+    # -- session, CSRF and headers ------------------------------------------------------
+
+    def csrf_token() -> str:
+        token = session.get("csrf")
+        if not token:
+            token = secrets.token_urlsafe(32)
+            session["csrf"] = token
+        return str(token)
+
+    app.jinja_env.globals["csrf_token"] = csrf_token
+    app.jinja_env.globals["format_seconds"] = format_seconds
+
+    @app.before_request
+    def _check() -> Any:
+        g.user = None
+        name = session.get("user")
+        if name:
+            user = users.get(name)
+            if user is None or user.locked():
+                session.clear()
+            else:
+                g.user = user
+        if request.method == "POST":
+            sent = request.form.get("csrf_token", "")
+            expected = session.get("csrf", "")
+            if not sent or not expected or not hmac.compare_digest(str(sent), str(expected)):
+                logger.warning("review: POST {} refused: CSRF token missing or wrong", request.path)
+                return render_template(
+                    "review/error.html",
+                    title="Form expired",
+                    message="The form was missing its security token or it expired; "
+                    "reload the page and submit again.",
+                ), 400
+        return None
+
+    @app.after_request
+    def _headers(response: Response) -> Response:
+        response.headers["Content-Security-Policy"] = _CSP
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        if not request.path.startswith("/static/"):
+            response.headers["Cache-Control"] = "no-store"
+        return response
+
+    def login_required(view: Callable[..., Any]) -> Callable[..., Any]:
+        @wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if g.user is None:
+                return redirect(url_for("login", next=request.path))
+            return view(*args, **kwargs)
+
+        return wrapper
+
+    def admin_required(view: Callable[..., Any]) -> Callable[..., Any]:
+        @wraps(view)
+        @login_required
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if g.user.role is not Role.admin:
+                abort(403)
+            return view(*args, **kwargs)
+
+        return wrapper
+
+    @app.errorhandler(403)
+    def _forbidden(_: Exception) -> Any:
+        return render_template(
+            "review/error.html", title="Not allowed", message="This page is for administrators."
+        ), 403
+
+    @app.errorhandler(404)
+    def _not_found(_: Exception) -> Any:
+        return render_template(
+            "review/error.html",
+            title="Not found",
+            message="No such page or item; go back to the queue.",
+        ), 404
+
+    # -- login ----------------------------------------------------------------------------
+
+    @app.route("/login", methods=["GET", "POST"])
+    def login() -> Any:
+        error = None
+        status = 200
+        if request.method == "POST":
+            name = request.form.get("name", "").strip()
+            password = request.form.get("password", "")
+            try:
+                user = users.authenticate(name, password)
+            except LoginFailed as exc:
+                error, status = str(exc), 401
+                logger.info("review: failed login for {!r}", name[:64])
+            else:
+                # A fresh session on login: no fixation, a new CSRF token.
+                session.clear()
+                session.permanent = True
+                session["user"] = user.name
+                csrf_token()
+                logger.info("review: {} logged in", user.name)
+                audit().append("logged_in", actor=user.name, console="review")
+                target = request.args.get("next", "")
+                if not target.startswith("/") or target.startswith("//"):
+                    target = url_for("queue")
+                return redirect(target)
+        return render_template("review/login.html", error=error), status
+
+    @app.post("/logout")
+    def logout() -> Any:
+        session.clear()
+        return redirect(url_for("login"))
+
+    # -- queue and items ----------------------------------------------------------------
+
+    @app.get("/")
+    @login_required
+    def queue() -> Any:
+        now = utcnow()
+        items = store.pending(now)
+        return render_template("review/queue.html", items=items, now=now)
+
+    @app.get("/item/<request_id>")
+    @login_required
+    def item(request_id: str) -> Any:
+        found = store.get(request_id)
+        if found is None:
+            abort(404)
+        if found.status != "pending":
+            return render_template("review/decided.html", item=found)
+        if not store.take(request_id, g.user.name, claim_minutes):
+            current = store.get(request_id)
+            holder = current.held_by() if current else None
+            return render_template(
+                "review/error.html",
+                title="Taken",
+                message=f"{holder or 'Another reviewer'} is reviewing this item; pick another "
+                "one from the queue.",
+            ), 409
+        taken = store.get(request_id)
+        assert taken is not None
+        return render_template("review/item.html", view=ItemView(taken), item=taken, now=utcnow())
+
+    @app.get("/item/<request_id>/scan")
+    @login_required
+    def scan(request_id: str) -> Any:
+        found = store.get(request_id)
+        path = ItemView(found).scan_path() if found else None
+        if path is None:
+            abort(404)
+        return send_file(path, max_age=0)
+
+    @app.get("/item/<request_id>/file/<path:name>")
+    @login_required
+    def evidence_file(request_id: str, name: str) -> Any:
+        found = store.get(request_id)
+        path = ItemView(found).file_path(name) if found else None
+        if path is None or not path.is_file():
+            abort(404)
+        return send_file(path, max_age=0)
+
+    @app.post("/item/<request_id>/decide")
+    @login_required
+    def decide(request_id: str) -> Any:
+        action = request.form.get("action", "")
+        reason = request.form.get("reason", "").strip()
+        if not reason:
+            flash("Write a reason before deciding.", "error")
+            return redirect(url_for("item", request_id=request_id))
+        try:
+            if action == "more":
+                store.ask_more(request_id, g.user.name, reason)
+                audit().append(
+                    "reviewed",
+                    request_id=request_id,
+                    actor=g.user.name,
+                    decision="more_info",
+                    reason=reason,
+                )
+                flash(f"{request_id}: more information requested; the item stays queued.", "ok")
+            elif action in DECISIONS:
+                final = store.decide(
+                    request_id,
+                    g.user.name,
+                    DECISIONS[action],
+                    reason,
+                    outbox_dir=config.outbox_dir,
+                    audit=audit(),
+                    evidence_dir=config.evidence_dir,
+                    signer=signer(),
+                )
+                flash(f"{request_id}: decided {final.verdict.value}.", "ok")
+            else:
+                flash("Choose verify, reject, not found or ask for more.", "error")
+                return redirect(url_for("item", request_id=request_id))
+        except ReviewConflict as exc:
+            flash(str(exc), "error")
+        except InputError as exc:
+            flash(str(exc), "error")
+            return redirect(url_for("item", request_id=request_id))
+        return redirect(url_for("queue"))
+
+    @app.post("/item/<request_id>/release")
+    @login_required
+    def release(request_id: str) -> Any:
+        store.release(request_id, g.user.name)
+        return redirect(url_for("queue"))
+
+    # -- admin ---------------------------------------------------------------------------
+
+    @app.get("/admin")
+    @admin_required
+    def admin() -> Any:
+        now = utcnow()
+        days = 14
+        verdicts = read_verdicts(config.outbox_dir, since=now - timedelta(days=days))
+        figures = sla_figures(verdicts, days=days, today=now.date())
+        charts = {t: Markup(sla_chart_svg(figures, t)) for t in Tier}  # noqa: S704 - our own SVG, labels escaped
+        totals = {t: figures.total(t) for t in Tier}
+        return render_template(
+            "review/admin.html",
+            charts=charts,
+            totals=totals,
+            figures=figures,
+            tiers=list(Tier),
+            circuits=_circuits(config),
+            drift=_drift(config),
+            pending=len(store.pending(now)),
+            users=users.all(),
+        )
+
+    return app
+
+
+def _circuits(config: Config) -> list[dict[str, Any]]:
+    """Circuit-breaker states of the department systems, as the robot runtime saved them."""
+    try:
+        from stampless.robot import circuit_states  # type: ignore[attr-defined]
+    except ImportError:
+        circuit_states = None
+    if circuit_states is not None:
+        try:
+            return [dict(s) if isinstance(s, dict) else vars(s) for s in circuit_states(config)]
+        except Exception as exc:  # the admin page must render even if this part fails
+            logger.warning("review: circuit states unavailable ({})", exc.__class__.__name__)
+    return [{"system": name, "state": "unknown"} for name in sorted(config.systems)]
+
+
+def _drift(config: Config) -> list[Any]:
+    try:
+        from stampless.robot._selectors import drift_summary
+    except ImportError:
+        return []
+    return list(drift_summary(config.var_dir))[:50]
