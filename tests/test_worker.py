@@ -192,6 +192,23 @@ class HttpProcessor:
         return self._verdict(request, VerdictKind.error, reasons=[kw.pop("reason")], **kw)
 
 
+class FileRouter:
+    """Intake routing for the HTTP processor: the claim names the system; scans must exist."""
+
+    def validate(self, request: Request, base_dir: Path) -> None:
+        scan = request.scan_path(base_dir)
+        if scan is not None and not scan.is_file():
+            raise InputError(f"Request {request.id}: scan {request.scan} not found.")
+        if request.claim.get("system") not in SYSTEMS:
+            raise InputError(f"Request {request.id}: claim.system must name a known system.")
+
+    def tier_of(self, request: Request) -> Tier:
+        return Tier.robot
+
+    def system_of(self, request: Request) -> str | None:
+        return str(request.claim["system"])
+
+
 SYSTEMS = {"civil_affairs": ["civil01", "civil02"], "market_supervision": ["market01", "market02"]}
 
 
