@@ -35,7 +35,15 @@ from stampless.errors import (
 from stampless.robot._evidence import CLEAR_PASSWORDS_JS, Evidence, safe_filename, sha256_file
 
 if TYPE_CHECKING:
-    from playwright.async_api import Dialog, FrameLocator, Locator, Page, Request, Response
+    from playwright.async_api import (
+        Dialog,
+        Frame,
+        FrameLocator,
+        Locator,
+        Page,
+        Request,
+        Response,
+    )
 
     from stampless.config import BrowserConfig
     from stampless.robot._selectors import DriftLog, SelectorMap, SelectorSpec
@@ -150,18 +158,20 @@ class Element:
         """Click the element (the page may navigate; the next element waits for it)."""
         await self._act("clicking", lambda loc, t: loc.click(timeout=t))
 
-    async def click_and_wait(self) -> None:
+    async def click_and_wait(self, *, frame: str | None = None) -> None:
         """Click and wait for the document it loads (in the element's own frame).
 
         Use it for submits and links, so the next read never sees the previous page.
+        ``frame`` names the frame that loads instead (a menu link with ``target=``).
         An error page raises DepartmentUnavailable; the login page, SessionLost.
         """
         page = self._page
         page._server_error = None
+        target = await page.frame_object(frame) if frame is not None else None
 
         async def click(loc: Locator, timeout: float) -> None:
-            waiter: Any = page.raw
-            if self.spec.frame is not None:
+            waiter: Any = page.raw if target is None else target
+            if target is None and self.spec.frame is not None:
                 handle = await loc.element_handle(timeout=timeout)
                 waiter = await handle.owner_frame() or page.raw
             async with waiter.expect_navigation(
@@ -371,6 +381,25 @@ class RobotPage:
     async def frame(self, name: str) -> FrameLocator:
         """The frame called ``name`` in the selector map, as a Playwright FrameLocator."""
         return await self._frame_scope(name, timeout_ms=None)
+
+    async def frame_object(self, name: str) -> Frame:
+        """The named frame as a Playwright Frame (to wait on it or run a script in it)."""
+        fspec = self.selectors.frame(name)
+        parent: Any = self.raw
+        if fspec.parent is not None:
+            parent = await self._frame_scope(fspec.parent, timeout_ms=None)
+        locs = [parent.locator(choice) for choice in fspec.choices]
+        index = await self._first_match(f"frame:{name}", fspec.choices, locs, None)
+        try:
+            handle = await locs[index].first.element_handle()
+            frame = await handle.content_frame()
+        except Exception as exc:
+            raise self._explain(exc, f"opening frame {name!r}") from exc
+        if frame is None:
+            raise RobotError(
+                f"Frame {name!r} of {self.selectors.path.name} is not a frame element."
+            )
+        return frame
 
     async def _frame_scope(self, name: str, *, timeout_ms: float | None) -> FrameLocator:
         fspec = self.selectors.frame(name)
@@ -681,7 +710,7 @@ class RobotPage:
         loc = self.raw.locator("input[name=__VIEWSTATE]")
         return await loc.first.get_attribute("value") if await loc.count() else None
 
-    async def postback(self, target: str, argument: str = "") -> None:
+    async def postback(self, target: str, argument: str = "", *, frame: str | None = None) -> None:
         """Do an ASP.NET ``__doPostBack(target, argument)`` and wait for the new page.
 
         Pages without ``__doPostBack`` get ``__EVENTTARGET``/``__EVENTARGUMENT`` set on
@@ -701,11 +730,12 @@ class RobotPage:
             f.submit();
         }"""
         self._server_error = None
+        where: Any = self.raw if frame is None else await self.frame_object(frame)
         try:
-            async with self.raw.expect_navigation(
+            async with where.expect_navigation(
                 wait_until="domcontentloaded", timeout=self.config.navigation_timeout_ms
             ):
-                await self.raw.evaluate(script, [target, argument])
+                await where.evaluate(script, [target, argument])
         except Exception as exc:
             raise self._explain(exc, f"posting back {target!r}") from exc
         self._raise_if_unhealthy()
