@@ -474,5 +474,26 @@ def _worker_main(argv: list[str]) -> int:
     return 0
 
 
+def _daemon_main(argv: list[str]) -> int:
+    """``daemon VAR URL GRACE_S``: ``stampless schedule`` with the HTTP processor."""
+    from stampless.scheduler import Daemon
+
+    var, url, grace = Path(argv[0]), argv[1], float(argv[2])
+    config = make_config(var, lease_s=5)
+    options = WorkerOptions.from_config(config, workers=2, progress=False, grace_s=grace)
+    processor = HttpProcessor(url)
+    daemon = Daemon(config, processor=processor, options=options)
+
+    async def main() -> None:
+        try:
+            await daemon.serve()
+        finally:
+            await processor.aclose()
+
+    asyncio.run(main())
+    return 0
+
+
 if __name__ == "__main__":
-    sys.exit(_worker_main(sys.argv[2:]) if sys.argv[1] == "worker" else 2)
+    mains = {"worker": _worker_main, "daemon": _daemon_main}
+    sys.exit(mains[sys.argv[1]](sys.argv[2:]))
