@@ -29,6 +29,7 @@ def verify_cmd(
             f"OK: {report.lines} line(s) in {len(report.files)} file(s) of {config.audit_dir} "
             f"form one unbroken chain (last seq {report.last_seq}).",
             markup=False,
+            soft_wrap=True,
         )
         return
     console.print(f"BROKEN {report.first_broken}", markup=False, soft_wrap=True)
@@ -36,6 +37,7 @@ def verify_cmd(
         f"{report.lines} line(s) before it are intact; everything from there on cannot be "
         "trusted. Restore the audit files from a backup or investigate who changed them.",
         markup=False,
+        soft_wrap=True,
     )
     # SystemExit, not typer.Exit: main() runs click with standalone_mode=False, which
     # turns typer.Exit into an ignored return value.

@@ -133,7 +133,7 @@ def show_cmd(request: Annotated[str, typer.Argument(help="Request id or bundle f
         f"stampless {manifest.get('stampless_version')}"
     )
     for reason in verdict.get("reasons", []):
-        console.print(f"  - {reason}", markup=False)
+        console.print(f"  - {reason}", markup=False, soft_wrap=True)
     if verdict.get("fields"):
         table = Table(title="Fields", title_justify="left")
         for col in ("field", "claimed", "ocr", "record", "status", "conf"):
@@ -157,7 +157,7 @@ def show_cmd(request: Annotated[str, typer.Argument(help="Request id or bundle f
         files.add_row(f.get("name"), f.get("kind"), _size(int(f.get("size", 0))), f.get("caption"))
     console.print(files)
     for key, value in (manifest.get("meta") or {}).items():
-        console.print(f"{key}: {value}", markup=False)
+        console.print(f"{key}: {value}", markup=False, soft_wrap=True)
     sig = manifest.get("signature") or {}
     console.print(f"signed by key {sig.get('key_id', '?')} ({sig.get('alg', '?')})")
 
@@ -183,12 +183,14 @@ def verify_cmd(
             f"OK: {report.request_id}: {report.files_checked} files match the manifest; "
             f"signature valid (key {report.key_id}).",
             markup=False,
+            soft_wrap=True,
         )
         if not trusted:
             console.print(
                 "Note: no trusted public key known (no <var>/keys/*.pub, no --key); the "
                 "signature was checked against the key inside the manifest only.",
                 markup=False,
+                soft_wrap=True,
             )
         return
     for problem in report.problems:
@@ -213,7 +215,7 @@ def report_cmd(
     config = get_config(required=False)
     target = out or (config.var_dir / "reports" / f"{folder.name}.html")
     path = write_report(folder, target, audit_dir=config.audit_dir)
-    console.print(str(path), markup=False)
+    console.print(str(path), markup=False, soft_wrap=True)
     if open_:
         _open_in_browser(path, config.browser.executable_path)
 
@@ -246,7 +248,7 @@ def export_cmd(
     if folder.is_file():
         raise InputError(f"{folder} is already a file; export takes a request id or folder.")
     path = export_bundle(folder, out)
-    console.print(str(path), markup=False)
+    console.print(str(path), markup=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

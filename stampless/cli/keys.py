@@ -99,6 +99,7 @@ def init_cmd(
             "Set this in the service's environment (it is the private key; keep it secret, "
             "it is not stored anywhere):",
             markup=False,
+            soft_wrap=True,
         )
         print(f"export {name}={signer.private_b64().reveal()}")
     elif ref.startswith("file:"):
@@ -110,6 +111,7 @@ def init_cmd(
                 f"Created the vault {path}. Its key is printed once; keep it secret and set "
                 f"it wherever stampless runs:",
                 markup=False,
+                soft_wrap=True,
             )
             print(f"export {VAULT_KEY_ENV}={new_key}")
     elif ref.startswith("keyring:"):
@@ -123,11 +125,15 @@ def init_cmd(
             ) from None
         keyring.set_password(service, name, signer.private_b64().reveal())
     pub = write_public_key(config, signer)
-    console.print(f"public key {signer.public_key_b64}", markup=False)
-    console.print(f"key id     {signer.key_id}", markup=False)
-    console.print(f"written to {pub}", markup=False)
+    console.print(f"public key {signer.public_key_b64}", markup=False, soft_wrap=True)
+    console.print(f"key id     {signer.key_id}", markup=False, soft_wrap=True)
+    console.print(f"written to {pub}", markup=False, soft_wrap=True)
     if out is not None and config.evidence.signing_key != ref:
-        console.print(f'Add to robot.toml under [evidence]: signing_key = "{ref}"', markup=False)
+        console.print(
+            f'Add to robot.toml under [evidence]: signing_key = "{ref}"',
+            markup=False,
+            soft_wrap=True,
+        )
 
 
 @keys_app.command("show")
@@ -148,8 +154,8 @@ def show_cmd() -> None:
         raise ConfigError(f"{pub} does not hold a public key; run 'stampless keys init'.") from None
     import base64
 
-    console.print(f"public key {text}", markup=False)
-    console.print(f"key id     {key_id_of(base64.b64decode(text))}", markup=False)
+    console.print(f"public key {text}", markup=False, soft_wrap=True)
+    console.print(f"key id     {key_id_of(base64.b64decode(text))}", markup=False, soft_wrap=True)
 
 
 def _vault_path(path: Path | None) -> Path:
@@ -192,7 +198,7 @@ def vault_set(
             f"Created the vault {target}. Its key is printed once; keep it secret:", markup=False
         )
         print(f"export {VAULT_KEY_ENV}={new_key}")
-    console.print(f"stored {name} in {target}", markup=False)
+    console.print(f"stored {name} in {target}", markup=False, soft_wrap=True)
 
 
 @vault_app.command("ls")
@@ -204,7 +210,7 @@ def vault_ls(path: PathOption = None) -> None:
     if not target.exists():
         raise InputError(f"No vault at {target}; create one with 'stampless vault set NAME'.")
     for entry in Vault.from_env(target).names():
-        console.print(entry, markup=False)
+        console.print(entry, markup=False, soft_wrap=True)
 
 
 @vault_app.command("rm")
@@ -217,7 +223,7 @@ def vault_rm(
     target = _vault_path(path)
     if not Vault.from_env(target).delete(name):
         raise InputError(f"The vault {target} has no entry {name!r}.")
-    console.print(f"removed {name}", markup=False)
+    console.print(f"removed {name}", markup=False, soft_wrap=True)
 
 
 @vault_app.command("keygen")
