@@ -391,6 +391,10 @@ def test_no_account_is_used_by_two_sessions_at_once(own_fixture_servers: Any) ->
             ordered = sorted(sessions.values())
             for (_, end), (start, _) in itertools.pairwise(ordered):
                 assert end <= start
+    # Resident ID numbers in query strings are masked in the log.
+    social_paths = [e["path"] for e in own_fixture_servers.access_log("social_security")]
+    assert any("person_id=" in p and "********" in p for p in social_paths)
+    assert not any(re.search(r"person_id=\d{17}", p) for p in social_paths)
     file_lines = own_fixture_servers.access_log_path("civil_affairs").read_text().splitlines()
     assert [json.loads(x) for x in file_lines] == own_fixture_servers.access_log("civil_affairs")
 
