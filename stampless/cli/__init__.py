@@ -37,6 +37,7 @@ COMMAND_MODULES = (
     "queue",
     "review",
     "ecert",
+    "robot",
 )
 
 
