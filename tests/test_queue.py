@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -180,3 +182,161 @@ def test_concurrent_processes_never_share_an_account(tmp_path: Path) -> None:
     # Two accounts, leases of 60 s, no completions: exactly two claims in all.
     assert len(claimed) == 2
     assert {acc for _, acc in claimed} == {"ca1", "ca2"}
+
+
+# -- intake: submit, inbox, HTTP -----------------------------------------------------------
+
+
+def _intake(tmp_path: Path) -> tuple[Any, Any]:
+    from test_worker import FileRouter, make_config
+
+    from stampless.intake import Intake
+    from stampless.queue import open_queue
+
+    config = make_config(tmp_path / "var")
+    queue = open_queue(config)
+    return Intake(config, queue, router=FileRouter()), queue
+
+
+def _request_file(folder: Path, rid: str, **extra: Any) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{rid}.jpg").write_bytes(b"scan bytes " + rid.encode())
+    body = {
+        "id": rid,
+        "type": "marriage_certificate",
+        "claim": {"system": "civil_affairs"},
+        "scan": f"{rid}.jpg",
+        **extra,
+    }
+    path = folder / f"{rid}.json"
+    path.write_text(json.dumps(body), encoding="utf-8")
+    return path
+
+
+def test_submit_spools_and_dedupes(tmp_path: Path) -> None:
+    intake, queue = _intake(tmp_path)
+    path = _request_file(tmp_path / "in", "REQ-A")
+    [first] = intake.submit_files([path])
+    assert first.added and "queued" in first.message
+    item = queue.get("REQ-A")
+    assert item is not None and item.base_dir == intake.spool_dir / "REQ-A"
+    assert (item.base_dir / "scan.jpg").read_bytes() == b"scan bytes REQ-A"
+    assert item.request.scan == "scan.jpg"
+    deadline_s = (item.deadline - item.received_at).total_seconds()
+    assert deadline_s == pytest.approx(180)
+    [again] = intake.submit_files([path])
+    assert not again.added
+    assert again.message == "REQ-A already queued (state queued); nothing changed."
+    assert len(queue.list()) == 1
+    # One bad file among good ones: nothing at all is queued or spooled.
+    good = _request_file(tmp_path / "in", "REQ-B")
+    bad = _request_file(tmp_path / "in", "REQ-C", claim={"system": "nowhere"})
+    with pytest.raises(InputError, match="REQ-C"):
+        intake.submit_files([good, bad])
+    assert queue.get("REQ-B") is None
+    assert sorted(p.name for p in intake.spool_dir.iterdir()) == ["REQ-A"]
+    trick = tmp_path / "in" / "trick.json"
+    trick.write_text(json.dumps({"id": "../etc", "type": "x", "claim": {}}))
+    with pytest.raises(InputError, match="id"):
+        intake.submit_files([trick])
+
+
+def test_inbox_moves_to_done_or_rejected(tmp_path: Path) -> None:
+    from stampless.intake import poll_inbox
+
+    intake, queue = _intake(tmp_path)
+    inbox = tmp_path / "inbox"
+    _request_file(inbox, "IN-1")
+    (inbox / "broken.json").write_text("{not json")
+    report = poll_inbox(intake, inbox, min_age_s=0)
+    assert report.done == ["IN-1.json"] and report.rejected == ["broken.json"]
+    assert (inbox / "done" / "IN-1.json").is_file()
+    reason = (inbox / "rejected" / "broken.json.reason.txt").read_text()
+    assert "not valid JSON" in reason
+    assert queue.get("IN-1") is not None
+    assert sorted(p.name for p in inbox.glob("*.json")) == []
+    # A file still being written (too young) waits for the next poll.
+    _request_file(inbox, "IN-2")
+    assert poll_inbox(intake, inbox, min_age_s=60).done == []
+    assert queue.get("IN-2") is None
+
+
+def test_http_intake_needs_token_and_is_idempotent(tmp_path: Path) -> None:
+    import base64
+
+    import httpx
+
+    from stampless.intake import IntakeServer
+
+    intake, queue = _intake(tmp_path)
+    server = IntakeServer(intake, "s3cret-token").start()
+    try:
+        body = {
+            "request": {
+                "id": "WEB-1",
+                "type": "marriage_certificate",
+                "claim": {"system": "civil_affairs"},
+            },
+            "scan_base64": base64.b64encode(b"jpeg!").decode(),
+            "scan_name": "photo.JPG",
+        }
+        url = server.url + "/requests"
+        assert httpx.post(url, json=body, timeout=10).status_code == 401
+        wrong = {"Authorization": "Bearer nope"}
+        assert httpx.post(url, json=body, headers=wrong, timeout=10).status_code == 401
+        auth = {"Authorization": "Bearer s3cret-token"}
+        r1 = httpx.post(url, json=body, headers=auth, timeout=10)
+        assert r1.status_code == 201 and r1.json()["added"] is True
+        r2 = httpx.post(url, json=body, headers=auth, timeout=10)
+        assert r2.status_code == 200 and "nothing changed" in r2.json()["message"]
+        sneaky = {**body, "request": {**body["request"], "id": "WEB-2", "scan": "/etc/passwd"}}
+        del sneaky["scan_base64"]
+        r3 = httpx.post(url, json=sneaky, headers=auth, timeout=10)
+        assert r3.status_code == 400 and "server paths" in r3.json()["error"]
+        status = httpx.get(server.url + "/requests/WEB-1", headers=auth, timeout=10)
+        assert status.json()["state"] == "queued"
+    finally:
+        server.stop()
+    item = queue.get("WEB-1")
+    assert item is not None and (item.base_dir / "scan.jpg").read_bytes() == b"jpeg!"
+    assert queue.get("WEB-2") is None
+    assert not any(p.name.startswith(".incoming") for p in intake.spool_dir.iterdir())
+
+
+@pytest.mark.slow
+def test_cli_submit_with_real_document_types(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from stampless.fixtures.scans import generate
+
+    repo = Path(__file__).resolve().parents[1]
+    [scan] = generate(tmp_path / "scans", "marriage_certificate", 1, 11, "easy", 0.0, 0.0)
+    request = scan.with_suffix(".request.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"id": "B-1", "type": "marriage_certificate", "claim": {}}))
+    env = {**os.environ, "STAMPLESS__PROJECT__VAR_DIR": str(tmp_path / "var")}
+
+    def run(*files: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "stampless", "--config", str(repo / "robot.toml"), "submit"]
+            + [str(f) for f in files],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+
+    rejected = run(request, bad)
+    assert rejected.returncode == 2, rejected.stderr
+    assert len(rejected.stderr.strip().splitlines()) == 1 and "bad.json" in rejected.stderr
+    assert not (tmp_path / "var" / "spool").exists() or not any(
+        (tmp_path / "var" / "spool").iterdir()
+    )
+    ok = run(request)
+    assert ok.returncode == 0, ok.stderr
+    rid = json.loads(request.read_text())["id"]
+    assert f"{rid} queued (robot tier" in ok.stdout
+    dup = run(request)
+    assert dup.returncode == 0 and "nothing changed" in dup.stdout
