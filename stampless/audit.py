@@ -290,6 +290,16 @@ def verify_chain(audit_dir: Path, since: datetime | None = None) -> ChainReport:
     files = _audit_files(audit_dir)
     report = ChainReport(ok=True)
     if not files:
+        head = _read_head(audit_dir)
+        if head is not None and int(head.get("seq", 0)) > 0:
+            return _broken(
+                report,
+                BrokenLink(
+                    HEAD_FILE,
+                    1,
+                    f"HEAD records {head.get('seq')} line(s) but no audit file is left",
+                ),
+            )
         return report
     expected_prev: str | None = GENESIS
     expected_seq: int | None = 1

@@ -141,6 +141,12 @@ def test_reordering_and_removing_a_file_are_caught(tmp_path: Path) -> None:
     assert not report.ok and report.first_broken is not None
     assert report.first_broken.file == files[2].name and report.first_broken.line == 1
 
+    for f in tmp_path.glob("audit-*.jsonl"):
+        f.unlink()
+    report = verify_chain(tmp_path)
+    assert not report.ok and report.first_broken is not None
+    assert "no audit file" in report.first_broken.reason
+
 
 def test_torn_tail_is_dropped_and_the_chain_continues(tmp_path: Path) -> None:
     log = _fill(tmp_path, 3)
