@@ -182,7 +182,11 @@ class ItemView:
     def record_meta(self) -> dict[str, Any]:
         data = self._json_of("record")
         if isinstance(data, dict):
-            return {k: v for k, v in data.items() if k != "fields" and not isinstance(v, dict)}
+            return {
+                k: v
+                for k, v in data.items()
+                if k not in ("fields", "status") and v is not None and not isinstance(v, dict)
+            }
         return {}
 
     def scan_path(self) -> Path | None:

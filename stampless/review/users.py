@@ -81,7 +81,7 @@ class UserStore:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[dict[str, User]]:
-        """Read-modify-write under an exclusive lock; the dict is written back on exit."""
+        """Read-modify-write under an exclusive lock; changes are written back on exit."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         lock = self.path.with_name(self.path.name + ".lock")
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
@@ -89,9 +89,12 @@ class UserStore:
             fcntl.flock(fd, fcntl.LOCK_EX)
             users = self._read()
             before = {n: u.model_dump_json() for n, u in users.items()}
-            yield users
-            if {n: u.model_dump_json() for n, u in users.items()} != before:
-                self._write(users)
+            try:
+                yield users
+            finally:
+                # Also when the caller raises: a failed login must still be counted.
+                if {n: u.model_dump_json() for n, u in users.items()} != before:
+                    self._write(users)
         finally:
             os.close(fd)
 
