@@ -86,7 +86,10 @@ def main(argv: list[str] | None = None) -> None:
     args = _hoist_global_options(list(sys.argv[1:] if argv is None else argv))
     debug = "--debug" in args
     try:
-        app(args=args, prog_name="stampless", standalone_mode=False)
+        # With standalone_mode=False click returns typer.Exit's code instead of raising.
+        code = app(args=args, prog_name="stampless", standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except StamplessError as exc:
@@ -100,9 +103,10 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:
         import click
 
-        if isinstance(exc, click.exceptions.Abort):
+        if isinstance(exc, click.exceptions.Abort | typer.Abort):
             sys.exit(130)
-        if isinstance(exc, click.ClickException):
+        # typer >= 0.17 vendors click: its usage errors are TyperExceptions with show().
+        if isinstance(exc, click.ClickException | typer.TyperException) and hasattr(exc, "show"):
             exc.show()
             sys.exit(int(ExitCode.bad_input))
         if debug:
