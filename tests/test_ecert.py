@@ -234,7 +234,7 @@ def test_qr_on_scans_genuine_tampered_absent_unreadable(issuers: Issuers, tmp_pa
     }
 
 
-# -- the CLI and the pipeline, end to end -----------------------------------------------------------
+# -- the CLI and the pipeline, end to end ----------------------------------------------------
 
 
 @pytest.mark.slow
