@@ -108,7 +108,8 @@ def check_name(name: str) -> str:
         or "\\" in name
         or name.startswith("/")
         or len(parts) > 4
-        or any(not _PART.match(p) or ".." in p for p in parts)
+        # A part starts with a letter or digit, so "." and ".." cannot occur.
+        or any(not _PART.match(p) for p in parts)
         or name == MANIFEST
         or "/".join(parts) != name
     ):
@@ -551,8 +552,10 @@ class _Source:
                 if n.startswith(self.prefix) and not n.endswith("/")
             }
         out: set[str] = set()
-        for dirpath, _dirs, files in os.walk(self.path):
-            for fn in files:
+        for dirpath, dirs, files in os.walk(self.path):
+            # os.walk does not follow links to folders; list them so they show up as extras.
+            links = [d for d in dirs if (Path(dirpath) / d).is_symlink()]
+            for fn in files + links:
                 out.add((Path(dirpath) / fn).relative_to(self.path).as_posix())
         return out
 
