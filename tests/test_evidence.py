@@ -169,9 +169,9 @@ def test_real_run_bundle_verifies_and_logs_hold_no_secrets(fixture_servers, tmp_
     assert audit.returncode == 0, audit.stdout + audit.stderr
 
     # No password, TOTP seed, vault key or full ID number in any log line.
-    logs = "".join(
-        p.read_text(encoding="utf-8", errors="replace") for p in var.rglob("*.log*") if p.is_file()
-    )
+    log_files = [p for p in (var / "log").rglob("*") if p.is_file()]
+    assert log_files, "the run wrote no log file"
+    logs = "".join(p.read_text(encoding="utf-8", errors="replace") for p in log_files)
     logs += "".join(p.read_text(encoding="utf-8") for p in (var / "audit").glob("*.jsonl"))
     logs += proc.stderr
     assert logs.strip(), "no log output was captured"

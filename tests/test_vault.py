@@ -249,3 +249,50 @@ def test_cli_vault_set_reads_stdin_and_keys_init_into_file_vault(tmp_path: Path)
     finally:
         del os.environ[VAULT_KEY_ENV]
     assert json.loads(json.dumps(signer.public_key_b64)) in init.stdout
+
+
+LOGGING_SCRIPT = """
+import sys
+from loguru import logger
+from stampless.config import load_config
+from stampless._logging import setup_logging
+from stampless.vault import resolve_secret
+config = load_config(sys.argv[1])
+setup_logging(config, console=False)
+pw = resolve_secret("file:var/vault.enc#civil_pw", config=config)
+logger.info("typing {} for account civil01", pw.reveal())
+import os
+logger.debug("unlocked with {}", os.environ["STAMPLESS_VAULT_KEY"])
+logger.info("vault key was {}", os.environ["STAMPLESS_VAULT_KEY"])
+logger.bind(holder_id=sys.argv[2]).warning("looked up holder {}", sys.argv[2])
+try:
+    raise RuntimeError("form echoed " + pw.reveal())
+except RuntimeError:
+    logger.exception("robot step failed")
+print("done")
+"""
+
+
+def test_logs_hold_no_secret_vault_key_or_full_id(tmp_path: Path) -> None:
+    from stampless.checksums import resident_id_check_char
+
+    (tmp_path / "robot.toml").write_text("", encoding="utf-8")
+    key = Vault.generate_key()
+    Vault(tmp_path / "var" / "vault.enc", key).set("civil_pw", "Pa55-w0rd-civil")
+    body = "32010219900101123"
+    full_id = body + resident_id_check_char(body)
+    env = {**os.environ, VAULT_KEY_ENV: key}
+    res = subprocess.run(
+        [sys.executable, "-c", LOGGING_SCRIPT, str(tmp_path / "robot.toml"), full_id],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0 and "done" in res.stdout, res.stderr
+    logs = "".join(p.read_text() for p in (tmp_path / "var" / "log").rglob("*") if p.is_file())
+    assert "typing ******** for account civil01" in logs
+    assert "robot step failed" in logs and "vault key was ********" in logs
+    for leak in ("Pa55-w0rd-civil", key, full_id):
+        assert leak not in logs
+    assert full_id[:6] in logs  # masked, not dropped
