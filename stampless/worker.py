@@ -39,7 +39,7 @@ from loguru import logger
 from stampless.cases import CaseStore
 from stampless.circuit import CircuitBreaker, counts_against_system
 from stampless.delivery import Delivery, backoff_s
-from stampless.errors import InputError, StamplessError, SystemFailure
+from stampless.errors import BusinessError, InputError, StamplessError, SystemFailure
 from stampless.models import Request, Tier, Verdict, VerdictKind, utcnow
 from stampless.outbox import OutboxConflict, read_verdict, write_verdict
 from stampless.queue import Claim, ItemState, LeaseLost, QueueItem, WorkQueue
@@ -254,9 +254,10 @@ class WorkerPool:
             except LeaseLost as exc:
                 logger.warning("{}", exc)
             except Exception as exc:
-                # A bug in one item must not kill the worker; the lease brings it back.
+                # A bug in one item must not kill the worker: the item backs off and
+                # counts the attempt, so a poison item ends in escalation, not a loop.
                 logger.exception("Worker {} failed on {}: {}", name, claim.request_id, exc)
-                self._release(claim, "internal error")
+                self._fail_internal(claim, exc)
             finally:
                 self._running.pop(claim.request_id, None)
 
@@ -282,6 +283,20 @@ class WorkerPool:
                 account=item.account,
             )
         return claim
+
+    def _fail_internal(self, claim: Claim, exc: Exception) -> None:
+        opts = self.options
+        delay = backoff_s(claim.item.attempts, opts.backoff_base_s, opts.backoff_max_s)
+        try:
+            self.queue.fail(
+                claim,
+                error=f"Internal error ({exc.__class__.__name__}); see the log and report it.",
+                retry_at=utcnow() + timedelta(seconds=delay),
+            )
+        except StamplessError as again:
+            logger.warning("Could not hand {} back: {}", claim.request_id, again)
+        if claim.item.system:
+            self.circuits.cancel_trial(claim.item.system)
 
     def _release(self, claim: Claim, why: str) -> None:
         try:
@@ -344,7 +359,7 @@ class WorkerPool:
                 self.circuits.cancel_trial(item.system)
             await self._retry_or_give_up(claim, exc)
             return None
-        except InputError as exc:
+        except (InputError, BusinessError) as exc:
             return await self.processor.fail(
                 item.request,
                 base_dir=item.base_dir,
@@ -353,6 +368,21 @@ class WorkerPool:
                 attempts=item.attempts,
                 reason=str(exc),
             )
+        except (StamplessError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            # A bug in a stage: count the attempt and back off like a system failure
+            # (releasing would spin on the same item until its deadline).
+            logger.opt(exception=exc).error(
+                "{}: internal error in the pipeline: {}", item.request_id, exc.__class__.__name__
+            )
+            if item.system is not None:
+                self.circuits.cancel_trial(item.system)
+            failure = SystemFailure(
+                f"Internal error ({exc.__class__.__name__}); see the log and report it."
+            )
+            await self._retry_or_give_up(claim, failure)
+            return None
         finally:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError, LeaseLost):
