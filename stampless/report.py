@@ -132,6 +132,19 @@ def _fields(verdict: Verdict | None, comparison: Any) -> list[FieldResult]:
     return out
 
 
+def _review_decision(bundle_dir: Path) -> dict[str, Any] | None:
+    """The reviewer's decision, sealed beside the bundle in ``<id>.review/`` (manual tier).
+
+    The original bundle is immutable, so the decision lives in its own sealed bundle that
+    names the original manifest's SHA-256 (see stampless.review.store).
+    """
+    review_dir = bundle_dir.parent / f"{bundle_dir.name}.review"
+    decision = _load_json(review_dir / "decision.json")
+    if not isinstance(decision, dict):
+        return None
+    return {**decision, "intact": verify_bundle(review_dir).ok, "bundle": review_dir.name}
+
+
 def render_report(bundle_dir: Path, *, audit_dir: Path | None = None) -> str:
     """The HTML report of a sealed bundle, as one self-contained string."""
     bundle_dir = Path(bundle_dir)
@@ -229,6 +242,7 @@ def render_report(bundle_dir: Path, *, audit_dir: Path | None = None) -> str:
         files=files,
         meta=manifest.get("meta", {}) if isinstance(manifest.get("meta"), dict) else {},
         signature=manifest.get("signature") or {},
+        review=_review_decision(bundle_dir),
     )
 
 

@@ -416,7 +416,8 @@ def seal_review(
             "original_manifest_sha256": item.verdict.manifest_sha256,
             "notes": [n.model_dump(mode="json") for n in item.notes],
         },
-        kind="review",
+        kind="other",
+        caption="the reviewer's decision",
     )
     bundle.set_meta(review_of=item.request_id, reviewer=final.decided_by)
     sealed = bundle.seal(signer, verdict=final)

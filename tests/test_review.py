@@ -1,0 +1,533 @@
+"""The manual tier: the review store and the reviewer console in real headless Chromium.
+
+Review items are built the way the pipeline builds them: a generated scan, a real OCR
+reading of it, the fixture department's record, a real Chromium screenshot, a field
+comparison, all sealed into an evidence bundle; then ``ReviewStore.add``. The console
+runs as ``python -m stampless review serve --port 0`` on 127.0.0.1 and is driven by
+Playwright.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stampless.config import Config, load_config
+from stampless.models import Record, Request, Tier, Verdict, VerdictKind, utcnow
+from stampless.review.store import ReviewConflict, ReviewStore
+from stampless.review.users import AccountLocked, LoginFailed, UserStore
+
+ROOT = Path(__file__).resolve().parents[1]
+PASSWORDS = {
+    "alice": "alice-correct-horse",
+    "bob": "bob-battery-staple",
+    "carol": "carol-admin-secret",
+    "dave": "dave-will-lock-out",
+}
+ROLES = {"alice": "reviewer", "bob": "reviewer", "carol": "admin", "dave": "reviewer"}
+MAX_FAILED = 3
+
+
+def _env(var_dir: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["STAMPLESS__PROJECT__VAR_DIR"] = str(var_dir)
+    env["STAMPLESS__REVIEW__MAX_FAILED_LOGINS"] = str(MAX_FAILED)
+    env["OMP_THREAD_LIMIT"] = "1"
+    return env
+
+
+def _config(var_dir: Path) -> Config:
+    return load_config(ROOT / "robot.toml", environ=_env(var_dir))
+
+
+def _cli(var_dir: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "stampless", "--config", str(ROOT / "robot.toml"), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=_env(var_dir),
+        timeout=60,
+    )
+
+
+# -- building real review items --------------------------------------------------------------
+
+
+@dataclass
+class Built:
+    request: Request
+    verdict: Verdict
+    scan: Path
+
+
+def _build_item(
+    config: Config,
+    scan_jpg: Path,
+    *,
+    deadline_in: timedelta,
+    page: Any = None,
+    ocr: Any = None,
+    request_id: str | None = None,
+) -> Built:
+    """Seal an evidence bundle for a manual-tier request and queue it for review."""
+    from stampless.compare import decide
+    from stampless.doctype import load_doctype
+    from stampless.evidence import EvidenceBundle
+    from stampless.fixtures.records import record_by_key
+    from stampless.signing import ensure_dev_key
+
+    req_data = json.loads(scan_jpg.with_suffix(".request.json").read_text(encoding="utf-8"))
+    if request_id:
+        req_data["id"] = request_id
+    request = Request.model_validate(req_data)
+    doctype = load_doctype(config, request.type)
+    key = str(request.claim[doctype.key_field])
+    fields = record_by_key(request.type, key)
+    record = None if fields is None else Record(system="social_security", key=key, fields=fields)
+    decision = decide(doctype, request.claim, ocr, record)
+    now = utcnow()
+    bundle = EvidenceBundle.open(config.evidence_dir, request.id)
+    bundle.add_json("request.json", request, kind="request")
+    bundle.add_file(scan_jpg, "scan.jpg", kind="scan", caption="the applicant's scan")
+    if ocr is not None:
+        bundle.add_json("ocr.json", ocr, kind="ocr")
+    if record is not None:
+        bundle.add_json("record.json", record, kind="record")
+    if page is not None and record is not None:
+        rows = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in record.fields.items())
+        page.set_content(
+            f"<html><body style='font-family:sans-serif'><h2>参保缴费证明 查询结果</h2>"
+            f"<table border=1>{rows}</table></body></html>"
+        )
+        page.screenshot(path=str(bundle.screenshot_path("record page")))
+    bundle.add_json(
+        "comparison.json", [f.model_dump(mode="json") for f in decision.fields], kind="comparison"
+    )
+    verdict = Verdict(
+        request_id=request.id,
+        type=request.type,
+        tier=Tier.manual,
+        verdict=VerdictKind.needs_review,
+        fields=decision.fields,
+        reasons=[*decision.reasons, "social-security records are decided by a person"],
+        received_at=now - timedelta(minutes=2),
+        finished_at=now,
+        deadline=now + deadline_in,
+        stampless_version="test",
+    )
+    sealed = bundle.seal(ensure_dev_key(config), verdict=verdict.model_dump(mode="json"))
+    verdict.evidence = str(sealed.path)
+    verdict.manifest_sha256 = sealed.manifest_sha256
+    ReviewStore.from_config(config).add(
+        verdict, request=request, base_dir=scan_jpg.parent, reason="manual tier"
+    )
+    return Built(request, verdict, scan_jpg)
+
+
+# -- fixtures --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    from stampless.config import BrowserConfig
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(
+            executable_path="/usr/bin/chromium", args=BrowserConfig().args, headless=True
+        )
+        yield b
+        b.close()
+
+
+@dataclass
+class Console:
+    url: str
+    var_dir: Path
+    config: Config
+    items: dict[str, Built]
+
+
+@pytest.fixture(scope="module")
+def console(tmp_path_factory: pytest.TempPathFactory, browser: Any) -> Iterator[Console]:
+    from stampless.doctype import load_doctype
+    from stampless.fixtures.scans import generate
+    from stampless.ocr import read_document
+
+    base = tmp_path_factory.mktemp("review")
+    var_dir = base / "var"
+    config = _config(var_dir)
+    for name, password in PASSWORDS.items():
+        done = _cli(var_dir, "review", "add-user", name, "--role", ROLES[name], stdin=password)
+        assert done.returncode == 0, done.stderr
+        assert password not in done.stdout + done.stderr
+
+    scans = generate(base / "scans", "social_security_record", 2, seed=7, difficulty="easy")
+    doctype = load_doctype(config, "social_security_record")
+    ocr = read_document(scans[0], doctype, config.ocr, workers=1)
+    page = browser.new_page()
+    items = {
+        "main": _build_item(config, scans[0], deadline_in=timedelta(minutes=8), page=page, ocr=ocr),
+        "race": _build_item(config, scans[1], deadline_in=timedelta(minutes=9)),
+        "late": _build_item(
+            config, scans[1], deadline_in=timedelta(minutes=-3), request_id="SS-LATE-1"
+        ),
+        "more": _build_item(
+            config, scans[0], deadline_in=timedelta(minutes=30), request_id="SS-MORE-1"
+        ),
+    }
+    page.close()
+
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "stampless",
+            "--config",
+            str(ROOT / "robot.toml"),
+            "review",
+            "serve",
+            "--port",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(var_dir),
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    assert proc.stdout is not None
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
+    url = None
+    try:
+        while url is None:
+            line = lines.get(timeout=30)
+            if line.startswith("ready "):
+                url = line.split()[1].rstrip("/")
+        yield Console(url, var_dir, config, items)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _login(browser: Any, console: Console, name: str, password: str | None = None) -> Any:
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.goto(console.url + "/login")
+    page.fill("#name", name)
+    page.fill("#password", password or PASSWORDS[name])
+    page.click("#login")
+    return page
+
+
+# -- store and accounts, no browser ----------------------------------------------------------
+
+
+def _verdict(rid: str, deadline_in: timedelta | None) -> tuple[Verdict, Request]:
+    now = utcnow()
+    request = Request(id=rid, type="social_security_record", claim={"person_name": "苏晨"})
+    verdict = Verdict(
+        request_id=rid,
+        type=request.type,
+        tier=Tier.manual,
+        verdict=VerdictKind.needs_review,
+        received_at=now,
+        finished_at=now,
+        deadline=None if deadline_in is None else now + deadline_in,
+        stampless_version="test",
+    )
+    return verdict, request
+
+
+def test_store_orders_overdue_first_and_is_idempotent(tmp_path: Path) -> None:
+    store = ReviewStore(tmp_path / "review.db")
+    for rid, minutes in (("A", 20), ("B", -1), ("C", None), ("D", 5), ("E", -10)):
+        v, r = _verdict(rid, None if minutes is None else timedelta(minutes=minutes))
+        assert store.add(v, request=r, reason="manual tier")
+    v, r = _verdict("A", timedelta(minutes=1))
+    assert not store.add(v, request=r, reason="again")
+    pending = store.pending()
+    assert [i.request_id for i in pending] == ["E", "B", "D", "A", "C"]
+    assert [i.overdue() for i in pending] == [True, True, False, False, False]
+
+
+def test_take_is_atomic_across_threads(tmp_path: Path) -> None:
+    store = ReviewStore(tmp_path / "review.db")
+    v, r = _verdict("RACE-1", timedelta(minutes=5))
+    store.add(v, request=r, reason="manual tier")
+    names = [f"reviewer{i}" for i in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        results = list(
+            pool.map(lambda n: ReviewStore(tmp_path / "review.db").take("RACE-1", n, 5), names)
+        )
+    assert results.count(True) == 1
+    winner = names[results.index(True)]
+    item = store.get("RACE-1")
+    assert item is not None and item.held_by() == winner
+    loser = next(n for n in names if n != winner)
+    with pytest.raises(ReviewConflict):
+        store.decide("RACE-1", loser, VerdictKind.verified, "looks fine", outbox_dir=tmp_path)
+    store.release("RACE-1", winner)
+    assert store.take("RACE-1", loser, 5)
+
+
+def test_users_lockout_and_hashing(tmp_path: Path) -> None:
+    users = UserStore(tmp_path / "users.json", max_failed=2, lockout_minutes=10)
+    users.add("erin", "erin-password-1", "admin")
+    raw = (tmp_path / "users.json").read_text()
+    assert "erin-password-1" not in raw and "$argon2" in raw
+    assert (tmp_path / "users.json").stat().st_mode & 0o777 == 0o600
+    assert users.authenticate("erin", "erin-password-1").role.value == "admin"
+    with pytest.raises(LoginFailed):
+        users.authenticate("erin", "wrong")
+    with pytest.raises(AccountLocked):
+        users.authenticate("erin", "wrong again")
+    with pytest.raises(AccountLocked):
+        users.authenticate("erin", "erin-password-1")
+    with pytest.raises(LoginFailed):
+        users.authenticate("nobody", "whatever-it-is")
+
+
+def test_add_user_never_takes_the_password_from_argv(tmp_path: Path) -> None:
+    done = _cli(
+        tmp_path / "var",
+        "review",
+        "add-user",
+        "frank",
+        "--role",
+        "reviewer",
+        "--password",
+        "in-argv-1234",
+    )
+    assert done.returncode == 2 and "No such option" in done.stderr
+    assert not (tmp_path / "var" / "review" / "users.json").exists()
+    done = _cli(
+        tmp_path / "var", "review", "add-user", "frank", "--role", "boss", stdin="frank-password\n"
+    )
+    assert done.returncode == 2 and "reviewer" in done.stderr
+
+
+# -- the console in Chromium -----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_nothing_visible_without_login(browser: Any, console: Console) -> None:
+    context = browser.new_context()
+    page = context.new_page()
+    for path in (
+        "/",
+        "/admin",
+        f"/item/{console.items['main'].request.id}",
+        f"/item/{console.items['main'].request.id}/scan",
+    ):
+        response = page.goto(console.url + path)
+        assert response is not None and response.ok
+        assert page.url.startswith(console.url + "/login"), path
+        assert page.locator("#login").count() == 1
+        assert console.items["main"].request.id not in page.content()
+    csp = page.request.get(console.url + "/login").headers["content-security-policy"]
+    assert "script-src 'self'" in csp
+    context.close()
+
+
+@pytest.mark.slow
+def test_wrong_password_then_lockout(browser: Any, console: Console) -> None:
+    for _ in range(MAX_FAILED - 1):
+        page = _login(browser, console, "dave", "not-the-password")
+        assert "Wrong name or password" in page.locator("#login-error").inner_text()
+        page.context.close()
+    page = _login(browser, console, "dave", "still-not-it")
+    assert "locked" in page.locator("#login-error").inner_text()
+    page.context.close()
+    page = _login(browser, console, "dave")  # the right password, but locked
+    assert "locked" in page.locator("#login-error").inner_text()
+    assert page.url.startswith(console.url + "/login")
+    page.context.close()
+
+
+@pytest.mark.slow
+def test_cookie_flags_and_csrf_token_required(browser: Any, console: Console) -> None:
+    page = _login(browser, console, "bob")
+    cookie = next(c for c in page.context.cookies() if c["name"] == "stampless_review")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    assert not cookie["secure"]  # plain HTTP on loopback; Secure elsewhere by default
+    rid = console.items["more"].request.id
+    for form in (
+        {"action": "verified", "reason": "forged"},
+        {"action": "verified", "reason": "forged", "csrf_token": "wrong"},
+    ):
+        response = page.request.post(f"{console.url}/item/{rid}/decide", form=form)
+        assert response.status == 400
+        assert "security token" in response.text()
+    item = ReviewStore.from_config(console.config).get(rid)
+    assert item is not None and item.status == "pending"
+    assert not (console.config.outbox_dir / f"{rid}.json").exists()
+    page.context.close()
+
+
+@pytest.mark.slow
+def test_queue_puts_overdue_first_and_marks_it(browser: Any, console: Console) -> None:
+    page = _login(browser, console, "alice")
+    rows = page.locator("table#queue tr.item")
+    ids = [rows.nth(i).get_attribute("data-id") for i in range(rows.count())]
+    late = console.items["late"].request.id
+    assert ids[0] == late
+    assert ids.index(console.items["main"].request.id) < ids.index(console.items["more"].request.id)
+    first = rows.nth(0)
+    assert "overdue" in (first.get_attribute("class") or "")
+    assert "overdue" in first.locator(".countdown").inner_text()
+    # The countdown is live: the script rewrites it every second.
+    before = rows.nth(1).locator(".countdown").inner_text()
+    page.wait_for_timeout(1100)
+    assert rows.nth(1).locator(".countdown").inner_text() != before
+    if os.environ.get("STAMPLESS_DOCS_IMG"):
+        page.screenshot(path=os.path.join(os.environ["STAMPLESS_DOCS_IMG"], "review-queue.png"))
+    page.context.close()
+
+
+@pytest.mark.slow
+def test_reviewer_decides_and_outbox_audit_and_report_show_it(
+    browser: Any, console: Console
+) -> None:
+    from stampless.audit import entries_for, verify_chain
+    from stampless.evidence import verify_bundle
+    from stampless.report import render_report
+
+    built = console.items["main"]
+    rid = built.request.id
+    page = _login(browser, console, "alice")
+    page.click(f"a[href='/item/{rid}']")
+    assert page.url.endswith(f"/item/{rid}")
+    if os.environ.get("STAMPLESS_DOCS_IMG"):
+        page.screenshot(path=os.path.join(os.environ["STAMPLESS_DOCS_IMG"], "review-item.png"))
+    # Scan with toggleable OCR boxes, the record, the field table, the screenshot.
+    assert page.locator("#scan-image").evaluate("img => img.naturalWidth") > 500
+    boxes = page.locator("svg.ocr")
+    assert boxes.count() == 1 and boxes.is_visible()
+    page.click("label[for=show-boxes]")
+    assert not boxes.is_visible()
+    page.click("label[for=show-boxes]")
+    record = page.locator("#record").inner_text()
+    assert built.request.claim["person_name"] in record
+    assert page.locator("#fields tbody tr").count() >= 3
+    assert page.locator(".shots img").evaluate("img => img.naturalWidth") > 100
+
+    # A reason is required: the browser refuses the empty form, the server too.
+    page.click("#btn-verified")
+    assert page.url.endswith(f"/item/{rid}")
+    page.fill("#reason", "Record, scan and claim agree; checked the payment months.")
+    page.click("#btn-verified")
+    assert page.url == console.url + "/"
+    assert f"{rid}: decided verified" in page.locator(".flash").inner_text()
+    assert page.locator(f"tr[data-id='{rid}']").count() == 0
+
+    outbox = json.loads((console.config.outbox_dir / f"{rid}.json").read_text())
+    assert outbox["verdict"] == "verified" and outbox["decided_by"] == "alice"
+    assert outbox["tier"] == "manual" and outbox["sla_met"] is True
+    assert any("checked the payment months" in r for r in outbox["reasons"])
+    assert outbox["manifest_sha256"] == built.verdict.manifest_sha256
+
+    reviewed = [e for e in entries_for(console.config.audit_dir, rid) if e["event"] == "reviewed"]
+    assert len(reviewed) == 1 and reviewed[0]["actor"] == "alice"
+    assert reviewed[0]["data"]["decision"] == "verified"
+    assert verify_chain(console.config.audit_dir).ok
+
+    review_bundle = console.config.evidence_dir / f"{rid}.review"
+    assert verify_bundle(review_bundle).ok
+    decision = json.loads((review_bundle / "decision.json").read_text())
+    assert decision["reviewer"] == "alice"
+    assert decision["original_manifest_sha256"] == built.verdict.manifest_sha256
+
+    html = render_report(Path(built.verdict.evidence or ""), audit_dir=console.config.audit_dir)
+    assert "Reviewer&#39;s decision" in html or "Reviewer's decision" in html
+    assert "checked the payment months" in html and "seal intact" in html
+
+    # Opening the decided item shows the decision; it cannot be decided twice.
+    page.goto(f"{console.url}/item/{rid}")
+    assert "verified" in page.locator("#decided").inner_text()
+    page.context.close()
+
+
+@pytest.mark.slow
+def test_two_reviewers_cannot_decide_the_same_item(browser: Any, console: Console) -> None:
+    rid = console.items["race"].request.id
+    alice = _login(browser, console, "alice")
+    bob = _login(browser, console, "bob")
+    alice.goto(f"{console.url}/item/{rid}")
+    assert alice.locator("#decide").count() == 1
+    response = bob.goto(f"{console.url}/item/{rid}")
+    assert response is not None and response.status == 409
+    assert "alice is reviewing" in bob.locator("#error-message").inner_text()
+    # Bob posting anyway (with his own valid token) is refused and nothing is written.
+    token = bob.evaluate("() => document.querySelector('input[name=csrf_token]').value")
+    bob.request.post(
+        f"{console.url}/item/{rid}/decide",
+        form={"action": "mismatch", "reason": "bob was here", "csrf_token": token},
+    )
+    assert not (console.config.outbox_dir / f"{rid}.json").exists()
+    alice.fill("#reason", "The employer matches the record.")
+    alice.click("#btn-mismatch")
+    verdict = json.loads((console.config.outbox_dir / f"{rid}.json").read_text())
+    assert verdict["decided_by"] == "alice" and verdict["verdict"] == "mismatch"
+    bob.goto(f"{console.url}/item/{rid}")
+    assert "alice" in bob.locator("#decided").inner_text()
+    alice.context.close()
+    bob.context.close()
+
+
+@pytest.mark.slow
+def test_ask_for_more_keeps_item_pending_and_releases_it(browser: Any, console: Console) -> None:
+    rid = console.items["more"].request.id
+    alice = _login(browser, console, "alice")
+    alice.goto(f"{console.url}/item/{rid}")
+    alice.fill("#reason", "Need the employer's stamped payroll for 2019.")
+    alice.click("#btn-more")
+    assert "more information requested" in alice.locator(".flash").inner_text()
+    assert alice.locator(f"tr[data-id='{rid}'] .badge").count() == 1
+    bob = _login(browser, console, "bob")
+    bob.goto(f"{console.url}/item/{rid}")
+    assert "stamped payroll" in bob.locator(".note").inner_text()
+    item = ReviewStore.from_config(console.config).get(rid)
+    assert item is not None and item.status == "pending" and item.held_by() == "bob"
+    assert not (console.config.outbox_dir / f"{rid}.json").exists()
+    alice.context.close()
+    bob.context.close()
+
+
+@pytest.mark.slow
+def test_admin_page_is_for_admins_and_shows_sla(browser: Any, console: Console) -> None:
+    bob = _login(browser, console, "bob")
+    response = bob.goto(console.url + "/admin")
+    assert response is not None and response.status == 403
+    bob.context.close()
+    carol = _login(browser, console, "carol")
+    carol.goto(console.url + "/admin")
+    assert carol.locator(".charts svg.chart").count() == 3
+    manual = carol.locator("#sla-totals tr[data-tier=manual]")
+    decided = [
+        json.loads(p.read_text())
+        for p in console.config.outbox_dir.glob("*.json")
+        if json.loads(p.read_text())["tier"] == "manual"
+    ]
+    met = sum(1 for v in decided if v["sla_met"])
+    assert manual.locator("td.met").inner_text() == str(met)
+    assert set(carol.locator("#circuits").inner_text().split()) >= {"civil_affairs"}
+    carol.context.close()
