@@ -350,7 +350,10 @@ class EvidenceBundle:
     def screenshot_path(self, caption: str) -> Path:
         """A numbered path ``screenshots/NN-<slug>.png`` with its caption and time recorded."""
         self._check_open()
-        self._state.screenshots += 1
+        folder = self.work_dir / "screenshots"
+        # After a crash that lost the state file, continue after the shots on disk.
+        on_disk = len(list(folder.glob("*.png"))) if folder.is_dir() else 0
+        self._state.screenshots = max(self._state.screenshots, on_disk) + 1
         name = f"screenshots/{self._state.screenshots:02d}-{slugify(caption)}.png"
         path = self.path(name)
         self.note_file(name, kind="screenshot", caption=caption)
