@@ -37,8 +37,6 @@ from stampless.models import (
 from stampless.report import render_report, write_report
 from stampless.signing import Signer
 
-pytestmark = pytest.mark.slow
-
 REPO = Path(__file__).resolve().parents[1]
 FONT = "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc"
 CHROMIUM = "/usr/bin/chromium"
@@ -186,6 +184,7 @@ def report_bundle(tmp_path_factory: pytest.TempPathFactory):
     return sealed.path, audit_dir, ocr
 
 
+@pytest.mark.slow
 def test_report_is_self_contained(report_bundle) -> None:
     bundle, audit_dir, _ = report_bundle
     html = render_report(bundle, audit_dir=audit_dir)
@@ -196,6 +195,7 @@ def test_report_is_self_contained(report_bundle) -> None:
     assert "seal intact" in html
 
 
+@pytest.mark.slow
 def test_report_in_chromium_shows_fields_screenshots_and_boxes(report_bundle, tmp_path) -> None:
     from playwright.sync_api import expect, sync_playwright
 
@@ -258,3 +258,27 @@ def test_report_in_chromium_shows_fields_screenshots_and_boxes(report_bundle, tm
             # A 256-colour palette keeps the README picture small without visible loss.
             im.convert("RGB").quantize(colors=256).save(DOCS_IMG, optimize=True)
         assert DOCS_IMG.stat().st_size < 300_000
+
+
+def test_minimal_and_tampered_bundles_still_render(tmp_path: Path) -> None:
+    bundle = EvidenceBundle.open(tmp_path / "evidence", "REQ-MIN")
+    bundle.add_json("request.json", {"id": "REQ-MIN"}, kind="request")
+    now = utcnow()
+    verdict = Verdict(
+        request_id="REQ-MIN",
+        type="business_license",
+        tier=Tier.robot,
+        verdict=VerdictKind.error,
+        reasons=["The scan could not be read: <script>alert(1)</script>"],
+        received_at=now,
+        finished_at=now,
+        stampless_version="test",
+    )
+    sealed = bundle.seal(Signer.generate(), verdict=verdict)
+    html = render_report(sealed.path, audit_dir=tmp_path / "no-audit-yet")
+    assert "No screenshots in this bundle" in html and "No field comparison" in html
+    assert "<script>alert(1)</script>" not in html  # autoescaped
+    assert "seal intact" in html
+    (sealed.path / "request.json").write_text("{}")
+    html = render_report(sealed.path)
+    assert "seal broken" in html and "request.json" in html
