@@ -34,6 +34,8 @@ def serve(
     port: Annotated[int, typer.Option(help="Port (0 picks a free one).")] = 8080,
 ) -> None:
     """Serve the reviewer console; prints 'ready URL' once it accepts connections."""
+    import logging
+
     from werkzeug.serving import make_server
 
     from stampless._logging import setup_logging
@@ -42,6 +44,8 @@ def serve(
     config = get_config()
     setup_logging(config, debug=state.debug)
     app = create_app(config, host=host)
+    # The app logs each request through loguru; werkzeug's own lines would repeat them.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     if not is_loopback(host) and config.review.secure_cookies is False:
         console.print(
             "[yellow]warning:[/] session cookies are not Secure on a non-loopback address; "

@@ -18,7 +18,7 @@ import ipaddress
 import json
 import os
 import secrets
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from functools import wraps
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -294,6 +294,7 @@ def create_app(config: Config, *, host: str = "127.0.0.1") -> Flask:
 
     @app.after_request
     def _headers(response: Response) -> Response:
+        logger.debug("review: {} {} -> {}", request.method, request.path, response.status_code)
         response.headers["Content-Security-Policy"] = _CSP
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["X-Frame-Options"] = "DENY"
@@ -490,17 +491,21 @@ def create_app(config: Config, *, host: str = "127.0.0.1") -> Flask:
 
 
 def _circuits(config: Config) -> list[dict[str, Any]]:
-    """Circuit-breaker states of the department systems, as the robot runtime saved them."""
-    try:
-        from stampless.robot import circuit_states  # type: ignore[attr-defined]
-    except ImportError:
-        circuit_states = None
-    if circuit_states is not None:
-        try:
-            return [dict(s) if isinstance(s, dict) else vars(s) for s in circuit_states(config)]
-        except Exception as exc:  # the admin page must render even if this part fails
-            logger.warning("review: circuit states unavailable ({})", exc.__class__.__name__)
-    return [{"system": name, "state": "unknown"} for name in sorted(config.systems)]
+    """Circuit-breaker states of the department systems, as the workers persisted them.
+
+    A configured system with no recorded state has had no failure yet: closed.
+    """
+    from stampless.circuit import read_circuits
+
+    saved = read_circuits(config)
+    rows = []
+    for name in sorted(set(config.systems) | set(saved)):
+        state = dict(saved.get(name) or {"state": "closed", "failures": 0})
+        opened = state.get("opened_at")
+        if isinstance(opened, int | float):
+            state["opened_at"] = datetime.fromtimestamp(opened, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        rows.append({"system": name, **state})
+    return rows
 
 
 def _drift(config: Config) -> list[Any]:
