@@ -537,3 +537,30 @@ def test_admin_page_is_for_admins_and_shows_sla(browser: Any, console: Console) 
     met = sum(1 for v in decided if v["sla_met"])
     assert manual.locator("td.met").inner_text() == str(met)
     carol.context.close()
+
+
+def test_secure_cookie_default_and_session_key_file(tmp_path: Path) -> None:
+    from stampless.review.app import create_app
+
+    config = _config(tmp_path / "var")
+    assert create_app(config, host="127.0.0.1").config["SESSION_COOKIE_SECURE"] is False
+    assert create_app(config, host="10.1.2.3").config["SESSION_COOKIE_SECURE"] is True
+    assert create_app(config, host="0.0.0.0").config["SESSION_COOKIE_SECURE"] is True
+    key = tmp_path / "var" / "review" / "session.key"
+    assert key.stat().st_mode & 0o777 == 0o600
+    # The same key after a restart, so sessions survive it.
+    first = create_app(config).config["SECRET_KEY"]
+    assert create_app(config).config["SECRET_KEY"] == first
+    # The login form needs its CSRF token too; and no open redirect after login.
+    UserStore.from_config(config).add("gina", "gina-password-9", "reviewer")
+    client = create_app(config).test_client()
+    response = client.post("/login", data={"name": "gina", "password": "gina-password-9"})
+    assert response.status_code == 400
+    client.get("/login")
+    with client.session_transaction() as sess:
+        token = sess["csrf"]
+    response = client.post(
+        "/login?next=/\\evil.example",
+        data={"name": "gina", "password": "gina-password-9", "csrf_token": token},
+    )
+    assert response.status_code == 302 and response.headers["Location"] == "/"

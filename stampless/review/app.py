@@ -359,7 +359,8 @@ def create_app(config: Config, *, host: str = "127.0.0.1") -> Flask:
                 logger.info("review: {} logged in", user.name)
                 audit().append("logged_in", actor=user.name, console="review")
                 target = request.args.get("next", "")
-                if not target.startswith("/") or target.startswith("//"):
+                # Only paths on this site: "//host" and "/\\host" would leave it.
+                if not target.startswith("/") or target[1:2] in ("/", "\\"):
                     target = url_for("queue")
                 return redirect(target)
         return render_template("review/login.html", error=error), status
