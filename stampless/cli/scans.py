@@ -39,6 +39,9 @@ def register(app: typer.Typer) -> None:
             int | None,
             typer.Option(help="Seed of the fixture records to draw from (default: --seed)."),
         ] = None,
+        workers: Annotated[
+            int, typer.Option(help="Processes rendering in parallel (same bytes either way).")
+        ] = 1,
     ) -> None:
         """Render degraded scans with <name>.truth.json and <name>.request.json each."""
         from stampless.fixtures.scans import generate
@@ -52,6 +55,7 @@ def register(app: typer.Typer) -> None:
             altered_share=altered_share,
             absent_share=absent_share,
             records_seed=records_seed,
+            workers=workers,
         )
         kinds: dict[str, int] = {}
         for jpg in written:
