@@ -519,7 +519,16 @@ def test_admin_page_is_for_admins_and_shows_sla(browser: Any, console: Console) 
     assert response is not None and response.status == 403
     bob.context.close()
     from stampless.circuit import CircuitBreaker
+    from stampless.robot._selectors import DriftLog
 
+    DriftLog(console.var_dir).record(
+        "civil_affairs",
+        "login.submit",
+        used=1,
+        choice="button#login",
+        failed=["#btn-login"],
+        version="2",
+    )
     breaker = CircuitBreaker.from_config(console.config)
     for _ in range(console.config.systems["social_security"].circuit_failures):
         breaker.failure("social_security")
@@ -527,6 +536,8 @@ def test_admin_page_is_for_admins_and_shows_sla(browser: Any, console: Console) 
     carol.goto(console.url + "/admin")
     assert carol.locator("#circuits tr.open td").first.inner_text() == "social_security"
     assert carol.locator("#circuits tr.closed").count() == len(console.config.systems) - 1
+    drift = carol.locator("#drift tbody tr").first.inner_text()
+    assert "login.submit" in drift and "button#login" in drift
     assert carol.locator(".charts svg.chart").count() == 3
     manual = carol.locator("#sla-totals tr[data-tier=manual]")
     decided = [
