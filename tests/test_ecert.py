@@ -267,6 +267,7 @@ def test_issue_ecert_cli_and_stampless_verify(tmp_path: Path) -> None:
         "2",
         "--revocation-list",
         str(tmp_path / "revoked.json"),
+        "--tampered",
     )
     assert done.returncode == 0, done.stderr
     key_file = tmp_path / "keys" / "civil_affairs.key"
@@ -274,8 +275,11 @@ def test_issue_ecert_cli_and_stampless_verify(tmp_path: Path) -> None:
     public = done.stdout.split('public_key = "')[1].split('"')[0]
     assert len(base64.b64decode(public)) == 32
     assert key_file.read_text() not in done.stdout
-    requests = sorted((tmp_path / "out").glob("*.request.json"))
-    assert len(requests) == 2 and len(list((tmp_path / "out").glob("*.qr.png"))) == 2
+    index = json.loads((tmp_path / "out" / "index.json").read_text())
+    assert [i["expected_verdict"] for i in index] == ["verified", "mismatch"] * 2
+    out = tmp_path / "out"
+    requests = [out / "CI07-000000.request.json", out / "CI07-000000.tampered.request.json"]
+    assert len(list(out.glob("*.qr.png"))) == 4
     issuer_env = {
         "STAMPLESS__ISSUERS__CIVIL_AFFAIRS__PUBLIC_KEY": public,
         "STAMPLESS__ISSUERS__CIVIL_AFFAIRS__REVOCATION_LIST": str(tmp_path / "revoked.json"),
@@ -284,15 +288,8 @@ def test_issue_ecert_cli_and_stampless_verify(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     verdict = json.loads(done.stdout)
     assert verdict["verdict"] == "verified" and verdict["tier"] == "instant"
-    # The same request with one byte of its e-certificate changed: exit 1, mismatch.
-    request = json.loads(requests[1].read_text())
-    cert = tmp_path / "out" / request["ecert"]
-    data = cert.read_text(encoding="utf-8")
-    value = json.loads(data)["payload"]["fields"]["holder_id"]
-    cert.write_text(
-        data.replace(value, value[:-2] + ("0" if value[-2] != "0" else "1") + value[-1]),
-        encoding="utf-8",
-    )
+    # The forged copy (one signed field changed after signing): exit 1, mismatch.
     done = stampless("verify", str(requests[1]), "--json", extra=issuer_env)
     assert done.returncode == 1, done.stdout + done.stderr
-    assert json.loads(done.stdout)["verdict"] == "mismatch"
+    verdict = json.loads(done.stdout)
+    assert verdict["verdict"] == "mismatch" and "signature" in verdict["reasons"][0]

@@ -28,8 +28,17 @@ def issue_ecert_command(
         Path | None,
         typer.Option("--revocation-list", help="Also write the issuer's revocation list here."),
     ] = None,
+    scans: Annotated[
+        bool, typer.Option("--scans", help="Also render scans with the QR code printed on them.")
+    ] = False,
+    tampered: Annotated[
+        bool, typer.Option("--tampered", help="Also write a forged copy of each certificate.")
+    ] = False,
+    difficulty: Annotated[
+        str, typer.Option(help="How degraded the scans are: easy, normal or hard.")
+    ] = "normal",
 ) -> None:
-    """Sign e-certificates of seeded fixture records (JSON envelope, QR PNG, request).
+    """Sign e-certificates of seeded fixture records (JSON, QR PNG, scans, requests).
 
     The issuer's private key is ``KEY_OUT/ISSUER.key`` (mode 0600, created if missing);
     put the printed public key in robot.toml under ``[issuers.ISSUER] public_key``.
@@ -41,6 +50,8 @@ def issue_ecert_command(
 
     if doc_type not in DOC_TYPES:
         raise InputError(f"Unknown document type {doc_type!r}; use one of {sorted(DOC_TYPES)}.")
+    if difficulty not in ("easy", "normal", "hard"):
+        raise InputError("--difficulty is easy, normal or hard.")
     key, created = ensure_issuer_key(key_out, issuer)
     written = write_ecerts(
         out,
@@ -51,12 +62,15 @@ def issue_ecert_command(
         record_key=record_key,
         seed=seed,
         revocation_list=revocation_list,
+        scans=scans,
+        tampered=tampered,
+        difficulty=difficulty,
     )
     state = "created" if created else "existing"
     console.print(f"issuer {issuer} ({state} key {key_out / (issuer + '.key')})", markup=False)
     console.print(f'public_key = "{public_key_b64(key)}"', markup=False)
     for item in written:
-        console.print(f"{item.envelope_path}  {item.expected_verdict}", markup=False)
+        console.print(f"{item.request_path}  {item.expected_verdict}", markup=False)
 
 
 def register(app: typer.Typer) -> None:
