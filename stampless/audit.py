@@ -193,9 +193,16 @@ class AuditLog:
                     last, _ = _last_line(files[-2][1])
                 if last is not None:
                     prev = line_hash(last)
-                    entry = json.loads(last)
-                    seq = int(entry["seq"])
-                    last_ts = str(entry["ts"])
+                    try:
+                        entry = json.loads(last)
+                        seq = int(entry["seq"])
+                        last_ts = str(entry["ts"])
+                    except (ValueError, KeyError, TypeError):
+                        # Someone damaged the last line. Keep recording (a pipeline must not
+                        # stop over it); `audit verify` names the damaged line.
+                        head = _read_head(self.audit_dir) or {}
+                        seq = int(head.get("seq", 0))
+                        logger.error("audit: the last line of {} is damaged", current.name)
             now = utcnow()
             size = current.stat().st_size if current is not None else 0
             new_day = (

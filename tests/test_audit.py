@@ -244,3 +244,15 @@ def test_cli_audit_verify(tmp_path: Path) -> None:
     broken = run()
     assert broken.returncode == 1
     assert "audit-000001.jsonl:3" in broken.stdout
+
+
+def test_a_damaged_last_line_does_not_stop_recording(tmp_path: Path) -> None:
+    log = _fill(tmp_path, 3)
+    path = tmp_path / "audit-000001.jsonl"
+    lines = _lines(path)
+    path.write_bytes(b"".join(lines[:-1]) + b"garbage\n")
+    entry = log.append("queued", request_id="REQ-9")
+    assert entry["seq"] == 4
+    report = verify_chain(tmp_path)
+    assert not report.ok and report.first_broken is not None
+    assert report.first_broken.line == 3
