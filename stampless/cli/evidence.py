@@ -221,19 +221,28 @@ def report_cmd(
 
 
 def _open_in_browser(path: Path, executable: str | None) -> None:
+    import os
     import shutil
     import subprocess
 
-    for candidate in (executable, shutil.which("xdg-open"), shutil.which("chromium")):
-        if candidate:
-            subprocess.Popen(
-                [candidate, path.resolve().as_uri()],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-            return
-    console.print("No browser found to open it; open the file above yourself.")
+    uri = path.resolve().as_uri()
+    # Chromium refuses to run as root without --no-sandbox (containers, CI machines).
+    chromium_flags = ["--no-sandbox"] if os.geteuid() == 0 else []
+    chromium = executable or shutil.which("chromium") or shutil.which("chromium-browser")
+    xdg = shutil.which("xdg-open")
+    if xdg:
+        command = [xdg, uri]
+    elif chromium:
+        command = [chromium, *chromium_flags, uri]
+    else:
+        console.print("No browser found to open it; open the file above yourself.")
+        return
+    subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 @evidence_app.command("export")
