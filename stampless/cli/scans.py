@@ -18,7 +18,9 @@ def register(app: typer.Typer) -> None:
 
     @fixtures_app.command("scans")
     def scans_command(
-        out_dir: Annotated[Path, typer.Argument(help="Folder to write the scans into.")],
+        out_dir: Annotated[
+            Path, typer.Argument(metavar="OUT_DIR", help="Folder to write the scans into.")
+        ],
         doc_type: Annotated[
             str,
             typer.Option(
