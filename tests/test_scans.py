@@ -329,3 +329,30 @@ def test_cli_writes_three_files_per_item_and_rejects_bad_type(tmp_path: Path) ->
     assert bad.returncode == 2
     assert len(bad.stderr.strip().splitlines()) == 1 and "passport" in bad.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_forged_scan_shows_the_altered_value() -> None:
+    import pytesseract
+
+    item = next(
+        it
+        for it in (plan_item("marriage_certificate", 7, i)[0] for i in range(100))
+        if it.altered_field == "holder_id"
+    )
+    assert item.original_value is not None and item.record is not None
+    assert item.record["holder_id"] == item.original_value != item.fields["holder_id"]
+    clean = render_certificate("marriage_certificate", item.fields, variant=0)
+    text = _read(pytesseract, clean)
+    assert item.fields["holder_id"] in text
+    assert item.original_value not in text
+
+
+def test_licence_qr_code_carries_the_credit_code() -> None:
+    import zxingcpp
+
+    item, _ = plan_item("business_license", 7, 0)
+    code = item.fields["credit_code"]
+    for variant in (0, 1):
+        clean = render_certificate("business_license", item.fields, variant=variant)
+        found = [b.text for b in zxingcpp.read_barcodes(clean)]
+        assert any(code in text for text in found), found
