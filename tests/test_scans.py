@@ -299,6 +299,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_cli_writes_three_files_per_item_and_rejects_bad_type(tmp_path: Path) -> None:
     out = tmp_path / "cli"
     done = _cli(
