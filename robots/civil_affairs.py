@@ -49,7 +49,7 @@ class CivilAffairsRobot(Robot):
 
     async def _search(self, page: RobotPage, key: str) -> None:
         # After a lookup the page still shows the search form: no need to load it again.
-        if "/search" not in page.url:
+        if not await page["search.form"].exists():
             await page.goto("/search")
         await page["search.cert_no"].fill(key)
         await page["search.submit"].click_and_wait()

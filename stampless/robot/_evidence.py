@@ -6,10 +6,11 @@ attempt. Redaction is done here, not by each robot: every password input and eve
 selector marked ``mask = true`` in the selector map is covered by Playwright's
 ``mask=`` option, so the pixels never hold a secret.
 
-Traces: the context records one trace chunk per attempt (``tracing.start_chunk``), and
-logging in always happens *between* chunks, so the typed password is neither in a
-trace's action log nor in its DOM snapshots (the runtime also empties password inputs
-after the robot's ``login`` returns, because snapshots copy input values).
+Traces: each attempt is recorded as its own trace (``tracing.start``/``stop`` around the
+robot's steps, DOM snapshots and network, no screencast), and logging in always happens
+*outside* a recording, so the typed password is neither in a trace's action log, its
+network entries (the login POST) nor its DOM snapshots (the runtime also empties password
+inputs after the robot's ``login`` returns, because snapshots copy input values).
 
 When no evidence bundle is given (a plain lookup), screenshots go to
 ``<var_dir>/screenshots/`` so a failure can still be looked at.

@@ -101,6 +101,13 @@ class _DialogPolicy:
 
 
 @dataclass
+class _Health:
+    """The last error page seen in the context (shared by a page and its popups)."""
+
+    error: str | None = None
+
+
+@dataclass
 class SelectorUse:
     """How often each choice of a named selector matched (reported in ``rt.stats()``)."""
 
@@ -258,6 +265,7 @@ class RobotPage:
         drift: DriftLog | None,
         evidence: Evidence,
         usage: dict[str, SelectorUse] | None = None,
+        health: _Health | None = None,
     ) -> None:
         self.raw = raw
         self.system = system
@@ -272,10 +280,22 @@ class RobotPage:
         self.logout_probe: Callable[[], Awaitable[bool]] | None = None
         self.probing = True
         self._policies: list[_DialogPolicy] = []
-        self._server_error: str | None = None
         raw.on("dialog", self._on_dialog)
-        raw.on("response", self._on_response)
-        raw.on("requestfailed", self._on_request_failed)
+        if health is None:
+            # Watch the whole context, so an error page in a popup counts too (its first
+            # response arrives before the popup's RobotPage exists).
+            health = _Health()
+            raw.context.on("response", self._on_response)
+            raw.context.on("requestfailed", self._on_request_failed)
+        self._health = health
+
+    @property
+    def _server_error(self) -> str | None:
+        return self._health.error
+
+    @_server_error.setter
+    def _server_error(self, value: str | None) -> None:
+        self._health.error = value
 
     # ---- navigation and health ----------------------------------------------------------
 
@@ -631,6 +651,7 @@ class RobotPage:
             drift=self.drift,
             evidence=self.evidence,
             usage=self.usage,
+            health=self._health,
         )
         child.logout_probe = None  # the popup has no login form of its own to look for
         self.popups.append(child)

@@ -449,6 +449,7 @@ class RobotRuntime:
             robot, page_ref = system.robot, session.page
             session.page.logout_probe = lambda: robot.is_logged_out(page_ref)
         page = session.page
+        page._server_error = None  # an error page of an earlier request is not this one's
         page.evidence = evidence
         evidence.page = page.raw
         page.dialogs.clear()
@@ -502,8 +503,15 @@ class RobotRuntime:
     # ---- traces -------------------------------------------------------------------------
 
     async def _start_chunk(self, session: Session, title: str) -> None:
+        """Record this attempt's trace (DOM snapshots and network, no screencast).
+
+        A whole trace per attempt rather than chunks of one long recording: chunks carry
+        network entries from between them, which would include the login's POST body.
+        """
         if session.tracing and session.context is not None:
-            await session.context.tracing.start_chunk(title=title)
+            await session.context.tracing.start(
+                title=title, snapshots=True, screenshots=False, sources=False
+            )
 
     async def _end_chunk(self, session: Session, evidence: Evidence, *, failed: bool) -> None:
         """Stop the attempt's trace chunk; keep it on failure (or always, if configured)."""
@@ -517,10 +525,10 @@ class RobotRuntime:
         )
         try:
             if not keep:
-                await session.context.tracing.stop_chunk()
+                await session.context.tracing.stop()
                 return
             target = evidence.file_path("trace.zip")
-            await session.context.tracing.stop_chunk(path=str(target))
+            await session.context.tracing.stop(path=str(target))
         except Exception as exc:
             # No chunk was running (the attempt failed before it started) or the browser
             # is gone: there is no trace to keep.

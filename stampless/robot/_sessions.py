@@ -84,12 +84,9 @@ async def open_context(browser: Browser, session: Session, config: BrowserConfig
     session.uses = 0
     # A restored state is trusted until the system says otherwise (the watchdog checks).
     session.logged_in = storage is not None
-    if config.trace != "off":
-        # Recording starts now but per-request chunks are what gets kept; the login that
-        # follows happens before the first chunk, so it is never in a trace.
-        await context.tracing.start(snapshots=True, screenshots=False, sources=False)
-        await context.tracing.stop_chunk()
-        session.tracing = True
+    # Tracing starts and stops around each attempt (runtime._start_trace), never around
+    # a login: a trace keeps the network bodies it saw, and a login POST holds the password.
+    session.tracing = config.trace != "off"
     logger.debug(
         "{}: context for {} opened ({})",
         session.system,

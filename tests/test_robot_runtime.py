@@ -1,0 +1,542 @@
+"""The robot runtime against real emulated systems and real Chromium.
+
+This module starts its own ``stampless fixtures serve`` (it expires sessions, changes
+the UI and injects faults, which the shared instance must not see) and shares one
+browser between its tests through a runtime living in a background event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import subprocess
+import sys
+import threading
+import urllib.parse
+import urllib.request
+import zipfile
+from collections.abc import Awaitable, Iterator
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from loguru import logger
+from PIL import Image
+
+from stampless.config import Config, load_config
+from stampless.errors import BrowserError, ConfigError, RecordNotFound, RobotError
+from stampless.evidence import EvidenceBundle
+from stampless.fixtures.accounts import fixture_env
+from stampless.fixtures.harness import FixtureProcess
+from stampless.fixtures.records import absent_key, records
+from stampless.robot import (
+    LoginRejected,
+    ReloginRefused,
+    RobotRuntime,
+    Watchdog,
+    decode_legacy,
+    drift_summary,
+    find_chromium,
+    load_selector_map,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
+
+
+class LoopThread:
+    """An event loop in a thread, so one browser serves several synchronous tests."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Awaitable[T], timeout: float = 120) -> T:
+        future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]
+        return future.result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+def write_project(
+    root: Path, urls: dict[str, str], *, extra_browser: str = "", accounts_per_system: int = 3
+) -> Path:
+    """A robot.toml in ``root`` for the three bundled robots against ``urls``."""
+    prefixes = {
+        "civil_affairs": "civil",
+        "market_supervision": "market",
+        "social_security": "social",
+    }
+    parts = [
+        f'[project]\nvar_dir = "{root / "var"}"\n',
+        f"[browser]\ntimeout_ms = 5000\nnavigation_timeout_ms = 10000\n{extra_browser}\n",
+    ]
+    for system, prefix in prefixes.items():
+        parts.append(
+            f'[systems.{system}]\nurl = "{urls[system]}"\n'
+            f'robot = "{REPO / "robots" / (system + ".py")}"\n'
+            f'selectors = "{REPO / "selectors" / (system + ".toml")}"\n'
+            "relogin_backoff_s = 0.05\nmax_relogins = 2\n"
+        )
+        for n in range(1, accounts_per_system + 1):
+            name = f"{prefix}{n:02d}"
+            totp = f'totp = "env:{name.upper()}_TOTP"\n' if system == "social_security" else ""
+            parts.append(
+                f'[[systems.{system}.accounts]]\nname = "{name}"\nusername = "{name}"\n'
+                f'password = "env:{name.upper()}_PASSWORD"\n{totp}'
+            )
+    types = {
+        "marriage_certificate": "civil_affairs",
+        "business_license": "market_supervision",
+        "social_security_record": "social_security",
+    }
+    for doc_type, system in types.items():
+        parts.append(
+            f'[types.{doc_type}]\ntask = "{REPO / "tasks" / (doc_type + ".py")}"\n'
+            f'system = "{system}"\n'
+        )
+    path = root / "robot.toml"
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path
+
+
+class Servers:
+    """Our own fixture instance and its control endpoint."""
+
+    def __init__(self, process: FixtureProcess) -> None:
+        self.process = process
+        self.urls = dict(process.urls)
+
+    def control(self, system: str, **settings: Any) -> dict[str, Any]:
+        request = urllib.request.Request(
+            self.urls[system] + "/_fixture/control",
+            data=json.dumps(settings).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=10) as r:
+            result: dict[str, Any] = json.loads(r.read())
+        return result
+
+    def access_log(self, system: str) -> list[dict[str, Any]]:
+        with urllib.request.urlopen(self.urls[system] + "/_fixture/access-log", timeout=10) as r:
+            text = r.read().decode("utf-8")
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def logins(self, system: str, username: str) -> int:
+        return sum(
+            1
+            for e in self.access_log(system)
+            if e["path"] == "/login" and e["method"] == "POST" and e["account"] == username
+        )
+
+
+@pytest.fixture(scope="module")
+def env() -> Iterator[dict[str, str]]:
+    values = fixture_env()
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in values.items():
+            mp.setenv(name, value)
+        yield values
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+    log_dir = tmp_path_factory.mktemp("robot-access-log")
+    with FixtureProcess(args=["--seed", "7"], access_log=log_dir) as process:
+        yield Servers(process)
+
+
+@pytest.fixture(scope="module")
+def config(
+    servers: Servers, env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Config:
+    root = tmp_path_factory.mktemp("robot-project")
+    return load_config(write_project(root, servers.urls))
+
+
+@pytest.fixture(scope="module")
+def loop() -> Iterator[LoopThread]:
+    thread = LoopThread()
+    yield thread
+    thread.close()
+
+
+@pytest.fixture(scope="module")
+def runtime(config: Config, loop: LoopThread) -> Iterator[RobotRuntime]:
+    rt = loop.run(_enter(RobotRuntime(config, attempts=3, backoff_s=0.05)))
+    yield rt
+    loop.run(rt.close())
+
+
+async def _enter(rt: RobotRuntime) -> RobotRuntime:
+    return await rt.__aenter__()
+
+
+def civil_keys(n: int) -> list[str]:
+    return [r["cert_no"] for r in records("marriage_certificate", 7) if r["status"] == "valid"][:n]
+
+
+# ---- sessions ----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_one_login_serves_many_lookups(
+    runtime: RobotRuntime, loop: LoopThread, servers: Servers, config: Config
+) -> None:
+    keys = civil_keys(5)
+    for key in keys:
+        record = loop.run(runtime.lookup("civil_affairs", key, account="civil02"))
+        assert record.fields["cert_no"] == key
+    assert servers.logins("civil_affairs", "civil02") == 1
+    assert runtime.stats()["logins"]["civil_affairs/civil02"] == 1
+    state = config.var_dir / "sessions" / "civil_affairs" / "civil02.json"
+    assert state.stat().st_mode & 0o777 == 0o600
+    assert "JSESSIONID" in state.read_text()
+    searches = [e for e in servers.access_log("civil_affairs") if e["path"].startswith("/search?")]
+    assert len({e["session"] for e in searches if e["account"] == "civil02"}) == 1
+
+
+@pytest.mark.slow
+def test_relogin_after_the_session_expires(
+    runtime: RobotRuntime, loop: LoopThread, servers: Servers
+) -> None:
+    key = civil_keys(6)[5]
+    loop.run(runtime.lookup("civil_affairs", key, account="civil02"))
+    before = servers.logins("civil_affairs", "civil02")
+    servers.control("civil_affairs", expire_sessions=["civil02"])
+    record = loop.run(runtime.lookup("civil_affairs", key, account="civil02"))
+    assert record.key == key
+    assert servers.logins("civil_affairs", "civil02") == before + 1
+    outcomes = [
+        e["outcome"] for e in servers.access_log("civil_affairs") if e["account"] == "civil02"
+    ]
+    assert "expired" in outcomes
+
+
+def _login_elsewhere(base: str, username: str, password: str) -> None:
+    """Log ``username`` in with a plain HTTP client: the robot's session gets kicked out."""
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+    with opener.open(base + "/login", timeout=10) as r:
+        page = decode_legacy(r.read(), r.headers.get("Content-Type"))
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert token is not None
+    data = urllib.parse.urlencode(
+        {"csrf_token": token.group(1), "username": username, "password": password}
+    ).encode()
+    with opener.open(base + "/login", data=data, timeout=10) as r:
+        assert r.status == 200 and "/search" in r.url
+
+
+@pytest.mark.slow
+def test_relogin_after_a_second_login_kicks_the_robot_out(
+    runtime: RobotRuntime, loop: LoopThread, servers: Servers, env: dict[str, str]
+) -> None:
+    key = civil_keys(7)[6]
+    loop.run(runtime.lookup("civil_affairs", key, account="civil02"))
+    before = servers.logins("civil_affairs", "civil02")
+    _login_elsewhere(servers.urls["civil_affairs"], "civil02", env["CIVIL02_PASSWORD"])
+    record = loop.run(runtime.lookup("civil_affairs", key, account="civil02"))
+    assert record.key == key
+    outcomes = [
+        e["outcome"] for e in servers.access_log("civil_affairs") if e["account"] == "civil02"
+    ]
+    assert "kicked" in outcomes
+    # One login by the other client, one re-login by the robot.
+    assert servers.logins("civil_affairs", "civil02") == before + 2
+
+
+@pytest.mark.slow
+def test_wrong_password_is_not_retried(
+    config: Config, loop: LoopThread, servers: Servers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CIVIL03_PASSWORD", "not-the-password")
+    rt = RobotRuntime(config, attempts=3, backoff_s=0.05)
+
+    async def attempt() -> None:
+        async with rt:
+            await rt.lookup("civil_affairs", civil_keys(1)[0], account="civil03")
+
+    with pytest.raises(LoginRejected) as info:
+        loop.run(attempt())
+    assert "not-the-password" not in str(info.value)
+    # Exactly one bad password reached the system: retries would lock the account.
+    assert servers.logins("civil_affairs", "civil03") == 1
+    servers.control("civil_affairs", unlock=True)
+
+
+def test_watchdog_backs_off_then_refuses() -> None:
+    from stampless.config import AccountConfig, SystemConfig
+
+    system = SystemConfig(
+        url="http://127.0.0.1:1",
+        robot=Path("r.py"),
+        selectors=Path("s.toml"),
+        accounts=[AccountConfig(name="a", username="a", password="env:A")],
+        max_relogins=2,
+        relogin_backoff_s=0.5,
+    )
+    dog = Watchdog("civil_affairs", system)
+    assert dog.before_login("a", relogin=False) == 0
+    assert dog.before_login("a", relogin=True) == 0.5
+    assert dog.before_login("a", relogin=True) == 1.0
+    with pytest.raises(ReloginRefused, match="avoid locking"):
+        dog.before_login("a", relogin=True)
+    with pytest.raises(ReloginRefused):  # still cooling down, even for a first login
+        dog.before_login("a", relogin=False)
+    other = Watchdog("civil_affairs", system)
+    other.before_login("b", relogin=True)
+    other.succeeded("b")  # a request went through: the count starts again
+    assert other.before_login("b", relogin=True) == 0.5
+
+
+# ---- selectors ----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_changed_ui_uses_fallbacks_and_reports_drift(
+    runtime: RobotRuntime, loop: LoopThread, servers: Servers, config: Config
+) -> None:
+    key = civil_keys(8)[7]
+    servers.control("civil_affairs", ui_variant="changed")
+    try:
+        record = loop.run(runtime.lookup("civil_affairs", key, account="civil01"))
+    finally:
+        servers.control("civil_affairs", ui_variant="normal")
+    assert record.fields["cert_no"] == key
+    rows = {(r.system, r.selector): r for r in drift_summary(config.var_dir)}
+    assert ("civil_affairs", "search.cert_no") in rows
+    assert rows[("civil_affairs", "search.cert_no")].fallback == "input[name=cert_no]" or rows[
+        ("civil_affairs", "search.cert_no")
+    ].fallback.startswith("xpath=")
+    assert ("civil_affairs", "search.submit") in rows
+    assert ("civil_affairs", "login.username") not in rows  # the login page did not change
+    used = runtime.stats()["selectors"]["civil_affairs"]["search.cert_no"]
+    assert used.get("choice2", 0) + used.get("choice3", 0) >= 1
+    report = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stampless",
+            "--config",
+            str(config.root / "robot.toml"),
+            "selectors",
+            "report",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+    )
+    assert report.returncode == 0, report.stderr
+    assert "search.cert_no" in report.stdout and "civil_affairs" in report.stdout
+
+
+def test_selector_map_errors_name_file_and_key(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('version = "1"\n[selectors."a.b"]\nany = []\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"bad\.toml.*a\.b"):
+        load_selector_map(bad, "x")
+    bad.write_text(
+        'version = "1"\n[selectors."a.b"]\nany = ["#x"]\nframe = "nope"\n', encoding="utf-8"
+    )
+    with pytest.raises(ConfigError, match="nope"):
+        load_selector_map(bad, "x")
+    bad.write_text('[selectors."a.b"]\nany = ["#x"]\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match="version"):
+        load_selector_map(bad, "x")
+    good = load_selector_map(REPO / "selectors" / "market_supervision.toml", "market_supervision")
+    assert good["search.credit_code"].frame == "content"
+    assert len(good.sha256) == 64 and good.meta()["selectors_version"] == good.version
+
+
+# ---- errors and retries -------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_business_error_is_final_and_not_retried(
+    runtime: RobotRuntime, loop: LoopThread, servers: Servers
+) -> None:
+    key = absent_key("marriage_certificate", 7)
+    retries = runtime.stats()["retries"]
+    with pytest.raises(RecordNotFound):
+        loop.run(runtime.lookup("civil_affairs", key, account="civil01"))
+    searched = [e for e in servers.access_log("civil_affairs") if key in e["path"]]
+    assert len(searched) == 1
+    assert runtime.stats()["retries"] == retries
+
+
+@pytest.mark.slow
+def test_retries_recover_from_injected_faults(
+    config: Config, loop: LoopThread, servers: Servers
+) -> None:
+    keys = civil_keys(14)[8:14]
+    rt = RobotRuntime(config, attempts=6, backoff_s=0.05)
+
+    async def lookups() -> list[str]:
+        async with rt:
+            await rt.lookup("civil_affairs", keys[0], account="civil01")  # log in first
+            servers.control("civil_affairs", fault_rate=0.2, fault_kinds=["500", "502"])
+            return [(await rt.lookup("civil_affairs", k, account="civil01")).key for k in keys]
+
+    try:
+        found = loop.run(lookups(), timeout=240)
+    finally:
+        servers.control("civil_affairs", fault_rate=0.0)
+    assert found == keys
+    faults = [
+        e for e in servers.access_log("civil_affairs") if str(e["outcome"]).startswith("fault:")
+    ]
+    assert faults, "the fixture injected no fault; the test proves nothing"
+    assert rt.stats()["retries"] >= 1
+
+
+def test_missing_browser_says_what_to_install(config: Config) -> None:
+    broken = config.browser.model_copy(update={"executable_path": "/nonexistent/chromium"})
+    with pytest.raises(BrowserError, match="apt-get install chromium"):
+        find_chromium(broken)
+
+
+def test_gbk_pages_decode() -> None:
+    body = '<html><head><meta charset="gbk"></head>结婚证字号</html>'.encode("gbk")
+    assert "结婚证字号" in decode_legacy(body, None)
+    assert "结婚证字号" in decode_legacy(body, "text/html; charset=GBK")
+
+
+# ---- legacy helpers and evidence ----------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_dialogs_popups_downloads_and_frames(
+    runtime: RobotRuntime, loop: LoopThread, config: Config
+) -> None:
+    import hashlib
+
+    from stampless.fixtures.servers._archive import archive_bytes
+
+    social = next(r for r in records("social_security_record", 7) if r["status"] == "valid")
+    bundle = EvidenceBundle.open(config.evidence_dir, "ROBOT-DIALOG-1")
+    record = loop.run(runtime.lookup("social_security", social["person_id"], evidence=bundle))
+    assert record.fields["employer"] == social["employer"]  # read inside an iframe
+    dialogs = json.loads(bundle.path("dialogs.json").read_text(encoding="utf-8"))
+    assert dialogs[0]["kind"] == "confirm" and dialogs[0]["accepted"] is True
+    assert "涉密" in dialogs[0]["message"]
+
+    bundle = EvidenceBundle.open(config.evidence_dir, "ROBOT-ALERT-1")
+    with pytest.raises(RecordNotFound):
+        loop.run(
+            runtime.lookup("civil_affairs", absent_key("marriage_certificate", 7), evidence=bundle)
+        )
+    dialogs = json.loads(bundle.path("dialogs.json").read_text(encoding="utf-8"))
+    assert dialogs[0]["kind"] == "alert" and "未找到" in dialogs[0]["message"]
+
+    key = civil_keys(1)[0]
+    bundle = EvidenceBundle.open(config.evidence_dir, "ROBOT-FETCH-1")
+    stored = loop.run(runtime.fetch("civil_affairs", key, account="civil01", evidence=bundle))
+    expected = hashlib.sha256(
+        archive_bytes("marriage_certificate", key, 7, "png") or b""
+    ).hexdigest()
+    assert hashlib.sha256(stored.read_bytes()).hexdigest() == expected
+    assert bundle.meta["download_sha256"] == expected
+    assert bundle.meta["selectors_file"] == "civil_affairs.toml"
+    # The detail popup was closed after the request: only the account's page remains.
+    session = runtime.system("civil_affairs").sessions["civil01"]
+    assert session.context is not None and len(session.context.pages) == 1
+
+    licence = next(r for r in records("business_license", 7) if r["status"] == "valid")
+    record = loop.run(runtime.lookup("market_supervision", licence["credit_code"]))
+    assert record.fields["company_name"] == licence["company_name"]  # inside a frameset
+
+
+LEAKY_ROBOT = '''
+from stampless.loader import load_attribute
+from stampless import RobotError
+Base = load_attribute(__import__("pathlib").Path({civil!r}), "ROBOT")
+SEEN = {{}}
+
+class LeakyRobot(Base):
+    """Screenshots the filled login form, then fails: the worst case for secrets."""
+
+    async def login(self, page, creds):
+        await page.goto("/login")
+        await page["login.username"].fill(creds.username)
+        await page["login.password"].fill_secret(creds.password)
+        SEEN["box"] = await page.raw.locator("#password").bounding_box()
+        SEEN["shot"] = await page.screenshot("login form filled")
+        SEEN["source"] = await page.raw.content()
+        await page["login.submit"].click_and_wait()
+
+    async def lookup(self, page, key):
+        await page.goto("/search")
+        raise RobotError("deliberate failure after login")
+
+ROBOT = LeakyRobot
+'''
+
+
+@pytest.mark.slow
+def test_password_never_in_screenshots_traces_evidence_or_logs(
+    config: Config, loop: LoopThread, env: dict[str, str], tmp_path: Path
+) -> None:
+    robot_file = tmp_path / "leaky.py"
+    robot_file.write_text(
+        LEAKY_ROBOT.format(civil=str(REPO / "robots" / "civil_affairs.py")), encoding="utf-8"
+    )
+    leaky = config.model_copy(deep=True)
+    leaky.systems["civil_affairs"] = leaky.systems["civil_affairs"].model_copy(
+        update={"robot": robot_file}
+    )
+    leaky.project = leaky.project.model_copy(update={"var_dir": tmp_path / "var"})
+    password = env["CIVIL01_PASSWORD"]
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(str(m)), level="DEBUG")
+    bundle = EvidenceBundle.open(leaky.evidence_dir, "ROBOT-LEAK-1")
+    rt = RobotRuntime(leaky, attempts=1)
+
+    async def run() -> None:
+        async with rt:
+            await rt.lookup("civil_affairs", civil_keys(1)[0], account="civil01", evidence=bundle)
+
+    try:
+        with pytest.raises(RobotError, match="deliberate"):
+            loop.run(run())
+    finally:
+        logger.remove(sink)
+    from stampless.loader import load_module
+
+    seen = load_module(robot_file).SEEN
+    # The pixels: the password box is covered by the mask (solid black).
+    shot = Image.open(seen["shot"]).convert("RGB")
+    box = seen["box"]
+    inner = shot.crop(
+        (
+            int(box["x"]) + 3,
+            int(box["y"]) + 3,
+            int(box["x"] + box["width"]) - 3,
+            int(box["y"] + box["height"]) - 3,
+        )
+    )
+    assert set(inner.getdata()) == {(0, 0, 0)}
+    # The page source at that moment does not carry the typed value.
+    assert password not in seen["source"]
+    # The failure left a screenshot and a trace; nothing in the evidence holds the password.
+    files = [p for p in bundle.work_dir.rglob("*") if p.is_file()]
+    assert any(p.name.endswith(".zip") for p in files), "the failed attempt's trace was not kept"
+    assert any("failure" in p.name for p in files)
+    for path in files:
+        data = path.read_bytes()
+        assert password.encode() not in data, path.name
+        if path.suffix == ".zip":
+            with zipfile.ZipFile(path) as archive:
+                for name in archive.namelist():
+                    assert password.encode() not in archive.read(name), name
+    state = leaky.var_dir / "sessions" / "civil_affairs" / "civil01.json"
+    assert password not in state.read_text()
+    assert lines, "no log lines were captured"
+    assert not [line for line in lines if password in line]
