@@ -90,8 +90,9 @@ class DocumentType:
     key_field: str
     claim_model: type[BaseModel]
     fields: tuple[FieldSpec, ...]
-    # Words printed on every genuine page (the title); a page without them needs review.
-    page_markers: tuple[str, ...] = field(default_factory=tuple)
+    # Other labels printed on the page (性别, 经营范围, ...): a field's value ends where
+    # any label starts, so two-column layouts read as one line do not run together.
+    other_labels: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
         names = [f.name for f in self.fields]

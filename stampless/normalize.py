@@ -85,14 +85,25 @@ _MONTH_COMPACT_RE = re.compile(r"(?<!\d)(?P<y>(?:19|20)\d{2})(?P<m>\d{2})(?!\d)"
 
 # Letters Tesseract returns for digits inside dates and numbers.
 _DIGIT_LOOKALIKES = str.maketrans(
-    {"O": "0", "o": "0", "D": "0", "Q": "0", "I": "1", "l": "1", "|": "1", "B": "8", "S": "5"}
+    {
+        "O": "0",
+        "o": "0",
+        "D": "0",
+        "Q": "0",
+        "I": "1",
+        "l": "1",
+        "|": "1",
+        "]": "1",
+        "B": "8",
+        "S": "5",
+    }
 )
 
 
 def _digits_fixed(text: str) -> str:
     """Map look-alike letters to digits only where they sit between digits or date marks."""
     return re.sub(
-        r"(?<=[\d年月\-./])[OoDQIl|BS](?=[\d年月日\-./]|$)|^[OoDQIl|BS](?=\d)",
+        r"(?<=[\d年月\-./])[OoDQIl|\]BS](?=[\d年月日\-./]|$)|^[OoDQIl|BS](?=\d)",
         lambda m: m.group(0).translate(_DIGIT_LOOKALIKES),
         text,
     )
@@ -357,6 +368,7 @@ _CN_DIGITS = {
     "二": 2,
     "两": 2,
     "叁": 3,
+    "参": 3,
     "參": 3,
     "三": 3,
     "肆": 4,
@@ -425,12 +437,15 @@ def normalize_capital(text: str | None) -> str | None:
         unit = m.group(2)
         if unit == "亿":
             number *= 10_000
-        elif unit is None:
-            # A bare amount in 元 (no 万) is rare on licences; treat it as yuan.
+        elif unit is None and m.group(0).endswith("元"):
+            # An amount in 元 without 万 (rare on licences) is converted to 万元; a bare
+            # number is already the canonical count of 万元.
             number /= 10_000
         return _decimal_string(number)
     cn = re.search(f"[{''.join(_CN_DIGITS)}{''.join(_CN_UNITS)}{''.join(_CN_SECTIONS)}]+", t)
-    if cn:
+    # Without 万 or 亿 (or 元 right after) the unit is unknown: better no value than a
+    # wrong one.
+    if cn and (re.search("[万萬亿億]", cn.group(0)) or t[cn.end() : cn.end() + 1] == "元"):
         yuan = parse_chinese_number(cn.group(0))
         if yuan is None:
             return None
@@ -498,7 +513,8 @@ def check(kind: str, text: str | None) -> tuple[str | None, bool]:
         return None, False
     if kind == "name":
         cjk = re.fullmatch(f"[{_CJK}·]{{2,6}}", value) is not None
-        latin = re.fullmatch(r"[A-Z][A-Z.\-' ]{1,60}", value) is not None
+        # Short Latin "names" are OCR noise far more often than real names.
+        latin = re.fullmatch(r"[A-Z][A-Z.\-' ]{3,60}", value) is not None
         return value, cjk or latin
     if kind == "text":
         return value, len(value) >= 2

@@ -43,7 +43,7 @@ DOCUMENT = DocumentType(
     system="market_supervision",
     key_field="credit_code",
     claim_model=LicenceClaim,
-    page_markers=("营业执照",),
+    other_labels=("经营范围", "营业期限", "登记机关", "副本"),
     fields=(
         FieldSpec(
             name="credit_code",
@@ -58,9 +58,16 @@ DOCUMENT = DocumentType(
             labels=("法定代表人",),
             kind="name",
             rule=Rule.name,
-            max_chars=8,
+            max_chars=4,
         ),
-        FieldSpec(name="registered_capital", labels=("注册资本",), kind="capital"),
+        FieldSpec(
+            name="registered_capital",
+            labels=("注册资本",),
+            kind="capital",
+            # Capital numerals (壹佰万元整) are easy to misread as look-alikes; the re-read
+            # may only choose among the characters an amount can hold.
+            whitelist="0123456789.,万元整零壹贰叁肆伍陆柒捌玖拾佰仟亿",
+        ),
         FieldSpec(name="established_on", labels=("成立日期",), kind="date"),
         FieldSpec(name="address", labels=("住所",), kind="text", rule=Rule.text),
     ),

@@ -43,7 +43,7 @@ DOCUMENT = DocumentType(
     system="civil_affairs",
     key_field="cert_no",
     claim_model=MarriageClaim,
-    page_markers=("结婚证",),
+    other_labels=("性别", "国籍", "出生日期", "登记机关", "备注"),
     fields=(
         FieldSpec(
             name="cert_no",
@@ -57,7 +57,7 @@ DOCUMENT = DocumentType(
             labels=("持证人", "姓名"),
             kind="name",
             rule=Rule.name,
-            max_chars=8,
+            max_chars=4,
         ),
         FieldSpec(
             name="holder_id",
@@ -71,7 +71,7 @@ DOCUMENT = DocumentType(
             kind="name",
             rule=Rule.name,
             occurrence=1,
-            max_chars=8,
+            max_chars=4,
         ),
         FieldSpec(
             name="spouse_id",

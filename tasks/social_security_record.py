@@ -42,9 +42,9 @@ DOCUMENT = DocumentType(
     system="social_security",
     key_field="person_id",
     claim_model=SocialSecurityClaim,
-    page_markers=("参保缴费证明", "缴费证明"),
+    other_labels=("险种", "编号", "特此证明"),
     fields=(
-        FieldSpec(name="person_name", labels=("姓名",), kind="name", rule=Rule.name, max_chars=8),
+        FieldSpec(name="person_name", labels=("姓名",), kind="name", rule=Rule.name, max_chars=4),
         FieldSpec(
             name="person_id",
             labels=("社会保障号码", "保障号码"),
@@ -58,7 +58,8 @@ DOCUMENT = DocumentType(
             name="months_paid",
             labels=("累计缴费月数", "缴费月数"),
             kind="integer",
-            whitelist="0123456789",
+            # Some offices print "66个月"; with digits only the re-read turns 个月 into digits.
+            whitelist="0123456789个月",
         ),
     ),
 )

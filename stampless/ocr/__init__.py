@@ -1,0 +1,350 @@
+"""OCR of scanned certificates: open safely, preprocess, read, extract, normalize.
+
+Public entry points:
+
+* :func:`open_image` — a scan as an RGB image, or one clear InputError.
+* :func:`read_document` — every field of a document type read from a scan, with a
+  per-field confidence, as :class:`stampless.models.OcrResult`.
+* :func:`get_engine` — the configured :class:`OcrEngine` (Tesseract by default).
+
+How a page is read (one stage per module): :mod:`.preprocess` straightens and cleans
+the page; the engine reads it once at 120 DPI to find the labels (enough for layout, and
+several times faster than the full page); :mod:`.extract` finds each
+field's value after its label; then each field's own region is read again at full
+resolution as a single line, with a character whitelist for number fields. The two
+readings, the validation result (check characters, calendar) and the engine's word
+confidences give the field's confidence. Fields read below the threshold can be given
+a second opinion by RapidOCR (``ocr.second_opinion = "rapidocr"``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from loguru import logger
+from PIL import Image, ImageOps
+
+from stampless.config import OcrConfig
+from stampless.doctype import DocumentType, FieldSpec
+from stampless.models import OcrField, OcrResult, OcrWord
+from stampless.ocr.engine import OcrEngine, Word
+from stampless.ocr.extract import extract_raw, group_lines, value_of
+from stampless.ocr.image import open_image
+from stampless.ocr.preprocess import detect_orientation
+from stampless.ocr.preprocess import preprocess as run_preprocess
+
+__all__ = ["OcrEngine", "Word", "get_engine", "open_image", "read_document", "read_image"]
+
+# The layout pass reads the page at this fraction of 300 DPI: at 120 DPI Tesseract found
+# 227 of 228 labels on generated normal and hard scans, more than at 150 DPI, in less time.
+LAYOUT_SCALE = 0.4
+# Kinds read again with Tesseract's Latin model and a whitelist.
+_LATIN_KINDS = {"resident_id", "credit_code", "cert_no", "integer"}
+_DATE_WHITELIST = "0123456789年月日-."
+# Confidence given up when two readings of a field disagree.
+DISAGREEMENT_FACTOR = 0.5
+
+
+@lru_cache(maxsize=8)
+def _engine(kind: str, languages: str, cmd: str | None, timeout_s: float) -> OcrEngine:
+    config = OcrConfig(
+        engine="tesseract" if kind == "tesseract" else "rapidocr",
+        languages=languages,
+        tesseract_cmd=cmd,
+        timeout_s=timeout_s,
+    )
+    if kind == "rapidocr":
+        from stampless.ocr.rapidocr import RapidOcrEngine
+
+        return RapidOcrEngine(config)
+    from stampless.ocr.tesseract import TesseractEngine
+
+    return TesseractEngine(config)
+
+
+def get_engine(config: OcrConfig, kind: str | None = None) -> OcrEngine:
+    """The engine ``kind`` (default ``config.engine``), created once per process."""
+    return _engine(kind or config.engine, config.languages, config.tesseract_cmd, config.timeout_s)
+
+
+@dataclass
+class _Reading:
+    value: str | None
+    valid: bool
+    confidence: float
+    raw: str
+    box: tuple[int, int, int, int] | None
+
+
+def _word_confidence(words: list[Word]) -> float:
+    if not words:
+        return 0.0
+    # Weighted by characters: a one-character word should not outweigh an ID number.
+    total = sum(len(w.text) for w in words)
+    mean = sum(w.confidence * len(w.text) for w in words) / max(1, total)
+    return 0.5 * mean + 0.5 * min(w.confidence for w in words)
+
+
+def _crop(image: Image.Image, region: tuple[int, int, int, int]) -> Image.Image:
+    left, top, width, height = region
+    pad_y = round(0.3 * height)
+    pad_x = round(0.8 * height)
+    box = (
+        max(0, left - pad_x),
+        max(0, top - pad_y),
+        min(image.width, left + width + pad_x),
+        min(image.height, top + height + pad_y),
+    )
+    # Tesseract reads a line better with a white margin around it.
+    return ImageOps.expand(image.crop(box).convert("L"), border=12, fill=255)
+
+
+def _reread_mode(spec: FieldSpec) -> tuple[str | None, str]:
+    """(whitelist, script) of a field's re-read; fields sharing a mode are read together."""
+    if spec.kind in _LATIN_KINDS and (spec.whitelist is None or spec.whitelist.isascii()):
+        return spec.whitelist, "latin"
+    if spec.kind in ("date", "month"):
+        return spec.whitelist or _DATE_WHITELIST, "cjk"
+    return spec.whitelist, "cjk"
+
+
+def _combine(first: _Reading, second: _Reading | None) -> _Reading:
+    """One reading from the layout pass and the field's own re-read."""
+    if second is None or second.value is None:
+        return first if first.value is not None else (second or first)
+    if first.value is None:
+        return second
+    if first.value == second.value:
+        best = first if first.confidence >= second.confidence else second
+        # Two independent readings agreeing is the strongest evidence we have.
+        conf = 1 - (1 - first.confidence) * (1 - second.confidence)
+        return _Reading(best.value, first.valid and second.valid, conf, best.raw, best.box)
+    if first.valid != second.valid:
+        good = first if first.valid else second
+        return _Reading(good.value, True, good.confidence * 0.85, good.raw, good.box or first.box)
+    # The full-resolution re-read is the better reading, but two readings that disagree
+    # leave the value in doubt.
+    return _Reading(
+        second.value,
+        second.valid,
+        min(first.confidence, second.confidence) * DISAGREEMENT_FACTOR,
+        second.raw,
+        second.box or first.box,
+    )
+
+
+def _finish(
+    spec: FieldSpec,
+    readings: list[_Reading],
+) -> OcrField:
+    if not readings:
+        return OcrField(value=None, confidence=0.0, valid=False)
+    best = readings[0]
+    for other in readings[1:]:
+        best = _merge_labels(best, other)
+    return OcrField(
+        value=best.value,
+        confidence=round(max(0.0, min(1.0, best.confidence)), 4),
+        valid=best.valid,
+        raw=best.raw[:200],
+        box=best.box,
+    )
+
+
+def _merge_labels(a: _Reading, b: _Reading) -> _Reading:
+    """Readings of one field found under two labels (持证人 and the first 姓名)."""
+    if b.value is None:
+        return a
+    if a.value is None:
+        return b
+    if a.value == b.value:
+        conf = 1 - (1 - a.confidence) * (1 - b.confidence)
+        return _Reading(a.value, a.valid and b.valid, conf, a.raw, a.box)
+    if a.valid != b.valid:
+        return a if a.valid else b
+    best = a if a.confidence >= b.confidence else b
+    return _Reading(
+        best.value,
+        best.valid,
+        min(a.confidence, b.confidence) * DISAGREEMENT_FACTOR,
+        best.raw,
+        best.box,
+    )
+
+
+def _layout_words(engine: OcrEngine, image: Image.Image) -> list[Word]:
+    small = image.resize(
+        (round(image.width * LAYOUT_SCALE), round(image.height * LAYOUT_SCALE)),
+        Image.Resampling.BOX,
+    )
+    words = engine.read(small, psm=3, cjk_only=True)
+    k = 1 / LAYOUT_SCALE
+    return [
+        Word(
+            text=w.text,
+            confidence=w.confidence,
+            box=(
+                round(w.box[0] * k),
+                round(w.box[1] * k),
+                round(w.box[2] * k),
+                round(w.box[3] * k),
+            ),
+            line=w.line,
+        )
+        for w in words
+    ]
+
+
+def _anchored(doctype: DocumentType, lines: list) -> int:
+
+    return sum(
+        1
+        for spec in doctype.fields
+        if any(c.source != "pattern" for c in extract_raw(lines, doctype, spec))
+    )
+
+
+def _second_opinion(
+    engine: OcrEngine, image: Image.Image, spec: FieldSpec, field: OcrField
+) -> OcrField:
+    """Ask a second engine about a field read with low confidence."""
+    if field.box is None:
+        return field
+    whitelist, script = _reread_mode(spec)
+    text, conf = engine.read_line(_crop(image, field.box), whitelist=whitelist, script=script)
+    value, valid = value_of(spec, text)
+    if value is None:
+        return field
+    if field.value is None and valid:
+        return field.model_copy(update={"value": value, "valid": valid, "confidence": conf * 0.8})
+    if value == field.value:
+        # Two different engines agreeing is strong evidence.
+        return field.model_copy(update={"confidence": max(field.confidence, min(0.95, conf))})
+    if valid:
+        return field.model_copy(update={"confidence": field.confidence * DISAGREEMENT_FACTOR})
+    return field
+
+
+def read_image(
+    image: Image.Image,
+    doctype: DocumentType,
+    config: OcrConfig,
+    *,
+    steps_dir: Path | None = None,
+    workers: int | None = None,
+    engine: OcrEngine | None = None,
+) -> OcrResult:
+    """:func:`read_document` on an image already opened (see there)."""
+
+    started = time.perf_counter()
+    engine = engine or get_engine(config)
+    pre = run_preprocess(image, config.preprocess, steps_dir=steps_dir)
+    words = _layout_words(engine, pre.image)
+    lines = group_lines(words)
+    if config.preprocess.orientation and _anchored(doctype, lines) * 2 < len(doctype.fields):
+        # Few labels found: the page may be sideways or upside down.
+        rotate = detect_orientation(pre.image)
+        if rotate:
+            logger.debug("page rotated by {} degrees; reading it upright", rotate)
+            turned = image.rotate(-rotate, expand=True, fillcolor=(255, 255, 255))
+            pre = run_preprocess(turned, config.preprocess, steps_dir=steps_dir)
+            pre.steps.insert(0, "orientation")
+            words = _layout_words(engine, pre.image)
+            lines = group_lines(words)
+    final = pre.image
+    second = None
+    if config.second_opinion != "none" and config.second_opinion != engine.name:
+        second = get_engine(config, config.second_opinion)
+
+    # First readings from the layout pass, and the crops to read again at full size.
+    firsts: dict[str, list[_Reading]] = {}
+    jobs: dict[tuple[str | None, str], list[tuple[str, int, Image.Image]]] = {}
+    for spec in doctype.fields:
+        candidates = extract_raw(lines, doctype, spec)
+        firsts[spec.name] = []
+        for i, cand in enumerate(candidates):
+            value, valid = value_of(spec, cand.raw)
+            firsts[spec.name].append(
+                _Reading(value, valid, _word_confidence(cand.words), cand.raw, cand.box)
+            )
+            if cand.region is not None:
+                jobs.setdefault(_reread_mode(spec), []).append(
+                    (spec.name, i, _crop(final, cand.region))
+                )
+
+    def run(
+        mode: tuple[str | None, str], items: list[tuple[str, int, Image.Image]]
+    ) -> list[tuple[str, int, str, float]]:
+        texts = engine.read_lines([im for _, _, im in items], whitelist=mode[0], script=mode[1])
+        return [(name, i, t, c) for (name, i, _), (t, c) in zip(items, texts, strict=True)]
+
+    n = workers if workers is not None else min(2, os.cpu_count() or 1)
+    if n > 1 and len(jobs) > 1:
+        with ThreadPoolExecutor(max_workers=n) as pool:
+            batches = list(pool.map(lambda kv: run(*kv), jobs.items()))
+    else:
+        batches = [run(mode, items) for mode, items in jobs.items()]
+    rereads: dict[tuple[str, int], _Reading] = {}
+    for batch in batches:
+        for name, i, text, conf in batch:
+            spec = doctype.field(name)
+            value, valid = value_of(spec, text)
+            rereads[(name, i)] = _Reading(value, valid, conf, text, firsts[name][i].box)
+
+    fields: dict[str, OcrField] = {}
+    for spec in doctype.fields:
+        readings = [
+            _combine(first, rereads.get((spec.name, i)))
+            for i, first in enumerate(firsts[spec.name])
+        ]
+        fields[spec.name] = _finish(spec, readings)
+        threshold = spec.threshold or config.min_confidence
+        if second is not None and fields[spec.name].confidence < threshold:
+            fields[spec.name] = _second_opinion(second, final, spec, fields[spec.name])
+    if steps_dir is not None:
+        steps_dir.mkdir(parents=True, exist_ok=True)
+        final.save(steps_dir / "ocr-input.png", compress_level=1)
+    return OcrResult(
+        type=doctype.name,
+        fields={spec.name: fields[spec.name] for spec in doctype.fields},
+        words=[OcrWord(text=w.text, confidence=w.confidence, box=w.box) for w in words],
+        text="\n".join(line.text for line in lines),
+        image_size=final.size,
+        seconds=round(time.perf_counter() - started, 3),
+        engine=engine.name,
+    )
+
+
+def read_document(
+    image: Path,
+    doctype: DocumentType,
+    config: OcrConfig,
+    *,
+    steps_dir: Path | None = None,
+    workers: int | None = None,
+    engine: OcrEngine | None = None,
+) -> OcrResult:
+    """Read every field of ``doctype`` from the scan at ``image``.
+
+    Each preprocessing step's output is saved into ``steps_dir`` when
+    ``config.preprocess.save_steps`` is set, and the final image OCR read is saved as
+    ``steps_dir/"ocr-input.png"`` (word boxes in the result are in its coordinates).
+    ``workers`` threads re-read fields in parallel (default: one per core, at most 2);
+    pass 1 when pages are already read in parallel. Raises InputError for a bad image and
+    OcrEngineError when the engine is missing, crashes or times out.
+    """
+    started = time.perf_counter()
+    opened = open_image(Path(image), config)
+    try:
+        result = read_image(
+            opened, doctype, config, steps_dir=steps_dir, workers=workers, engine=engine
+        )
+    finally:
+        opened.close()
+    result.seconds = round(time.perf_counter() - started, 3)
+    return result

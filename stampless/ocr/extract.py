@@ -1,0 +1,340 @@
+"""Find fields in OCR words by their printed labels and formats.
+
+Words are grouped into text lines by geometry (Tesseract's own blocks split a label from
+its value on wide forms). A field's label is searched in each line's text with spaces
+removed ("登 记 日 期" is "登记日期"), exactly for short labels and with rapidfuzz partial
+matching for labels of four characters or more (OCR noise in one character). The value
+is the text after the label up to the next known label on the same line, searched for
+the field's kind (an 18-character ID, a date, the n-th month, ...). Free-text values
+continue on following lines that start at the value's left edge and hold no label.
+When a strongly formatted field (ID, credit code, certificate number) has no readable
+label, the whole page is searched for its format.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from rapidfuzz import fuzz
+
+from stampless import normalize as norm
+from stampless.doctype import DocumentType, FieldSpec
+from stampless.ocr.engine import Word
+
+# Labels this long or longer may match with OCR noise; shorter ones must be exact.
+FUZZY_LABEL_MIN = 4
+FUZZY_LABEL_SCORE = 74.0
+_PUNCT_LEAD = " :：;；,，.。、|_-—"
+_ASCII_WORD = re.compile(r"[0-9A-Za-z]$")
+
+
+@dataclass
+class Line:
+    """Words on one text line, left to right, with their joined text."""
+
+    words: list[Word]
+    text: str
+    starts: list[int]  # index in ``text`` where each word starts
+
+    @property
+    def box(self) -> tuple[int, int, int, int]:
+        return union_box([w.box for w in self.words])
+
+    def words_in(self, start: int, end: int) -> list[Word]:
+        """The words overlapping characters ``start``..``end`` of ``text``."""
+        out = []
+        for w, s in zip(self.words, self.starts, strict=True):
+            e = s + len(w.text)
+            if s < end and e > start:
+                out.append(w)
+        return out
+
+    def x_at(self, index: int) -> int:
+        """The approximate x coordinate where character ``index`` of ``text`` starts."""
+        for w, s in zip(self.words, self.starts, strict=True):
+            e = s + len(w.text)
+            if s <= index < e:
+                left, _, width, _ = w.box
+                return left + round(width * (index - s) / max(1, len(w.text)))
+        left, _, width, _ = self.box
+        return left + width
+
+
+def union_box(boxes: list[tuple[int, int, int, int]]) -> tuple[int, int, int, int]:
+    """The smallest (left, top, width, height) box holding all ``boxes``."""
+    left = min(b[0] for b in boxes)
+    top = min(b[1] for b in boxes)
+    right = max(b[0] + b[2] for b in boxes)
+    bottom = max(b[1] + b[3] for b in boxes)
+    return left, top, right - left, bottom - top
+
+
+def _join(words: list[Word]) -> tuple[str, list[int]]:
+    text = ""
+    starts = []
+    for w in words:
+        piece = norm.to_halfwidth(w.text).replace(" ", "")
+        # Keep a space only between two Latin words ("JOHN SMITH"); CJK needs none.
+        if text and _ASCII_WORD.search(text) and piece[:1].isascii() and piece[:1].isalpha():
+            text += " "
+        starts.append(len(text))
+        text += piece
+    return text, starts
+
+
+def group_lines(words: list[Word]) -> list[Line]:
+    """Group words into lines by vertical overlap, top to bottom, each left to right."""
+    rows: list[list[Word]] = []
+    centers: list[float] = []
+    heights: list[float] = []
+    for w in sorted(words, key=lambda w: (w.box[1] + w.box[3] / 2, w.box[0])):
+        cy = w.box[1] + w.box[3] / 2
+        h = max(1, w.box[3])
+        best = None
+        for i in range(len(rows) - 1, max(-1, len(rows) - 4), -1):
+            if abs(cy - centers[i]) <= 0.5 * max(heights[i], h):
+                best = i
+                break
+        if best is None:
+            rows.append([w])
+            centers.append(cy)
+            heights.append(h)
+        else:
+            rows[best].append(w)
+            n = len(rows[best])
+            centers[best] = centers[best] + (cy - centers[best]) / n
+            heights[best] = max(heights[best], h) if n < 3 else heights[best]
+    lines = []
+    for row in rows:
+        row.sort(key=lambda w: w.box[0])
+        text, starts = _join(row)
+        lines.append(Line(words=row, text=text, starts=starts))
+    lines.sort(key=lambda ln: ln.box[1])
+    return lines
+
+
+@dataclass
+class Anchor:
+    """Where a label was found: the line, the character span of the label, the score."""
+
+    line: int
+    start: int
+    end: int
+    label: str
+    score: float
+
+
+def find_label(line: Line, label: str) -> list[tuple[int, int, float]]:
+    """Spans ``(start, end, score)`` of ``label`` in ``line.text``: exact, or fuzzy if long."""
+    key = norm.remove_spaces(norm.to_halfwidth(label))
+    text = line.text.replace(" ", "")
+    spans: list[tuple[int, int, float]] = []
+    start = text.find(key)
+    while start >= 0:
+        spans.append((start, start + len(key), 100.0))
+        start = text.find(key, start + len(key))
+    if spans or len(key) < FUZZY_LABEL_MIN or len(text) < len(key) - 1:
+        return _unspace(line, spans)
+    found = fuzz.partial_ratio_alignment(key, text, score_cutoff=FUZZY_LABEL_SCORE)
+    if found is not None and found.dest_end - found.dest_start >= len(key) - 1:
+        spans.append((found.dest_start, found.dest_end, found.score))
+    return _unspace(line, spans)
+
+
+def _unspace(line: Line, spans: list[tuple[int, int, float]]) -> list[tuple[int, int, float]]:
+    """Map spans in the space-free text back to ``line.text`` (which may hold spaces)."""
+    if " " not in line.text:
+        return spans
+    index = [i for i, ch in enumerate(line.text) if ch != " "]
+    out = []
+    for s, e, score in spans:
+        out.append((index[s], index[e - 1] + 1, score))
+    return out
+
+
+def find_anchors(lines: list[Line], labels: tuple[str, ...]) -> dict[str, list[Anchor]]:
+    """Every occurrence of each label, in reading order (top to bottom, left to right)."""
+    out: dict[str, list[Anchor]] = {}
+    for label in labels:
+        found = []
+        for i, line in enumerate(lines):
+            for s, e, score in find_label(line, label):
+                found.append(Anchor(i, s, e, label, score))
+        out[label] = found
+    return out
+
+
+@dataclass
+class Candidate:
+    """A value found for a field: its raw text, words, box and how it was found."""
+
+    raw: str
+    words: list[Word]
+    box: tuple[int, int, int, int] | None
+    source: str  # "label:<label>" or "pattern"
+    region: tuple[int, int, int, int] | None = None  # where to re-read (value span of line)
+
+
+_KIND_SEARCH = {
+    "resident_id": re.compile(r"[0-9OoDQIl|iBSsZz]{17}[0-9Xx]"),
+    "credit_code": re.compile(r"[0-9A-Za-z|]{18}"),
+    "cert_no": re.compile(r"[J1Ij\]][0-9OoDQIlBSZ]{6}-?(?:19|20)\d{2}-?[0-9OoDQIlBSZ]{6}"),
+}
+
+
+def _value_span(lines: list[Line], anchor: Anchor, stop: list[str]) -> tuple[int, int]:
+    """Characters of the anchor's line that belong to its value."""
+    line = lines[anchor.line]
+    start = anchor.end
+    while start < len(line.text) and line.text[start] in _PUNCT_LEAD:
+        start += 1
+    end = len(line.text)
+    rest = line.text[start:]
+    for label in stop:
+        key = norm.remove_spaces(label)
+        idx = rest.replace(" ", "").find(key)
+        if idx > 0:
+            # Map the space-free index back to ``rest``.
+            nonspace = [i for i, ch in enumerate(rest) if ch != " "]
+            end = min(end, start + nonspace[idx])
+    return start, end
+
+
+def _continuation(
+    lines: list[Line], anchor: Anchor, value_left: int, stop: list[str]
+) -> list[Line]:
+    """Lines below a free-text value that continue it (same left edge, no label)."""
+    out: list[Line] = []
+    line = lines[anchor.line]
+    height = max(w.box[3] for w in line.words)
+    bottom = line.box[1] + line.box[3]
+    for nxt in lines[anchor.line + 1 : anchor.line + 3]:
+        left = nxt.box[0]
+        if nxt.box[1] - bottom > 1.2 * height:
+            break
+        if abs(left - value_left) > 1.5 * height:
+            break
+        if any(find_label(nxt, label) for label in stop):
+            break
+        out.append(nxt)
+        bottom = nxt.box[1] + nxt.box[3]
+    return out
+
+
+def _line_below(lines: list[Line], anchor: Anchor, stop: list[str]) -> Line | None:
+    """The line under a label whose value is printed below it (2019 licences' credit code)."""
+    line = lines[anchor.line]
+    height = max(w.box[3] for w in line.words)
+    label_x = line.x_at(anchor.start)
+    bottom = line.box[1] + line.box[3]
+    for nxt in lines[anchor.line + 1 : anchor.line + 4]:
+        if nxt.box[1] - bottom > 2.5 * height:
+            return None
+        near = [w for w in nxt.words if abs(w.box[0] - label_x) < 3 * height]
+        if not near:
+            continue
+        if any(find_label(nxt, label) for label in stop):
+            return None
+        # Keep only the words of this column (a two-column page has more on the line).
+        start = nxt.words.index(near[0])
+        text, starts = _join(nxt.words[start:])
+        return Line(words=nxt.words[start:], text=text, starts=starts)
+    return None
+
+
+def extract_raw(lines: list[Line], doctype: DocumentType, spec: FieldSpec) -> list[Candidate]:
+    """Candidate raw values for ``spec``: one per label that has the wanted occurrence."""
+    stop = [lab for f in doctype.fields for lab in f.labels] + list(doctype.other_labels)
+    anchors = find_anchors(lines, spec.labels)
+    candidates: list[Candidate] = []
+    for label in spec.labels:
+        found = _distinct(anchors[label], lines)
+        if len(found) <= spec.occurrence:
+            continue
+        anchor = found[spec.occurrence]
+        line = lines[anchor.line]
+        start, end = _value_span(lines, anchor, [s for s in stop if s != label])
+        raw = line.text[start:end]
+        words = line.words_in(start, end)
+        value_left = line.x_at(start)
+        if spec.kind == "text":
+            for more in _continuation(lines, anchor, value_left, stop):
+                raw += more.text
+                words += more.words
+        box = union_box([w.box for w in words]) if words else None
+        lt, tp, _wd, ht = line.box
+        right = line.x_at(end) if end < len(line.text) else lt + _wd
+        region = (value_left, tp, max(1, right - value_left), ht)
+        if box is not None:
+            # The value's own words bound the re-read: a wider crop picks up the next
+            # label ("性别") or the line below.
+            region = (box[0], box[1], box[2], box[3])
+        if value_of(spec, raw)[0] is None:
+            below = _line_below(lines, anchor, stop)
+            if below is not None:
+                raw, words, region = below.text, below.words, below.box
+                box = below.box
+        candidates.append(Candidate(raw, words, box, f"label:{label}", region))
+    if not any(value_of(spec, c.raw)[0] for c in candidates) and spec.kind in _KIND_SEARCH:
+        pattern = _KIND_SEARCH[spec.kind]
+        hits = []
+        for line in lines:
+            compact = line.text.replace(" ", "")
+            for m in pattern.finditer(compact):
+                hits.append((line, m.group(0)))
+        if len(hits) > spec.occurrence:
+            line, raw = hits[spec.occurrence]
+            candidates.append(Candidate(raw, line.words, line.box, "pattern", line.box))
+    return candidates
+
+
+def _distinct(anchors: list[Anchor], lines: list[Line]) -> list[Anchor]:
+    """Anchors in reading order, dropping overlapping duplicates of one printed label."""
+    ordered = sorted(anchors, key=lambda a: (lines[a.line].box[1], lines[a.line].x_at(a.start)))
+    out: list[Anchor] = []
+    for a in ordered:
+        if any(b.line == a.line and a.start < b.end and b.start < a.end for b in out):
+            continue
+        out.append(a)
+    return out
+
+
+def value_of(spec: FieldSpec, raw: str) -> tuple[str | None, bool]:
+    """The canonical value of ``spec`` in ``raw`` text and whether it is valid."""
+    text = raw.strip(_PUNCT_LEAD)
+    if spec.kind == "month":
+        # "2019年01月 至 2024年06月": take the part's own segment, so one unreadable
+        # month cannot shift the other into its place.
+        segments = re.split(r"至|到|~|～", text)
+        if len(segments) > 1:
+            found = norm.find_months(segments[spec.part]) if len(segments) > spec.part else []
+            return (found[0], True) if found else (None, False)
+        months = norm.find_months(text)
+        if len(months) > spec.part:
+            return months[spec.part], True
+        return None, False
+    if spec.kind == "date":
+        dates = norm.find_dates(text)
+        if len(dates) > spec.part:
+            return dates[spec.part], True
+        value = norm.normalize_date(text)
+        return value, value is not None
+    if spec.kind in _KIND_SEARCH:
+        compact = norm.remove_spaces(norm.to_halfwidth(text))
+        m = _KIND_SEARCH[spec.kind].search(compact)
+        return norm.check(spec.kind, m.group(0) if m else compact)
+    if spec.kind == "name":
+        # A name is the first run of CJK characters (or Latin words) after the label.
+        compact = norm.remove_spaces(norm.to_halfwidth(text))
+        m = re.search(r"[\u3400-\u9fff·]{2,}", compact)
+        if m:
+            return norm.check("name", m.group(0)[: spec.max_chars])
+        m = re.search(r"[A-Za-z][A-Za-z .'-]+", text)
+        return norm.check("name", m.group(0)) if m else (None, False)
+    if spec.kind == "text":
+        text = norm.remove_spaces(norm.to_halfwidth(text))[: spec.max_chars]
+        # The closing bracket at a line's end is the character OCR most often drops.
+        if text.count("(") == text.count(")") + 1 and not text.endswith(")"):
+            text += ")"
+    return norm.check(spec.kind, text)
