@@ -80,6 +80,7 @@ def _build_item(
     deadline_in: timedelta,
     page: Any = None,
     ocr: Any = None,
+    ocr_steps: Path | None = None,
     request_id: str | None = None,
 ) -> Built:
     """Seal an evidence bundle for a manual-tier request and queue it for review."""
@@ -104,6 +105,8 @@ def _build_item(
     bundle.add_file(scan_jpg, "scan.jpg", kind="scan", caption="the applicant's scan")
     if ocr is not None:
         bundle.add_json("ocr.json", ocr, kind="ocr")
+    for step in sorted(ocr_steps.glob("*.png")) if ocr_steps else []:
+        bundle.add_file(step, f"preprocessed/{step.name}", kind="preprocessed")
     if record is not None:
         bundle.add_json("record.json", record, kind="record")
     if page is not None and record is not None:
@@ -178,10 +181,18 @@ def console(tmp_path_factory: pytest.TempPathFactory, browser: Any) -> Iterator[
 
     scans = generate(base / "scans", "social_security_record", 2, seed=7, difficulty="easy")
     doctype = load_doctype(config, "social_security_record")
-    ocr = read_document(scans[0], doctype, config.ocr, workers=1)
+    steps = base / "ocr-steps"
+    ocr = read_document(scans[0], doctype, config.ocr, steps_dir=steps, workers=1)
     page = browser.new_page()
     items = {
-        "main": _build_item(config, scans[0], deadline_in=timedelta(minutes=8), page=page, ocr=ocr),
+        "main": _build_item(
+            config,
+            scans[0],
+            deadline_in=timedelta(minutes=8),
+            page=page,
+            ocr=ocr,
+            ocr_steps=steps,
+        ),
         "race": _build_item(config, scans[1], deadline_in=timedelta(minutes=9)),
         "late": _build_item(
             config, scans[1], deadline_in=timedelta(minutes=-3), request_id="SS-LATE-1"
@@ -422,6 +433,10 @@ def test_reviewer_decides_and_outbox_audit_and_report_show_it(
     assert page.locator("#scan-image").evaluate("img => img.naturalWidth") > 500
     boxes = page.locator("svg.ocr")
     assert boxes.count() == 1 and boxes.is_visible()
+    # The boxes are drawn on the image OCR read, in its pixel coordinates.
+    size = page.locator("#scan-image").evaluate("img => [img.naturalWidth, img.naturalHeight]")
+    assert boxes.get_attribute("viewBox") == f"0 0 {size[0]} {size[1]}"
+    assert boxes.locator("rect").count() >= 4
     page.click("label[for=show-boxes]")
     assert not boxes.is_visible()
     page.click("label[for=show-boxes]")

@@ -38,6 +38,7 @@ from flask import (
 )
 from loguru import logger
 from markupsafe import Markup
+from PIL import Image
 
 from stampless.errors import InputError
 from stampless.models import Tier, VerdictKind, utcnow
@@ -189,6 +190,12 @@ class ItemView:
             }
         return {}
 
+    @property
+    def scan_name(self) -> str | None:
+        """The scan's name inside the bundle, if the bundle holds it."""
+        names = [f["name"] for f in self._by_kind("scan")]
+        return names[0] if names else None
+
     def scan_path(self) -> Path | None:
         for f in self._by_kind("scan"):
             if self.bundle is not None:
@@ -201,18 +208,39 @@ class ItemView:
 
     @property
     def ocr_boxes(self) -> dict[str, Any] | None:
-        """Field boxes from the OCR output, in the coordinates of the scan."""
+        """Field boxes from the OCR output, with the image they are drawn on.
+
+        The boxes are in the coordinates of the image OCR read: the scan itself, or its
+        preprocessed copy (deskewed, flattened) when preprocessing changed its size. The
+        image shown under the boxes is the first of those whose size matches.
+        """
         data = self._json_of("ocr")
-        if not isinstance(data, dict):
+        if not isinstance(data, dict) or not self.bundle:
             return None
         size = data.get("image_size")
-        boxes = []
-        for name, f in (data.get("fields") or {}).items():
-            if isinstance(f, dict) and f.get("box"):
-                boxes.append({"name": name, "box": f["box"], "value": f.get("value")})
+        boxes = [
+            {"name": name, "box": f["box"], "value": f.get("value")}
+            for name, f in (data.get("fields") or {}).items()
+            if isinstance(f, dict) and f.get("box")
+        ]
         if not size or not boxes:
             return None
-        return {"size": size, "boxes": boxes}
+        preprocessed = sorted(
+            (f["name"] for f in self._by_kind("preprocessed")),
+            key=lambda n: (not n.endswith("ocr-input.png"), n),
+        )
+        for name in [f["name"] for f in self._by_kind("scan")] + preprocessed:
+            path = _inside(self.bundle, name)
+            if path is None or not path.is_file():
+                continue
+            try:
+                with Image.open(path) as im:
+                    matches = list(im.size) == list(size)
+            except OSError:
+                continue
+            if matches:
+                return {"size": size, "boxes": boxes, "image": name}
+        return None
 
     def file_path(self, name: str) -> Path | None:
         if self.bundle is None or name not in {f["name"] for f in self.files}:
