@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from stampless.config import Config, load_config
+from stampless.errors import InputError
 from stampless.models import Record, Request, Tier, Verdict, VerdictKind, utcnow
 from stampless.review.store import ReviewConflict, ReviewStore
 from stampless.review.users import AccountLocked, LoginFailed, UserStore
@@ -590,3 +591,44 @@ def test_secure_cookie_default_and_session_key_file(tmp_path: Path) -> None:
         data={"name": "gina", "password": "gina-password-9", "csrf_token": token},
     )
     assert response.status_code == 302 and response.headers["Location"] == "/"
+
+
+def test_decide_is_rolled_back_when_the_outbox_refuses(tmp_path: Path) -> None:
+    from stampless.audit import AuditLog, entries_for
+    from stampless.outbox import write_verdict
+    from stampless.signing import ensure_dev_key
+
+    config = _config(tmp_path / "var")
+    store = ReviewStore.from_config(config)
+    audit = AuditLog(config.audit_dir)
+    for rid in ("D-1", "D-2"):
+        v, r = _verdict(rid, timedelta(minutes=-1))
+        store.add(v, request=r, reason="manual tier")
+    # Another verdict already sits in the outbox under D-2's id: the decision must not
+    # be recorded, and the item stays pending for a person to sort out.
+    other, _ = _verdict("D-2", None)
+    write_verdict(config.outbox_dir, other.model_copy(update={"verdict": VerdictKind.error}))
+    from stampless.outbox import OutboxConflict
+
+    with pytest.raises(OutboxConflict):
+        store.decide("D-2", "alice", VerdictKind.verified, "ok", outbox_dir=config.outbox_dir)
+    item = store.get("D-2")
+    assert item is not None and item.status == "pending"
+    with pytest.raises(InputError):
+        store.decide("D-1", "alice", VerdictKind.verified, "  ", outbox_dir=config.outbox_dir)
+    with pytest.raises(InputError):
+        store.decide("D-1", "alice", VerdictKind.needs_review, "x", outbox_dir=config.outbox_dir)
+    final = store.decide(
+        "D-1",
+        "alice",
+        VerdictKind.not_found,
+        "no such person in the register",
+        outbox_dir=config.outbox_dir,
+        audit=audit,
+        evidence_dir=config.evidence_dir,
+        signer=ensure_dev_key(config),
+    )
+    assert final.decided_by == "alice" and final.sla_met is False  # decided after the deadline
+    assert [e["actor"] for e in entries_for(config.audit_dir, "D-1")] == ["alice"]
+    assert (config.evidence_dir / "D-1.review" / "manifest.json").is_file()
+    assert store.pending()[0].request_id == "D-2"

@@ -40,7 +40,7 @@ from loguru import logger
 from markupsafe import Markup
 from PIL import Image
 
-from stampless.errors import InputError
+from stampless.errors import InputError, StamplessError
 from stampless.models import Tier, VerdictKind, utcnow
 from stampless.review.charts import format_seconds, read_verdicts, sla_chart_svg, sla_figures
 from stampless.review.store import ReviewConflict, ReviewItem, ReviewStore
@@ -485,6 +485,11 @@ def create_app(config: Config, *, host: str = "127.0.0.1") -> Flask:
         except InputError as exc:
             flash(str(exc), "error")
             return redirect(url_for("item", request_id=request_id))
+        except StamplessError as exc:
+            # An outbox conflict, or the audit/evidence write after a recorded decision:
+            # say so plainly rather than showing a server error.
+            logger.error("review: deciding {} failed: {}", request_id, exc)
+            flash(f"{request_id}: {exc}", "error")
         return redirect(url_for("queue"))
 
     @app.post("/item/<request_id>/release")

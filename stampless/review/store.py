@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 FINAL_DECISIONS = (VerdictKind.verified, VerdictKind.mismatch, VerdictKind.not_found)
 REVIEW_SUFFIX = ".review"
+MAX_REASON = 2000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -310,6 +311,8 @@ class ReviewStore:
         note = note.strip()
         if not note:
             raise InputError("Give a reason: say what information is missing.")
+        if len(note) > MAX_REASON:
+            raise InputError(f"Shorten the note to at most {MAX_REASON} characters.")
         with self._write() as db:
             item = self._locked_for(db, request_id, reviewer)
             notes = [*item.notes, ReviewNote(at=utcnow(), reviewer=reviewer, text=note)]
@@ -348,6 +351,8 @@ class ReviewStore:
         reason = reason.strip()
         if not reason:
             raise InputError("Give a reason for the decision; it goes into the verdict.")
+        if len(reason) > MAX_REASON:
+            raise InputError(f"Shorten the reason to at most {MAX_REASON} characters.")
         from stampless.outbox import write_verdict
 
         with self._write() as db:
