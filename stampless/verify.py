@@ -42,14 +42,15 @@ class Outcome:
 
 def deliver(config: Config, verdict: Verdict, request: Request, base_dir: Path) -> Path | None:
     """Final verdicts go to the outbox; needs_review goes to the review store for a person."""
-    if verdict.verdict in FINAL_VERDICTS:
-        return write_verdict(config.outbox_dir, verdict)
-    from stampless.review.store import ReviewStore
+    with logger.contextualize(request_id=request.id):
+        if verdict.verdict in FINAL_VERDICTS:
+            return write_verdict(config.outbox_dir, verdict)
+        from stampless.review.store import ReviewStore
 
-    ReviewStore.from_config(config).add(
-        verdict, request=request, base_dir=base_dir, reason="; ".join(verdict.reasons)
-    )
-    return None
+        ReviewStore.from_config(config).add(
+            verdict, request=request, base_dir=base_dir, reason=" ".join(verdict.reasons)
+        )
+        return None
 
 
 async def verify_request(

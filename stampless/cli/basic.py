@@ -22,6 +22,16 @@ VERDICT_STYLE = {
 }
 
 
+def _short_path(path: str | Path | None) -> str:
+    """A path relative to the current folder when it is under it (tables stay readable)."""
+    if path is None:
+        return ""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def _setup_logging(*, required: bool = True) -> None:
     from stampless._logging import setup_logging
 
@@ -110,7 +120,7 @@ def register(app: typer.Typer) -> None:
             for r in rows:
                 style = VERDICT_STYLE.get(r.verdict, "bold")
                 expected = r.item.expected if r.as_expected else f"[red]{r.item.expected}[/]"
-                evidence = (r.outcome.verdict.evidence if r.outcome else r.error) or ""
+                evidence = _short_path(r.outcome.verdict.evidence) if r.outcome else r.error
                 table.add_row(
                     r.item.request_path.name.removesuffix(".request.json"),
                     r.item.note,
@@ -119,6 +129,9 @@ def register(app: typer.Typer) -> None:
                     evidence,
                 )
             console.print(table)
-            console.print(f"{len(rows)} requests in {seconds:.1f} s. Summary: {summary}")
+            console.print(
+                f"{len(rows)} requests in {seconds:.1f} s. Summary: {_short_path(summary)}",
+                soft_wrap=True,
+            )
         if any(r.outcome is None for r in rows):
             exit_with(ExitCode.system_failure)
