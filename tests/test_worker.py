@@ -497,3 +497,126 @@ def _daemon_main(argv: list[str]) -> int:
 if __name__ == "__main__":
     mains = {"worker": _worker_main, "daemon": _daemon_main}
     sys.exit(mains[sys.argv[1]](sys.argv[2:]))
+
+
+# -- end to end: stampless run, real pipeline, Chromium, Tesseract, fixture servers ------
+
+
+@pytest.mark.slow
+def test_e2e_sigkill_fault_escalation_and_account_exclusivity(
+    tmp_path: Path, fixture_servers_factory: Any
+) -> None:
+    from stampless.fixtures.accounts import fixture_env
+    from stampless.fixtures.scans import generate
+
+    servers = fixture_servers_factory(seed=7)
+    # Market supervision is down for good; civil affairs works.
+    servers.control("market_supervision", fault_rate=1.0, fault_kinds=["500"])
+    var = tmp_path / "var"
+    env = {
+        **os.environ,
+        **fixture_env(),
+        "OMP_THREAD_LIMIT": "1",
+        "STAMPLESS__PROJECT__VAR_DIR": str(var),
+        "STAMPLESS__TIERS__ROBOT": "150",
+        "STAMPLESS__QUEUE__MAX_ATTEMPTS": "2",
+        "STAMPLESS__QUEUE__LEASE_S": "4",
+        "STAMPLESS__QUEUE__BACKOFF_BASE_S": "0.5",
+        "STAMPLESS__QUEUE__BACKOFF_MAX_S": "4",
+        "STAMPLESS__SYSTEMS__MARKET_SUPERVISION__CIRCUIT_FAILURES": "2",
+        "STAMPLESS__SYSTEMS__MARKET_SUPERVISION__CIRCUIT_RESET_S": "2",
+    }
+    for system, url in servers.urls.items():
+        env[f"STAMPLESS__SYSTEMS__{system.upper()}__URL"] = url
+    scans = generate(
+        tmp_path / "scans", "marriage_certificate", 2, 41, "easy", 0.0, 0.0, records_seed=7
+    )
+    scans += generate(
+        tmp_path / "scans", "business_license", 2, 42, "easy", 0.0, 0.0, records_seed=7
+    )
+    requests = [p.with_suffix(".request.json") for p in scans]
+    ids = [json.loads(p.read_text())["id"] for p in requests]
+    civil_ids, market_ids = ids[:2], ids[2:]
+
+    def cli(*args: str) -> list[str]:
+        return [sys.executable, "-m", "stampless", "--config", str(REPO / "robot.toml"), *args]
+
+    submitted = subprocess.run(
+        cli("submit", *map(str, requests)), env=env, capture_output=True, text=True, timeout=60
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    config = load_config_for(var, env)
+    queue = open_queue(config)
+
+    first = subprocess.Popen(
+        cli("run", "--workers", "2", "--no-progress"),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        # Kill it while it holds a civil-affairs item and has logged in with its account.
+        def busy() -> bool:
+            held = [i for i in queue.list(states=[ItemState.claimed]) if i.request_id in civil_ids]
+            accounts = {e.get("account") for e in servers.access_log("civil_affairs")}
+            return any(i.account in accounts for i in held)
+
+        _wait_for(busy, 90, "a civil-affairs item in progress")
+        killed = {i.request_id for i in queue.list(states=[ItemState.claimed])}
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(timeout=10)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait(timeout=10)
+    second = subprocess.run(
+        cli("run", "--workers", "2", "--until-empty", "--no-progress"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=200,
+    )
+    assert second.returncode == 0, second.stderr[-2000:]
+
+    review = ReviewStore.from_config(config)
+    finished_civil = set()
+    for rid in civil_ids:
+        # Verified, or (OCR unsure) a machine decision for a person: never an escalation.
+        item = queue.get(rid)
+        assert item is not None and item.state in (ItemState.done, ItemState.review), item
+        if item.state is ItemState.done:
+            finished_civil.add(rid)
+            assert item.sla_met
+            verdict = read_verdict(config.outbox_dir, rid)
+            assert verdict is not None and verdict.verdict is item.verdict
+        else:
+            pending = review.get(rid)
+            assert pending is not None
+            assert not any("could not finish" in r for r in pending.verdict.reasons)
+    for rid in killed & set(civil_ids):
+        item = queue.get(rid)
+        assert item is not None and item.attempts >= 2
+    # The department that is down: retried, then escalated to a person before the deadline.
+    for rid in market_ids:
+        item = queue.get(rid)
+        assert item is not None and item.state is ItemState.review, item
+        assert "market_supervision" in (item.last_error or "") or "answered" in (
+            item.last_error or ""
+        )
+        assert item.finished_at is not None and item.finished_at <= item.deadline
+        assert item.attempts == 2  # retries spent: escalated at once, not at the deadline
+        pending = review.get(rid)
+        assert pending is not None and "could not finish" in pending.verdict.reasons[0]
+    outbox = sorted(p.name for p in config.outbox_dir.iterdir())
+    assert outbox == sorted(f"{rid}.json" for rid in finished_civil)  # exactly once each
+    circuits = json.loads((var / "health" / "circuits.json").read_text())
+    assert circuits["market_supervision"]["state"] in ("open", "half_open")
+    # Never two sessions of one account at once: nobody was kicked out by a second login.
+    log = servers.access_log("civil_affairs")
+    assert log and not [e for e in log if e.get("outcome") == "kicked"]
+
+
+def load_config_for(var: Path, env: dict[str, str]) -> Config:
+    from stampless.config import load_config
+
+    return load_config(REPO / "robot.toml", environ=env)
