@@ -575,3 +575,17 @@ def test_serve_binds_consecutive_ports_and_stops_cleanly_while_a_request_hangs(
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
+
+
+def test_a_busy_port_is_a_clear_input_error_not_a_hang() -> None:
+    from stampless.errors import InputError
+    from stampless.fixtures.serve import start
+    from stampless.fixtures.servers import ServerOptions
+
+    with start("127.0.0.1", 0, ServerOptions()) as running:
+        busy = int(running.urls["market_supervision"].rsplit(":", 1)[1])
+        started = time.perf_counter()
+        with pytest.raises(InputError, match=r"Cannot listen on 127\.0\.0\.1:"):
+            start("127.0.0.1", busy - 1, ServerOptions())
+        assert time.perf_counter() - started < 5
+        assert httpx.get(running.urls["market_supervision"] + "/login").status_code == 200
