@@ -476,6 +476,7 @@ def _statuses(url: str, n: int) -> list[int]:
         return [client.get("/login").status_code for _ in range(n)]
 
 
+@pytest.mark.slow
 def test_fault_rate_is_seeded_and_logged(fixture_servers_factory: Any) -> None:
     first = fixture_servers_factory(seed=11, fault_rate=0.25, fault_kinds="500,502")
     second = fixture_servers_factory(seed=11, fault_rate=0.25, fault_kinds="500,502")
@@ -510,7 +511,7 @@ def test_latency_and_hang_faults(servers: Any) -> None:
     servers.control("social_security", fault_rate=0.0, hang_s=30)
     started = time.perf_counter()
     assert set(_statuses(url, 100)) == {200}
-    assert (time.perf_counter() - started) / 100 < 0.03  # a page costs a few ms
+    assert (time.perf_counter() - started) / 100 < 0.05  # ~1-2 ms alone; CI runs in parallel
 
 
 def test_serve_binds_consecutive_ports_and_stops_cleanly_while_a_request_hangs(
