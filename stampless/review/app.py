@@ -19,7 +19,7 @@ import json
 import os
 import secrets
 from datetime import UTC, datetime, timedelta
-from functools import wraps
+from functools import cache, wraps
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,11 +40,13 @@ from loguru import logger
 from markupsafe import Markup
 from PIL import Image
 
+from stampless.audit import AuditLog
 from stampless.errors import InputError, StamplessError
 from stampless.models import Tier, VerdictKind, utcnow
 from stampless.review.charts import format_seconds, read_verdicts, sla_chart_svg, sla_figures
 from stampless.review.store import ReviewConflict, ReviewItem, ReviewStore
 from stampless.review.users import LoginFailed, Role, UserStore
+from stampless.signing import Signer, ensure_dev_key, load_signer
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -273,14 +275,14 @@ def create_app(config: Config, *, host: str = "127.0.0.1") -> Flask:
     users = UserStore.from_config(config)
     claim_minutes = config.review.claim_minutes
 
-    def audit() -> Any:
-        from stampless.audit import AuditLog
+    audit_log = AuditLog(config.audit_dir, rotate_bytes=config.audit.rotate_bytes)
 
-        return AuditLog(config.audit_dir, rotate_bytes=config.audit.rotate_bytes)
+    def audit() -> AuditLog:
+        return audit_log
 
-    def signer() -> Any:
-        from stampless.signing import ensure_dev_key, load_signer
-
+    @cache
+    def signer() -> Signer:
+        # Loaded on the first decision, not at start: the console serves pages without it.
         if config.evidence.signing_key:
             return load_signer(config)
         return ensure_dev_key(config)

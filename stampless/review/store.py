@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from loguru import logger
 from pydantic import BaseModel
@@ -29,7 +29,9 @@ from stampless.errors import InputError, StamplessError
 from stampless.models import Request, Tier, Verdict, VerdictKind, utcnow
 
 if TYPE_CHECKING:
+    from stampless.audit import AuditLog
     from stampless.config import Config
+    from stampless.signing import Signer
 
 FINAL_DECISIONS = (VerdictKind.verified, VerdictKind.mismatch, VerdictKind.not_found)
 REVIEW_SUFFIX = ".review"
@@ -333,9 +335,9 @@ class ReviewStore:
         reason: str,
         *,
         outbox_dir: Path,
-        audit: Any = None,
+        audit: AuditLog | None = None,
         evidence_dir: Path | None = None,
-        signer: Any = None,
+        signer: Signer | None = None,
     ) -> Verdict:
         """Decide an item: write the final verdict to the outbox and record who decided.
 
@@ -398,7 +400,7 @@ class ReviewStore:
 
 
 def seal_review(
-    evidence_dir: Path, item: ReviewItem, final: Verdict, *, reason: str, signer: Any
+    evidence_dir: Path, item: ReviewItem, final: Verdict, *, reason: str, signer: Signer
 ) -> Path | None:
     """Seal the decision as ``<evidence_dir>/<id>.review/`` referring to the original bundle."""
     from stampless.evidence import EvidenceBundle
