@@ -29,6 +29,7 @@ from stampless.models import utcnow
 from stampless.outbox import iter_verdicts
 
 if TYPE_CHECKING:
+    from stampless.audit import AuditLog
     from stampless.config import Config, WebhookConfig
 
 _SCHEMA = """
@@ -91,6 +92,7 @@ class Delivery:
         self.timeout_s = timeout_s
         self.max_attempts = max_attempts
         self.backoff_base_s = backoff_base_s
+        self.audit: AuditLog | None = None  # set by from_config: deliveries join the chain
         # One delivery pass at a time per process: the scheduler job and the worker's
         # "deliver after completing" must not post the same file twice concurrently.
         self._pass_lock = threading.Lock()
@@ -110,7 +112,9 @@ class Delivery:
             from stampless.vault import resolve_secret
 
             token = resolve_secret(hook.token, config=config).reveal()
-        return cls(
+        from stampless.audit import AuditLog
+
+        delivery = cls(
             config.var_dir / "delivery.db",
             config.outbox_dir,
             url=hook.url,
@@ -118,6 +122,8 @@ class Delivery:
             timeout_s=hook.timeout_s,
             max_attempts=hook.max_attempts,
         )
+        delivery.audit = AuditLog(config.audit_dir, rotate_bytes=config.audit.rotate_bytes)
+        return delivery
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
@@ -186,6 +192,8 @@ class Delivery:
         self._record(name, attempt, status, ok=ok, error=error, final=final)
         if ok:
             report.delivered.append(name)
+            if self.audit is not None:
+                self.audit.append("delivered", request_id=name, attempt=attempt, http_status=status)
         elif final:
             logger.error(
                 "Gave up delivering {} to the webhook after {} attempts ({}); check the "

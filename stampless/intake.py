@@ -42,6 +42,7 @@ from stampless.errors import InputError
 from stampless.models import Request, Tier, describe_validation_error, utcnow
 
 if TYPE_CHECKING:
+    from stampless.audit import AuditLog
     from stampless.config import Config
     from stampless.queue import WorkQueue
 
@@ -120,6 +121,17 @@ class Intake:
         self.router = router
         self.spool_dir = config.var_dir / "spool"
         self.cases = CaseStore.from_config(config)
+        self._audit: AuditLog | None = None
+
+    @property
+    def audit(self) -> AuditLog:
+        if self._audit is None:
+            from stampless.audit import AuditLog
+
+            self._audit = AuditLog(
+                self.config.audit_dir, rotate_bytes=self.config.audit.rotate_bytes
+            )
+        return self._audit
 
     # -- preparing (no side effects) -----------------------------------------------------
 
@@ -225,6 +237,14 @@ class Intake:
         )
         if not result.added:
             return _duplicate(request.id, result.item.state.value)
+        self.audit.append(
+            "queued",
+            request_id=request.id,
+            type=request.type,
+            tier=tier.value,
+            deadline=deadline.isoformat(),
+            case_id=request.case_id,
+        )
         logger.info(
             "Queued {} ({}, {} tier, due {:%H:%M:%S})", request.id, request.type, tier, deadline
         )
