@@ -321,7 +321,8 @@ class RobotRuntime:
                 try:
                     async with _time_limit(deadline):
                         page = await self._ready(system, session, evidence, deadline)
-                        await self._start_chunk(session, f"{op} {system.name}")
+                        if self._traced(attempt):
+                            await self._start_chunk(session, f"{op} {system.name} #{attempt}")
                         result = await step(system.robot, page)
                 except Exception as exc:
                     error = exc if isinstance(exc, StamplessError) else translate_error(exc, op)
@@ -502,6 +503,20 @@ class RobotRuntime:
 
     # ---- traces -------------------------------------------------------------------------
 
+    def _traced(self, attempt: int) -> bool:
+        """Whether this attempt is recorded as a Playwright trace.
+
+        ``always``: every attempt. ``on_failure``: the attempts after a failure (and the
+        only one, when there is a single attempt): recording DOM snapshots costs about
+        15% of a lookup, and a failure that is retried is likely to fail again, so the
+        trace kept with a failed request is that of its last, failing attempt, while the
+        first attempt of the healthy majority of requests runs at full speed.
+        """
+        mode = self.config.browser.trace
+        if mode == "always" or self.config.evidence.keep_trace_on_success:
+            return True
+        return mode == "on_failure" and (attempt > 1 or self.attempts == 1)
+
     async def _start_chunk(self, session: Session, title: str) -> None:
         """Record this attempt's trace (DOM snapshots and network, no screencast).
 
@@ -512,11 +527,13 @@ class RobotRuntime:
             await session.context.tracing.start(
                 title=title, snapshots=True, screenshots=False, sources=False
             )
+            session.recording = True
 
     async def _end_chunk(self, session: Session, evidence: Evidence, *, failed: bool) -> None:
         """Stop the attempt's trace chunk; keep it on failure (or always, if configured)."""
-        if not session.tracing or session.context is None:
+        if not session.recording or session.context is None:
             return
+        session.recording = False
         mode = self.config.browser.trace
         keep = (
             (failed and mode != "off")

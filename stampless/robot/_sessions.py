@@ -59,7 +59,8 @@ class Session:
     uses: int = 0  # requests served by the current context
     logins: int = 0
     recycles: int = 0
-    tracing: bool = False
+    tracing: bool = False  # traces are enabled for this context
+    recording: bool = False  # a trace is being recorded right now
 
     @property
     def name(self) -> str:
@@ -120,7 +121,7 @@ async def close_context(session: Session, *, keep_state: bool = True) -> None:
     if keep_state and session.logged_in:
         await save_state(session)
     context, session.context, session.page = session.context, None, None
-    session.tracing = False
+    session.tracing = session.recording = False
     try:
         await context.close()
     except Exception as exc:  # a crashed browser's contexts are gone already
