@@ -138,7 +138,9 @@ def _review_decision(bundle_dir: Path) -> dict[str, Any] | None:
     The original bundle is immutable, so the decision lives in its own sealed bundle that
     names the original manifest's SHA-256 (see stampless.review.store).
     """
-    review_dir = bundle_dir.parent / f"{bundle_dir.name}.review"
+    from stampless.review.store import review_bundle_id
+
+    review_dir = bundle_dir.parent / review_bundle_id(bundle_dir.name)
     decision = _load_json(review_dir / "decision.json")
     if not isinstance(decision, dict):
         return None

@@ -13,6 +13,7 @@ review bundle names the original manifest's SHA-256 instead).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -399,13 +400,24 @@ class ReviewStore:
         return final
 
 
+def review_bundle_id(request_id: str) -> str:
+    """The id of the bundle that holds a request's review decision: ``<id>.review``.
+
+    Ids near the 128-character limit are shortened with a hash so the name stays valid.
+    """
+    if len(request_id) + len(REVIEW_SUFFIX) <= 128:
+        return request_id + REVIEW_SUFFIX
+    digest = hashlib.sha256(request_id.encode("utf-8")).hexdigest()[:16]
+    return f"{request_id[:100]}-{digest}{REVIEW_SUFFIX}"
+
+
 def seal_review(
     evidence_dir: Path, item: ReviewItem, final: Verdict, *, reason: str, signer: Signer
 ) -> Path | None:
     """Seal the decision as ``<evidence_dir>/<id>.review/`` referring to the original bundle."""
     from stampless.evidence import EvidenceBundle
 
-    review_id = item.request_id + REVIEW_SUFFIX
+    review_id = review_bundle_id(item.request_id)
     if EvidenceBundle.exists(evidence_dir, review_id):
         return None
     bundle = EvidenceBundle.open(evidence_dir, review_id)
