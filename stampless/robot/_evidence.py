@@ -6,8 +6,9 @@ attempt. Redaction is done here, not by each robot: every password input and eve
 selector marked ``mask = true`` in the selector map is covered by Playwright's
 ``mask=`` option, so the pixels never hold a secret.
 
-Traces: each attempt is recorded as its own trace (``tracing.start``/``stop`` around the
-robot's steps, DOM snapshots and network, no screencast), and logging in always happens
+Traces: an attempt is recorded as its own trace (``tracing.start``/``stop`` around the
+robot's steps, DOM snapshots and network, no screencast; which attempts is set by
+``browser.trace``, see ``RobotRuntime._traced``), and logging in always happens
 *outside* a recording, so the typed password is neither in a trace's action log, its
 network entries (the login POST) nor its DOM snapshots (the runtime also empties password
 inputs after the robot's ``login`` returns, because snapshots copy input values).
