@@ -83,6 +83,7 @@ def _build_item(
     ocr: Any = None,
     ocr_steps: Path | None = None,
     request_id: str | None = None,
+    found: bool = True,
 ) -> Built:
     """Seal an evidence bundle for a manual-tier request and queue it for review."""
     from stampless.compare import decide
@@ -97,7 +98,7 @@ def _build_item(
     request = Request.model_validate(req_data)
     doctype = load_doctype(config, request.type)
     key = str(request.claim[doctype.key_field])
-    fields = record_by_key(request.type, key)
+    fields = record_by_key(request.type, key) if found else None
     record = None if fields is None else Record(system="social_security", key=key, fields=fields)
     decision = decide(doctype, request.claim, ocr, record)
     now = utcnow()
@@ -110,6 +111,8 @@ def _build_item(
         bundle.add_file(step, f"preprocessed/{step.name}", kind="preprocessed")
     if record is not None:
         bundle.add_json("record.json", record, kind="record")
+    else:  # as the pipeline records a lookup that found nothing
+        bundle.add_json("record.json", {"found": False, "system": "social_security"}, kind="record")
     if page is not None and record is not None:
         rows = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in record.fields.items())
         page.set_content(
@@ -207,7 +210,11 @@ def console(tmp_path_factory: pytest.TempPathFactory, browser: Any) -> Iterator[
             config, scans[0], deadline_in=timedelta(minutes=-3), request_id="SS-LATE-1"
         ),
         "more": _build_item(
-            config, scans[0], deadline_in=timedelta(minutes=30), request_id="SS-MORE-1"
+            config,
+            scans[0],
+            deadline_in=timedelta(minutes=30),
+            request_id="SS-MORE-1",
+            found=False,
         ),
     }
     page.close()
@@ -530,6 +537,7 @@ def test_ask_for_more_keeps_item_pending_and_releases_it(browser: Any, console: 
     bob = _login(browser, console, "bob")
     bob.goto(f"{console.url}/item/{rid}")
     assert "stamped payroll" in bob.locator(".note").inner_text()
+    assert "has no such record" in bob.locator("#record").inner_text()
     item = ReviewStore.from_config(console.config).get(rid)
     assert item is not None and item.status == "pending" and item.held_by() == "bob"
     assert not (console.config.outbox_dir / f"{rid}.json").exists()

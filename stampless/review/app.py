@@ -176,9 +176,8 @@ class ItemView:
     @property
     def record(self) -> dict[str, Any] | None:
         data = self._json_of("record")
-        if isinstance(data, dict):
-            fields = data.get("fields", data)
-            return fields if isinstance(fields, dict) else None
+        if isinstance(data, dict) and isinstance(data.get("fields"), dict):
+            return dict(data["fields"])
         return None
 
     @property
