@@ -540,3 +540,42 @@ def test_password_never_in_screenshots_traces_evidence_or_logs(
     assert password not in state.read_text()
     assert lines, "no log lines were captured"
     assert not [line for line in lines if password in line]
+
+
+@pytest.mark.slow
+def test_recycled_contexts_and_a_restart_reuse_the_saved_login(
+    config: Config, loop: LoopThread, servers: Servers
+) -> None:
+    recycling = config.with_overrides({"browser.recycle_after": 2})
+    keys = civil_keys(20)[14:19]
+    before = servers.logins("civil_affairs", "civil03")
+
+    async def run(n: int) -> dict[str, Any]:
+        async with RobotRuntime(recycling) as rt:
+            for key in keys[:n]:
+                assert (await rt.lookup("civil_affairs", key, account="civil03")).key == key
+            return rt.stats()
+
+    first = loop.run(run(5))
+    assert first["recycles"] == 2  # after the 2nd and the 4th request
+    assert first["logins"]["civil_affairs/civil03"] == 1
+    state = config.var_dir / "sessions" / "civil_affairs" / "civil03.json"
+    assert state.stat().st_mode & 0o777 == 0o600
+    # A new process (a worker restart) starts from the saved state: no login at all.
+    second = loop.run(run(2))
+    assert second["logins"]["civil_affairs/civil03"] == 0
+    assert servers.logins("civil_affairs", "civil03") == before + 1
+
+
+def test_a_passed_deadline_fails_at_once(runtime: RobotRuntime, loop: LoopThread) -> None:
+    from datetime import timedelta
+
+    from stampless.errors import DepartmentUnavailable
+    from stampless.models import utcnow
+
+    with pytest.raises(DepartmentUnavailable, match="deadline"):
+        loop.run(
+            runtime.lookup(
+                "civil_affairs", civil_keys(1)[0], deadline=utcnow() - timedelta(seconds=1)
+            )
+        )
