@@ -579,3 +579,193 @@ def test_a_passed_deadline_fails_at_once(runtime: RobotRuntime, loop: LoopThread
                 "civil_affairs", civil_keys(1)[0], deadline=utcnow() - timedelta(seconds=1)
             )
         )
+
+
+# ---- legacy helpers on a small local site ----------------------------------------------
+
+LEGACY_SITE = r"""
+import sys, time
+from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
+
+PAGES = {
+    "/login": "<form id=loginForm><input id=u><input id=p type=password>"
+              "<a id=go href='/home'>go</a></form>",
+    "/home": "<p id=home>home</p>",
+    "/nested": "<iframe id=outer src='/inner'></iframe>",
+    "/inner": "<iframe name=deep src='/deep'></iframe>",
+    "/deep": "<input id=v value='deep-ok'>",
+    "/confirm": "<button id=ask onclick=\"document.getElementById('r').textContent ="
+                " confirm('删除这条记录？') ? 'yes' : 'no'\">ask</button><p id=r></p>",
+    "/download": "<a id=dl href='/slow-file'>file</a>",
+}
+
+class Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        path, _, query = self.path.partition("?")
+        if path == "/list":
+            n = int(query.split("=")[1]) if query else 1
+            rows = "".join(f"<tr><td class=item>item {n}-{i}</td></tr>" for i in range(3))
+            nxt = "<a id=next class=disabled>next</a>"
+            if n < 3:
+                nxt = f"<a id=next href='/list?page={n + 1}'>next</a>"
+            body = f"<span id=pg>{n}</span><table>{rows}</table>{nxt}"
+            return self._send(body.encode())
+        if path == "/gbk":
+            return self._send("<p>结婚证字号</p>".encode("gbk"), "text/html")
+        if path == "/slow-file":
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Disposition", "attachment; filename=slow.bin")
+            self.send_header("Content-Length", "1000000")
+            self.end_headers()
+            self.wfile.write(b"x" * 1000)
+            self.wfile.flush()
+            time.sleep(20)
+            return None
+        body = PAGES.get(path)
+        if body is None:
+            self.send_response(404)
+            self.end_headers()
+            return None
+        return self._send(("<meta charset=utf-8>" + body).encode())
+
+    def _send(self, data, ctype="text/html; charset=utf-8"):
+        self.send_response(200)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+server.daemon_threads = True
+print("ready", server.server_address[1], flush=True)
+server.serve_forever()
+"""
+
+LEGACY_MAP = """
+version = "t1"
+[frames]
+outer = ["iframe#outer"]
+deep = { any = ["iframe[name=deep]"], parent = "outer" }
+[selectors."login.form"]
+any = ["#loginForm"]
+[selectors."login.user"]
+any = ["#u"]
+[selectors."login.pass"]
+any = ["#p"]
+mask = true
+[selectors."login.go"]
+any = ["#go"]
+[selectors."list.item"]
+any = [".item"]
+[selectors."list.next"]
+any = ["#next"]
+[selectors."list.page"]
+any = ["#pg"]
+[selectors."deep.value"]
+frame = "deep"
+any = ["#missing", "#v"]
+[selectors."confirm.ask"]
+any = ["#ask"]
+[selectors."confirm.result"]
+any = ["#r"]
+[selectors."download.link"]
+any = ["#dl"]
+"""
+
+LEGACY_ROBOT = """
+from stampless import Record, Robot
+
+class LegacyRobot(Robot):
+    system = "legacy"
+
+    async def login(self, page, creds):
+        await page.goto("/login")
+        await page["login.user"].fill(creds.username)
+        await page["login.pass"].fill_secret(creds.password)
+        await page["login.go"].click_and_wait()
+
+    async def lookup(self, page, key):
+        fields = {}
+        if key == "pages":
+            await page.goto("/list")
+            items = []
+            async for _ in page.paginate("list.next", marker="list.page"):
+                items += await page["list.item"].texts()
+            fields["items"] = ",".join(items)
+        elif key == "frames":
+            await page.goto("/nested")
+            fields["deep"] = await page["deep.value"].value()
+        elif key == "confirm":
+            await page.goto("/confirm")
+            async with page.expect_dialog(accept=False) as dialog:
+                await page["confirm.ask"].click()
+            fields["answer"] = await page["confirm.result"].text()
+            fields["message"] = dialog.message
+        elif key == "gbk":
+            fields["text"] = await page.fetch_text("/gbk")
+        elif key == "download":
+            await page.goto("/download")
+            await page.download("download.link")
+        return Record(system="legacy", key=key, fields=fields)
+
+ROBOT = LegacyRobot
+"""
+
+
+@pytest.fixture(scope="module")
+def legacy(tmp_path_factory: pytest.TempPathFactory, env: dict[str, str]) -> Iterator[Config]:
+    root = tmp_path_factory.mktemp("legacy")
+    (root / "site.py").write_text(LEGACY_SITE, encoding="utf-8")
+    (root / "legacy.toml").write_text(LEGACY_MAP, encoding="utf-8")
+    (root / "legacy.py").write_text(LEGACY_ROBOT, encoding="utf-8")
+    proc = subprocess.Popen(
+        [sys.executable, str(root / "site.py")], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().split()
+        assert line[0] == "ready"
+        (root / "robot.toml").write_text(
+            f'[project]\nvar_dir = "{root / "var"}"\n'
+            "[browser]\ntimeout_ms = 3000\ndownload_timeout_ms = 1500\n"
+            f'[systems.legacy]\nurl = "http://127.0.0.1:{line[1]}"\n'
+            f'robot = "{root / "legacy.py"}"\nselectors = "{root / "legacy.toml"}"\n'
+            '[[systems.legacy.accounts]]\nname = "a"\nusername = "a"\n'
+            'password = "env:CIVIL01_PASSWORD"\n',
+            encoding="utf-8",
+        )
+        yield load_config(root / "robot.toml")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.mark.slow
+def test_legacy_helpers_on_a_local_site(legacy: Config, loop: LoopThread) -> None:
+    from stampless.errors import DepartmentUnavailable
+
+    async def run() -> dict[str, dict[str, str]]:
+        out: dict[str, dict[str, str]] = {}
+        async with RobotRuntime(legacy, attempts=1) as rt:
+            for key in ("pages", "frames", "confirm", "gbk"):
+                out[key] = (await rt.lookup("legacy", key)).fields
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(DepartmentUnavailable, match="did not finish"):
+                await rt.lookup("legacy", "download")
+            out["download"] = {"seconds": str(asyncio.get_running_loop().time() - started)}
+            out["stats"] = {"deep": json.dumps(rt.stats()["selectors"]["legacy"]["deep.value"])}
+        return out
+
+    out = loop.run(run())
+    assert out["pages"]["items"].split(",") == [
+        f"item {n}-{i}" for n in (1, 2, 3) for i in range(3)
+    ]
+    assert out["frames"]["deep"] == "deep-ok"  # a frame inside a frame, by name
+    assert json.loads(out["stats"]["deep"]).get("choice2") == 1  # the fallback was used
+    assert out["confirm"] == {"answer": "no", "message": "删除这条记录？"}  # dismissed
+    assert "结婚证字号" in out["gbk"]["text"]  # GBK bytes without a declared charset
+    assert float(out["download"]["seconds"]) < 10  # the download timeout is enforced
