@@ -412,6 +412,22 @@ def test_cookie_flags_and_csrf_token_required(browser: Any, console: Console) ->
 
 
 @pytest.mark.slow
+def test_logout_ends_the_session_even_for_a_copied_cookie(browser: Any, console: Console) -> None:
+    page = _login(browser, console, "bob")
+    assert page.url == console.url + "/"
+    copied = page.context.cookies()
+    page.click("header form button")  # log out
+    assert page.url.startswith(console.url + "/login")
+    thief = browser.new_context()
+    thief.add_cookies(copied)
+    stolen = thief.new_page()
+    stolen.goto(console.url + "/")
+    assert stolen.url.startswith(console.url + "/login")
+    thief.close()
+    page.context.close()
+
+
+@pytest.mark.slow
 def test_queue_puts_overdue_first_and_marks_it(browser: Any, console: Console) -> None:
     page = _login(browser, console, "alice")
     rows = page.locator("table#queue tr.item")

@@ -304,7 +304,7 @@ def create_app(config: Config, *, host: str = "127.0.0.1") -> Flask:
         name = session.get("user")
         if name:
             user = users.get(name)
-            if user is None or user.locked():
+            if user is None or user.locked() or session.get("epoch") != user.session_epoch:
                 session.clear()
             else:
                 g.user = user
@@ -384,6 +384,7 @@ def create_app(config: Config, *, host: str = "127.0.0.1") -> Flask:
                 session.clear()
                 session.permanent = True
                 session["user"] = user.name
+                session["epoch"] = user.session_epoch
                 csrf_token()
                 logger.info("review: {} logged in", user.name)
                 audit().append("logged_in", actor=user.name, console="review")
@@ -396,6 +397,8 @@ def create_app(config: Config, *, host: str = "127.0.0.1") -> Flask:
 
     @app.post("/logout")
     def logout() -> Any:
+        if g.user is not None:
+            users.end_sessions(g.user.name)
         session.clear()
         return redirect(url_for("login"))
 

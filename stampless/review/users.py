@@ -52,6 +52,9 @@ class User(BaseModel):
     created_at: datetime
     failed: int = 0
     locked_until: datetime | None = None
+    # Sessions carry the epoch they were made in; bumping it (logout, new password) ends
+    # every session of the account, including a cookie copied elsewhere.
+    session_epoch: int = 0
 
     def locked(self, now: datetime | None = None) -> bool:
         return self.locked_until is not None and self.locked_until > (now or utcnow())
@@ -145,12 +148,23 @@ class UserStore:
         with self._locked() as users:
             if name in users and not replace:
                 raise InputError(f"Reviewer {name!r} exists already; pass --replace to reset.")
+            old = users.get(name)
             user = User(
-                name=name, role=role, password_hash=_hasher.hash(password), created_at=utcnow()
+                name=name,
+                role=role,
+                password_hash=_hasher.hash(password),
+                created_at=utcnow(),
+                session_epoch=0 if old is None else old.session_epoch + 1,
             )
             users[name] = user
         logger.info("review: account {} ({}) saved", name, role.value)
         return user
+
+    def end_sessions(self, name: str) -> None:
+        """End every console session of ``name`` (on logout)."""
+        with self._locked() as users:
+            if name in users:
+                users[name].session_epoch += 1
 
     def authenticate(self, name: str, password: str) -> User:
         """The account if the password is right; raises LoginFailed or AccountLocked.
