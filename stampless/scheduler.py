@@ -34,6 +34,7 @@ from stampless.models import utcnow
 
 if TYPE_CHECKING:
     from apscheduler.schedulers.background import BackgroundScheduler
+    from apscheduler.schedulers.base import BaseScheduler
 
     from stampless.config import Config
     from stampless.delivery import Delivery
@@ -48,6 +49,8 @@ DEFAULT_JOBS: dict[str, JobConfig] = {
     "deliver_outbox": JobConfig(kind="deliver_outbox", every_s=20),
 }
 RECHECK_BATCH = 500
+# A run missed while the daemon was down happens once when it is back (within an hour).
+JOB_DEFAULTS = {"coalesce": True, "max_instances": 1, "misfire_grace_time": 3600}
 
 
 @dataclass
@@ -90,6 +93,12 @@ def _trigger(name: str, job: JobConfig) -> Any:
             ) from None
     assert job.every_s is not None
     return IntervalTrigger(seconds=job.every_s, timezone="UTC")
+
+
+def _describe(job: JobConfig | None, trigger: Any) -> str:
+    if job is None:
+        return str(trigger)
+    return f"cron {job.cron}" if job.cron else f"every {job.every_s:g} s"
 
 
 # The running daemon, looked up by the job function: APScheduler's SQLAlchemy store
@@ -144,29 +153,33 @@ class Daemon:
             self._review = ReviewStore.from_config(self.config)
         return self._review
 
+    def _store_url(self) -> str:
+        db = self.config.var_dir / "scheduler.db"
+        db.parent.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{db}"
+
     def _make_scheduler(self) -> BackgroundScheduler:
         from apscheduler.executors.pool import ThreadPoolExecutor
         from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
         from apscheduler.schedulers.background import BackgroundScheduler
 
-        db = self.config.var_dir / "scheduler.db"
-        db.parent.mkdir(parents=True, exist_ok=True)
         return BackgroundScheduler(
-            jobstores={"default": SQLAlchemyJobStore(url=f"sqlite:///{db}")},
+            jobstores={"default": SQLAlchemyJobStore(url=self._store_url())},
             executors={"default": ThreadPoolExecutor(4)},
-            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 3600},
+            job_defaults=JOB_DEFAULTS,
             timezone="UTC",
         )
 
-    def sync_jobs(self) -> None:
+    def sync_jobs(self, scheduler: BaseScheduler | None = None) -> None:
         """Make the job store match robot.toml (unchanged jobs keep their next run time)."""
-        stored = {job.id: job for job in self.scheduler.get_jobs()}
+        scheduler = scheduler or self.scheduler
+        stored = {job.id: job for job in scheduler.get_jobs()}
         for name, job in self.jobs.items():
             trigger = _trigger(name, job)
             old = stored.pop(name, None)
             if old is not None and str(old.trigger) == str(trigger) and old.args == (name,):
                 continue
-            self.scheduler.add_job(
+            scheduler.add_job(
                 run_job,
                 trigger=trigger,
                 args=[name],
@@ -175,24 +188,39 @@ class Daemon:
                 replace_existing=True,
             )
         for stale in stored:
-            self.scheduler.remove_job(stale)
+            scheduler.remove_job(stale)
 
     def list_jobs(self) -> list[JobInfo]:
-        """The jobs with their next run times (starts the store paused, then stops)."""
-        self.scheduler.start(paused=True)
-        try:
-            self.sync_jobs()
-            return [
-                JobInfo(
-                    name=j.id,
-                    kind=self.jobs[j.id].kind if j.id in self.jobs else "?",
-                    trigger=str(j.trigger),
-                    next_run=j.next_run_time,
-                )
-                for j in sorted(self.scheduler.get_jobs(), key=lambda j: j.id)
-            ]
-        finally:
-            self.scheduler.shutdown(wait=False)
+        """The jobs with their next run times, after syncing the store with robot.toml.
+
+        Uses a paused AsyncIOScheduler on the same store: it runs nothing and has no
+        thread, so listing can never fire a job while it shuts down.
+        """
+        from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+        from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+        async def collect() -> list[JobInfo]:
+            scheduler = AsyncIOScheduler(
+                jobstores={"default": SQLAlchemyJobStore(url=self._store_url())},
+                job_defaults=JOB_DEFAULTS,
+                timezone="UTC",
+            )
+            scheduler.start(paused=True)
+            try:
+                self.sync_jobs(scheduler)
+                return [
+                    JobInfo(
+                        name=j.id,
+                        kind=self.jobs[j.id].kind if j.id in self.jobs else "?",
+                        trigger=_describe(self.jobs.get(j.id), j.trigger),
+                        next_run=j.next_run_time,
+                    )
+                    for j in sorted(scheduler.get_jobs(), key=lambda j: j.id)
+                ]
+            finally:
+                scheduler.shutdown(wait=False)
+
+        return asyncio.run(collect())
 
     # -- jobs ----------------------------------------------------------------------------
 

@@ -79,6 +79,7 @@ def register(app: typer.Typer) -> None:
         workers: Annotated[int, typer.Option(min=1, max=64, help="Concurrent workers.")] = 2,
     ) -> None:
         """Run the scheduler, the workers and the HTTP intake until SIGTERM."""
+        from stampless.models import utcnow
         from stampless.scheduler import Daemon
         from stampless.worker import WorkerOptions
 
@@ -88,8 +89,11 @@ def register(app: typer.Typer) -> None:
         daemon = Daemon(config, options=options)
         if list_jobs:
             table = Table("job", "kind", "trigger", "next run (UTC)", box=None, pad_edge=False)
+            now = utcnow()
             for job in daemon.list_jobs():
                 when = f"{job.next_run:%Y-%m-%d %H:%M:%S}" if job.next_run else "-"
+                if job.next_run is not None and job.next_run < now:
+                    when += " (due)"
                 table.add_row(job.name, job.kind, job.trigger, when)
             console.print(table)
             return
@@ -123,20 +127,17 @@ def register(app: typer.Typer) -> None:
             for item in items:
                 console.print(item.model_dump_json(exclude={"request"}), markup=False)
             return
-        table = Table(
-            "id", "type", "tier", "state", "verdict", "attempts", "deadline", "SLA", box=None
-        )
+        table = Table("id", "state", "verdict", "tries", "deadline", "SLA", "type", box=None)
         for item in items:
             sla = "-" if item.sla_met is None else ("met" if item.sla_met else "missed")
             table.add_row(
                 item.request_id,
-                item.type,
-                item.tier.value,
-                item.state.value + (" (overdue)" if item.overdue else ""),
+                item.state.value + (" OVERDUE" if item.overdue else ""),
                 item.verdict.value if item.verdict else "-",
                 str(item.attempts),
-                f"{item.deadline:%m-%d %H:%M:%S}",
+                f"{item.deadline:%H:%M:%S}",
                 sla,
+                item.type,
             )
         console.print(table)
         counts = queue.counts()
@@ -170,10 +171,11 @@ def register(app: typer.Typer) -> None:
             queue.retry(request_id)
             console.print(f"{request_id} will run at the next claim.", markup=False)
             return
-        if item.state in (ItemState.claimed, ItemState.review):
+        if item.state is ItemState.claimed:
+            raise InputError(f"{request_id} is running now; wait for it to finish.")
+        if item.state is ItemState.review:
             raise InputError(
-                f"{request_id} is {item.state.value}; wait for it (or decide it in the "
-                "review console) before retrying."
+                f"{request_id} is waiting for a person; decide it in the review console."
             )
         now = utcnow()
         new_id = recheck_name(request_id)
