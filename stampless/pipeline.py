@@ -145,27 +145,16 @@ class Pipeline:
             tier = self.tier_of(request)
             deadline = deadline or self.deadline_for(request, received_at)
             bundle = self._open_bundle(request, base_dir, attempt=attempt)
-            if tier is Tier.instant:
-                decision = await self._instant(request, base_dir)
-                ocr: OcrResult | None = None
+            # An e-certificate QR code on the scan settles the request at once.
+            envelope = (
+                None if tier is Tier.instant else await self._ecert_on_scan(request, base_dir)
+            )
+            if tier is Tier.instant or envelope is not None:
+                tier = Tier.instant
+                decision = await self._instant(request, base_dir, envelope)
             else:
-                ocr, record = await asyncio.gather(
-                    self._read_scan(request, base_dir, doctype, bundle),
-                    self._lookup(request, doctype, claim, bundle, account, deadline),
-                )
-                decision = decide(
-                    doctype,
-                    claim,
-                    ocr,
-                    record,
-                    thresholds=self.config.types[request.type].thresholds,
-                    min_confidence=self.config.ocr.min_confidence,
-                )
-                self._step(
-                    "compared",
-                    request.id,
-                    f"compared fields: {decision.verdict.value}",
-                    verdict=decision.verdict,
+                decision = await self._gather_and_decide(
+                    request, base_dir, doctype, claim, bundle, account, deadline
                 )
                 if tier is Tier.manual:
                     decision = _to_review(decision, MANUAL_REASON)
@@ -322,13 +311,67 @@ class Pipeline:
         bundle.add_json("record.json", record.model_dump(mode="json"), kind="record")
         return record
 
-    async def _instant(self, request: Request, base_dir: Path) -> Decision:
-        """E-certificate from the request's file or the scan's QR code: no browser, no OCR."""
-        from stampless.ecert import verify_instant
-
-        decision = await asyncio.to_thread(
-            verify_instant, request, base_dir=base_dir, config=self.config
+    async def _gather_and_decide(
+        self,
+        request: Request,
+        base_dir: Path,
+        doctype: DocumentType,
+        claim: BaseModel,
+        bundle: EvidenceBundle,
+        account: str | None,
+        deadline: datetime,
+    ) -> Decision:
+        """Robot lookup and OCR at the same time, then the field-by-field comparison."""
+        ocr, record = await asyncio.gather(
+            self._read_scan(request, base_dir, doctype, bundle),
+            self._lookup(request, doctype, claim, bundle, account, deadline),
         )
+        decision = decide(
+            doctype,
+            claim,
+            ocr,
+            record,
+            thresholds=self.config.types[request.type].thresholds,
+            min_confidence=self.config.ocr.min_confidence,
+        )
+        self._step(
+            "compared",
+            request.id,
+            f"compared fields: {decision.verdict.value}",
+            verdict=decision.verdict,
+        )
+        return decision
+
+    async def _ecert_on_scan(self, request: Request, base_dir: Path) -> bytes | None:
+        """The e-certificate in the scan's QR code, if an issuer signs this document type.
+
+        Only looked for when some issuer signs this document type, so deployments
+        without e-certificates pay nothing for it.
+        """
+        if request.scan is None or not any(
+            not issuer.types or request.type in issuer.types
+            for issuer in self.config.issuers.values()
+        ):
+            return None
+        from stampless.ecert import find_ecert_in_scan
+
+        scan = request.scan_path(base_dir)
+        assert scan is not None
+        return await asyncio.to_thread(find_ecert_in_scan, scan)
+
+    async def _instant(self, request: Request, base_dir: Path, envelope: bytes | None) -> Decision:
+        """The e-certificate (already read from the scan, or the request's file or QR code)
+        checked against the issuer's key and the claim: no browser, no OCR."""
+        from stampless.ecert import verify_ecert, verify_instant
+
+        if envelope is not None:
+            decision = verify_ecert(
+                envelope, config=self.config, doc_type=request.type, claim=request.claim
+            )
+        else:
+            decision = await asyncio.to_thread(
+                verify_instant, request, base_dir=base_dir, config=self.config
+            )
         self._step(
             "compared",
             request.id,
