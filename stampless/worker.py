@@ -586,13 +586,14 @@ class WorkerPool:
             "running": counts[ItemState.claimed],
             "rate": self.stats.rate_per_min(),
             "at_risk": at_risk,
+            "down": ", ".join(sorted(self.circuits.blocked())) or "none",
         }
 
     def _log_progress(self) -> None:
         s = self.snapshot()
         logger.info(
             "progress: done {done}, failed {failed}, in review {review}, remaining "
-            "{remaining}, {rate:.1f}/min, SLA at risk {at_risk}",
+            "{remaining}, {rate:.1f}/min, SLA at risk {at_risk}, systems down: {down}",
             **s,
         )
 
@@ -637,7 +638,8 @@ class _Progress:
 
         s = self.pool.snapshot() if hasattr(self, "pool") else {}
         table = Table(title="stampless run", show_header=True)
-        for col in ("done", "failed", "in review", "remaining", "per min", "SLA at risk"):
+        columns = ("done", "failed", "in review", "remaining", "per min", "SLA at risk", "down")
+        for col in columns:
             table.add_column(col, justify="right")
         if s:
             table.add_row(
@@ -647,6 +649,7 @@ class _Progress:
                 str(s["remaining"]),
                 f"{s['rate']:.1f}",
                 f"[red]{s['at_risk']}[/red]" if s["at_risk"] else "0",
+                s["down"],
             )
         return table
 
