@@ -33,7 +33,7 @@ from stampless.config import OcrConfig
 from stampless.doctype import DocumentType, FieldSpec
 from stampless.models import OcrField, OcrResult, OcrWord
 from stampless.ocr.engine import OcrEngine, Word
-from stampless.ocr.extract import extract_raw, group_lines, value_of
+from stampless.ocr.extract import extract_raw, group_lines, stop_labels, value_of
 from stampless.ocr.image import open_image
 from stampless.ocr.preprocess import detect_orientation
 from stampless.ocr.preprocess import preprocess as run_preprocess
@@ -177,12 +177,12 @@ def _merge_labels(a: _Reading, b: _Reading) -> _Reading:
     )
 
 
-def _layout_words(engine: OcrEngine, image: Image.Image) -> list[Word]:
+def _layout_words(engine: OcrEngine, image: Image.Image, psm: int = 3) -> list[Word]:
     small = image.resize(
         (round(image.width * LAYOUT_SCALE), round(image.height * LAYOUT_SCALE)),
         Image.Resampling.BOX,
     )
-    words = engine.read(small, psm=3, cjk_only=True)
+    words = engine.read(small, psm=psm, cjk_only=True)
     k = 1 / LAYOUT_SCALE
     return [
         Word(
@@ -246,7 +246,15 @@ def read_image(
     pre = run_preprocess(image, config.preprocess, steps_dir=steps_dir)
     words = _layout_words(engine, pre.image)
     lines = group_lines(words)
-    if config.preprocess.orientation and _anchored(doctype, lines) * 2 < len(doctype.fields):
+    anchored = _anchored(doctype, lines)
+    if anchored < len(doctype.fields):
+        # Page segmentation sometimes drops a column of widely spaced labels as noise;
+        # sparse-text segmentation keeps them. Only pages missing labels pay for it.
+        sparse = _layout_words(engine, pre.image, psm=11)
+        sparse_lines = group_lines(sparse)
+        if (found := _anchored(doctype, sparse_lines)) > anchored:
+            words, lines, anchored = sparse, sparse_lines, found
+    if config.preprocess.orientation and anchored * 2 < len(doctype.fields):
         # Few labels found: the page may be sideways or upside down.
         rotate = detect_orientation(pre.image)
         if rotate:
@@ -261,6 +269,7 @@ def read_image(
     if config.second_opinion != "none" and config.second_opinion != engine.name:
         second = get_engine(config, config.second_opinion)
 
+    stop = stop_labels(doctype)
     # First readings from the layout pass, and the crops to read again at full size.
     firsts: dict[str, list[_Reading]] = {}
     jobs: dict[tuple[str | None, str], list[tuple[str, int, Image.Image]]] = {}
@@ -293,7 +302,7 @@ def read_image(
     for batch in batches:
         for name, i, text, conf in batch:
             spec = doctype.field(name)
-            value, valid = value_of(spec, text)
+            value, valid = value_of(spec, text, stop)
             rereads[(name, i)] = _Reading(value, valid, conf, text, firsts[name][i].box)
 
     fields: dict[str, OcrField] = {}

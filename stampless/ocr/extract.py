@@ -222,6 +222,11 @@ def _continuation(
     return out
 
 
+def stop_labels(doctype: DocumentType) -> list[str]:
+    """Every label printed on the document type's pages."""
+    return [lab for f in doctype.fields for lab in f.labels] + list(doctype.other_labels)
+
+
 def _line_below(lines: list[Line], anchor: Anchor, stop: list[str]) -> Line | None:
     """The line under a label whose value is printed below it (2019 licences' credit code)."""
     line = lines[anchor.line]
@@ -245,7 +250,7 @@ def _line_below(lines: list[Line], anchor: Anchor, stop: list[str]) -> Line | No
 
 def extract_raw(lines: list[Line], doctype: DocumentType, spec: FieldSpec) -> list[Candidate]:
     """Candidate raw values for ``spec``: one per label that has the wanted occurrence."""
-    stop = [lab for f in doctype.fields for lab in f.labels] + list(doctype.other_labels)
+    stop = stop_labels(doctype)
     anchors = find_anchors(lines, spec.labels)
     candidates: list[Candidate] = []
     for label in spec.labels:
@@ -254,7 +259,8 @@ def extract_raw(lines: list[Line], doctype: DocumentType, spec: FieldSpec) -> li
             continue
         anchor = found[spec.occurrence]
         line = lines[anchor.line]
-        start, end = _value_span(lines, anchor, [s for s in stop if s != label])
+        # The field's own label is a stop too: the second 姓名 ends the first one's value.
+        start, end = _value_span(lines, anchor, stop)
         raw = line.text[start:end]
         words = line.words_in(start, end)
         value_left = line.x_at(start)
@@ -268,8 +274,12 @@ def extract_raw(lines: list[Line], doctype: DocumentType, spec: FieldSpec) -> li
         region = (value_left, tp, max(1, right - value_left), ht)
         if box is not None:
             # The value's own words bound the re-read: a wider crop picks up the next
-            # label ("性别") or the line below.
-            region = (box[0], box[1], box[2], box[3])
+            # label ("性别") or the line below. A word can straddle the value's end
+            # ("东营" of "诸葛东营业期限"), so the end character's position bounds it too.
+            box_right = box[0] + box[2]
+            if end < len(line.text):
+                box_right = min(box_right, line.x_at(end))
+            region = (box[0], box[1], max(1, box_right - box[0]), box[3])
         if value_of(spec, raw)[0] is None:
             below = _line_below(lines, anchor, stop)
             if below is not None:
@@ -300,9 +310,27 @@ def _distinct(anchors: list[Anchor], lines: list[Line]) -> list[Anchor]:
     return out
 
 
-def value_of(spec: FieldSpec, raw: str) -> tuple[str | None, bool]:
-    """The canonical value of ``spec`` in ``raw`` text and whether it is valid."""
-    text = raw.strip(_PUNCT_LEAD)
+def cut_at_labels(text: str, labels: list[str] | tuple[str, ...]) -> str:
+    """``text`` up to the first label in it (a re-read crop may reach the next field)."""
+    compact = norm.remove_spaces(norm.to_halfwidth(text)).lstrip(_PUNCT_LEAD)
+    cut = len(compact)
+    for label in labels:
+        idx = compact.find(norm.remove_spaces(label))
+        if 0 <= idx < cut:
+            # At 0 the text is another field's label: this field's value was not there.
+            cut = idx
+    return compact[:cut]
+
+
+def value_of(
+    spec: FieldSpec, raw: str, stop: list[str] | tuple[str, ...] = ()
+) -> tuple[str | None, bool]:
+    """The canonical value of ``spec`` in ``raw`` text and whether it is valid.
+
+    ``stop`` labels end the value (text read past the field's end is dropped).
+    """
+    text = cut_at_labels(raw, stop) if stop else raw
+    text = text.strip(_PUNCT_LEAD)
     if spec.kind == "month":
         # "2019年01月 至 2024年06月": take the part's own segment, so one unreadable
         # month cannot shift the other into its place.
