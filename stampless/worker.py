@@ -39,7 +39,13 @@ from loguru import logger
 from stampless.cases import CaseStore
 from stampless.circuit import CircuitBreaker, counts_against_system
 from stampless.delivery import Delivery, backoff_s
-from stampless.errors import BusinessError, InputError, StamplessError, SystemFailure
+from stampless.errors import (
+    BusinessError,
+    ConfigError,
+    InputError,
+    StamplessError,
+    SystemFailure,
+)
 from stampless.models import Request, Tier, Verdict, VerdictKind, utcnow
 from stampless.outbox import OutboxConflict, read_verdict, write_verdict
 from stampless.queue import Claim, ItemState, LeaseLost, QueueItem, WorkQueue
@@ -358,6 +364,14 @@ class WorkerPool:
             elif item.system is not None:
                 self.circuits.cancel_trial(item.system)
             await self._retry_or_give_up(claim, exc)
+            return None
+        except ConfigError as exc:
+            # The deployment is wrong (a secret not set, a robot file missing), not the
+            # request: never a final verdict; wait with back-off for the operator's fix.
+            logger.error("{}: {}", item.request_id, exc)
+            if item.system is not None:
+                self.circuits.cancel_trial(item.system)
+            await self._retry_or_give_up(claim, SystemFailure(str(exc)))
             return None
         except (InputError, BusinessError) as exc:
             return await self.processor.fail(

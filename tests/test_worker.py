@@ -37,7 +37,7 @@ from stampless.config import (
     SystemConfig,
     TiersConfig,
 )
-from stampless.errors import DepartmentUnavailable, InputError
+from stampless.errors import ConfigError, DepartmentUnavailable, InputError
 from stampless.models import Request, Tier, Verdict, VerdictKind, utcnow
 from stampless.outbox import read_verdict, write_verdict
 from stampless.queue import ItemState, WorkQueue, open_queue
@@ -156,6 +156,8 @@ class HttpProcessor:
         self.calls += 1
         if request.claim.get("bad"):
             raise InputError(f"Request {request.id}: the claim is unreadable.")
+        if request.claim.get("unset_secret"):
+            raise ConfigError("Secret env:NOPE is not set; export NOPE before starting.")
         params = {
             "system": request.claim.get("system", ""),
             "account": account or "",
@@ -324,6 +326,9 @@ def test_input_error_is_final_and_outbox_short_circuits(tmp_path: Path, server: 
     config = make_config(tmp_path / "var")
     queue = open_queue(config)
     enqueue(queue, config, "BAD", "civil_affairs", bad=True)
+    # A deployment problem is not the request's fault: retried, then a person decides.
+    enqueue(queue, config, "NOSECRET", "market_supervision", unset_secret=True)
+    config.queue.max_attempts = 2
     enqueue(queue, config, "DONE-BEFORE", "civil_affairs")
     # As if a crashed worker wrote the verdict but never marked the item done.
     now = utcnow()
@@ -347,7 +352,11 @@ def test_input_error_is_final_and_outbox_short_circuits(tmp_path: Path, server: 
     assert before is not None and before.state is ItemState.done
     assert before.verdict is VerdictKind.mismatch
     assert read_verdict(config.outbox_dir, "DONE-BEFORE") == earlier
-    assert [e["id"] for e in server.entries()] == []  # neither reached the department
+    assert [e["id"] for e in server.entries()] == []  # none reached the department
+    nosecret = queue.get("NOSECRET")
+    assert nosecret is not None and nosecret.state is ItemState.review
+    assert nosecret.attempts == config.queue.max_attempts
+    assert "NOPE" in (nosecret.last_error or "")
 
 
 def test_down_system_retries_then_escalates_others_keep_going(tmp_path: Path) -> None:
