@@ -420,8 +420,10 @@ class RobotRuntime:
         """Evidence of a failed attempt: a screenshot and the trace; a crashed browser reset."""
         logger.warning("{} ({}): {}", system.name, session.name, error)
         if page is not None and not isinstance(error, BrowserError):
+            # The window the robot was in when it failed: the newest open popup, if any.
+            windows = [p.raw for p in page.popups if not p.raw.is_closed()]
             await evidence.failure_screenshot(
-                type(error).__name__ + " - " + str(error)[:80], page.raw
+                type(error).__name__ + " - " + str(error)[:80], (windows or [page.raw])[-1]
             )
         await self._end_chunk(session, evidence, failed=True)
         if isinstance(error, BrowserError):
