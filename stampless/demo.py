@@ -1,9 +1,12 @@
 """``stampless demo``: the main job on embedded defaults, end to end, on this machine.
 
 It starts the emulated department systems on free ports, renders a handful of degraded
-scans (genuine ones, a forged certificate number, a record that does not exist), runs
-them through the real pipeline (Chromium robot + Tesseract OCR + comparison + sealed
-evidence), and writes a summary page. Each run gets its own folder under
+scans (genuine marriage certificates, a forged one, one whose record does not exist, a
+business licence, a confidential social-security record) and signs two electronic
+certificates (one genuine, one tampered with), runs them all through the real pipeline
+(Chromium robot + Tesseract OCR + comparison, or the e-certificate check, + sealed
+evidence), and writes a summary page. Every tier shows: instant, robot, and manual (the
+social-security record waits in the review queue for a person). Each run gets its own folder under
 ``var/demo/<timestamp>/`` (outbox, evidence, audit, log), so it can run any number of
 times in a row; the emulated systems are stopped before it returns.
 """
@@ -20,6 +23,7 @@ from pathlib import Path
 from jinja2 import Environment, PackageLoader, select_autoescape
 from loguru import logger
 
+from stampless._logging import setup_logging
 from stampless.config import Config
 from stampless.fixtures.accounts import fixture_env
 from stampless.fixtures.harness import FixtureProcess
@@ -60,7 +64,10 @@ DEMO_SETS = (
     ("marriage_certificate", 3, 101, 0.0, 0.0, "genuine"),
     ("marriage_certificate", 1, 102, 1.0, 0.0, "forged: one field altered"),
     ("marriage_certificate", 1, 103, 0.0, 1.0, "no such record"),
+    ("business_license", 1, 104, 0.0, 0.0, "genuine"),
+    ("social_security_record", 1, 105, 0.0, 0.0, "confidential: a person decides"),
 )
+DEMO_ISSUER = "samr"  # the market regulator signs electronic business licences
 
 
 def make_scans(out_dir: Path, difficulty: str = "normal") -> list[DemoItem]:
@@ -81,19 +88,48 @@ def make_scans(out_dir: Path, difficulty: str = "normal") -> list[DemoItem]:
         ):
             truth = json.loads(image.with_suffix(".truth.json").read_text(encoding="utf-8"))
             altered_field = truth.get("altered_field")
+            expected = truth["expected_verdict"]
+            if doc_type == "social_security_record":
+                expected = VerdictKind.needs_review.value  # the manual tier
             items.append(
                 DemoItem(
                     request_path=image.with_suffix(".request.json"),
-                    expected=truth["expected_verdict"],
+                    expected=expected,
                     note=f"{note} ({altered_field})" if altered_field else note,
                 )
             )
     return items
 
 
-def demo_config(config: Config, run_dir: Path, urls: dict[str, str]) -> Config:
-    """The deployment's configuration, pointed at this run's folder and fixture ports."""
-    overrides: dict[str, object] = {"project.var_dir": str(run_dir)}
+def make_ecerts(out_dir: Path, key_dir: Path) -> tuple[list[DemoItem], str]:
+    """A genuine and a tampered electronic licence; returns them and the issuer's public key."""
+    from stampless.ecert import ensure_issuer_key, public_key_b64
+    from stampless.fixtures.ecerts import write_ecerts
+
+    key, _ = ensure_issuer_key(key_dir, DEMO_ISSUER)
+    written = write_ecerts(
+        out_dir, key, DEMO_ISSUER, "business_license", count=1, seed=FIXTURE_SEED, tampered=True
+    )
+    items = [
+        DemoItem(
+            request_path=e.request_path,
+            expected=e.expected_verdict,
+            note="e-certificate, tampered"
+            if "tampered" in e.request_path.name
+            else "e-certificate",
+        )
+        for e in written
+    ]
+    return items, public_key_b64(key)
+
+
+def demo_config(config: Config, run_dir: Path, urls: dict[str, str], issuer_key: str) -> Config:
+    """The deployment's configuration, pointed at this run's folder, ports and issuer key."""
+    overrides: dict[str, object] = {
+        "project.var_dir": str(run_dir),
+        f"issuers.{DEMO_ISSUER}.public_key": issuer_key,
+        f"issuers.{DEMO_ISSUER}.types": ["business_license"],
+    }
     for system, url in urls.items():
         if system in config.systems:
             overrides[f"systems.{system}.url"] = url
@@ -140,7 +176,7 @@ def write_summary(run_dir: Path, rows: list[DemoRow], seconds: float) -> Path:
 
 
 def run_demo(
-    config: Config, *, difficulty: str = "normal", workers: int = 2
+    config: Config, *, difficulty: str = "normal", workers: int = 2, console_level: str = "INFO"
 ) -> tuple[list[DemoRow], Path, float]:
     """Run the whole demo; returns the rows, the summary page and the seconds taken."""
     started = time.monotonic()
@@ -154,11 +190,14 @@ def run_demo(
     os.environ.update(fixture_env())  # the demo's service accounts (fixtures, not secrets)
     logger.info("rendering demo scans into {}", scans_dir)
     items = make_scans(scans_dir, difficulty)
+    ecert_items, issuer_key = make_ecerts(run_dir / "ecerts", run_dir / "issuer-keys")
+    items += ecert_items
     with FixtureProcess(
         args=["--seed", str(FIXTURE_SEED)], access_log=run_dir / "fixtures"
     ) as fixtures:
         logger.info("emulated department systems: {}", " ".join(fixtures.urls.values()))
-        cfg = demo_config(config, run_dir, fixtures.urls)
+        cfg = demo_config(config, run_dir, fixtures.urls, issuer_key)
+        setup_logging(cfg, console_level=console_level)  # the run's JSON log in its folder
         rows = asyncio.run(_run_items(cfg, items, workers))
     seconds = time.monotonic() - started
     return rows, write_summary(run_dir, rows, seconds), seconds
