@@ -59,6 +59,7 @@ def stampless(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_schedule_list_and_job_store_persists(tmp_path: Path) -> None:
     repo = HERE.parents[1]
     (tmp_path / "robot.toml").write_text(ROBOT_TOML.format(repo=repo))
