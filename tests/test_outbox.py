@@ -103,7 +103,7 @@ def test_racing_writers_leave_one_file(tmp_path: Path) -> None:
 
 # -- webhook delivery: a real receiver on 127.0.0.1 -----------------------------------------
 
-RECEIVER = r'''
+RECEIVER = r"""
 import json, sys, threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -140,7 +140,7 @@ class H(BaseHTTPRequestHandler):
 srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
 print("ready", srv.server_address[1], flush=True)
 srv.serve_forever()
-'''
+"""
 
 
 class Receiver:
