@@ -109,6 +109,23 @@ def test_expired_lease_returns_item_and_fences_old_worker(queue: WorkQueue) -> N
     assert done.state is ItemState.done and done.verdict is VerdictKind.mismatch
 
 
+def test_renew_keeps_the_item_and_the_account(queue: WorkQueue) -> None:
+    add(queue, "A", system="market_supervision")
+    add(queue, "B", system="market_supervision")
+    claim = queue.claim("w", lease_s=0.3)
+    assert claim is not None
+    renewed = queue.renew(claim, lease_s=60)
+    assert renewed.expires > claim.expires
+    import time
+
+    time.sleep(0.4)  # past the first lease, within the renewed one
+    assert queue.claim("other", lease_s=30) is None  # ms1 is still held
+    assert queue.sweep_leases() == []
+    queue.release(renewed)
+    with pytest.raises(LeaseLost):
+        queue.renew(renewed, lease_s=60)
+
+
 def test_fail_backs_off_and_release_gives_attempt_back(queue: WorkQueue) -> None:
     add(queue, "A")
     c = queue.claim("w", lease_s=30)
