@@ -100,7 +100,7 @@ def test_business_outcomes(system: str, runtime: RobotRuntime, loop: LoopThread)
         loop.run(runtime.lookup(system, revoked))
     with pytest.raises(RecordNotFound):
         loop.run(runtime.lookup(system, absent_key(doc_type, 7)))
-    assert runtime.stats()["retries"] == 0
+    assert runtime.stats()["business_outcomes"] >= 2
 
 
 @pytest.mark.slow
