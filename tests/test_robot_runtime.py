@@ -769,3 +769,70 @@ def test_legacy_helpers_on_a_local_site(legacy: Config, loop: LoopThread) -> Non
     assert out["confirm"] == {"answer": "no", "message": "删除这条记录？"}  # dismissed
     assert "结婚证字号" in out["gbk"]["text"]  # GBK bytes without a declared charset
     assert float(out["download"]["seconds"]) < 10  # the download timeout is enforced
+
+
+def _chromium_pids() -> set[int]:
+    import psutil
+
+    pids = set()
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if "chrom" in proc.name().lower():
+                pids.add(proc.pid)
+        except psutil.Error:
+            continue
+    return pids
+
+
+@pytest.mark.slow
+def test_a_crashed_browser_is_restarted_and_the_request_retried(
+    legacy: Config, loop: LoopThread
+) -> None:
+    import contextlib
+    import os
+    import signal
+
+    async def run() -> tuple[str, dict[str, Any]]:
+        async with RobotRuntime(legacy, attempts=3, backoff_s=0.05) as rt:
+            before = _chromium_pids()
+            await rt.lookup("legacy", "frames")
+            for pid in _chromium_pids() - before:  # this runtime's browser only
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            record = await rt.lookup("legacy", "frames")
+            return record.fields["deep"], rt.stats()
+
+    deep, stats = loop.run(run())
+    assert deep == "deep-ok"
+    assert stats["browser_launches"] == 2
+    assert stats["retries"] >= 1
+
+
+def test_circuit_opens_after_repeated_failures(legacy: Config, loop: LoopThread) -> None:
+    import socket
+
+    from stampless.errors import DepartmentUnavailable
+
+    with socket.socket() as probe:  # a free port nobody listens on: connection refused
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    down = legacy.with_overrides(
+        {
+            "systems.legacy.url": f"http://127.0.0.1:{port}",
+            "systems.legacy.circuit_failures": 2,
+            "systems.legacy.circuit_reset_s": 60,
+        }
+    )
+
+    async def run() -> list[str]:
+        messages = []
+        async with RobotRuntime(down, attempts=1) as rt:
+            for _ in range(3):
+                with pytest.raises(DepartmentUnavailable) as info:
+                    await rt.lookup("legacy", "frames")
+                messages.append(str(info.value))
+        return messages
+
+    messages = loop.run(run())
+    assert "could not be reached" in messages[0]
+    assert "failed 2 requests in a row" in messages[2]

@@ -321,6 +321,11 @@ class RobotPage:
     def _raise_if_unhealthy(self) -> None:
         if self._server_error is not None:
             problem, self._server_error = self._server_error, None
+            if problem.startswith("net::"):
+                raise DepartmentUnavailable(
+                    f"The {self.system} system could not be reached ({problem}); "
+                    "check that it is up (it is retried)."
+                )
             raise DepartmentUnavailable(
                 f"The {self.system} system answered with an error ({problem}); it is retried."
             )
