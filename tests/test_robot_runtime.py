@@ -836,3 +836,25 @@ def test_circuit_opens_after_repeated_failures(legacy: Config, loop: LoopThread)
     messages = loop.run(run())
     assert "could not be reached" in messages[0]
     assert "failed 2 requests in a row" in messages[2]
+
+
+def test_credentials_resolve_from_the_vault_and_hide_secrets(env: dict[str, str]) -> None:
+    import pyotp
+
+    from stampless.config import AccountConfig
+    from stampless.robot import Credentials
+
+    account = AccountConfig(
+        name="social01",
+        username="social01",
+        password="env:SOCIAL01_PASSWORD",
+        totp="env:SOCIAL01_TOTP",
+    )
+    creds = Credentials(account)
+    assert creds.password.reveal() == env["SOCIAL01_PASSWORD"]
+    assert creds.totp() == pyotp.TOTP(env["SOCIAL01_TOTP"]).now()
+    shown = repr(creds) + repr(creds.password) + str(creds.password)
+    assert env["SOCIAL01_PASSWORD"] not in shown and env["SOCIAL01_TOTP"] not in shown
+    no_totp = Credentials(account.model_copy(update={"totp": None}))
+    with pytest.raises(ConfigError, match="totp"):
+        no_totp.totp()

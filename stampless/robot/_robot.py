@@ -41,10 +41,21 @@ class Credentials:
         self._password_ref = account.password
         self._totp_ref = account.totp
         self._config = config
-        self._last_code: str | None = None
+
+    # The last TOTP code used per account in this process (codes are one-time on many
+    # systems; a Credentials object is made per login, so the memory lives here).
+    _used_codes: ClassVar[dict[str, str]] = {}
 
     def __repr__(self) -> str:
         return f"Credentials(account={self.name!r}, username={self.username!r})"
+
+    @property
+    def _last_code(self) -> str | None:
+        return self._used_codes.get(f"{self.name}\x1f{self._totp_ref}")
+
+    @_last_code.setter
+    def _last_code(self, code: str) -> None:
+        self._used_codes[f"{self.name}\x1f{self._totp_ref}"] = code
 
     @property
     def password(self) -> Secret:
