@@ -858,3 +858,32 @@ def test_credentials_resolve_from_the_vault_and_hide_secrets(env: dict[str, str]
     no_totp = Credentials(account.model_copy(update={"totp": None}))
     with pytest.raises(ConfigError, match="totp"):
         no_totp.totp()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("system", "doc_type", "selector"),
+    [
+        ("market_supervision", "business_license", "search.credit_code"),
+        ("social_security", "social_security_record", "query.person_id"),
+    ],
+)
+def test_changed_ui_in_frames_falls_back_too(
+    system: str,
+    doc_type: str,
+    selector: str,
+    runtime: RobotRuntime,
+    loop: LoopThread,
+    servers: Servers,
+    config: Config,
+) -> None:
+    from stampless.fixtures.records import KEY_FIELD
+
+    wanted = next(r for r in records(doc_type, 7)[5:] if r["status"] == "valid")
+    servers.control(system, ui_variant="changed")
+    try:
+        record = loop.run(runtime.lookup(system, wanted[KEY_FIELD[doc_type]]))
+    finally:
+        servers.control(system, ui_variant="normal")
+    assert record.fields[KEY_FIELD[doc_type]] == wanted[KEY_FIELD[doc_type]]
+    assert (system, selector) in {(r.system, r.selector) for r in drift_summary(config.var_dir)}
