@@ -334,6 +334,10 @@ class WorkerPool:
         if item.attempts > opts.max_attempts:
             await self._give_up(claim, f"it failed {item.attempts - 1} times ({item.last_error})")
             return
+        if item.tier is not Tier.instant and utcnow() >= item.deadline:
+            # The robot refuses to start past the deadline; a person takes it from here.
+            await self._give_up(claim, "its deadline passed while it waited in the queue")
+            return
         system = item.system
         if system is not None and not self.circuits.allow(system):
             if self._too_late(item, utcnow()):
@@ -359,7 +363,10 @@ class WorkerPool:
                 account=item.account,
             )
         except SystemFailure as exc:
-            if item.system is not None and counts_against_system(exc):
+            # A failure at or after the deadline is most likely the deadline cutting the
+            # attempt short, which says nothing about the department system.
+            blame = counts_against_system(exc) and utcnow() < item.deadline
+            if item.system is not None and blame:
                 self.circuits.failure(item.system)
             elif item.system is not None:
                 self.circuits.cancel_trial(item.system)
@@ -618,7 +625,7 @@ def sweep_deadlines(
     """Flag overdue items, settle reviewed items and finished cases (the scheduled job)."""
     overdue = queue.mark_overdue()
     for rid in overdue:
-        logger.warning("{} is past its deadline and not finished (overdue).", rid)
+        logger.warning("{} is past its deadline without a final verdict (overdue).", rid)
     settled: list[str] = []
     for item in queue.list(states=[ItemState.review], limit=5000):
         final = read_verdict(outbox_dir, item.request_id)

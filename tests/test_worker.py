@@ -329,6 +329,16 @@ def test_input_error_is_final_and_outbox_short_circuits(tmp_path: Path, server: 
     # A deployment problem is not the request's fault: retried, then a person decides.
     enqueue(queue, config, "NOSECRET", "market_supervision", unset_secret=True)
     config.queue.max_attempts = 2
+    # Waited in the queue past its deadline: straight to a person, the robot never starts.
+    late = Request(id="LATE", type="marriage_certificate", claim={"system": "civil_affairs"})
+    queue.enqueue(
+        late,
+        base_dir=tmp_path,
+        tier=Tier.robot,
+        system="civil_affairs",
+        received_at=utcnow() - timedelta(seconds=200),
+        deadline=utcnow() - timedelta(seconds=20),
+    )
     enqueue(queue, config, "DONE-BEFORE", "civil_affairs")
     # As if a crashed worker wrote the verdict but never marked the item done.
     now = utcnow()
@@ -357,6 +367,9 @@ def test_input_error_is_final_and_outbox_short_circuits(tmp_path: Path, server: 
     assert nosecret is not None and nosecret.state is ItemState.review
     assert nosecret.attempts == config.queue.max_attempts
     assert "NOPE" in (nosecret.last_error or "")
+    late_item = queue.get("LATE")
+    assert late_item is not None and late_item.state is ItemState.review
+    assert "waited in the queue" in (late_item.last_error or "")
 
 
 def test_down_system_retries_then_escalates_others_keep_going(tmp_path: Path) -> None:
