@@ -28,6 +28,7 @@ import httpx
 import pytest
 
 from stampless._version import __version__
+from stampless.cases import CaseStore
 from stampless.circuit import CircuitBreaker
 from stampless.config import (
     AccountConfig,
@@ -42,7 +43,7 @@ from stampless.models import Request, Tier, Verdict, VerdictKind, utcnow
 from stampless.outbox import read_verdict, write_verdict
 from stampless.queue import ItemState, WorkQueue, open_queue
 from stampless.review.store import ReviewStore
-from stampless.worker import Stats, WorkerOptions, WorkerPool
+from stampless.worker import Stats, WorkerOptions, WorkerPool, sweep_deadlines
 
 HERE = Path(__file__).resolve()
 REPO = HERE.parents[1]
@@ -405,6 +406,15 @@ def test_down_system_retries_then_escalates_others_keep_going(tmp_path: Path) ->
     civil_calls = [e for e in entries if e["system"] == "civil_affairs"]
     assert 3 <= len(civil_calls) <= 6
     assert not (config.outbox_dir / "CA0.json").exists()
+    # A person decides; the deadline sweep then finishes the queue item.
+    review.decide(
+        "CA0", "alice", VerdictKind.verified, "Phoned the registry.", outbox_dir=config.outbox_dir
+    )
+    swept = sweep_deadlines(queue, review, CaseStore.from_config(config), config.outbox_dir)
+    assert swept["settled"] == ["CA0"]
+    decided = queue.get("CA0")
+    assert decided is not None and decided.state is ItemState.done
+    assert decided.verdict is VerdictKind.verified and decided.sla_met is True
 
 
 # -- the crash test: a worker process killed with SIGKILL mid-item ------------------------
