@@ -1,0 +1,336 @@
+"""OCR with the real Tesseract: bad input, clean pages, generated scans, the CLI.
+
+RapidOCR is an optional extra (about 100 MB with onnxruntime and OpenCV) and is not part
+of this default run; bench/ocr_accuracy.py --paths second rapidocr exercises it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from stampless.compare import decide
+from stampless.config import OcrConfig
+from stampless.doctype import bundled_tasks_dir, load_doctype_file
+from stampless.errors import InputError, OcrEngineError
+from stampless.models import Record, VerdictKind
+from stampless.normalize import normalize
+from stampless.ocr import get_engine, open_image, read_document
+
+os.environ.setdefault("OMP_THREAD_LIMIT", "1")
+
+TYPES = ("marriage_certificate", "business_license", "social_security_record")
+CONFIG = OcrConfig()
+
+
+def doctype(name: str) -> Any:
+    return load_doctype_file(bundled_tasks_dir() / f"{name}.py")
+
+
+# --- bad input ---------------------------------------------------------------------
+
+
+def _png_header_only(path: Path, width: int, height: int) -> None:
+    """A PNG that claims width x height pixels but holds almost no data (a bomb's shape)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 1024)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="does not exist"):
+        open_image(tmp_path / "nope.jpg", CONFIG)
+
+
+def test_not_an_image(tmp_path: Path) -> None:
+    path = tmp_path / "scan.jpg"
+    path.write_text("hello, this is text", encoding="utf-8")
+    with pytest.raises(InputError, match="not an image"):
+        open_image(path, CONFIG)
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    path = tmp_path / "scan.jpg"
+    path.write_bytes(b"")
+    with pytest.raises(InputError, match="empty"):
+        open_image(path, CONFIG)
+
+
+def test_truncated_jpeg(tmp_path: Path) -> None:
+    whole = tmp_path / "whole.jpg"
+    Image.effect_noise((600, 400), 60).convert("RGB").save(whole, quality=90)
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(InputError, match="truncated"):
+        open_image(cut, CONFIG)
+    assert open_image(whole, CONFIG).size == (600, 400)
+
+
+def test_decompression_bomb(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.png"
+    _png_header_only(path, 20_000, 20_000)
+    with pytest.raises(InputError, match="pixels"):
+        open_image(path, CONFIG)
+
+
+def test_file_too_large(tmp_path: Path) -> None:
+    path = tmp_path / "big.png"
+    Image.effect_noise((800, 800), 80).save(path)
+    with pytest.raises(InputError, match="max_file_mb"):
+        open_image(path, OcrConfig(max_file_mb=0.05))
+
+
+def test_pdf_is_refused_or_rendered(tmp_path: Path) -> None:
+    path = tmp_path / "scan.pdf"
+    path.write_bytes(b"%PDF-1.4\n% not really a pdf\n")
+    if shutil.which("pdftoppm") is None:
+        with pytest.raises(InputError, match="pdftoppm"):
+            open_image(path, CONFIG)
+    else:
+        with pytest.raises(InputError, match="PDF"):
+            open_image(path, CONFIG)
+
+
+def test_blank_page_needs_review(tmp_path: Path) -> None:
+    path = tmp_path / "blank.png"
+    Image.new("RGB", (1654, 2339), (250, 250, 248)).save(path)
+    dt = doctype("social_security_record")
+    result = read_document(path, dt, CONFIG, workers=1)
+    assert all(f.value is None for f in result.fields.values())
+    record = Record(
+        system="social_security",
+        key="11010519491231002X",
+        fields={
+            "person_id": "11010519491231002X",
+            "person_name": "张三",
+            "employer": "某公司",
+            "period_from": "2020-01",
+            "period_to": "2020-12",
+            "months_paid": "12",
+        },
+    )
+    claim = {"person_id": "11010519491231002X", "person_name": "张三"}
+    assert decide(dt, claim, result, record).verdict is VerdictKind.needs_review
+
+
+def test_missing_tesseract_is_an_engine_error() -> None:
+    with pytest.raises(OcrEngineError, match="not installed"):
+        get_engine(OcrConfig(tesseract_cmd="/nonexistent/tesseract"))
+
+
+def test_tesseract_timeout_is_an_engine_error(tmp_path: Path) -> None:
+    path = tmp_path / "noise.png"
+    Image.effect_noise((900, 900), 90).convert("RGB").save(path)
+    config = OcrConfig(timeout_s=0.01)
+    with pytest.raises(OcrEngineError, match="longer than"):
+        read_document(path, doctype("marriage_certificate"), config, workers=1)
+
+
+# --- clean pages ---------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_clean_render_reads_every_field_and_saves_steps(tmp_path: Path) -> None:
+    from stampless.fixtures.records import records
+    from stampless.fixtures.render import render_certificate
+
+    record = records("marriage_certificate", 7, 2)[1]
+    path = tmp_path / "clean.jpg"
+    render_certificate("marriage_certificate", record, variant=3, dpi=200).save(path, quality=85)
+    steps = tmp_path / "steps"
+    dt = doctype("marriage_certificate")
+    result = read_document(path, dt, CONFIG, steps_dir=steps)
+    for spec in dt.fields:
+        assert result.fields[spec.name].value == normalize(spec.kind, record[spec.name]), spec.name
+        assert result.fields[spec.name].valid
+    assert (steps / "ocr-input.png").is_file()
+    assert any(p.name.endswith("-illumination.png") for p in steps.iterdir())
+    width, height = Image.open(steps / "ocr-input.png").size
+    assert result.image_size == (width, height)
+    assert result.words
+    for word in result.words:
+        left, top, w, h = word.box
+        assert left >= 0 and left + w <= width + 2 and top >= 0 and top + h <= height + 2
+
+
+@pytest.mark.slow
+def test_upside_down_page_is_turned(tmp_path: Path) -> None:
+    from stampless.fixtures.records import records
+    from stampless.fixtures.render import render_certificate
+
+    record = records("social_security_record", 7, 1)[0]
+    image = render_certificate("social_security_record", record, variant=1, dpi=200)
+    path = tmp_path / "turned.png"
+    image.rotate(180).save(path)
+    result = read_document(path, doctype("social_security_record"), CONFIG, workers=1)
+    assert result.fields["person_id"].value == record["person_id"]
+
+
+# --- generated scans, end to end -------------------------------------------------------
+
+SCANS_PER_TYPE = 4
+
+
+def _evaluate(scan: Path) -> dict[str, Any]:
+    truth = json.loads(scan.with_name(scan.stem + ".truth.json").read_text(encoding="utf-8"))
+    dt = doctype(truth["type"])
+    result = read_document(scan, dt, CONFIG, workers=1)
+    looked = truth["lookup_record"]
+    record = (
+        Record(
+            system=dt.system or "",
+            key=looked[dt.key_field],
+            fields={k: v for k, v in looked.items() if k != "status"},
+        )
+        if truth["record_exists"]
+        else None
+    )
+    return {
+        "kind": truth["kind"],
+        "expected": truth["expected_verdict"],
+        "verdict": decide(dt, truth["claim"], result, record).verdict.value,
+        "scan_only": decide(dt, {}, result, record).verdict.value,
+        "fields": {
+            s.name: result.fields[s.name].value == normalize(s.kind, truth["fields"][s.name])
+            for s in dt.fields
+        },
+        "kinds": {s.name: s.kind for s in dt.fields},
+    }
+
+
+@pytest.fixture(scope="module", params=["normal", "hard"])
+def scan_results(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, list[dict[str, Any]]]:
+    from stampless.fixtures.scans import generate
+
+    difficulty = request.param
+    out = tmp_path_factory.mktemp(f"scans-{difficulty}")
+    scans: list[Path] = []
+    for type_name in TYPES:
+        scans += generate(
+            out / type_name,
+            type_name,
+            SCANS_PER_TYPE,
+            31,
+            difficulty=difficulty,
+            altered_share=0.35,
+            absent_share=0.1,
+            workers=2,
+        )
+    # One Tesseract per core: two pages at a time.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return difficulty, list(pool.map(_evaluate, scans))
+
+
+@pytest.mark.slow
+def test_generated_scans_meet_the_verdict_rules(
+    scan_results: tuple[str, list[dict[str, Any]]],
+) -> None:
+    _, results = scan_results
+    altered = [r for r in results if r["kind"] == "altered"]
+    genuine = [r for r in results if r["kind"] == "genuine"]
+    absent = [r for r in results if r["kind"] == "absent"]
+    assert altered and genuine
+    # The worst outcome never happens: an altered scan verified, with or without a claim.
+    assert not [r for r in altered if r["verdict"] == "verified"]
+    assert not [r for r in altered if r["scan_only"] == "verified"]
+    assert all(r["verdict"] == "mismatch" for r in altered)
+    assert all(r["verdict"] == "not_found" for r in absent)
+    # A genuine scan is never called a forgery (the rest may go to review).
+    assert not [r for r in genuine if r["verdict"] == "mismatch"]
+    assert not [r for r in genuine if r["scan_only"] == "mismatch"]
+
+
+@pytest.mark.slow
+def test_generated_scans_number_fields_are_read(
+    scan_results: tuple[str, list[dict[str, Any]]],
+) -> None:
+    difficulty, results = scan_results
+    numbers = [
+        ok
+        for r in results
+        for name, ok in r["fields"].items()
+        if r["kinds"][name] in ("resident_id", "credit_code", "cert_no")
+    ]
+    dates = [ok for r in results for name, ok in r["fields"].items() if r["kinds"][name] == "date"]
+    # Small, fixed sets (Tesseract is deterministic): floors that catch a regression. The
+    # issue's targets (99 % normal, 95 % hard) are measured by bench/ocr_accuracy.py.
+    floor = 0.85 if difficulty == "normal" else 0.6
+    assert sum(numbers) / len(numbers) >= floor
+    assert sum(dates) / len(dates) >= floor - 0.1
+
+
+# --- command line ----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_cli_ocr_json(tmp_path: Path) -> None:
+    from stampless.fixtures.records import records
+    from stampless.fixtures.render import render_certificate
+
+    record = records("business_license", 7, 1)[0]
+    path = tmp_path / "licence.png"
+    render_certificate("business_license", record, variant=0, dpi=200).save(path)
+    env = {**os.environ, "OMP_THREAD_LIMIT": "1"}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stampless",
+            "ocr",
+            str(path),
+            "--type",
+            "business_license",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["type"] == "business_license"
+    assert set(out["fields"]) == {s.name for s in doctype("business_license").fields}
+    code = out["fields"]["credit_code"]
+    assert code == {"value": record["credit_code"], "confidence": code["confidence"], "valid": True}
+    assert 0 <= code["confidence"] <= 1
+    assert out["seconds"] > 0
+
+
+def test_cli_ocr_bad_input_exits_2(tmp_path: Path) -> None:
+    path = tmp_path / "x.jpg"
+    path.write_text("not an image", encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, "-m", "stampless", "ocr", str(path), "--type", "marriage_certificate"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "not an image" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
