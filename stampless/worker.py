@@ -242,7 +242,9 @@ class WorkerPool:
         name = worker_name(n)
         opts = self.options
         while not self.stop.is_set():
-            claim = self._claim(name)
+            # In a thread: a claim is a write transaction, and its fsync must not stall
+            # the other workers' browser pages on the event loop.
+            claim = await asyncio.to_thread(self._claim, name)
             if claim is None:
                 if opts.until_empty and self._queue_empty():
                     self.stop.set()
@@ -250,6 +252,9 @@ class WorkerPool:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stop.wait(), timeout=opts.poll_s)
                 continue
+            if self.stop.is_set():  # shutdown began while claiming: hand it straight back
+                self._release(claim, "shutdown")
+                return
             self._running[claim.request_id] = claim
             try:
                 with logger.contextualize(request_id=claim.request_id):
