@@ -357,9 +357,8 @@ class WorkerPool:
     async def _run(self, claim: Claim) -> Verdict | None:
         item = claim.item
         started = time.monotonic()
-        heartbeat = asyncio.create_task(self._heartbeat(claim))
-        try:
-            verdict = await self.processor.process(
+        attempt = asyncio.ensure_future(
+            self.processor.process(
                 item.request,
                 base_dir=item.base_dir,
                 received_at=item.received_at,
@@ -367,6 +366,20 @@ class WorkerPool:
                 attempt=item.attempts,
                 account=item.account,
             )
+        )
+        heartbeat = asyncio.create_task(self._heartbeat(claim, attempt))
+        try:
+            verdict = await attempt
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if heartbeat.done() and not heartbeat.cancelled() and me and not me.cancelling():
+                # The heartbeat stopped the attempt: the lease (and the account) went to
+                # another worker, so this one must not touch the account any more.
+                raise LeaseLost(
+                    f"The lease on {item.request_id} was lost while it ran; the attempt was "
+                    "stopped and the item runs again elsewhere."
+                ) from None
+            raise
         except SystemFailure as exc:
             # A failure at or after the deadline is most likely the deadline cutting the
             # attempt short, which says nothing about the department system.
@@ -394,7 +407,7 @@ class WorkerPool:
                 attempts=item.attempts,
                 reason=str(exc),
             )
-        except (StamplessError, asyncio.CancelledError):
+        except StamplessError:
             raise
         except Exception as exc:
             # A bug in a stage: count the attempt and back off like a system failure
@@ -418,14 +431,18 @@ class WorkerPool:
         self._learn(item.system, time.monotonic() - started)
         return verdict
 
-    async def _heartbeat(self, claim: Claim) -> None:
+    async def _heartbeat(self, claim: Claim, attempt: asyncio.Future[Verdict]) -> None:
+        """Renew the lease every third of it; if it was lost, stop the attempt."""
         every = max(self.options.lease_s / 3, 0.05)
         while True:
             await asyncio.sleep(every)
             try:
-                claim = self.queue.renew(claim, lease_s=self.options.lease_s)
+                claim = await asyncio.to_thread(
+                    self.queue.renew, claim, lease_s=self.options.lease_s
+                )
             except LeaseLost:
                 logger.warning("Lost the lease on {} while running it.", claim.request_id)
+                attempt.cancel()
                 return
 
     def _margin(self, system: str | None, item: QueueItem | None = None) -> float:

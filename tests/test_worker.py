@@ -417,6 +417,35 @@ def test_down_system_retries_then_escalates_others_keep_going(tmp_path: Path) ->
     assert decided.verdict is VerdictKind.verified and decided.sla_met is True
 
 
+def test_lost_lease_stops_the_attempt(tmp_path: Path, server: Any) -> None:
+    config = make_config(tmp_path / "var", lease_s=0.6)
+    queue = open_queue(config)
+    enqueue(queue, config, "HELD", "civil_affairs", sleep=1.5)
+    pool = make_pool(config, queue, server.url, workers=1, until_empty=True)
+
+    async def main() -> Stats:
+        run = asyncio.create_task(pool.run())
+        while queue.counts()[ItemState.claimed] == 0:
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.1)
+        # As if this worker had stalled past its lease: the item goes back to the queue.
+        assert await asyncio.to_thread(queue.sweep_leases, now=utcnow() + timedelta(seconds=5))
+        try:
+            return await asyncio.wait_for(run, timeout=30)
+        finally:
+            processor = pool.processor
+            assert isinstance(processor, HttpProcessor)
+            await processor.aclose()
+
+    started = time.monotonic()
+    asyncio.run(main())
+    item = queue.get("HELD")
+    assert item is not None and item.state is ItemState.done and item.attempts == 2
+    # The first attempt was stopped at the next heartbeat, not run to its end.
+    assert time.monotonic() - started < 2 * 1.5 - 0.1  # two full attempts take 3 s or more
+    assert [p.name for p in config.outbox_dir.iterdir()] == ["HELD.json"]
+
+
 # -- the crash test: a worker process killed with SIGKILL mid-item ------------------------
 
 
