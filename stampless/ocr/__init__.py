@@ -90,10 +90,14 @@ def _word_confidence(words: list[Word]) -> float:
     return 0.5 * mean + 0.5 * min(w.confidence for w in words)
 
 
-def _crop(image: Image.Image, region: tuple[int, int, int, int]) -> Image.Image:
+def _crop(
+    image: Image.Image, region: tuple[int, int, int, int], *, wide: bool = False
+) -> Image.Image:
     left, top, width, height = region
-    pad_y = round(0.3 * height)
-    pad_x = round(0.8 * height)
+    # The wide crop is the retry for a field whose reading failed its check: the layout
+    # pass at 120 DPI sometimes puts a value's first or last character into a neighbour.
+    pad_y = round((0.45 if wide else 0.3) * height)
+    pad_x = round((2.5 if wide else 0.8) * height)
     box = (
         max(0, left - pad_x),
         max(0, top - pad_y),
@@ -127,14 +131,15 @@ def _combine(first: _Reading, second: _Reading | None) -> _Reading:
     if first.valid != second.valid:
         good = first if first.valid else second
         return _Reading(good.value, True, good.confidence * 0.85, good.raw, good.box or first.box)
-    # The full-resolution re-read is the better reading, but two readings that disagree
-    # leave the value in doubt.
+    # Two valid readings that disagree leave the value in doubt: keep the more confident
+    # one, with a confidence that sends the field to review.
+    best = first if first.confidence > second.confidence else second
     return _Reading(
-        second.value,
-        second.valid,
+        best.value,
+        best.valid,
         min(first.confidence, second.confidence) * DISAGREEMENT_FACTOR,
-        second.raw,
-        second.box or first.box,
+        best.raw,
+        best.box or first.box,
     )
 
 
@@ -305,13 +310,35 @@ def read_image(
             value, valid = value_of(spec, text, stop)
             rereads[(name, i)] = _Reading(value, valid, conf, text, firsts[name][i].box)
 
-    fields: dict[str, OcrField] = {}
-    for spec in doctype.fields:
-        readings = [
+    combined = {
+        spec.name: [
             _combine(first, rereads.get((spec.name, i)))
             for i, first in enumerate(firsts[spec.name])
         ]
-        fields[spec.name] = _finish(spec, readings)
+        for spec in doctype.fields
+    }
+    # A second, wider read for values that failed their check (rare on good scans).
+    retry: dict[tuple[str | None, str], list[tuple[str, int, Image.Image]]] = {}
+    for spec in doctype.fields:
+        if any(r.valid for r in combined[spec.name]):
+            continue
+        for i, reading in enumerate(combined[spec.name]):
+            region = firsts[spec.name][i].box or reading.box
+            if region is not None:
+                retry.setdefault(_reread_mode(spec), []).append(
+                    (spec.name, i, _crop(final, region, wide=True))
+                )
+    for mode, items in retry.items():
+        for name, i, text, conf in run(mode, items):
+            value, valid = value_of(doctype.field(name), text, stop)
+            if valid:
+                old = combined[name][i]
+                # Found only by the retry: one reading, so a lowered confidence.
+                combined[name][i] = _Reading(value, True, conf * 0.85, text, old.box)
+
+    fields: dict[str, OcrField] = {}
+    for spec in doctype.fields:
+        fields[spec.name] = _finish(spec, combined[spec.name])
         threshold = spec.threshold or config.min_confidence
         if second is not None and fields[spec.name].confidence < threshold:
             fields[spec.name] = _second_opinion(second, final, spec, fields[spec.name])
