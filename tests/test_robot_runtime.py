@@ -699,6 +699,7 @@ class LegacyRobot(Robot):
         elif key == "frames":
             await page.goto("/nested")
             fields["deep"] = await page["deep.value"].value()
+            fields["exists"] = str(await page["deep.value"].exists())
         elif key == "confirm":
             await page.goto("/confirm")
             async with page.expect_dialog(accept=False) as dialog:
@@ -765,6 +766,7 @@ def test_legacy_helpers_on_a_local_site(legacy: Config, loop: LoopThread) -> Non
         f"item {n}-{i}" for n in (1, 2, 3) for i in range(3)
     ]
     assert out["frames"]["deep"] == "deep-ok"  # a frame inside a frame, by name
+    assert out["frames"]["exists"] == "True"
     assert json.loads(out["stats"]["deep"]).get("choice2") == 1  # the fallback was used
     assert out["confirm"] == {"answer": "no", "message": "删除这条记录？"}  # dismissed
     assert "结婚证字号" in out["gbk"]["text"]  # GBK bytes without a declared charset

@@ -66,6 +66,14 @@ def safe_filename(name: str, default: str = "download.bin") -> str:
     return base[:120] or default
 
 
+def _chain(page: Page, path: tuple[str, ...]) -> Any:
+    """The FrameLocator reached by entering each frame selector of ``path`` in turn."""
+    scope: Any = page
+    for choice in path:
+        scope = scope.frame_locator(choice)
+    return scope
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
@@ -136,19 +144,14 @@ class Evidence:
         for spec in self.selectors.masked():
             scopes: list[Any] = [page]
             if spec.frame is not None:
-                scopes = [page.frame_locator(c) for c in self._frame_chain(spec.frame)]
+                scopes = [_chain(page, path) for path in self.selectors.frame_paths(spec.frame)]
             for scope in scopes:
                 masks.extend(scope.locator(choice) for choice in spec.choices)
         # Password inputs inside frames too (legacy systems log in inside framesets).
-        for frame_spec in self.selectors.frames.values():
-            for choice in frame_spec.choices:
-                masks.append(page.frame_locator(choice).locator("input[type=password]"))
+        for name in self.selectors.frames:
+            for path in self.selectors.frame_paths(name):
+                masks.append(_chain(page, path).locator("input[type=password]"))
         return masks
-
-    def _frame_chain(self, frame: str) -> list[str]:
-        # Masks address frames by their first-level choices only; nested masked frames
-        # are rare enough that covering the outermost frame's choices is the useful bound.
-        return list(self.selectors.frame(frame).choices)
 
     async def screenshot(
         self,

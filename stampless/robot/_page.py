@@ -474,29 +474,30 @@ class RobotPage:
         return locs[index]
 
     async def _present(self, spec: SelectorSpec, *, timeout_ms: float) -> bool:
+        """Whether a choice matches, in any frame the map allows; polls up to ``timeout_ms``."""
         from playwright.async_api import Error as PlaywrightError
 
-        try:
-            scope: Any = self.raw
-            if spec.frame is not None:
-                fspec = self.selectors.frame(spec.frame)
-                # Presence checks must not wait: probe the frame's choices directly.
-                for choice in fspec.choices:
-                    if await self.raw.locator(choice).count():
-                        scope = self.raw.frame_locator(choice)
-                        break
-                else:
-                    return False
-            locs = [scope.locator(choice) for choice in spec.choices]
-            combined = _either(locs)
-            if timeout_ms > 0:
+        scopes: list[Any] = [self.raw]
+        if spec.frame is not None:
+            scopes = []
+            for path in self.selectors.frame_paths(spec.frame):
+                scope: Any = self.raw
+                for choice in path:
+                    scope = scope.frame_locator(choice)
+                scopes.append(scope)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_ms / 1000
+        while True:
+            for scope in scopes:
                 try:
-                    await combined.first.wait_for(state="attached", timeout=timeout_ms)
+                    # count() does not wait: a frame that is not there counts 0.
+                    if await _either([scope.locator(c) for c in spec.choices]).count() > 0:
+                        return True
                 except PlaywrightError:
-                    return False
-            return await combined.count() > 0
-        except PlaywrightError:
-            return False
+                    continue
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.1)
 
     async def _first_match(
         self, name: str, choices: tuple[str, ...], locs: list[Locator], timeout_ms: float | None

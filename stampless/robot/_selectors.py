@@ -88,6 +88,12 @@ class SelectorMap:
                 f"{self.path}: no frame named {name!r}; add it under [frames]."
             ) from None
 
+    def frame_paths(self, name: str) -> list[tuple[str, ...]]:
+        """Every chain of frame choices leading to frame ``name``, outermost first."""
+        spec = self.frame(name)
+        parents = [()] if spec.parent is None else self.frame_paths(spec.parent)
+        return [(*parent, choice) for parent in parents for choice in spec.choices]
+
     def masked(self) -> list[SelectorSpec]:
         """The selectors marked ``mask = true`` (hidden in screenshots)."""
         return [spec for spec in self.selectors.values() if spec.mask]
