@@ -35,7 +35,8 @@ def write_private_json(path: Path, data: Any) -> None:
     """Write JSON atomically with mode 0600 (the folder 0700): it holds session cookies."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.parent.chmod(0o700)
-    tmp = path.with_name(f".{path.name}.tmp")
+    # A temporary name per process: workers sharing var_dir may save the same account.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.write(fd, json.dumps(data).encode("utf-8"))
