@@ -195,24 +195,32 @@ class Intake:
         return [o for p in prepared for o in self.submit_prepared(p)]
 
     def submit_prepared(self, prepared: Prepared) -> list[SubmitOutcome]:
-        """Spool and enqueue a prepared submission; one outcome per request (and case)."""
+        """Spool and enqueue a prepared submission; one outcome per request (and case).
+
+        A case's manifest is recorded before its documents are queued, so a crash in
+        between leaves a case that a second submit of the same file completes.
+        """
         received_at = utcnow()
-        outcomes: list[SubmitOutcome] = []
-        for request, base_dir in prepared.requests:
-            outcomes.append(self._submit_one(request, base_dir, received_at))
+        case_added = False
         if prepared.case is not None:
-            added = self.cases.record(prepared.case)
+            case_added = self.cases.record(prepared.case)
+        outcomes = [self._submit_one(r, base, received_at) for r, base in prepared.requests]
+        if prepared.case is not None:
             cid = prepared.case.case_id
-            n = len(prepared.case.request_ids)
+            new_docs = sum(o.added for o in outcomes)
+            if case_added:
+                message = f"Case {cid} with {len(outcomes)} documents queued."
+            elif new_docs:
+                message = f"Case {cid} was known; {new_docs} missing documents queued now."
+            else:
+                message = f"Case {cid} was already submitted; nothing changed."
             outcomes.append(
                 SubmitOutcome(
                     id=cid,
                     kind="case",
-                    added=added,
-                    state="open" if added else "known",
-                    message=f"Case {cid} with {n} documents queued."
-                    if added
-                    else f"Case {cid} was already submitted; nothing changed.",
+                    added=case_added or bool(new_docs),
+                    state="open" if case_added else "known",
+                    message=message,
                 )
             )
             # A resubmitted case whose documents all finished meanwhile settles now.
