@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_outbox import Receiver
 from test_worker import FileRouter, LookupServer, make_config, make_pool, run_pool
 
 from stampless.cases import read_case_verdict
+from stampless.delivery import Delivery
 from stampless.errors import InputError
 from stampless.intake import Intake
 from stampless.queue import ItemState, open_queue
@@ -76,7 +78,20 @@ def test_case_with_one_failing_document_fails(tmp_path: Path, server: Any) -> No
     assert {i.case_id for i in queue.list()} == {"CASE-1", "CASE-2"}
     # The spool holds its own copy: the original scan may go away.
     (tmp_path / "in" / "scan.jpg").unlink()
-    run_pool(make_pool(config, queue, server.url, workers=2, until_empty=True))
+    receiver = Receiver(tmp_path, fail_first=0)
+    try:
+        pool = make_pool(config, queue, server.url, workers=2, until_empty=True)
+        pool.delivery = Delivery(
+            config.var_dir / "delivery.db", config.outbox_dir, url=receiver.url, backoff_base_s=0
+        )
+        run_pool(pool)
+        pool.delivery.deliver_pending()  # what the completions' passes had not seen yet
+        accepted = receiver.state()["accepted"]
+    finally:
+        receiver.stop()
+    # Every verdict, the case verdicts included, reached the webhook under its own key.
+    assert sorted(accepted) == sorted(p.stem for p in config.outbox_dir.glob("*.json"))
+    assert {"CASE-1", "CASE-2"} <= set(accepted)
     assert queue.counts()[ItemState.done] == 5
     failing = read_case_verdict(config.outbox_dir, "CASE-1")
     assert failing is not None and failing.verdict == "not_verified"
