@@ -336,6 +336,7 @@ def test_changed_ui_uses_fallbacks_and_reports_drift(
     )
     assert report.returncode == 0, report.stderr
     assert "search.cert_no" in report.stdout and "civil_affairs" in report.stdout
+    assert "xpath=//label[normalize-space(.)='结婚证字号']" in report.stdout  # not eaten as markup
 
 
 def test_selector_map_errors_name_file_and_key(tmp_path: Path) -> None:

@@ -92,6 +92,7 @@ def _signer(config: Config) -> Signer:
 def selectors_report() -> None:
     """List selectors whose first choice failed (drift), newest first; always exits 0."""
     from rich.table import Table
+    from rich.text import Text
 
     from stampless.robot import drift_summary
 
@@ -104,11 +105,12 @@ def selectors_report() -> None:
     for column in ("system", "selector", "times", "fallback used", "last seen"):
         table.add_column(column)
     for row in rows:
+        # Text, not markup: selectors are full of [brackets] that rich would swallow.
         table.add_row(
-            row.system,
-            row.selector,
+            Text(row.system),
+            Text(row.selector),
             str(row.times),
-            row.fallback or "(none matched)",
+            Text(row.fallback or "(none matched)"),
             row.last_seen.strftime("%Y-%m-%d %H:%M:%S"),
         )
     console.print(table)
