@@ -134,11 +134,24 @@ def find_label(line: Line, label: str) -> list[tuple[int, int, float]]:
     while start >= 0:
         spans.append((start, start + len(key), 100.0))
         start = text.find(key, start + len(key))
-    if spans or len(key) < FUZZY_LABEL_MIN or len(text) < len(key) - 1:
+    if len(key) < FUZZY_LABEL_MIN:
         return _unspace(line, spans)
-    found = fuzz.partial_ratio_alignment(key, text, score_cutoff=FUZZY_LABEL_SCORE)
-    if found is not None and found.dest_end - found.dest_start >= len(key) - 1:
-        spans.append((found.dest_start, found.dest_end, found.score))
+    # Fuzzy matches in the stretches no exact match covers: the second 身份证件号 on a
+    # line may be misread while the first is clean.
+    gaps: list[tuple[int, int]] = []
+    cursor = 0
+    for s, e, _ in spans:
+        gaps.append((cursor, s))
+        cursor = e
+    gaps.append((cursor, len(text)))
+    for lo, hi in gaps:
+        while hi - lo >= len(key) - 1:
+            found = fuzz.partial_ratio_alignment(key, text[lo:hi], score_cutoff=FUZZY_LABEL_SCORE)
+            if found is None or found.dest_end - found.dest_start < len(key) - 1:
+                break
+            spans.append((lo + found.dest_start, lo + found.dest_end, found.score))
+            lo += found.dest_end
+    spans.sort()
     return _unspace(line, spans)
 
 
