@@ -890,3 +890,17 @@ def test_changed_ui_in_frames_falls_back_too(
         servers.control(system, ui_variant="normal")
     assert record.fields[KEY_FIELD[doc_type]] == wanted[KEY_FIELD[doc_type]]
     assert (system, selector) in {(r.system, r.selector) for r in drift_summary(config.var_dir)}
+
+
+def test_drift_log_is_rate_limited_but_counts_every_use(tmp_path: Path) -> None:
+    from stampless.robot._selectors import DRIFT_FILE, DriftLog
+
+    log = DriftLog(tmp_path, every_s=3600)
+    for _ in range(5):
+        log.record("s", "a.b", used=1, choice="#two", failed=["#one"], version="1")
+    log.record("s", "c.d", used=None, choice=None, failed=["#x"], version="1")
+    assert len((tmp_path / DRIFT_FILE).read_text(encoding="utf-8").splitlines()) == 2
+    log.flush()
+    rows = {r.selector: r for r in drift_summary(tmp_path)}
+    assert rows["a.b"].times == 5 and rows["a.b"].fallback == "#two"
+    assert rows["c.d"].times == 1 and rows["c.d"].fallback is None

@@ -141,6 +141,7 @@ class RobotRuntime:
 
     async def close(self) -> None:
         """Save every logged-in session's state, close contexts, the browser, Playwright."""
+        self._drift.flush()
         for system in self._systems.values():
             for session in system.sessions.values():
                 async with session.lock:

@@ -26,6 +26,7 @@ import fcntl
 import hashlib
 import json
 import os
+import time
 import tomllib
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -191,14 +192,21 @@ def load_selector_map(path: Path, system: str) -> SelectorMap:
 
 
 class DriftLog:
-    """Appends a JSON line whenever a selector's first choice did not match.
+    """Appends JSON lines about selectors whose first choice did not match.
 
-    Lines are small and written with ``O_APPEND`` under an exclusive lock, so worker
-    processes sharing a var_dir do not interleave them.
+    A drifted selector is used on every request, so lines are rate-limited: the first
+    use of a (system, selector, choice) is written at once, later ones are counted and
+    written as one line with ``count`` at most every ``every_s`` seconds (and by
+    :meth:`flush` when the runtime closes). Lines are small and written with
+    ``O_APPEND`` under an exclusive lock, so worker processes sharing a var_dir do not
+    interleave them.
     """
 
-    def __init__(self, var_dir: Path) -> None:
+    def __init__(self, var_dir: Path, *, every_s: float = 60.0) -> None:
         self.path = Path(var_dir) / DRIFT_FILE
+        self.every_s = every_s
+        # key -> [count not yet written, monotonic time of the last write, the line's data]
+        self._pending: dict[tuple[str, str, int | None], list[Any]] = {}
 
     def record(
         self,
@@ -211,18 +219,36 @@ class DriftLog:
         version: str,
     ) -> None:
         """Note that ``name`` fell back to choice ``used`` (None: nothing matched)."""
-        line = json.dumps(
-            {
-                "at": utcnow().isoformat(),
-                "system": system,
-                "selector": name,
-                "used_index": used,
-                "used": choice,
-                "failed": failed,
-                "map_version": version,
-            },
-            ensure_ascii=False,
-        )
+        data = {
+            "system": system,
+            "selector": name,
+            "used_index": used,
+            "used": choice,
+            "failed": failed,
+            "map_version": version,
+        }
+        key = (system, name, used)
+        now = time.monotonic()
+        entry = self._pending.get(key)
+        if entry is None:
+            self._pending[key] = [0, now, data]
+            self._write(data, 1)
+            return
+        entry[0] += 1
+        entry[2] = data
+        if now - entry[1] >= self.every_s:
+            self._write(data, entry[0])
+            entry[0], entry[1] = 0, now
+
+    def flush(self) -> None:
+        """Write the counts not yet written (the runtime calls this when it closes)."""
+        for entry in self._pending.values():
+            if entry[0]:
+                self._write(entry[2], entry[0])
+                entry[0] = 0
+
+    def _write(self, data: dict[str, Any], count: int) -> None:
+        line = json.dumps({"at": utcnow().isoformat(), **data, "count": count}, ensure_ascii=False)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
@@ -257,11 +283,12 @@ def drift_summary(var_dir: Path) -> list[DriftRow]:
                 at = datetime.fromisoformat(item["at"])
             except (ValueError, KeyError, TypeError):
                 continue  # a torn last line after a crash is not worth failing the report
+            count = int(item.get("count", 1))
             row = rows.get(key)
             if row is None:
-                rows[key] = DriftRow(key[0], key[1], 1, item.get("used"), at)
+                rows[key] = DriftRow(key[0], key[1], count, item.get("used"), at)
             else:
-                row.times += 1
+                row.times += count
                 if at >= row.last_seen:
                     row.last_seen, row.fallback = at, item.get("used")
     return sorted(rows.values(), key=lambda r: r.last_seen, reverse=True)
