@@ -550,7 +550,9 @@ class RobotPage:
         use.by_index[index] = use.by_index.get(index, 0) + 1
         use.last = index
         if index > 0:
-            logger.warning(
+            # Warn once per fallback; every use is still counted in the drift log.
+            logger.log(
+                "WARNING" if use.by_index[index] == 1 else "DEBUG",
                 "selector {!r} of {}: first choice failed, fallback #{} matched",
                 name,
                 self.system,
