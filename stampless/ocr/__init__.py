@@ -117,6 +117,24 @@ def _reread_mode(spec: FieldSpec) -> tuple[str | None, str]:
     return spec.whitelist, "cjk"
 
 
+def _trim_label_bits(value: str, reference: str, stop: list[str]) -> str:
+    """``reference`` when ``value`` is it plus a bit of a neighbouring label.
+
+    A crop can catch the first character of the next label ("成" of 成立日期) or the
+    last of the field's own (人 of 法定代表人); the layout pass, which saw the labels
+    whole, had already cut them off.
+    """
+    if value.startswith(reference):
+        extra = value[len(reference) :]
+        if 0 < len(extra) <= 2 and any(label.startswith(extra) for label in stop):
+            return reference
+    if value.endswith(reference):
+        extra = value[: len(value) - len(reference)]
+        if 0 < len(extra) <= 2 and any(label.endswith(extra) for label in stop):
+            return reference
+    return value
+
+
 def _combine(first: _Reading, second: _Reading | None) -> _Reading:
     """One reading from the layout pass and the field's own re-read."""
     if second is None or second.value is None:
@@ -215,14 +233,18 @@ def _anchored(doctype: DocumentType, lines: list) -> int:
 
 
 def _second_opinion(
-    engine: OcrEngine, image: Image.Image, spec: FieldSpec, field: OcrField
+    engine: OcrEngine, image: Image.Image, spec: FieldSpec, field: OcrField, stop: list[str]
 ) -> OcrField:
     """Ask a second engine about a field read with low confidence."""
     if field.box is None:
         return field
     whitelist, script = _reread_mode(spec)
     text, conf = engine.read_line(_crop(image, field.box), whitelist=whitelist, script=script)
-    value, valid = value_of(spec, text)
+    value, valid = value_of(spec, text, stop)
+    if value is not None and field.value is not None and value != field.value:
+        trimmed = _trim_label_bits(value, field.value, stop)
+        if trimmed != value:
+            value, valid = value_of(spec, trimmed, stop)
     if value is None:
         return field
     if field.value is None and valid:
@@ -231,7 +253,15 @@ def _second_opinion(
         # Two different engines agreeing is strong evidence.
         return field.model_copy(update={"confidence": max(field.confidence, min(0.95, conf))})
     if valid:
-        return field.model_copy(update={"confidence": field.confidence * DISAGREEMENT_FACTOR})
+        # The engines disagree: report the second engine's reading (PP-OCR reads CJK
+        # better than Tesseract's fast model) with a confidence that asks for review.
+        return field.model_copy(
+            update={
+                "value": value,
+                "raw": text[:200],
+                "confidence": min(field.confidence, conf) * DISAGREEMENT_FACTOR,
+            }
+        )
     return field
 
 
@@ -282,7 +312,7 @@ def read_image(
         candidates = extract_raw(lines, doctype, spec)
         firsts[spec.name] = []
         for i, cand in enumerate(candidates):
-            value, valid = value_of(spec, cand.raw)
+            value, valid = value_of(spec, cand.raw, stop)
             firsts[spec.name].append(
                 _Reading(value, valid, _word_confidence(cand.words), cand.raw, cand.box)
             )
@@ -308,6 +338,11 @@ def read_image(
         for name, i, text, conf in batch:
             spec = doctype.field(name)
             value, valid = value_of(spec, text, stop)
+            reference = firsts[name][i].value
+            if value is not None and reference is not None and value != reference:
+                trimmed = _trim_label_bits(value, reference, stop)
+                if trimmed != value:
+                    value, valid = value_of(spec, trimmed, stop)
             rereads[(name, i)] = _Reading(value, valid, conf, text, firsts[name][i].box)
 
     combined = {
@@ -341,7 +376,7 @@ def read_image(
         fields[spec.name] = _finish(spec, combined[spec.name])
         threshold = spec.threshold or config.min_confidence
         if second is not None and fields[spec.name].confidence < threshold:
-            fields[spec.name] = _second_opinion(second, final, spec, fields[spec.name])
+            fields[spec.name] = _second_opinion(second, final, spec, fields[spec.name], stop)
     if steps_dir is not None:
         steps_dir.mkdir(parents=True, exist_ok=True)
         final.save(steps_dir / "ocr-input.png", compress_level=1)

@@ -13,6 +13,7 @@ label, the whole page is searched for its format.
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass
 
@@ -25,6 +26,8 @@ from stampless.ocr.engine import Word
 # Labels this long or longer may match with OCR noise; shorter ones must be exact.
 FUZZY_LABEL_MIN = 4
 FUZZY_LABEL_SCORE = 74.0
+# A horizontal gap wider than this many character heights separates two columns.
+GAP_HEIGHTS = 1.2
 _PUNCT_LEAD = " :：;；,，.。、|_-—"
 _ASCII_WORD = re.compile(r"[0-9A-Za-z]$")
 
@@ -207,10 +210,20 @@ def _value_span(lines: list[Line], anchor: Anchor, stop: list[str]) -> tuple[int
     for label in stop:
         key = norm.remove_spaces(label)
         idx = rest.replace(" ", "").find(key)
-        if idx > 0:
-            # Map the space-free index back to ``rest``.
+        if idx >= 0:
+            # Map the space-free index back to ``rest``; at 0 the value is empty (the
+            # text after the label is another field's label).
             nonspace = [i for i, ch in enumerate(rest) if ch != " "]
             end = min(end, start + nonspace[idx])
+    # A wide gap between words ends the value: on two-column pages the next column's
+    # text shares the line, and its label may be misread beyond recognition.
+    words = line.words_in(start, end)
+    if len(words) > 1:
+        height = sorted(w.box[3] for w in words)[len(words) // 2]
+        for prev, nxt in itertools.pairwise(words):
+            if nxt.box[0] - (prev.box[0] + prev.box[2]) > GAP_HEIGHTS * height:
+                end = min(end, line.starts[line.words.index(nxt)])
+                break
     return start, end
 
 
@@ -299,7 +312,7 @@ def extract_raw(lines: list[Line], doctype: DocumentType, spec: FieldSpec) -> li
                 raw, words, region = below.text, below.words, below.box
                 box = below.box
         candidates.append(Candidate(raw, words, box, f"label:{label}", region))
-    if not any(value_of(spec, c.raw)[0] for c in candidates) and spec.kind in _KIND_SEARCH:
+    if not any(value_of(spec, c.raw)[1] for c in candidates) and spec.kind in _KIND_SEARCH:
         pattern = _KIND_SEARCH[spec.kind]
         hits = []
         for line in lines:
