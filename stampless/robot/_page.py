@@ -197,7 +197,7 @@ class Element:
     async def fill_secret(self, secret: Secret | str) -> None:
         """Type a secret (password, TOTP code). Never logged; masked in screenshots.
 
-        Only call this from ``login``: the runtime runs login outside trace chunks and
+        Only call this from ``login``: the runtime runs login outside any trace and
         empties password inputs afterwards, so the value is in no trace or snapshot.
         """
         value = secret if isinstance(secret, str) else secret.reveal()

@@ -2,8 +2,8 @@
 
 The pipeline calls :meth:`RobotRuntime.lookup` and :meth:`RobotRuntime.fetch`. Each call
 takes the account's lock (a context is never driven by two coroutines at once), makes
-sure the account is logged in (logging in only when it is not), records a trace chunk,
-runs the robot, and sorts the outcome:
+sure the account is logged in (logging in only when it is not), records a trace when
+``browser.trace`` asks for one (see ``_traced``), runs the robot, and sorts the outcome:
 
 * a :class:`~stampless.BusinessError` (no such record, revoked) is final: re-raised at once;
 * :class:`~stampless.SessionLost` (the system logged us out): log in again, as the
@@ -323,12 +323,12 @@ class RobotRuntime:
                     async with _time_limit(deadline):
                         page = await self._ready(system, session, evidence, deadline)
                         if self._traced(attempt):
-                            await self._start_chunk(session, f"{op} {system.name} #{attempt}")
+                            await self._start_trace(session, f"{op} {system.name} #{attempt}")
                         result = await step(system.robot, page)
                 except Exception as exc:
                     error = exc if isinstance(exc, StamplessError) else translate_error(exc, op)
                     if isinstance(error, BusinessError):
-                        await self._end_chunk(session, evidence, failed=False)
+                        await self._end_trace(session, evidence, failed=False)
                         self._succeeded(system, session)
                         self._counts["business_outcomes"] += 1
                         self._audit_event(
@@ -373,7 +373,7 @@ class RobotRuntime:
                 finally:
                     if page is not None:
                         await page.close_popups()
-                await self._end_chunk(session, evidence, failed=False)
+                await self._end_trace(session, evidence, failed=False)
                 self._succeeded(system, session)
                 self._audit_event(
                     "looked_up" if op == "lookup" else "fetched",
@@ -426,7 +426,7 @@ class RobotRuntime:
             await evidence.failure_screenshot(
                 type(error).__name__ + " - " + str(error)[:80], (windows or [page.raw])[-1]
             )
-        await self._end_chunk(session, evidence, failed=True)
+        await self._end_trace(session, evidence, failed=True)
         if isinstance(error, BrowserError):
             await close_context(session, keep_state=False)
 
@@ -520,7 +520,7 @@ class RobotRuntime:
             return True
         return mode == "on_failure" and (attempt > 1 or self.attempts == 1)
 
-    async def _start_chunk(self, session: Session, title: str) -> None:
+    async def _start_trace(self, session: Session, title: str) -> None:
         """Record this attempt's trace (DOM snapshots and network, no screencast).
 
         A whole trace per attempt rather than chunks of one long recording: chunks carry
@@ -532,8 +532,8 @@ class RobotRuntime:
             )
             session.recording = True
 
-    async def _end_chunk(self, session: Session, evidence: Evidence, *, failed: bool) -> None:
-        """Stop the attempt's trace chunk; keep it on failure (or always, if configured)."""
+    async def _end_trace(self, session: Session, evidence: Evidence, *, failed: bool) -> None:
+        """Stop the attempt's trace; keep it on failure (or always, if configured)."""
         if not session.recording or session.context is None:
             return
         session.recording = False
