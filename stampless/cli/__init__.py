@@ -49,8 +49,11 @@ def _root(
     ),
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
 ) -> None:
+    from stampless._logging import setup_logging
+
     state.config_path = config
     state.debug = debug
+    setup_logging(None, debug=debug)  # console only, until a command loads robot.toml
 
 
 def _hoist_global_options(argv: list[str]) -> list[str]:

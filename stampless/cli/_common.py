@@ -25,9 +25,16 @@ class State:
     _config: Config | None = field(default=None, repr=False)
 
     def config(self, *, required: bool = True) -> Config:
-        """The deployment's configuration, loaded once per process."""
+        """The deployment's configuration, loaded once per process.
+
+        Loading it also starts the JSON-lines log under its var/log folder, so every
+        command that works on a deployment leaves a log there.
+        """
         if self._config is None:
+            from stampless._logging import setup_logging
+
             self._config = load_config(self.config_path, required=required)
+            setup_logging(self._config, debug=self.debug)
         return self._config
 
 

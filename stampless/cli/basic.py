@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from stampless.cli._common import console, exit_with, get_config, state
+from stampless.cli._common import console, exit_with, get_config
 from stampless.errors import ExitCode
 
 VERDICT_STYLE = {
@@ -32,12 +32,6 @@ def _short_path(path: str | Path | None) -> str:
         return str(path)
 
 
-def _setup_logging(*, required: bool = True) -> None:
-    from stampless._logging import setup_logging
-
-    setup_logging(get_config(required=required), debug=state.debug)
-
-
 def register(app: typer.Typer) -> None:
     @app.command()
     def version() -> None:
@@ -55,7 +49,6 @@ def register(app: typer.Typer) -> None:
         manual review, 4 the department system or robot failed."""
         from stampless.verify import verify_file
 
-        _setup_logging()
         outcome = asyncio.run(verify_file(get_config(), request))
         verdict = outcome.verdict
         if as_json:
@@ -97,7 +90,6 @@ def register(app: typer.Typer) -> None:
 
         if difficulty not in ("easy", "normal", "hard"):
             raise typer.BadParameter("use easy, normal or hard", param_hint="--difficulty")
-        _setup_logging()
         rows, summary, seconds = run_demo(get_config(), difficulty=difficulty, workers=workers)
         if as_json:
             console.print_json(

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from stampless.cli._common import console, get_config, state
+from stampless.cli._common import console, get_config
 from stampless.errors import InputError
 
 review_app = typer.Typer(help="The manual tier: reviewer console and reviewer accounts.")
@@ -38,11 +38,9 @@ def serve(
 
     from werkzeug.serving import make_server
 
-    from stampless._logging import setup_logging
     from stampless.review.app import create_app, is_loopback
 
     config = get_config()
-    setup_logging(config, debug=state.debug)
     app = create_app(config, host=host)
     # The app logs each request through loguru; werkzeug's own lines would repeat them.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
