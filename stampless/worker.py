@@ -339,9 +339,16 @@ class WorkerPool:
         if item.attempts > opts.max_attempts:
             await self._give_up(claim, f"it failed {item.attempts - 1} times ({item.last_error})")
             return
-        if item.tier is not Tier.instant and utcnow() >= item.deadline:
-            # The robot refuses to start past the deadline; a person takes it from here.
-            await self._give_up(claim, "its deadline passed while it waited in the queue")
+        if item.tier is not Tier.instant and self._too_late(item, utcnow()):
+            # The robot refuses to run past the deadline, and an attempt that cannot end
+            # in time only burns an account and the department's patience: a person
+            # takes it from here.
+            late = utcnow() >= item.deadline
+            why = "its deadline passed" if late else "too little time was left before its deadline"
+            why += " while it waited in the queue"
+            if item.last_error:
+                why += f" (last attempt: {item.last_error})"
+            await self._give_up(claim, why)
             return
         system = item.system
         if system is not None and not self.circuits.allow(system):
