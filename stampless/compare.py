@@ -67,7 +67,11 @@ def agree(spec: FieldSpec, a: str, b: str) -> bool | None:
             if ratio >= LATIN_NAME_MATCH_RATIO:
                 return True
             return None if ratio >= NEAR_MISS_RATIO else False
-        # CJK names have no spelling variants: a different character is a different name.
+        # CJK names have no spelling variants, but one character in a name of the same
+        # length is also what an OCR slip looks like: review it rather than reject the
+        # applicant. A forged name (another person's) differs in more.
+        if len(a) == len(b) and sum(x != y for x, y in zip(a, b, strict=True)) == 1:
+            return None
         return False
     # Rule.text
     return None if fuzz.ratio(a, b) >= NEAR_MISS_RATIO else False

@@ -447,7 +447,8 @@ def normalize_capital(text: str | None) -> str | None:
     # wrong one.
     if cn and (re.search("[万萬亿億]", cn.group(0)) or t[cn.end() : cn.end() + 1] == "元"):
         yuan = parse_chinese_number(cn.group(0))
-        if yuan is None:
+        # "万元整" alone (digits unread) is no amount, not zero.
+        if not yuan:
             return None
         return _decimal_string(yuan / 10_000)
     return None

@@ -161,7 +161,9 @@ def test_near_miss_text_goes_to_review() -> None:
         (Rule.exact, "2024-01-02", "2024-01-02", True),
         (Rule.exact, "2024-01-02", "2024-01-03", False),
         (Rule.name, "张三", "张三", True),
-        (Rule.name, "张三", "张山", False),
+        (Rule.name, "张三", "张山", None),  # one character: an OCR slip or a forgery
+        (Rule.name, "张三", "李四", False),
+        (Rule.name, "张三丰", "张三", False),
         (Rule.name, "JOHN SMITH", "SMITH JOHN", True),
         (Rule.name, "JOHN SMITH", "JOHN SMYTH", None),
         (Rule.name, "JOHN SMITH", "MARY JONES", False),

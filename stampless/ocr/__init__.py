@@ -117,6 +117,21 @@ def _reread_mode(spec: FieldSpec) -> tuple[str | None, str]:
     return spec.whitelist, "cjk"
 
 
+def _strip_own_label(value: str, spec: FieldSpec) -> str:
+    """Drop the tail of the field's own label caught by a crop ("人" of 持证人)."""
+    for label in spec.labels:
+        for k in (2, 1):
+            if len(label) > k and value.startswith(label[-k:]) and len(value) - k >= 2:
+                return value[k:]
+    return value
+
+
+def _binarized(crop: Image.Image) -> Image.Image:
+    from stampless.ocr.preprocess import binarize
+
+    return binarize(crop)
+
+
 def _trim_label_bits(value: str, reference: str, stop: list[str]) -> str:
     """``reference`` when ``value`` is it plus a bit of a neighbouring label.
 
@@ -338,6 +353,10 @@ def read_image(
         for name, i, text, conf in batch:
             spec = doctype.field(name)
             value, valid = value_of(spec, text, stop)
+            if value is not None and spec.kind in ("name", "text"):
+                stripped = _strip_own_label(value, spec)
+                if stripped != value:
+                    value, valid = value_of(spec, stripped, stop)
             reference = firsts[name][i].value
             if value is not None and reference is not None and value != reference:
                 trimmed = _trim_label_bits(value, reference, stop)
@@ -352,6 +371,41 @@ def read_image(
         ]
         for spec in doctype.fields
     }
+    # Two valid readings that disagree: a third reading of the binarized crop decides,
+    # when it agrees with one of them (two of three).
+    ties: dict[tuple[str | None, str], list[tuple[str, int, Image.Image]]] = {}
+    for spec in doctype.fields:
+        for i, first in enumerate(firsts[spec.name]):
+            again = rereads.get((spec.name, i))
+            if (
+                again is not None
+                and first.valid
+                and again.valid
+                and first.value != again.value
+                and first.box is not None
+            ):
+                ties.setdefault(_reread_mode(spec), []).append(
+                    (spec.name, i, _binarized(_crop(final, first.box)))
+                )
+    for mode, items in ties.items():
+        for name, i, text, conf in run(mode, items):
+            spec = doctype.field(name)
+            value, valid = value_of(spec, text, stop)
+            if value is not None and spec.kind in ("name", "text"):
+                value, valid = value_of(spec, _strip_own_label(value, spec), stop)
+            first, again = firsts[name][i], rereads[(name, i)]
+            for agreeing in (first, again):
+                if valid and value == agreeing.value:
+                    # Two of three agree on the value, but the readings are not
+                    # independent (one engine): no confidence is added.
+                    combined[name][i] = _Reading(
+                        value,
+                        True,
+                        min(agreeing.confidence, conf),
+                        agreeing.raw,
+                        agreeing.box or first.box,
+                    )
+                    break
     # A second, wider read for values that failed their check (rare on good scans).
     retry: dict[tuple[str | None, str], list[tuple[str, int, Image.Image]]] = {}
     for spec in doctype.fields:

@@ -279,11 +279,17 @@ def extract_raw(lines: list[Line], doctype: DocumentType, spec: FieldSpec) -> li
     stop = stop_labels(doctype)
     anchors = find_anchors(lines, spec.labels)
     candidates: list[Candidate] = []
+    used: list[Anchor] = []
     for label in spec.labels:
         found = _distinct(anchors[label], lines)
         if len(found) <= spec.occurrence:
             continue
         anchor = found[spec.occurrence]
+        if any(
+            u.line == anchor.line and anchor.start < u.end and u.start < anchor.end for u in used
+        ):
+            continue  # the same printed label matched by a shorter alternative
+        used.append(anchor)
         line = lines[anchor.line]
         # The field's own label is a stop too: the second 姓名 ends the first one's value.
         start, end = _value_span(lines, anchor, stop)

@@ -115,6 +115,18 @@ class TesseractEngine(OcrEngine):
         lang = self._lang("cjk" if cjk_only else "any")
         return self._words(self._data(image, lang, f"--oem 1 --psm {psm}"))
 
+    def _line(self, image: Image.Image, whitelist: str | None, lang: str) -> tuple[str, float]:
+        config = "--oem 1 --psm 7"
+        if whitelist:
+            config += f" -c tessedit_char_whitelist={whitelist}"
+        found = sorted(self._words(self._data(image, lang, config)), key=lambda w: w.box[0])
+        if not found:
+            return "", 0.0
+        total = sum(len(w.text) for w in found)
+        mean = sum(w.confidence * len(w.text) for w in found) / max(1, total)
+        low = min(w.confidence for w in found)
+        return " ".join(w.text for w in found), 0.5 * mean + 0.5 * low
+
     def read_lines(
         self,
         images: list[Image.Image],
@@ -124,6 +136,10 @@ class TesseractEngine(OcrEngine):
     ) -> list[tuple[str, float]]:
         if not images:
             return []
+        if script == "cjk":
+            # CJK lines are read one by one: stacked with other lines, Tesseract's CJK
+            # model misread names it reads correctly alone (邱 as 匈, 霞 as 起).
+            return [self._line(im, whitelist, self._lang(script)) for im in images]
         # One Tesseract run for all lines: starting Tesseract and loading a model costs
         # more than reading a line. Lines are stacked with white gaps and read as a block.
         gap = 24
