@@ -37,6 +37,11 @@ def _installed_languages(cmd: str) -> frozenset[str]:
         raise OcrEngineError(f"Tesseract does not run ({exc}); reinstall tesseract-ocr.") from exc
 
 
+def _edge_noise(word: Word) -> bool:
+    text = word.text
+    return len(text) == 1 and not ("\u3400" <= text <= "\u9fff") and word.confidence < 0.6
+
+
 class TesseractEngine(OcrEngine):
     """Tesseract 5 (LSTM) through pytesseract, with word boxes and confidences."""
 
@@ -120,6 +125,12 @@ class TesseractEngine(OcrEngine):
         if whitelist:
             config += f" -c tessedit_char_whitelist={whitelist}"
         found = sorted(self._words(self._data(image, lang, config)), key=lambda w: w.box[0])
+        # A crop's edges catch specks and bits of neighbouring labels, which Tesseract
+        # reads as one low-confidence Latin character; they are not part of a CJK value.
+        while found and _edge_noise(found[0]):
+            found.pop(0)
+        while found and _edge_noise(found[-1]):
+            found.pop()
         if not found:
             return "", 0.0
         total = sum(len(w.text) for w in found)
