@@ -46,6 +46,8 @@ LAYOUT_SCALE = 0.4
 # Kinds read again with Tesseract's Latin model and a whitelist.
 _LATIN_KINDS = {"resident_id", "credit_code", "cert_no", "integer"}
 _DATE_WHITELIST = "0123456789年月日-."
+# Confidence of a valid value two readings agree on (see _combine).
+AGREEMENT_FLOOR = 0.85
 # Confidence given up when two readings of a field disagree.
 DISAGREEMENT_FACTOR = 0.5
 
@@ -158,8 +160,12 @@ def _combine(first: _Reading, second: _Reading | None) -> _Reading:
         return second
     if first.value == second.value:
         best = first if first.confidence >= second.confidence else second
-        # Two independent readings agreeing is the strongest evidence we have.
+        # Two readings at different resolutions agreeing on a valid value is strong
+        # evidence even when Tesseract is unsure of single glyphs (its CJK model gives
+        # correct rare characters low scores): agreement lifts it to AGREEMENT_FLOOR.
         conf = 1 - (1 - first.confidence) * (1 - second.confidence)
+        if first.valid and second.valid and min(first.confidence, second.confidence) >= 0.25:
+            conf = max(conf, AGREEMENT_FLOOR)
         return _Reading(best.value, first.valid and second.valid, conf, best.raw, best.box)
     if first.valid != second.valid:
         good = first if first.valid else second
