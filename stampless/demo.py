@@ -61,11 +61,11 @@ class DemoRow:
 
 # (doc type, how many, seed of the scan set, altered share, absent share, note)
 DEMO_SETS = (
-    ("marriage_certificate", 3, 101, 0.0, 0.0, "genuine"),
-    ("marriage_certificate", 1, 102, 1.0, 0.0, "forged: one field altered"),
-    ("marriage_certificate", 1, 103, 0.0, 1.0, "no such record"),
-    ("business_license", 1, 104, 0.0, 0.0, "genuine"),
-    ("social_security_record", 1, 105, 0.0, 0.0, "confidential: a person decides"),
+    ("marriage_certificate", 3, 101, 0.0, 0.0, "marriage certificate, genuine"),
+    ("marriage_certificate", 1, 102, 1.0, 0.0, "marriage certificate, forged"),
+    ("marriage_certificate", 1, 103, 0.0, 1.0, "marriage certificate, no such record"),
+    ("business_license", 1, 104, 0.0, 0.0, "business licence, genuine"),
+    ("social_security_record", 1, 105, 0.0, 0.0, "social-security record (confidential)"),
 )
 DEMO_ISSUER = "samr"  # the market regulator signs electronic business licences
 
@@ -114,9 +114,9 @@ def make_ecerts(out_dir: Path, key_dir: Path) -> tuple[list[DemoItem], str]:
         DemoItem(
             request_path=e.request_path,
             expected=e.expected_verdict,
-            note="e-certificate, tampered"
+            note="electronic licence, tampered"
             if "tampered" in e.request_path.name
-            else "e-certificate",
+            else "electronic licence, genuine",
         )
         for e in written
     ]

@@ -6,6 +6,7 @@ hoists them to the root callback, so each command need not declare them.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +15,9 @@ from rich.console import Console
 
 from stampless.config import Config, load_config
 
-console = Console(highlight=False)
+# Piped output (logs, CI) gets wide tables instead of rich's 80-column default, so paths
+# and ids are never cut; a terminal keeps its own width.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, highlight=False)
 
 

@@ -106,19 +106,24 @@ def register(app: typer.Typer) -> None:
                 )
             )
         else:
-            table = Table(
-                "request", "scan", "verdict", "expected", "evidence", title="stampless demo"
-            )
+            table = Table(title="stampless demo", title_justify="left")
+            table.add_column("request", no_wrap=True)
+            table.add_column("document")
+            table.add_column("tier", no_wrap=True)
+            table.add_column("verdict", no_wrap=True)
+            table.add_column("expected", no_wrap=True)
+            table.add_column("evidence", no_wrap=True)
             for r in rows:
                 style = VERDICT_STYLE.get(r.verdict, "bold")
                 expected = r.item.expected if r.as_expected else f"[red]{r.item.expected}[/]"
-                evidence = _short_path(r.outcome.verdict.evidence) if r.outcome else r.error
+                verdict = r.outcome.verdict if r.outcome else None
                 table.add_row(
-                    r.item.request_path.name.removesuffix(".request.json"),
+                    verdict.request_id if verdict else r.item.request_path.name,
                     r.item.note,
+                    verdict.tier.value if verdict else "",
                     f"[{style}]{r.verdict}[/]",
                     expected,
-                    evidence,
+                    _short_path(verdict.evidence) if verdict else r.error,
                 )
             console.print(table)
             console.print(
