@@ -11,7 +11,6 @@ from pathlib import Path
 
 from stampless import (
     Credentials,
-    LoginRejected,
     Record,
     RecordNotFound,
     RecordRevoked,
@@ -38,14 +37,7 @@ class CivilAffairsRobot(Robot):
         await page["login.username"].fill(creds.username)
         await page["login.password"].fill_secret(creds.password)
         await page["login.submit"].click_and_wait()
-        if await page["login.form"].exists():
-            error = await page["login.error"].text() if await page["login.error"].exists() else ""
-            if STALE_FORM in error:
-                raise RobotError("The login page's one-time token was refused; retrying.")
-            raise LoginRejected(
-                f"The civil-affairs system refused the login of {creds.username!r} ({error}); "
-                "check the account's password in the vault."
-            )
+        await self.check_login(page, creds, retryable=(STALE_FORM,))
 
     async def _search(self, page: RobotPage, key: str) -> None:
         # After a lookup the page still shows the search form: no need to load it again.

@@ -12,7 +12,6 @@ from pathlib import Path
 
 from stampless import (
     Credentials,
-    LoginRejected,
     Record,
     RecordNotFound,
     RecordRevoked,
@@ -47,14 +46,7 @@ class MarketSupervisionRobot(Robot):
         await page["login.username"].fill(creds.username)
         await page["login.password"].fill_secret(creds.password)
         await page["login.submit"].click_and_wait()
-        if await page["login.form"].exists():
-            message = await page["login.message"].text()
-            if STALE_FORM in message:
-                raise RobotError("The login page's one-time token was refused; retrying.")
-            raise LoginRejected(
-                f"The market-supervision system refused the login of {creds.username!r} "
-                f"({message}); check the account's password in the vault."
-            )
+        await self.check_login(page, creds, message="login.message", retryable=(STALE_FORM,))
 
     async def is_logged_out(self, page: RobotPage) -> bool:
         # The login page comes back inside the content frame, not only at the top.

@@ -11,7 +11,6 @@ from pathlib import Path
 
 from stampless import (
     Credentials,
-    LoginRejected,
     Record,
     RecordNotFound,
     RecordRevoked,
@@ -49,14 +48,7 @@ class SocialSecurityRobot(Robot):
         await page["login.password"].fill_secret(creds.password)
         await page["login.totp"].fill_secret(await creds.fresh_totp())
         await page["login.submit"].click_and_wait()
-        if await page["login.form"].exists():
-            error = await page["login.error"].text()
-            if any(hint in error for hint in RETRYABLE_LOGIN_ERRORS):
-                raise RobotError(f"The social-security login was refused ({error}); retrying.")
-            raise LoginRejected(
-                f"The social-security system refused the login of {creds.username!r} "
-                f"({error}); check the account's password and TOTP seed in the vault."
-            )
+        await self.check_login(page, creds, retryable=RETRYABLE_LOGIN_ERRORS)
 
     async def is_logged_out(self, page: RobotPage) -> bool:
         return await super().is_logged_out(page) or await page["main.login"].exists()

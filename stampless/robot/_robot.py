@@ -126,6 +126,31 @@ class Robot:
         """Log the account in. Raise LoginRejected when the system refuses the password."""
         raise NotImplementedError(f"{type(self).__name__} must implement login()")
 
+    async def check_login(
+        self,
+        page: RobotPage,
+        creds: Credentials,
+        *,
+        message: str = "login.error",
+        retryable: tuple[str, ...] = (),
+    ) -> None:
+        """After the login form was submitted: return if it worked, else say why not.
+
+        A refusal whose text (the selector ``message``) contains one of ``retryable``
+        (a stale one-time form token, a TOTP code at a step boundary) is a RobotError,
+        retried; any other refusal is LoginRejected, which the watchdog never retries,
+        so a wrong password cannot walk the account into the system's lockout.
+        """
+        if not await page[self.login_marker].exists():
+            return
+        error = await page[message].text() if await page[message].exists() else ""
+        if any(hint in error for hint in retryable):
+            raise RobotError(f"The {self.system} login was refused ({error}); retrying.")
+        raise LoginRejected(
+            f"The {self.system} system refused the login of {creds.username!r} ({error}); "
+            "check the account's credentials in the vault."
+        )
+
     async def is_logged_out(self, page: RobotPage) -> bool:
         """True when the page shows that the session ended (login form, kicked notice)."""
         if self.session_cookie is not None:
