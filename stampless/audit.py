@@ -39,6 +39,7 @@ from typing import Any
 
 from loguru import logger
 
+from stampless._files import fsync_dir, write_atomic
 from stampless.checksums import is_valid_credit_code, is_valid_resident_id, mask_id
 from stampless.models import utcnow
 from stampless.vault import MASK, known_secret_values, redact
@@ -229,23 +230,14 @@ class AuditLog:
             finally:
                 os.close(fd)
             if created:
-                _fsync_dir(self.audit_dir)
+                fsync_dir(self.audit_dir)
             _write_head(self.audit_dir, entry["seq"], line_hash(line))
         return entry
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_head(audit_dir: Path, seq: int, digest: str) -> None:
-    tmp = audit_dir / f".{HEAD_FILE}.tmp"
-    tmp.write_text(json.dumps({"seq": seq, "sha256": digest}) + "\n", encoding="ascii")
-    tmp.replace(audit_dir / HEAD_FILE)
+    head = json.dumps({"seq": seq, "sha256": digest}) + "\n"
+    write_atomic(audit_dir / HEAD_FILE, head, durable=False)  # the log line itself is synced
 
 
 def _read_head(audit_dir: Path) -> dict[str, Any] | None:

@@ -23,6 +23,7 @@ from pathlib import Path
 from jinja2 import Environment, PackageLoader, select_autoescape
 from loguru import logger
 
+from stampless._files import write_atomic
 from stampless._logging import setup_logging
 from stampless.config import Config
 from stampless.fixtures.accounts import fixture_env
@@ -169,9 +170,7 @@ def write_summary(run_dir: Path, rows: list[DemoRow], seconds: float) -> Path:
         rows=rows, seconds=seconds, run_dir=run_dir, VerdictKind=VerdictKind
     )
     path = run_dir / "summary.html"
-    tmp = path.with_suffix(".html.tmp")
-    tmp.write_text(html, encoding="utf-8")
-    tmp.replace(path)
+    write_atomic(path, html)
     return path
 
 

@@ -47,6 +47,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from loguru import logger
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from stampless._files import write_atomic
 from stampless.errors import ConfigError, InputError, SystemFailure
 from stampless.models import FieldResult, FieldStatus, Request, VerdictKind, utcnow
 
@@ -360,10 +361,7 @@ def refresh_revocations(config: Config) -> dict[str, int]:
 def write_revocation_list(path: Path, issuer: str, revoked: list[str]) -> None:
     """Write a revocation list atomically (fixtures, tests, an issuer's sync job)."""
     data = {"issuer": issuer, "updated_at": utcnow().isoformat(), "revoked": sorted(revoked)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_atomic(path, json.dumps(data, ensure_ascii=False, indent=2) + "\n")
 
 
 # -- verification -----------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from typing import IO, Any, Literal, NamedTuple
 from loguru import logger
 from pydantic import BaseModel
 
+from stampless._files import fsync_dir, write_atomic
 from stampless._version import __version__
 from stampless.errors import InputError, StamplessError
 from stampless.models import check_request_id, utcnow
@@ -124,14 +125,6 @@ def slugify(text: str, *, max_len: int = 40) -> str:
     """A file-name-safe slug of a caption (ASCII letters and digits, '-' between)."""
     slug = re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
     return slug[:max_len].strip("-") or "shot"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _json_default(obj: Any) -> Any:
@@ -278,9 +271,8 @@ class EvidenceBundle:
         return bundle
 
     def _save_state(self) -> None:
-        tmp = self.work_dir / f"{STATE}.tmp"
-        tmp.write_text(json.dumps(self._state.to_json(), ensure_ascii=False), encoding="utf-8")
-        tmp.replace(self.work_dir / STATE)
+        state = json.dumps(self._state.to_json(), ensure_ascii=False)
+        write_atomic(self.work_dir / STATE, state, durable=False)  # seal() makes it durable
 
     def _check_open(self) -> None:
         if self._sealed is not None:
@@ -314,12 +306,8 @@ class EvidenceBundle:
 
     def add_bytes(self, name: str, data: bytes, *, kind: str, caption: str | None = None) -> Path:
         """Write ``data`` as ``name`` and record it."""
-        target = self.path(name)
-        tmp = target.with_name(f".{target.name}.tmp")
         try:
-            with tmp.open("wb") as f:
-                f.write(data)
-            tmp.replace(target)
+            write_atomic(self.path(name), data, durable=False)  # seal() syncs the folder
         except OSError as exc:
             raise BundleError(
                 f"Cannot write {name} into the evidence of {self.request_id} ({exc.strerror}); "
@@ -473,7 +461,7 @@ class EvidenceBundle:
             # Temporary files of interrupted writes would be unlisted extras.
             if stray.is_file():
                 stray.unlink()
-        _fsync_dir(self.work_dir)
+        fsync_dir(self.work_dir)
         try:
             # rename() of a folder onto an existing non-empty folder fails, so two
             # workers sealing the same request cannot both win.
@@ -483,7 +471,7 @@ class EvidenceBundle:
                 f"Request {self.request_id} was sealed by another worker; its evidence is kept "
                 "as it was."
             ) from exc
-        _fsync_dir(self.evidence_dir)
+        fsync_dir(self.evidence_dir)
         self._sealed = SealedBundle(final, hashlib.sha256(data).hexdigest())
         logger.info(
             "evidence: sealed {} ({} files, key {})", self.request_id, len(files), signer.key_id

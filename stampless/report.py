@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import jinja2
 from loguru import logger
 from pydantic import ValidationError
 
+from stampless._files import write_atomic
 from stampless.audit import entries_for
 from stampless.errors import InputError
 from stampless.evidence import MANIFEST, verify_bundle
@@ -260,8 +260,5 @@ def write_report(
     """Render the report and write it atomically to ``out`` (default: beside the evidence)."""
     html = render_report(bundle_dir, audit_dir=audit_dir)
     target = Path(out) if out is not None else default_report_path(bundle_dir)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.write_text(html, encoding="utf-8")
-    tmp.replace(target)
+    write_atomic(target, html)
     return target

@@ -18,7 +18,6 @@ import base64
 import binascii
 import contextlib
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +26,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from stampless._files import write_atomic
 from stampless.errors import ConfigError
 from stampless.vault import Secret, Vault, register_secret, resolve_secret
 
@@ -138,9 +138,7 @@ def write_public_key(config: Config, signer: Signer) -> Path:
     line = signer.public_key_b64 + "\n"
     (folder / f"{signer.key_id}.pub").write_text(line, encoding="ascii")
     current = folder / PUBLIC_KEY_FILE
-    tmp = folder / f".{PUBLIC_KEY_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(line, encoding="ascii")
-    tmp.replace(current)
+    write_atomic(current, line)
     return current
 
 
@@ -178,20 +176,10 @@ def load_signer(config: Config) -> Signer:
 def _write_private(path: Path, text: str) -> None:
     """Create ``path`` (0600) holding ``text``, atomically; FileExistsError if it exists.
 
-    Written to a temporary file first and hard-linked into place, so a concurrent reader
-    never sees an empty key file.
+    Written whole and linked into place, so a concurrent reader never sees an empty key.
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.link(tmp, path)
-    finally:
-        tmp.unlink()
+    if not write_atomic(path, text, once=True, mode=0o600):
+        raise FileExistsError(path)
 
 
 def ensure_dev_key(config: Config) -> Signer:

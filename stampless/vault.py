@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography.fernet import Fernet, InvalidToken
 
+from stampless._files import write_atomic
 from stampless.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -204,15 +205,7 @@ class Vault:
 
     def _write(self, data: dict[str, str]) -> None:
         token = self._fernet.encrypt(json.dumps(data, ensure_ascii=False).encode())
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, token)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        tmp.replace(self.path)
+        write_atomic(self.path, token, mode=0o600)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:

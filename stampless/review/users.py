@@ -12,7 +12,6 @@ import fcntl
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -24,6 +23,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from loguru import logger
 from pydantic import BaseModel
 
+from stampless._files import write_atomic
 from stampless.errors import InputError
 from stampless.models import utcnow
 
@@ -115,16 +115,7 @@ class UserStore:
 
     def _write(self, users: dict[str, User]) -> None:
         data = {"users": {n: u.model_dump(mode="json") for n, u in sorted(users.items())}}
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".users.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(data, fh, indent=2)
-                fh.flush()
-                os.fsync(fh.fileno())
-            Path(tmp).replace(self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(self.path, json.dumps(data, indent=2), mode=0o600)
 
     def all(self) -> list[User]:
         """Every account, by name."""

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loguru import logger
+
+from stampless._files import write_atomic
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser, BrowserContext
@@ -35,15 +36,7 @@ def write_private_json(path: Path, data: Any) -> None:
     """Write JSON atomically with mode 0600 (the folder 0700): it holds session cookies."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.parent.chmod(0o700)
-    # A temporary name per process: workers sharing var_dir may save the same account.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, json.dumps(data).encode("utf-8"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    tmp.replace(path)
+    write_atomic(path, json.dumps(data), mode=0o600)
 
 
 @dataclass
