@@ -156,11 +156,11 @@ def test_sigterm_finishes_or_releases_and_writes_nothing_half(tmp_path: Path, se
         enqueue(queue, config, f"T{i}", "civil_affairs", sleep=1.0)
     started = time.monotonic()
     out = _sigterm_when_running(_daemon(var, server.url, grace=10), queue)
-    assert time.monotonic() - started < 15
+    assert time.monotonic() - started < 30
     assert "SIGTERM received" in out
     counts = queue.counts()
-    assert counts[ItemState.claimed] == 0
-    assert counts[ItemState.done] == 2 and counts[ItemState.queued] == 2
+    assert counts[ItemState.claimed] == 0, out[-3000:]
+    assert counts[ItemState.done] == 2 and counts[ItemState.queued] == 2, (counts, out[-3000:])
     outbox = sorted(p.name for p in config.outbox_dir.iterdir())
     assert len(outbox) == 2 and not any(n.startswith(".") for n in outbox)
     for item in queue.list(states=[ItemState.queued]):
@@ -172,7 +172,7 @@ def test_sigterm_finishes_or_releases_and_writes_nothing_half(tmp_path: Path, se
     queue2 = open_queue(config2)
     for i in range(2):
         enqueue(queue2, config2, f"U{i}", "civil_affairs", sleep=3.0)
-    _sigterm_when_running(_daemon(var2, server.url, grace=0.2), queue2)
-    assert queue2.counts()[ItemState.queued] == 2
+    out2 = _sigterm_when_running(_daemon(var2, server.url, grace=0.2), queue2)
+    assert queue2.counts()[ItemState.queued] == 2, out2[-3000:]
     assert all(i.attempts == 0 for i in queue2.list())
     assert not config2.outbox_dir.exists() or list(config2.outbox_dir.iterdir()) == []
