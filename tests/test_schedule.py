@@ -160,9 +160,12 @@ def test_sigterm_finishes_or_releases_and_writes_nothing_half(tmp_path: Path, se
     assert "SIGTERM received" in out
     counts = queue.counts()
     assert counts[ItemState.claimed] == 0, out[-3000:]
-    assert counts[ItemState.done] == 2 and counts[ItemState.queued] == 2, (counts, out[-3000:])
+    # The running items finished (normally two; more only if this test was descheduled
+    # for a second), the rest never started.
+    assert counts[ItemState.done] >= 2, (counts, out[-3000:])
+    assert counts[ItemState.done] + counts[ItemState.queued] == 4, counts
     outbox = sorted(p.name for p in config.outbox_dir.iterdir())
-    assert len(outbox) == 2 and not any(n.startswith(".") for n in outbox)
+    assert len(outbox) == counts[ItemState.done] and not any(n.startswith(".") for n in outbox)
     for item in queue.list(states=[ItemState.queued]):
         assert item.attempts == 0  # never started, nothing counted
 
