@@ -21,8 +21,6 @@ the case, so the case verdict can be settled by whichever process finishes last.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -30,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from stampless._files import write_atomic
 from stampless._version import __version__
 from stampless.errors import InputError
 from stampless.models import VerdictKind, check_request_id, describe_validation_error
@@ -134,20 +133,7 @@ class CaseStore:
         path = self._path(manifest.case_id)
         if path.exists():
             return False
-        self.cases_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{manifest.case_id}.", dir=self.cases_dir)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(manifest.model_dump_json(indent=2))
-                fh.flush()
-                os.fsync(fh.fileno())
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                return False
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-        return True
+        return write_atomic(path, manifest.model_dump_json(indent=2), once=True)
 
     def get(self, case_id: str) -> CaseManifest | None:
         try:

@@ -13,10 +13,7 @@ start by hammering a system that was down a moment ago.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -26,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
+from stampless._files import write_atomic
 from stampless.errors import (
     BrowserError,
     OcrEngineError,
@@ -114,19 +112,10 @@ class CircuitBreaker:
             name: {"state": c.state.value, "failures": c.failures, "opened_at": c.opened_at}
             for name, c in sorted(self._circuits.items())
         }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".circuits.", dir=self.path.parent)
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(data, fh, indent=2)
-                fh.flush()
-                os.fsync(fh.fileno())
-            Path(tmp).replace(self.path)
+            write_atomic(self.path, json.dumps(data, indent=2))
         except OSError as exc:
             logger.warning("Could not write {}: {}", self.path, exc)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                Path(tmp).unlink()
 
     def state(self, system: str) -> CircuitState:
         """The state now (an open circuit whose reset time has passed reads half_open)."""

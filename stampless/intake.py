@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from loguru import logger
 from pydantic import BaseModel, ValidationError
 
+from stampless._files import fsync_dir
 from stampless.cases import CaseManifest, CaseStore, is_case, parse_case
 from stampless.errors import InputError
 from stampless.models import Request, Tier, describe_validation_error, utcnow
@@ -92,14 +93,6 @@ def _read_json(path: Path) -> Any:
         return json.loads(raw.decode("utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"{path}: not valid JSON ({exc}); fix the file.") from None
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Intake:
@@ -305,7 +298,7 @@ class Intake:
                 # folder fails); theirs is complete, so use it.
                 if not (target / "request.json").is_file():
                     raise
-            _fsync_dir(self.spool_dir)
+            fsync_dir(self.spool_dir)
         finally:
             if work.exists():
                 shutil.rmtree(work, ignore_errors=True)

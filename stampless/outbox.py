@@ -11,14 +11,12 @@ verdict names the first one in ``supersedes`` (see :func:`recheck_name`).
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from pydantic import ValidationError
 
+from stampless._files import write_atomic
 from stampless.errors import StamplessError
 from stampless.models import Verdict, VerdictKind, check_request_id, utcnow
 
@@ -47,15 +45,6 @@ def outbox_path(outbox_dir: Path, name: str) -> Path:
     return Path(outbox_dir) / f"{name}.json"
 
 
-def _fsync_dir(folder: Path) -> None:
-    # The rename is only durable once the directory entry is on disk.
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_verdict(outbox_dir: Path, verdict: Verdict, *, name: str | None = None) -> Path:
     """Write ``verdict`` to ``<outbox_dir>/<name or request_id>.json`` atomically, once.
 
@@ -76,28 +65,13 @@ def write_once(outbox_dir: Path, name: str, data: bytes) -> Path:
 
     For outbox documents that are not a single verdict (a case verdict).
     """
-    outbox_dir = Path(outbox_dir)
-    target = outbox_path(outbox_dir, name)
-    outbox_dir.mkdir(parents=True, exist_ok=True)
+    target = outbox_path(Path(outbox_dir), name)
     if target.exists():
         return _same_or_conflict(target, data)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".tmp", dir=outbox_dir)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        # os.link fails if the target exists, so two writers racing on one id cannot
-        # overwrite each other (rename would silently replace).
-        try:
-            os.link(tmp, target)
-        except FileExistsError:
-            return _same_or_conflict(target, data)
-        _fsync_dir(outbox_dir)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    # once=True links the file into place: a racing writer of the same name loses
+    # cleanly instead of replacing the first verdict.
+    if not write_atomic(target, data, once=True):
+        return _same_or_conflict(target, data)
     return target
 
 
