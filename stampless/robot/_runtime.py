@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from loguru import logger
 
 from stampless.checksums import mask_id
+from stampless.circuit import CircuitBreaker, counts_against_system
 from stampless.errors import (
     BrowserError,
     BusinessError,
@@ -77,8 +78,6 @@ class _System:
     watchdog: Watchdog
     sessions: dict[str, Session]
     usage: dict[str, SelectorUse] = field(default_factory=dict)
-    failures_in_row: int = 0
-    open_until: float = 0.0
 
 
 def load_robot(path: Path, system: str) -> Robot:
@@ -113,6 +112,12 @@ class RobotRuntime:
         self._browser: Browser | None = None
         self._browser_lock = asyncio.Lock()
         self._drift = DriftLog(config.var_dir)
+        # In-process only: the queue's workers keep the persisted breaker of the same class
+        # (var/health/circuits.json); this one guards one-off runs and the retry loop.
+        self._circuits = CircuitBreaker(
+            None,
+            limits={n: (s.circuit_failures, s.circuit_reset_s) for n, s in config.systems.items()},
+        )
         self._audit: AuditLog | None = None
         self._counts: dict[str, int] = {
             "lookups": 0,
@@ -297,7 +302,12 @@ class RobotRuntime:
         system = self.system(system_name)
         session = self._session(system, account)
         request_id: str | None = getattr(bundle, "request_id", None)
-        self._check_circuit(system)
+        if not self._circuits.allow(system.name):
+            raise DepartmentUnavailable(
+                f"The {system.name} system failed {system.config.circuit_failures} requests in a "
+                f"row; stampless waits {system.config.circuit_reset_s:.0f} s before trying it "
+                "again."
+            )
         if bundle is not None:
             bundle.set_meta(
                 system=system.name,
@@ -343,7 +353,7 @@ class RobotRuntime:
                         raise
                     await self._failed_attempt(system, session, evidence, page, error)
                     if isinstance(error, InputError) or not getattr(error, "retryable", True):
-                        self._final_failure(system)
+                        self._final_failure(system, error, deadline)
                         raise error from exc
                     if isinstance(error, SessionLost) and not isinstance(error, ReloginRefused):
                         # Not a failed attempt: the watchdog bounds how often this happens.
@@ -353,11 +363,11 @@ class RobotRuntime:
                         attempt -= 1
                         continue
                     if isinstance(error, ReloginRefused) or attempt >= self.attempts:
-                        self._final_failure(system)
+                        self._final_failure(system, error, deadline)
                         raise error from exc
                     delay = self.backoff_s * (2 ** (attempt - 1))
                     if deadline is not None and (deadline - utcnow()).total_seconds() <= delay:
-                        self._final_failure(system)
+                        self._final_failure(system, error, deadline)
                         raise error from exc
                     self._counts["retries"] += 1
                     logger.warning(
@@ -387,26 +397,20 @@ class RobotRuntime:
                 await self._maybe_recycle(session)
                 return result
 
-    def _check_circuit(self, system: _System) -> None:
-        now = time.monotonic()
-        if system.open_until > now:
-            raise DepartmentUnavailable(
-                f"The {system.name} system failed {system.config.circuit_failures} requests in a "
-                f"row; stampless waits {system.open_until - now:.0f} s before trying it again."
-            )
-
-    def _final_failure(self, system: _System) -> None:
+    def _final_failure(
+        self, system: _System, error: StamplessError, deadline: datetime | None
+    ) -> None:
         self._counts["failures"] += 1
-        system.failures_in_row += 1
-        if system.failures_in_row >= system.config.circuit_failures:
-            system.open_until = time.monotonic() + system.config.circuit_reset_s
-            system.failures_in_row = 0
-            logger.error(
-                "{}: circuit open for {:.0f} s", system.name, system.config.circuit_reset_s
-            )
+        if deadline is not None and utcnow() >= deadline:
+            # Our own time ran out: that says nothing about the department system.
+            self._circuits.cancel_trial(system.name)
+        elif counts_against_system(error):
+            self._circuits.failure(system.name)
+        else:
+            self._circuits.cancel_trial(system.name)
 
     def _succeeded(self, system: _System, session: Session) -> None:
-        system.failures_in_row = 0
+        self._circuits.success(system.name)
         system.watchdog.succeeded(session.name)
         session.uses += 1
 
