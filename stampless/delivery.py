@@ -16,8 +16,7 @@ from __future__ import annotations
 import random
 import sqlite3
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING
 import httpx
 from loguru import logger
 
+from stampless._sqlite import connection
 from stampless.models import utcnow
 from stampless.outbox import iter_verdicts
 
@@ -125,15 +125,8 @@ class Delivery:
         delivery.audit = AuditLog(config.audit_dir, rotate_bytes=config.audit.rotate_bytes)
         return delivery
 
-    @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        try:
-            db.execute("PRAGMA busy_timeout=30000")
-            yield db
-        finally:
-            db.close()
+    def _db(self) -> AbstractContextManager[sqlite3.Connection]:
+        return connection(self.db_path)
 
     def discover(self) -> int:
         """Register outbox files not seen before as pending; how many were new."""

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from loguru import logger
 from pydantic import BaseModel, ValidationError
 
-from stampless._files import fsync_dir
+from stampless._files import fsync_dir, read_json_file
 from stampless.cases import CaseManifest, CaseStore, is_case, parse_case
 from stampless.errors import InputError
 from stampless.models import Request, Tier, describe_validation_error, utcnow
@@ -79,20 +79,7 @@ class Prepared:
 
 
 def _read_json(path: Path) -> Any:
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file.") from None
-    except IsADirectoryError:
-        raise InputError(f"{path}: is a folder; give request or case JSON files.") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot be read ({exc.strerror}).") from None
-    if len(raw) > MAX_FILE_BYTES:
-        raise InputError(f"{path}: larger than {MAX_FILE_BYTES // 1024} KiB; not a request.")
-    try:
-        return json.loads(raw.decode("utf-8-sig"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: not valid JSON ({exc}); fix the file.") from None
+    return read_json_file(path, max_bytes=MAX_FILE_BYTES, what="request or case")
 
 
 class Intake:

@@ -6,7 +6,6 @@ the formats on disk (request, verdict) are validated in one place.
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -102,20 +101,10 @@ class Request(BaseModel):
     @classmethod
     def from_file(cls, path: Path) -> Request:
         """Read and validate a request JSON file; InputError names the file and the problem."""
+        from stampless._files import read_json_file
         from stampless.errors import InputError
 
-        try:
-            raw = Path(path).read_bytes()
-        except FileNotFoundError:
-            raise InputError(f"{path}: no such request file.") from None
-        except OSError as exc:
-            raise InputError(f"{path}: cannot be read ({exc.strerror}).") from None
-        if len(raw) > MAX_REQUEST_BYTES:
-            raise InputError(f"{path}: larger than {MAX_REQUEST_BYTES // 1024} KiB; not a request.")
-        try:
-            data = json.loads(raw.decode("utf-8-sig"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InputError(f"{path}: not valid JSON ({exc}); fix the file.") from None
+        data = read_json_file(path, max_bytes=MAX_REQUEST_BYTES)
         if not isinstance(data, dict):
             raise InputError(f"{path}: a request is a JSON object with id, type and claim.")
         try:

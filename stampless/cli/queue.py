@@ -10,19 +10,13 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from stampless.cli._common import console, get_config, state
+from stampless.cli._common import console, get_config
 from stampless.errors import InputError
 
 if TYPE_CHECKING:
     from stampless.worker import Stats
 
 queue_app = typer.Typer(help="Look into the work queue and act on items.")
-
-
-def _setup_logging() -> None:
-    from stampless._logging import setup_logging
-
-    setup_logging(get_config(), debug=state.debug)
 
 
 def register(app: typer.Typer) -> None:
@@ -37,7 +31,6 @@ def register(app: typer.Typer) -> None:
         from stampless.intake import Intake
         from stampless.queue import open_queue
 
-        _setup_logging()
         config = get_config()
         queue = open_queue(config)
         try:
@@ -62,7 +55,7 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Process the queue with N workers sharing one browser."""
-        _setup_logging()
+        get_config()  # loading robot.toml starts the log under var/log
         stats = asyncio.run(_run(workers, until_empty, progress))
         console.print(
             f"done {stats.done}, failed {stats.failed}, in review {stats.review}, "
@@ -83,7 +76,6 @@ def register(app: typer.Typer) -> None:
         from stampless.scheduler import Daemon
         from stampless.worker import WorkerOptions
 
-        _setup_logging()
         config = get_config()
         options = WorkerOptions.from_config(config, workers=workers, progress=False)
         daemon = Daemon(config, options=options)

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from stampless._sqlite import connect
 from stampless.errors import InputError, SystemFailure
 from stampless.models import Request, Tier, VerdictKind, utcnow
 from stampless.queue.abc import (
@@ -114,11 +115,7 @@ class SqliteQueue(WorkQueue):
         key = (os.getpid(), threading.get_ident())
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None or getattr(self._local, "key", None) != key:
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA busy_timeout=30000")
+            conn = connect(self.path, wal=True, synchronous="FULL")
             self._local.conn = conn
             self._local.key = key
         return conn

@@ -17,7 +17,7 @@ import hashlib
 import json
 import sqlite3
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from loguru import logger
 from pydantic import BaseModel
 
+from stampless._sqlite import connection
 from stampless._version import __version__
 from stampless.errors import InputError, StamplessError
 from stampless.models import Request, Tier, Verdict, VerdictKind, utcnow
@@ -144,17 +145,10 @@ class ReviewStore:
         """The deployment's store, at ``<var_dir>/review.db``."""
         return cls(config.var_dir / "review.db")
 
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
+    def _connect(self) -> AbstractContextManager[sqlite3.Connection]:
         # A short-lived connection per call: the console serves from threads and the
         # workers from other processes, and SQLite connections must not cross threads.
-        db = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        try:
-            db.execute("PRAGMA busy_timeout=30000")
-            yield db
-        finally:
-            db.close()
+        return connection(self.db_path)
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
