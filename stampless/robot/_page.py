@@ -593,8 +593,10 @@ class RobotPage:
         info.kind, info.message, info.accepted = dialog.type, dialog.message, accept
         self.dialogs.append(info)
         self.evidence.add_dialog(dialog.type, dialog.message, accept)
-        logger.info(
-            "dialog ({}) {} : {}",
+        # Playwright runs this handler in the task that first listened on the page, whose
+        # log context is an earlier request's: name the request this page now serves.
+        logger.bind(request_id=self.evidence.request_id or "-").info(
+            "dialog ({}) {}: {}",
             dialog.type,
             "accepted" if accept else "dismissed",
             dialog.message[:80],
