@@ -23,6 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel
 from rapidfuzz import fuzz
+from rapidfuzz.distance import Levenshtein
 
 from stampless import normalize as norm
 from stampless.doctype import DocumentType, FieldSpec, Rule
@@ -47,11 +48,20 @@ def _is_latin(value: str) -> bool:
     return value.isascii()
 
 
-def agree(spec: FieldSpec, a: str, b: str) -> bool | None:
+def agree(spec: FieldSpec, a: str, b: str, *, read: bool = False) -> bool | None:
     """Whether two canonical values of ``spec`` agree: True, False, or None for a near miss.
 
-    A near miss (None) means "cannot tell": the caller sends it to review.
+    A near miss (None) means "cannot tell": the caller sends it to review. ``read`` says
+    ``a`` was read by OCR: then a value one edit away from ``b`` (a dropped, added or
+    changed character), or one that starts with the other (a neighbouring line run
+    together with it), is a near miss too, because that is what OCR slips look like. A
+    claim is typed, so it gets no such allowance.
     """
+    slip = Levenshtein.distance(a, b) <= 1 or (
+        spec.rule is Rule.text and (a.startswith(b) or b.startswith(a))
+    )
+    if a != b and read and spec.rule is not Rule.numeric and slip:
+        return None
     if spec.rule is Rule.exact:
         return a == b
     if spec.rule is Rule.numeric:
@@ -140,7 +150,7 @@ def _compare_field(
         # never proof of forgery: a reviewer looks at it.
         reasons.append(f"The {label} read on the scan ({ocr_value}) fails its format check.")
         return result(FieldStatus.unreadable)
-    verdict = agree(spec, ocr_value, record)
+    verdict = agree(spec, ocr_value, record, read=True)
     if verdict is True:
         if read.confidence < threshold:
             reasons.append(

@@ -155,6 +155,23 @@ def test_near_miss_text_goes_to_review() -> None:
     assert decide(BL, claim, None, rec).verdict is VerdictKind.verified
 
 
+def test_ocr_slips_go_to_review_but_typed_claims_do_not() -> None:
+    spec = FieldSpec(name="d", labels=("d",), kind="date")
+    assert agree(spec, "2015-01-25", "2015-11-25", read=True) is None
+    assert agree(spec, "2015-01-25", "2015-11-25") is False
+    assert agree(spec, "2015-01-25", "2016-07-25", read=True) is False
+    text = FieldSpec(name="t", labels=("t",), kind="text", rule=Rule.text)
+    assert (
+        agree(text, "有限责任公司(法人独资)郑州市金水区", "有限责任公司(法人独资)", read=True)
+        is None
+    )
+    capital = FieldSpec(name="c", labels=("c",), kind="capital")
+    assert agree(capital, "949", "7949", read=True) is None
+    assert decide(MC, {}, ocr(registered_on="2024-01-03"), record()).verdict is (
+        VerdictKind.needs_review
+    )
+
+
 @pytest.mark.parametrize(
     ("rule", "a", "b", "expected"),
     [

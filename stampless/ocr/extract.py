@@ -354,6 +354,17 @@ def cut_at_labels(text: str, labels: list[str] | tuple[str, ...]) -> str:
     return compact[:cut]
 
 
+_NAME_LIKE_LABELS = ("姓名", "性别", "国籍", "名称", "类型", "住所", "持证人", "单位")
+
+
+def _looks_like_label(value: str) -> bool:
+    """A label misread by one character ("生名" for 姓名) is not a name."""
+    return any(
+        len(value) == len(label) and sum(x != y for x, y in zip(value, label, strict=True)) <= 1
+        for label in _NAME_LIKE_LABELS
+    )
+
+
 def value_of(
     spec: FieldSpec, raw: str, stop: list[str] | tuple[str, ...] = ()
 ) -> tuple[str | None, bool]:
@@ -389,7 +400,10 @@ def value_of(
         compact = norm.remove_spaces(norm.to_halfwidth(text))
         m = re.search(r"[\u3400-\u9fff·]{2,}", compact)
         if m:
-            return norm.check("name", m.group(0)[: spec.max_chars])
+            name = m.group(0)[: spec.max_chars]
+            if _looks_like_label(name):
+                return name, False
+            return norm.check("name", name)
         m = re.search(r"[A-Za-z][A-Za-z .'-]+", text)
         return norm.check("name", m.group(0)) if m else (None, False)
     if spec.kind == "text":
