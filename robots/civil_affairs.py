@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from stampless import (
-    Credentials,
     Record,
     RecordNotFound,
     RecordRevoked,
@@ -30,14 +29,8 @@ class CivilAffairsRobot(Robot):
 
     system = "civil_affairs"
     version = "1.0"
+    login_retryable = (STALE_FORM,)
     session_cookie = "JSESSIONID"
-
-    async def login(self, page: RobotPage, creds: Credentials) -> None:
-        await page.goto("/login")
-        await page["login.username"].fill(creds.username)
-        await page["login.password"].fill_secret(creds.password)
-        await page["login.submit"].click_and_wait()
-        await self.check_login(page, creds, retryable=(STALE_FORM,))
 
     async def _search(self, page: RobotPage, key: str) -> None:
         # After a lookup the page still shows the search form: no need to load it again.

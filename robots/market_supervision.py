@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from stampless import (
-    Credentials,
     Record,
     RecordNotFound,
     RecordRevoked,
@@ -39,14 +38,9 @@ class MarketSupervisionRobot(Robot):
 
     system = "market_supervision"
     version = "1.0"
+    login_message = "login.message"
+    login_retryable = (STALE_FORM,)
     session_cookie = "ASP.NET_SessionId"
-
-    async def login(self, page: RobotPage, creds: Credentials) -> None:
-        await page.goto("/login")
-        await page["login.username"].fill(creds.username)
-        await page["login.password"].fill_secret(creds.password)
-        await page["login.submit"].click_and_wait()
-        await self.check_login(page, creds, message="login.message", retryable=(STALE_FORM,))
 
     async def is_logged_out(self, page: RobotPage) -> bool:
         # The login page comes back inside the content frame, not only at the top.

@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from stampless import (
-    Credentials,
     Record,
     RecordNotFound,
     RecordRevoked,
@@ -40,15 +39,8 @@ class SocialSecurityRobot(Robot):
 
     system = "social_security"
     version = "1.0"
+    login_retryable = RETRYABLE_LOGIN_ERRORS
     session_cookie = "PHPSESSID"
-
-    async def login(self, page: RobotPage, creds: Credentials) -> None:
-        await page.goto("/login")
-        await page["login.username"].fill(creds.username)
-        await page["login.password"].fill_secret(creds.password)
-        await page["login.totp"].fill_secret(await creds.fresh_totp())
-        await page["login.submit"].click_and_wait()
-        await self.check_login(page, creds, retryable=RETRYABLE_LOGIN_ERRORS)
 
     async def is_logged_out(self, page: RobotPage) -> bool:
         return await super().is_logged_out(page) or await page["main.login"].exists()

@@ -122,9 +122,30 @@ class Robot:
     #: The session cookie; when set, its absence also means "logged out".
     session_cookie: ClassVar[str | None] = None
 
+    #: Where the login form is, relative to the system's url.
+    login_path: ClassVar[str] = "/login"
+    #: The selector of the text that says why a login was refused.
+    login_message: ClassVar[str] = "login.error"
+    #: Parts of a refusal that a retry can fix (a stale one-time token, a TOTP step edge).
+    login_retryable: ClassVar[tuple[str, ...]] = ()
+
     async def login(self, page: RobotPage, creds: Credentials) -> None:
-        """Log the account in. Raise LoginRejected when the system refuses the password."""
-        raise NotImplementedError(f"{type(self).__name__} must implement login()")
+        """Log the account in. Raise LoginRejected when the system refuses the password.
+
+        The default fills the usual form: selectors ``login.username``,
+        ``login.password``, ``login.totp`` (when the account has a TOTP secret) and
+        ``login.submit`` on ``login_path``, then :meth:`check_login`. Override it for
+        anything else (a certificate prompt, a captcha handed to a person).
+        """
+        await page.goto(self.login_path)
+        await page["login.username"].fill(creds.username)
+        await page["login.password"].fill_secret(creds.password)
+        if creds.has_totp:
+            await page["login.totp"].fill_secret(await creds.fresh_totp())
+        await page["login.submit"].click_and_wait()
+        await self.check_login(
+            page, creds, message=self.login_message, retryable=self.login_retryable
+        )
 
     async def check_login(
         self,
