@@ -151,7 +151,7 @@ class Pipeline:
             )
             if tier is Tier.instant or envelope is not None:
                 tier = Tier.instant
-                decision = await self._instant(request, base_dir, envelope)
+                decision = await self._instant(request, base_dir, envelope, claim)
             else:
                 decision = await self._gather_and_decide(
                     request, base_dir, doctype, claim, bundle, account, deadline
@@ -345,8 +345,7 @@ class Pipeline:
     async def _ecert_on_scan(self, request: Request, base_dir: Path) -> bytes | None:
         """The e-certificate in the scan's QR code, if an issuer signs this document type.
 
-        Only looked for when some issuer signs this document type, so deployments
-        without e-certificates pay nothing for it.
+        Deployments without e-certificate issuers for the type pay nothing for the look.
         """
         if request.scan is None or not any(
             not issuer.types or request.type in issuer.types
@@ -359,18 +358,28 @@ class Pipeline:
         assert scan is not None
         return await asyncio.to_thread(find_ecert_in_scan, scan)
 
-    async def _instant(self, request: Request, base_dir: Path, envelope: bytes | None) -> Decision:
+    async def _instant(
+        self, request: Request, base_dir: Path, envelope: bytes | None, claim: BaseModel
+    ) -> Decision:
         """The e-certificate (already read from the scan, or the request's file or QR code)
-        checked against the issuer's key and the claim: no browser, no OCR."""
+        checked against the issuer's key and the claim: no browser, no OCR.
+
+        The claim is the validated one, normalized as in the robot tier, so the same
+        claim gets the same answer whichever tier settles it.
+        """
         from stampless.ecert import verify_ecert, verify_instant
 
+        normalized = claim.model_dump(mode="json", exclude_none=True)
         if envelope is not None:
             decision = verify_ecert(
-                envelope, config=self.config, doc_type=request.type, claim=request.claim
+                envelope, config=self.config, doc_type=request.type, claim=normalized
             )
         else:
             decision = await asyncio.to_thread(
-                verify_instant, request, base_dir=base_dir, config=self.config
+                verify_instant,
+                request.model_copy(update={"claim": normalized}),
+                base_dir=base_dir,
+                config=self.config,
             )
         self._step(
             "compared",
