@@ -379,6 +379,7 @@ def test_idle_sessions_expire(fixture_servers_factory: Any) -> None:
         assert client.get("/query").headers["location"] == "/login"
 
 
+@pytest.mark.slow  # reads the traffic of the slow browser tests above: runs with them
 def test_no_account_is_used_by_two_sessions_at_once(own_fixture_servers: Any) -> None:
     """Over everything this module did, an account's live sessions never overlapped."""
     for system in SYSTEMS:
