@@ -255,26 +255,46 @@ def _id_chars(text: str) -> str:
     return re.sub(r"[^0-9A-Za-z|]", "", t)
 
 
-def check_resident_id(text: str | None) -> tuple[str | None, bool]:
-    """Canonical resident ID and whether it passes GB 11643 (after confusion correction).
+def _check_code(
+    text: str | None,
+    *,
+    loose: re.Pattern[str],
+    is_valid: Callable[[str], bool],
+    allowed: Callable[[int, str], bool],
+) -> tuple[str | None, bool]:
+    """An 18-character code in ``text`` and whether its check character holds.
 
-    Returns ``(value, valid)``; ``value`` is the best reading even when invalid (so a
-    reviewer sees it), or None when there are not 18 characters to read.
+    The code is the whole reading, or the first run ``loose`` finds in it; a failed
+    check is repaired only when exactly one OCR-confusion fix passes it. The value is
+    the best reading even when invalid (so a reviewer sees it), or None when there is
+    nothing to read.
     """
     if not text:
         return None, False
     t = _id_chars(text)
     if len(t) != 18:
-        m = re.search(r"[0-9OoDQIl|iBSsZz]{17}[0-9Xx]", t)
+        m = loose.search(t)
         if not m:
             return (t.upper() or None), False
         t = m.group(0)
-    if is_valid_resident_id(t):
+    if is_valid(t):
         return t, True
-    fix = correct_confusions(t, is_valid=is_valid_resident_id, allowed=_id_allowed)
+    fix = correct_confusions(t, is_valid=is_valid, allowed=allowed)
     if fix.value is not None:
         return fix.value, True
     return t.upper(), False
+
+
+_LOOSE_RESIDENT_ID = re.compile(r"[0-9OoDQIl|iBSsZz]{17}[0-9Xx]")
+# Lower-case letters are never in a credit code; an 'l' or 'i' is a '1', 'o' a '0'.
+_LOOSE_CREDIT_CODE = re.compile(r"[0-9A-Za-z|]{18}")
+
+
+def check_resident_id(text: str | None) -> tuple[str | None, bool]:
+    """Canonical resident ID and whether it passes GB 11643 (after confusion correction)."""
+    return _check_code(
+        text, loose=_LOOSE_RESIDENT_ID, is_valid=is_valid_resident_id, allowed=_id_allowed
+    )
 
 
 def normalize_resident_id(text: str | None) -> str | None:
@@ -284,21 +304,9 @@ def normalize_resident_id(text: str | None) -> str | None:
 
 def check_credit_code(text: str | None) -> tuple[str | None, bool]:
     """Canonical unified social credit code and whether it passes GB 32100."""
-    if not text:
-        return None, False
-    t = _id_chars(text)
-    # Lower-case letters are never in a credit code; an 'l' or 'i' is a '1', 'o' a '0'.
-    if len(t) != 18:
-        m = re.search(r"[0-9A-Za-z|]{18}", t)
-        if not m:
-            return (t.upper() or None), False
-        t = m.group(0)
-    if is_valid_credit_code(t):
-        return t, True
-    fix = correct_confusions(t, is_valid=is_valid_credit_code, allowed=_credit_allowed)
-    if fix.value is not None:
-        return fix.value, True
-    return t.upper(), False
+    return _check_code(
+        text, loose=_LOOSE_CREDIT_CODE, is_valid=is_valid_credit_code, allowed=_credit_allowed
+    )
 
 
 def normalize_credit_code(text: str | None) -> str | None:
