@@ -15,7 +15,8 @@ export OMP_THREAD_LIMIT := 1
 demo: install
 	$(BIN)/stampless demo
 
-test: install
+# CI runs exactly this: the same lint as `make lint`, then every test (slow ones included).
+test: install lint
 	$(BIN)/python -m pytest
 
 install: system-packages $(VENV)/.installed
