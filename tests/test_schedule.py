@@ -136,6 +136,10 @@ def _sigterm_when_running(proc: subprocess.Popen[str], queue: Any) -> str:
             assert time.monotonic() < end, "the daemon never claimed two items"
             assert proc.poll() is None, "the daemon died"
             time.sleep(0.02)
+        # A claim is written a moment before its worker starts the item, and an item
+        # claimed as shutdown begins is rightly handed back unstarted. Signal once the two
+        # items are surely running (each takes 1 s on the server), so they must finish.
+        time.sleep(0.3)
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
     finally:
