@@ -122,6 +122,9 @@ class OcrConfig(_Section):
     second_opinion: Literal["none", "rapidocr"] = "none"
     languages: str = "chi_sim+eng"
     tesseract_cmd: str | None = None
+    # "auto": the system's libtesseract in-process when found (and tesseract_cmd unset);
+    # "off": always the tesseract command; or the library file's path.
+    tesseract_library: str = "auto"
     max_pixels: int = Field(default=60_000_000, ge=1_000_000)
     max_file_mb: float = Field(default=40.0, gt=0)
     timeout_s: float = Field(default=60.0, gt=0)

@@ -132,7 +132,11 @@ def test_blank_page_needs_review(tmp_path: Path) -> None:
     assert decide(dt, claim, result, record).verdict is VerdictKind.needs_review
 
 
-def test_missing_tesseract_is_an_engine_error() -> None:
+def test_missing_tesseract_is_an_engine_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pytesseract
+
+    # The command path sets pytesseract's module-wide command; restored after the test.
+    monkeypatch.setattr(pytesseract.pytesseract, "tesseract_cmd", "tesseract")
     with pytest.raises(OcrEngineError, match="not installed"):
         get_engine(OcrConfig(tesseract_cmd="/nonexistent/tesseract"))
 

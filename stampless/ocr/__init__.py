@@ -53,11 +53,14 @@ DISAGREEMENT_FACTOR = 0.5
 
 
 @lru_cache(maxsize=8)
-def _engine(kind: str, languages: str, cmd: str | None, timeout_s: float) -> OcrEngine:
+def _engine(
+    kind: str, languages: str, cmd: str | None, library: str, timeout_s: float
+) -> OcrEngine:
     config = OcrConfig(
         engine="tesseract" if kind == "tesseract" else "rapidocr",
         languages=languages,
         tesseract_cmd=cmd,
+        tesseract_library=library,
         timeout_s=timeout_s,
     )
     if kind == "rapidocr":
@@ -71,7 +74,13 @@ def _engine(kind: str, languages: str, cmd: str | None, timeout_s: float) -> Ocr
 
 def get_engine(config: OcrConfig, kind: str | None = None) -> OcrEngine:
     """The engine ``kind`` (default ``config.engine``), created once per process."""
-    return _engine(kind or config.engine, config.languages, config.tesseract_cmd, config.timeout_s)
+    return _engine(
+        kind or config.engine,
+        config.languages,
+        config.tesseract_cmd,
+        config.tesseract_library,
+        config.timeout_s,
+    )
 
 
 @dataclass
@@ -312,7 +321,7 @@ def read_image(
             words, lines, anchored = sparse, sparse_lines, found
     if config.preprocess.orientation and anchored * 2 < len(doctype.fields):
         # Few labels found: the page may be sideways or upside down.
-        rotate = detect_orientation(pre.image)
+        rotate = detect_orientation(pre.image, engine)
         if rotate:
             logger.debug("page rotated by {} degrees; reading it upright", rotate)
             turned = image.rotate(-rotate, expand=True, fillcolor=(255, 255, 255))

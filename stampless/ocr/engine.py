@@ -58,6 +58,11 @@ class OcrEngine(ABC):
         at once is cheaper than one at a time.
         """
 
+    def detect_orientation(self, image: Image.Image) -> tuple[int, float] | None:
+        """Clockwise degrees (0, 90, 180, 270) that make ``image`` upright, with the
+        engine's confidence; None when the engine cannot tell (the default)."""
+        return None
+
     def read_line(
         self, image: Image.Image, *, whitelist: str | None = None, script: str = "any"
     ) -> tuple[str, float]:

@@ -31,6 +31,8 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from stampless.config import PreprocessConfig
+from stampless.errors import OcrEngineError
+from stampless.ocr.engine import OcrEngine
 
 # The three bundled documents are A5-sized: their long side is 2480 px at 300 DPI.
 PAGE_LONG_SIDE_300DPI = 2480
@@ -361,22 +363,19 @@ def preprocess(
     return result
 
 
-def detect_orientation(image: Image.Image, engine_cmd: str | None = None) -> int:
+def detect_orientation(image: Image.Image, engine: OcrEngine) -> int:
     """Degrees to rotate ``image`` clockwise to make it upright (0, 90, 180, 270).
 
-    Uses Tesseract's orientation detection on a small grey copy; returns 0 when it is
-    unsure (confidence below 2) or fails, because a wrong rotation is worse than none.
+    Asks the engine's orientation detection on a small grey copy; returns 0 when it is
+    unsure (confidence below 2), cannot tell or fails, because a wrong rotation is worse
+    than none.
     """
-    import pytesseract
-
-    if engine_cmd:
-        pytesseract.pytesseract.tesseract_cmd = engine_cmd
     small = image.convert("L")
     small.thumbnail((1200, 1200))
     try:
-        osd = pytesseract.image_to_osd(small, config="--psm 0", output_type=pytesseract.Output.DICT)
-    except (pytesseract.TesseractError, RuntimeError, OSError):
+        found = engine.detect_orientation(small)
+    except OcrEngineError:
         return 0
-    if float(osd.get("orientation_conf", 0)) < 2.0:
+    if found is None or found[1] < 2.0:
         return 0
-    return int(osd.get("rotate", 0)) % 360
+    return found[0] % 360

@@ -1,9 +1,15 @@
-"""The one wrapper around the ``tesseract`` binary (through pytesseract).
+"""The Tesseract engine: the system's libtesseract in-process, or the ``tesseract`` command.
 
-Every pytesseract error is translated here: a missing binary or language, a crash and
-a timeout become :class:`~stampless.errors.OcrEngineError` (a SystemFailure, retried).
-OMP_THREAD_LIMIT=1 is forced for the child process: on 2-core machines Tesseract's own
-OpenMP threads made it 3-6x slower; stampless runs one Tesseract per core instead.
+By default (``ocr.tesseract_library = "auto"``) stampless calls the library the command
+is built on (:mod:`.libtesseract`), which saves the command's start-up and model
+loading on every call (~0.125 s, more than most field reads). Without the library, or
+with ``ocr.tesseract_library = "off"`` or an explicit ``ocr.tesseract_cmd``, it runs the
+command through pytesseract. Both give the same words for the same image.
+
+Every error is translated here: a missing binary or language, a crash and a timeout
+become :class:`~stampless.errors.OcrEngineError` (a SystemFailure, retried).
+OMP_THREAD_LIMIT=1 is forced: on 2-core machines Tesseract's own OpenMP threads made it
+3-6x slower; stampless runs one Tesseract per core instead.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from PIL import Image
 from stampless.config import OcrConfig
 from stampless.errors import OcrEngineError
 from stampless.ocr.engine import OcrEngine, Word
+from stampless.ocr.libtesseract import HandlePool, find_library, load_library
 
 # Tesseract reads OMP_THREAD_LIMIT from its environment, which pytesseract inherits.
 os.environ.setdefault("OMP_THREAD_LIMIT", "1")
@@ -37,26 +44,111 @@ def _installed_languages(cmd: str) -> frozenset[str]:
         raise OcrEngineError(f"Tesseract does not run ({exc}); reinstall tesseract-ocr.") from exc
 
 
+def _word(
+    text: str, conf: float, box: tuple[int, int, int, int], line: tuple[int, int, int]
+) -> Word | None:
+    text = text.strip()
+    if not text or conf < 0:
+        return None
+    return Word(text=text, confidence=max(0.0, min(1.0, conf / 100.0)), box=box, line=line)
+
+
+def _dict_words(data: dict[str, list[str]]) -> list[Word]:
+    """Words of pytesseract's image_to_data dictionary."""
+    words = []
+    for i, text in enumerate(data["text"]):
+        word = _word(
+            str(text),
+            float(data["conf"][i]),
+            (
+                int(data["left"][i]),
+                int(data["top"][i]),
+                int(data["width"][i]),
+                int(data["height"][i]),
+            ),
+            (int(data["block_num"][i]), int(data["par_num"][i]), int(data["line_num"][i])),
+        )
+        if word is not None:
+            words.append(word)
+    return words
+
+
+def _tsv_words(tsv: str) -> list[Word]:
+    """Words of Tesseract's TSV (level, page, block, par, line, word, box, conf, text)."""
+    words = []
+    for row in tsv.splitlines():
+        cols = row.split("\t")
+        if len(cols) < 12 or cols[0] != "5":  # level 5: a word
+            continue
+        left, top, width, height = (int(c) for c in cols[6:10])
+        word = _word(
+            cols[11],
+            float(cols[10]),
+            (left, top, width, height),
+            (int(cols[2]), int(cols[3]), int(cols[4])),
+        )
+        if word is not None:
+            words.append(word)
+    return words
+
+
 def _edge_noise(word: Word) -> bool:
     text = word.text
     return len(text) == 1 and not ("\u3400" <= text <= "\u9fff") and word.confidence < 0.6
 
 
 class TesseractEngine(OcrEngine):
-    """Tesseract 5 (LSTM) through pytesseract, with word boxes and confidences."""
+    """Tesseract 5 (LSTM), with word boxes and confidences."""
 
     name = "tesseract"
 
     def __init__(self, config: OcrConfig) -> None:
-        self.cmd = config.tesseract_cmd or shutil.which("tesseract") or "tesseract"
         self.languages = config.languages
         self.timeout_s = config.timeout_s
+        library = None if config.tesseract_cmd else find_library(config.tesseract_library)
+        self.pool = HandlePool(load_library(library)) if library else None
+        self.cmd = config.tesseract_cmd or shutil.which("tesseract") or "tesseract"
+        if self.pool is not None:
+            with self.pool.handle(self.languages):  # loads the models once, or says what is missing
+                pass
+            return
         missing = set(self.languages.split("+")) - _installed_languages(self.cmd)
         if missing:
             raise OcrEngineError(
                 f"Tesseract lacks the language data {', '.join(sorted(missing))}; install "
                 "tesseract-ocr-chi-sim (and -eng), or change ocr.languages in robot.toml."
             )
+
+    @property
+    def backend(self) -> str:
+        """Where the words come from: the library's file, or the command."""
+        return self.pool.tess.path if self.pool is not None else self.cmd
+
+    def _recognize(
+        self, image: Image.Image, lang: str, psm: int, whitelist: str | None = None
+    ) -> list[Word]:
+        if self.pool is not None:
+            with self.pool.handle(lang) as handle:
+                return _tsv_words(handle.tsv(image, psm, whitelist, self.timeout_s))
+        config = f"--oem 1 --psm {psm}"
+        if whitelist:
+            config += f" -c tessedit_char_whitelist={whitelist}"
+        return _dict_words(self._data(image, lang, config))
+
+    def detect_orientation(self, image: Image.Image) -> tuple[int, float] | None:
+        """Clockwise degrees that make ``image`` upright and the confidence, or None."""
+        if self.pool is not None:
+            with self.pool.handle("osd") as handle:
+                found = handle.orientation(image)
+            return (found.degrees, found.confidence) if found else None
+        pytesseract.pytesseract.tesseract_cmd = self.cmd
+        try:
+            osd = pytesseract.image_to_osd(
+                image, config="--psm 0", output_type=pytesseract.Output.DICT
+            )
+        except (pytesseract.TesseractError, RuntimeError, OSError):
+            return None
+        return int(osd.get("rotate", 0)) % 360, float(osd.get("orientation_conf", 0))
 
     def _data(self, image: Image.Image, lang: str, config: str) -> dict[str, list[str]]:
         pytesseract.pytesseract.tesseract_cmd = self.cmd
@@ -90,41 +182,11 @@ class TesseractEngine(OcrEngine):
             return "+".join(cjk) or self.languages
         return self.languages
 
-    def _words(self, data: dict[str, list[str]]) -> list[Word]:
-        words: list[Word] = []
-        for i, text in enumerate(data["text"]):
-            text = str(text).strip()
-            conf = float(data["conf"][i])
-            if not text or conf < 0:
-                continue
-            words.append(
-                Word(
-                    text=text,
-                    confidence=max(0.0, min(1.0, conf / 100.0)),
-                    box=(
-                        int(data["left"][i]),
-                        int(data["top"][i]),
-                        int(data["width"][i]),
-                        int(data["height"][i]),
-                    ),
-                    line=(
-                        int(data["block_num"][i]),
-                        int(data["par_num"][i]),
-                        int(data["line_num"][i]),
-                    ),
-                )
-            )
-        return words
-
     def read(self, image: Image.Image, *, psm: int = 3, cjk_only: bool = False) -> list[Word]:
-        lang = self._lang("cjk" if cjk_only else "any")
-        return self._words(self._data(image, lang, f"--oem 1 --psm {psm}"))
+        return self._recognize(image, self._lang("cjk" if cjk_only else "any"), psm)
 
     def _line(self, image: Image.Image, whitelist: str | None, lang: str) -> tuple[str, float]:
-        config = "--oem 1 --psm 7"
-        if whitelist:
-            config += f" -c tessedit_char_whitelist={whitelist}"
-        found = sorted(self._words(self._data(image, lang, config)), key=lambda w: w.box[0])
+        found = sorted(self._recognize(image, lang, 7, whitelist), key=lambda w: w.box[0])
         # A crop's edges catch specks and bits of neighbouring labels, which Tesseract
         # reads as one low-confidence Latin character; they are not part of a CJK value.
         while found and _edge_noise(found[0]):
@@ -163,10 +225,7 @@ class TesseractEngine(OcrEngine):
             page.paste(im.convert("L"), (gap, y))
             spans.append((y, y + im.height))
             y += im.height + gap
-        config = "--oem 1 --psm 6"
-        if whitelist:
-            config += f" -c tessedit_char_whitelist={whitelist}"
-        words = self._words(self._data(page, self._lang(script), config))
+        words = self._recognize(page, self._lang(script), 6, whitelist)
         texts: list[list[Word]] = [[] for _ in images]
         for w in words:
             cy = w.box[1] + w.box[3] / 2
