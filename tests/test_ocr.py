@@ -17,8 +17,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
-from PIL import Image
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image, ImageFilter
 
 from stampless.compare import decide
 from stampless.config import OcrConfig
@@ -27,6 +30,7 @@ from stampless.errors import InputError, OcrEngineError
 from stampless.models import Record, VerdictKind
 from stampless.normalize import normalize
 from stampless.ocr import get_engine, open_image, read_document
+from stampless.ocr.preprocess import median3
 
 os.environ.setdefault("OMP_THREAD_LIMIT", "1")
 
@@ -130,6 +134,51 @@ def test_blank_page_needs_review(tmp_path: Path) -> None:
     )
     claim = {"person_id": "11010519491231002X", "person_name": "张三"}
     assert decide(dt, claim, result, record).verdict is VerdictKind.needs_review
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(3, 40).flatmap(
+        lambda h: st.integers(3, 40).flatmap(
+            lambda w: st.binary(min_size=h * w, max_size=h * w).map(
+                lambda b: np.frombuffer(b, np.uint8).reshape(h, w)
+            )
+        )
+    )
+)
+def test_fast_median_equals_pillows(a: np.ndarray) -> None:
+    expected = np.asarray(Image.fromarray(a, "L").filter(ImageFilter.MedianFilter(3)))
+    assert np.array_equal(median3(a), expected)
+
+
+def test_library_and_command_read_the_same_words(tmp_path: Path) -> None:
+    from stampless.fixtures.records import records
+    from stampless.fixtures.render import render_certificate
+
+    record = records("business_license", 11, 1)[0]
+    page = render_certificate("business_license", record, variant=2, dpi=120).convert("L")
+    library = get_engine(OcrConfig(tesseract_library="auto"))
+    command = get_engine(OcrConfig(tesseract_library="off"))
+    assert "libtesseract" in library.backend
+    assert command.backend.endswith("tesseract")
+    for psm in (3, 6):
+        by_library = library.read(page, psm=psm)
+        by_command = command.read(page, psm=psm)
+        assert [w.text for w in by_library] == [w.text for w in by_command]
+        assert [w.box for w in by_library] == [w.box for w in by_command]
+        assert len(by_library) > 20
+        for a, b in zip(by_library, by_command, strict=True):
+            assert abs(a.confidence - b.confidence) < 0.02
+    # A whitelist is set on a kept handle and must not leak into the next call.
+    code = next(w for w in by_library if sum(c.isdigit() for c in w.text) >= 10)
+    left, top, width, height = code.box
+    line = page.crop((left - 20, top - 10, left + width + 20, top + height + 10))
+    digits = library.read_line(line, whitelist="0123456789")[0]
+    assert digits.isdigit() and len(digits) >= 15
+    assert library.read_line(line) != library.read_line(line, whitelist="0123456789")
+    for whitelist in ("0123456789", None):
+        text, conf = library.read_line(line, whitelist=whitelist)
+        assert (text, pytest.approx(conf, abs=0.02)) == command.read_line(line, whitelist=whitelist)
 
 
 def test_missing_tesseract_is_an_engine_error(monkeypatch: pytest.MonkeyPatch) -> None:

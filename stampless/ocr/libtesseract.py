@@ -35,6 +35,7 @@ from stampless.errors import OcrEngineError
 os.environ.setdefault("OMP_THREAD_LIMIT", "1")
 
 _OEM_LSTM_ONLY = 1
+_L_SEVERITY_NONE = 6
 _P = ctypes.c_void_p
 
 
@@ -70,7 +71,6 @@ class TessLibrary:
                 None,
                 [_P, ctypes.c_char_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int],
             ),
-            "TessBaseAPISetSourceResolution": (None, [_P, ctypes.c_int]),
             "TessBaseAPIRecognize": (ctypes.c_int, [_P, _P]),
             "TessBaseAPIGetTsvText": (_P, [_P, ctypes.c_int]),
             "TessBaseAPIClear": (None, [_P]),
@@ -101,6 +101,24 @@ class TessLibrary:
             fn.argtypes = argtypes
         self.lib = lib
         self.version = (lib.TessVersion() or b"?").decode()
+        _quiet_leptonica()
+
+
+def _quiet_leptonica() -> None:
+    """Stop Leptonica printing "Error in boxClipToRectangle" and the like to stderr.
+
+    Tesseract reports failures through return values; these messages are noise in a
+    worker's log (the command's went to pytesseract's pipe, unread).
+    """
+    name = ctypes.util.find_library("lept") or ctypes.util.find_library("leptonica")
+    if name is None:
+        return
+    try:
+        lept = ctypes.CDLL(name)
+        lept.setMsgSeverity.argtypes = [ctypes.c_int]
+        lept.setMsgSeverity(_L_SEVERITY_NONE)
+    except (OSError, AttributeError):
+        return
 
 
 _libraries: dict[str, TessLibrary] = {}
@@ -158,9 +176,9 @@ class _Handle:
         self.lib.TessBaseAPISetImage(
             self.ptr, data, image.width, image.height, depth, image.width * depth
         )
-        dpi = image.info.get("dpi")
-        if dpi:
-            self.lib.TessBaseAPISetSourceResolution(self.ptr, round(float(dpi[1])))
+        # No source resolution is passed, as with the command (pytesseract's PNG carries
+        # none): Tesseract estimates it from the text, and a scan's declared DPI is
+        # wrong anyway once preprocessing has rescaled the page.
 
     def tsv(self, image: Image.Image, psm: int, whitelist: str | None, timeout_s: float) -> str:
         wanted = whitelist or ""
