@@ -26,7 +26,7 @@ from loguru import logger
 
 from stampless._sqlite import connection
 from stampless.models import utcnow
-from stampless.outbox import iter_verdicts
+from stampless.outbox import iter_verdicts, read_journal
 
 if TYPE_CHECKING:
     from stampless.audit import AuditLog
@@ -51,7 +51,15 @@ CREATE TABLE IF NOT EXISTS attempts (
     error       TEXT
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (status, next_at);
+-- How far each outbox journal file has been read (see stampless.outbox).
+CREATE TABLE IF NOT EXISTS journal (
+    file   TEXT PRIMARY KEY,
+    offset INTEGER NOT NULL
+);
 """
+
+# The journal row that records that the whole outbox was listed at least once.
+_LISTED = ""
 
 BACKOFF_BASE_S = 1.0
 BACKOFF_MAX_S = 300.0
@@ -128,20 +136,45 @@ class Delivery:
     def _db(self) -> AbstractContextManager[sqlite3.Connection]:
         return connection(self.db_path)
 
-    def discover(self) -> int:
-        """Register outbox files not seen before as pending; how many were new."""
-        now = utcnow().timestamp()
-        names = [(p.stem, now) for p in iter_verdicts(self.outbox_dir)]
-        with self._db() as db:
-            before = db.total_changes
-            db.executemany("INSERT OR IGNORE INTO deliveries (name, next_at) VALUES (?, ?)", names)
-            return db.total_changes - before
+    def discover(self, *, full: bool = False) -> int:
+        """Register outbox files not seen before as pending; how many were new.
 
-    def deliver_pending(self, *, limit: int = 200) -> DeliveryReport:
+        Reads the outbox journal from where the last pass stopped, so a pass costs what
+        is new, not the size of the outbox. ``full`` lists the whole outbox as well (at
+        start-up, and the first time: files a crash left unjournaled, or written before
+        this delivery database existed).
+        """
+        with self._db() as db:
+            offsets = {r["file"]: int(r["offset"]) for r in db.execute("SELECT * FROM journal")}
+        if _LISTED not in offsets:
+            full = True
+        names, new_offsets = read_journal(self.outbox_dir, offsets)
+        if full:
+            names.extend(p.stem for p in iter_verdicts(self.outbox_dir))
+        now = utcnow().timestamp()
+        with self._db() as db:
+            db.execute("BEGIN IMMEDIATE")
+            before = db.total_changes
+            db.executemany(
+                "INSERT OR IGNORE INTO deliveries (name, next_at) VALUES (?, ?)",
+                ((name, now) for name in names),
+            )
+            new = db.total_changes - before
+            # Offsets only move forward: two processes may read the same lines, and the
+            # INSERT OR IGNORE above makes that harmless.
+            db.executemany(
+                "INSERT INTO journal (file, offset) VALUES (?, ?) ON CONFLICT (file) "
+                "DO UPDATE SET offset = max(offset, excluded.offset)",
+                [*new_offsets.items(), *([(_LISTED, 0)] if full else [])],
+            )
+            db.execute("COMMIT")
+        return new
+
+    def deliver_pending(self, *, limit: int = 200, full_scan: bool = False) -> DeliveryReport:
         """One pass: register new outbox files, POST those due, record the outcomes."""
         report = DeliveryReport()
         with self._pass_lock:
-            self.discover()
+            self.discover(full=full_scan)
             now = utcnow().timestamp()
             with self._db() as db:
                 due = [
@@ -251,6 +284,10 @@ class Delivery:
     def redeliver(self, name: str) -> None:
         """Make a given-up (or delivered) file pending again, due now (operator's command)."""
         with self._db() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO deliveries (name, next_at) VALUES (?, ?)",
+                (name, utcnow().timestamp()),
+            )
             db.execute(
                 "UPDATE deliveries SET status = 'pending', next_at = ? WHERE name = ?",
                 (utcnow().timestamp(), name),

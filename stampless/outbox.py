@@ -7,10 +7,17 @@ again is a no-op, which makes the write idempotent for a worker that re-runs aft
 crash; writing a *different* verdict under the same name raises :class:`OutboxConflict`,
 because a delivered verdict must never change. A later re-check writes a new file whose
 verdict names the first one in ``supersedes`` (see :func:`recheck_name`).
+
+Each new file's name is also appended to a journal, ``<outbox_dir>/.journal/<UTC
+day>.log`` (one line per file, one ``O_APPEND`` write), so that delivery reads what is
+new since its last pass instead of listing an outbox of millions of files. The journal
+is a hint, not the record: a crash between the rename and the append leaves a verdict
+unjournaled, which delivery's full scan (at daemon start-up) finds.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -72,7 +79,50 @@ def write_once(outbox_dir: Path, name: str, data: bytes) -> Path:
     # cleanly instead of replacing the first verdict.
     if not write_atomic(target, data, once=True):
         return _same_or_conflict(target, data)
+    _journal(Path(outbox_dir), name)
     return target
+
+
+JOURNAL_DIR = ".journal"
+
+
+def _journal(outbox_dir: Path, name: str) -> None:
+    folder = outbox_dir / JOURNAL_DIR
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{utcnow().strftime('%Y-%m-%d')}.log"
+    # One write of a short line with O_APPEND: lines of concurrent writers never mix.
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{name}\n".encode())
+    finally:
+        os.close(fd)
+
+
+def read_journal(outbox_dir: Path, offsets: dict[str, int]) -> tuple[list[str], dict[str, int]]:
+    """Names journaled since ``offsets`` (journal file -> bytes already read).
+
+    Returns the names and the new offsets. A line still being written (no newline yet)
+    is left for the next call.
+    """
+    folder = Path(outbox_dir) / JOURNAL_DIR
+    names: list[str] = []
+    new_offsets = dict(offsets)
+    if not folder.is_dir():
+        return names, new_offsets
+    for path in sorted(folder.glob("*.log")):
+        start = offsets.get(path.name, 0)
+        try:
+            if path.stat().st_size <= start:
+                continue
+            with path.open("rb") as fh:
+                fh.seek(start)
+                chunk = fh.read()
+        except FileNotFoundError:
+            continue
+        complete = chunk.rfind(b"\n") + 1
+        names.extend(line for line in chunk[:complete].decode("utf-8").splitlines() if line)
+        new_offsets[path.name] = start + complete
+    return names, new_offsets
 
 
 def _same_or_conflict(target: Path, data: bytes) -> Path:

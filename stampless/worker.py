@@ -201,6 +201,9 @@ class WorkerPool:
             for n in range(max(opts.workers, 1))
         ]
         helpers = [asyncio.create_task(self._maintenance(), name="maintenance")]
+        if self.delivery is not None:
+            # Once per start: verdicts a crash left out of the outbox journal.
+            self._kick_delivery(full_scan=True)
         progress = _Progress(self) if _want_progress(opts) else None
         helpers.append(asyncio.create_task(self._report(progress), name="progress"))
         try:
@@ -583,20 +586,21 @@ class WorkerPool:
 
     # -- background ----------------------------------------------------------------------
 
-    def _kick_delivery(self) -> None:
+    def _kick_delivery(self, *, full_scan: bool = False) -> None:
         if self.delivery is None:
             return
         if self._delivery_task is not None and not self._delivery_task.done():
             self._delivery_again = True
             return
-        self._delivery_task = asyncio.create_task(self._deliver())
+        self._delivery_task = asyncio.create_task(self._deliver(full_scan))
 
-    async def _deliver(self) -> None:
+    async def _deliver(self, full_scan: bool) -> None:
         assert self.delivery is not None
         while True:
             self._delivery_again = False
             try:
-                await asyncio.to_thread(self.delivery.deliver_pending)
+                await asyncio.to_thread(self.delivery.deliver_pending, full_scan=full_scan)
+                full_scan = False
             except Exception as exc:
                 logger.error("Webhook delivery failed: {}", exc)
             if not self._delivery_again:

@@ -12,11 +12,13 @@ import pytest
 from stampless._version import __version__
 from stampless.models import Tier, Verdict, VerdictKind, utcnow
 from stampless.outbox import (
+    JOURNAL_DIR,
     OutboxConflict,
     has_verdict,
     iter_verdicts,
     read_verdict,
     recheck_name,
+    verdict_bytes,
     write_verdict,
 )
 
@@ -47,8 +49,10 @@ def test_write_is_whole_and_idempotent(tmp_path: Path) -> None:
     assert read_verdict(tmp_path / "outbox", "REQ-1") == v
     assert has_verdict(tmp_path / "outbox", "REQ-1")
     assert [p.name for p in iter_verdicts(tmp_path / "outbox")] == ["REQ-1.json"]
-    # No temp files left behind.
-    assert sorted(p.name for p in (tmp_path / "outbox").iterdir()) == ["REQ-1.json"]
+    # No temp files left behind; the file is journaled once for delivery.
+    assert sorted(p.name for p in (tmp_path / "outbox").iterdir()) == [".journal", "REQ-1.json"]
+    (journal,) = (tmp_path / "outbox" / ".journal").iterdir()
+    assert journal.read_text() == "REQ-1\n"
 
 
 def test_different_verdict_is_a_conflict(tmp_path: Path) -> None:
@@ -98,7 +102,7 @@ def test_racing_writers_leave_one_file(tmp_path: Path) -> None:
         t.join(timeout=10)
     assert len(outcomes) == 8
     assert outcomes.count("conflict") == 4
-    assert [p.name for p in tmp_path.iterdir()] == ["REQ-1.json"]
+    assert [p.name for p in tmp_path.iterdir() if p.name != JOURNAL_DIR] == ["REQ-1.json"]
 
 
 # -- webhook delivery: a real receiver on 127.0.0.1 -----------------------------------------
@@ -213,6 +217,37 @@ def test_webhook_sees_every_verdict_at_least_once(tmp_path: Path) -> None:
         assert [t["attempt"] for t in tries] == [1, 2]
     lines = [json.loads(x) for x in receiver.log.read_text().splitlines()]
     assert {x["auth"] for x in lines} == {"Bearer t0ken-for-test"}
+
+
+def test_delivery_reads_the_journal_and_lists_the_outbox_only_when_asked(
+    tmp_path: Path,
+) -> None:
+    from stampless.delivery import Delivery
+
+    outbox = tmp_path / "outbox"
+    write_verdict(outbox, make_verdict(rid="OLD-1"))
+    (outbox / "OLD-2.json").write_bytes(verdict_bytes(make_verdict(rid="OLD-2")))  # unjournaled
+    delivery = Delivery(tmp_path / "delivery.db", outbox, url="http://127.0.0.1:9/hook")
+    assert delivery.discover() == 2  # the first pass lists the outbox
+    assert delivery.discover() == 0
+    write_verdict(outbox, make_verdict(rid="NEW-1"))
+    # A crash between the rename and the journal line: only a listing finds it.
+    (outbox / "LOST-1.json").write_bytes(verdict_bytes(make_verdict(rid="LOST-1")))
+    assert delivery.discover() == 1
+    assert delivery.status("NEW-1") == "pending" and delivery.status("LOST-1") is None
+    # A journal line still being written is left for the next pass.
+    journal = next((outbox / ".journal").glob("*.log"))
+    with journal.open("ab") as fh:
+        fh.write(b"HALF")
+    assert delivery.discover() == 0
+    with journal.open("ab") as fh:
+        fh.write(b"-1\n")
+    assert delivery.discover() == 1 and delivery.status("HALF-1") == "pending"
+    assert delivery.discover(full=True) == 1 and delivery.status("LOST-1") == "pending"
+    # An operator may redeliver a verdict delivery never registered.
+    (outbox / "LOST-2.json").write_bytes(verdict_bytes(make_verdict(rid="LOST-2")))
+    delivery.redeliver("LOST-2")
+    assert delivery.status("LOST-2") == "pending"
 
 
 def test_webhook_gives_up_after_max_attempts(tmp_path: Path) -> None:

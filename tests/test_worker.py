@@ -40,7 +40,7 @@ from stampless.config import (
 )
 from stampless.errors import ConfigError, DepartmentUnavailable, InputError
 from stampless.models import Request, Tier, Verdict, VerdictKind, utcnow
-from stampless.outbox import read_verdict, write_verdict
+from stampless.outbox import JOURNAL_DIR, read_verdict, write_verdict
 from stampless.queue import ItemState, WorkQueue, open_queue
 from stampless.review.store import ReviewStore
 from stampless.worker import Stats, WorkerOptions, WorkerPool, sweep_deadlines
@@ -319,7 +319,7 @@ def test_pool_finishes_all_and_never_shares_an_account(tmp_path: Path, server: A
     assert {e["account"] for e in entries} <= {a for v in SYSTEMS.values() for a in v}
     # Four accounts, four workers: different accounts really ran in parallel.
     assert no_overlap_per_account(entries) >= 2
-    names = sorted(p.name for p in config.outbox_dir.iterdir())
+    names = sorted(p.name for p in config.outbox_dir.iterdir() if p.name != JOURNAL_DIR)
     assert names == [f"R{i:02}.json" for i in range(24)]
 
 
@@ -443,7 +443,7 @@ def test_lost_lease_stops_the_attempt(tmp_path: Path, server: Any) -> None:
     assert item is not None and item.state is ItemState.done and item.attempts == 2
     # The first attempt was stopped at the next heartbeat, not run to its end.
     assert time.monotonic() - started < 2 * 1.5 - 0.1  # two full attempts take 3 s or more
-    assert [p.name for p in config.outbox_dir.iterdir()] == ["HELD.json"]
+    assert [p.name for p in config.outbox_dir.iterdir() if p.name != JOURNAL_DIR] == ["HELD.json"]
 
 
 # -- the crash test: a worker process killed with SIGKILL mid-item ------------------------
@@ -505,7 +505,7 @@ def test_sigkill_mid_item_finishes_once_later(tmp_path: Path, server: Any) -> No
     assert second.returncode == 0, out
     item = queue.get("SLOW")
     assert item is not None and item.state is ItemState.done and item.attempts == 2
-    files = sorted(p.name for p in config.outbox_dir.iterdir())
+    files = sorted(p.name for p in config.outbox_dir.iterdir() if p.name != JOURNAL_DIR)
     assert files == ["Q0.json", "Q1.json", "Q2.json", "Q3.json", "SLOW.json"]
     assert read_verdict(config.outbox_dir, "SLOW").attempts == 2  # type: ignore[union-attr]
     assert queue.counts()[ItemState.done] == 5
