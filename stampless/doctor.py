@@ -65,6 +65,27 @@ def _tesseract(config: Config) -> list[Check]:
     ]
 
 
+def _tesseract_library(config: Config) -> Check:
+    from stampless.errors import OcrEngineError
+    from stampless.ocr.libtesseract import find_library, load_library
+
+    if config.ocr.tesseract_cmd or config.ocr.tesseract_library == "off":
+        return Check("tesseract library", True, "off: OCR runs the tesseract command")
+    path = find_library(config.ocr.tesseract_library)
+    if path is None:
+        # Not an error: the command works, only ~2x slower per page.
+        return Check(
+            "tesseract library",
+            True,
+            "libtesseract not found; OCR runs the tesseract command (about 2x slower)",
+        )
+    try:
+        tess = load_library(path)
+    except OcrEngineError as exc:
+        return Check("tesseract library", False, str(exc), 'set ocr.tesseract_library = "off"')
+    return Check("tesseract library", True, f"{path} ({tess.version}), read in-process")
+
+
 def _chromium(config: Config) -> Check:
     from stampless.errors import BrowserError
     from stampless.robot import find_chromium
@@ -114,4 +135,11 @@ def _omp() -> Check:
 
 def run_checks(config: Config) -> list[Check]:
     """Every check, in the order a person would fix them."""
-    return [*_tesseract(config), _chromium(config), _fonts(), _writable(config.var_dir), _omp()]
+    return [
+        *_tesseract(config),
+        _tesseract_library(config),
+        _chromium(config),
+        _fonts(),
+        _writable(config.var_dir),
+        _omp(),
+    ]

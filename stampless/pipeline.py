@@ -253,7 +253,7 @@ class Pipeline:
     async def _read_scan(
         self, request: Request, base_dir: Path, doctype: DocumentType, bundle: EvidenceBundle
     ) -> OcrResult:
-        """OCR in a worker thread (Tesseract runs as a subprocess, so threads use both cores).
+        """OCR in a worker thread (Tesseract releases the GIL, so threads use both cores).
 
         An earlier attempt's result in the partial bundle is reused: a retry after the
         department system failed does not read the scan again.

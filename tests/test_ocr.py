@@ -373,6 +373,28 @@ def test_cli_ocr_json(tmp_path: Path) -> None:
     assert out["seconds"] > 0
 
 
+def test_doctor_names_the_ocr_backend_and_what_is_missing(tmp_path: Path) -> None:
+    def doctor(**env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "stampless", "doctor"],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,  # no robot.toml here: the defaults
+            env={**os.environ, "COLUMNS": "400", **env},
+            timeout=60,
+        )
+
+    ok = doctor()
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "read in-process" in ok.stdout
+    off = doctor(STAMPLESS__OCR__TESSERACT_LIBRARY="off")
+    assert off.returncode == 0 and "runs the tesseract command" in off.stdout
+    broken = doctor(STAMPLESS__OCR__TESSERACT_CMD="/nonexistent/tesseract")
+    assert broken.returncode != 0
+    assert "does not run" in broken.stdout and "apt-get install" in broken.stdout
+    assert "Traceback" not in broken.stdout + broken.stderr
+
+
 def test_cli_ocr_bad_input_exits_2(tmp_path: Path) -> None:
     path = tmp_path / "x.jpg"
     path.write_text("not an image", encoding="utf-8")
