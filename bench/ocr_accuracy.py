@@ -10,7 +10,7 @@ For each document type and difficulty it generates ``--count`` scans with fixed 
 * seconds per page, each page read on one core (pages run one per worker process).
 
 Paths: ``stampless`` (preprocessing + label anchors + field re-reads, Tesseract),
-``bare`` (pytesseract on the unprocessed image, same label extraction, no re-reads),
+``bare`` (Tesseract on the unprocessed image, same label extraction, no re-reads),
 ``second`` (``stampless`` with RapidOCR as second opinion on low-confidence fields) and
 ``rapidocr`` (RapidOCR as the only engine; slow on 2 cores).
 
@@ -53,7 +53,7 @@ def _doctype(type_name: str) -> Any:
 
 
 def _bare(jpg: Path, doctype: Any, config: Any) -> Any:
-    """pytesseract on the unprocessed image, the same label extraction, no re-reads."""
+    """Tesseract on the unprocessed image, the same label extraction, no re-reads."""
     from stampless.models import OcrField, OcrResult
     from stampless.ocr import get_engine, open_image
     from stampless.ocr.extract import extract_raw, group_lines, value_of
