@@ -93,7 +93,7 @@ def _one(job: tuple[str, str, str]) -> dict[str, Any]:
     elif path_name == "rapidocr":
         config = OcrConfig(engine="rapidocr")
     else:
-        config = OcrConfig()
+        config = OcrConfig(second_opinion="none")  # Tesseract alone
     started = time.perf_counter()
     try:
         if path_name == "bare":

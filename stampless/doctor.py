@@ -86,6 +86,25 @@ def _tesseract_library(config: Config) -> Check:
     return Check("tesseract library", True, f"{path} ({tess.version}), read in-process")
 
 
+def _second_opinion(config: Config) -> Check:
+    from stampless.ocr import rapidocr_installed, second_opinion
+
+    hint = "pip install 'stampless[rapidocr]'"
+    if config.ocr.second_opinion == "rapidocr" and not rapidocr_installed():
+        return Check("OCR second opinion", False, "rapidocr is configured but not installed", hint)
+    if second_opinion(config.ocr) is not None:
+        return Check("OCR second opinion", True, "RapidOCR re-reads low-confidence fields")
+    if config.ocr.second_opinion == "none":
+        return Check("OCR second opinion", True, "off (ocr.second_opinion = none)")
+    # Optional: without it more genuine scans go to a person, none is accepted wrongly.
+    return Check(
+        "OCR second opinion",
+        True,
+        "RapidOCR not installed: more genuine scans go to review",
+        hint,
+    )
+
+
 def _chromium(config: Config) -> Check:
     from stampless.errors import BrowserError
     from stampless.robot import find_chromium
@@ -138,6 +157,7 @@ def run_checks(config: Config) -> list[Check]:
     return [
         *_tesseract(config),
         _tesseract_library(config),
+        _second_opinion(config),
         _chromium(config),
         _fonts(),
         _writable(config.var_dir),

@@ -181,6 +181,18 @@ def test_library_and_command_read_the_same_words(tmp_path: Path) -> None:
         assert (text, pytest.approx(conf, abs=0.02)) == command.read_line(line, whitelist=whitelist)
 
 
+def test_second_opinion_is_rapidocr_when_its_extra_is_installed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import stampless.ocr as ocr
+
+    for installed, auto in ((True, "rapidocr"), (False, None)):
+        monkeypatch.setattr(ocr, "rapidocr_installed", lambda installed=installed: installed)
+        assert ocr.second_opinion(OcrConfig()) == auto
+        assert ocr.second_opinion(OcrConfig(second_opinion="none")) is None
+        assert ocr.second_opinion(OcrConfig(second_opinion="rapidocr")) == "rapidocr"
+
+
 def test_missing_tesseract_is_an_engine_error(monkeypatch: pytest.MonkeyPatch) -> None:
     import pytesseract
 
@@ -386,7 +398,7 @@ def test_doctor_names_the_ocr_backend_and_what_is_missing(tmp_path: Path) -> Non
 
     ok = doctor()
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert "read in-process" in ok.stdout
+    assert "read in-process" in ok.stdout and "OCR second opinion" in ok.stdout
     off = doctor(STAMPLESS__OCR__TESSERACT_LIBRARY="off")
     assert off.returncode == 0 and "runs the tesseract command" in off.stdout
     broken = doctor(STAMPLESS__OCR__TESSERACT_CMD="/nonexistent/tesseract")

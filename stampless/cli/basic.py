@@ -66,13 +66,15 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def doctor() -> None:
         """Say what this machine is missing for stampless, and how to get it."""
+        from rich.markup import escape
+
         from stampless.doctor import run_checks
 
         checks = run_checks(get_config(required=False))
         table = Table("check", "", "detail", "how to fix", box=None, pad_edge=False)
         for check in checks:
             mark = "[green]ok[/]" if check.ok else "[red]missing[/]"
-            table.add_row(check.name, mark, check.detail, check.fix)
+            table.add_row(check.name, mark, escape(check.detail), escape(check.fix))
         console.print(table)
         if not all(c.ok for c in checks):
             exit_with(ExitCode.system_failure)

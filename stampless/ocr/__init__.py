@@ -14,11 +14,13 @@ field's value after its label; then each field's own region is read again at ful
 resolution as a single line, with a character whitelist for number fields. The two
 readings, the validation result (check characters, calendar) and the engine's word
 confidences give the field's confidence. Fields read below the threshold can be given
-a second opinion by RapidOCR (``ocr.second_opinion = "rapidocr"``).
+a second opinion by RapidOCR (``ocr.second_opinion``: ``"auto"``, the default, asks it
+when the ``stampless[rapidocr]`` extra is installed).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -70,6 +72,19 @@ def _engine(
     from stampless.ocr.tesseract import TesseractEngine
 
     return TesseractEngine(config)
+
+
+def second_opinion(config: OcrConfig) -> str | None:
+    """The engine asked about low-confidence fields, or None (``ocr.second_opinion``)."""
+    if config.second_opinion == "auto":
+        return "rapidocr" if rapidocr_installed() else None
+    return None if config.second_opinion == "none" else config.second_opinion
+
+
+@lru_cache(maxsize=1)
+def rapidocr_installed() -> bool:
+    """True when the optional RapidOCR extra (rapidocr and onnxruntime) is importable."""
+    return all(importlib.util.find_spec(name) is not None for name in ("rapidocr", "onnxruntime"))
 
 
 def get_engine(config: OcrConfig, kind: str | None = None) -> OcrEngine:
@@ -331,8 +346,8 @@ def read_image(
             lines = group_lines(words)
     final = pre.image
     second = None
-    if config.second_opinion != "none" and config.second_opinion != engine.name:
-        second = get_engine(config, config.second_opinion)
+    if (kind := second_opinion(config)) is not None and kind != engine.name:
+        second = get_engine(config, kind)
 
     stop = stop_labels(doctype)
     # First readings from the layout pass, and the crops to read again at full size.
@@ -456,7 +471,7 @@ def read_image(
         text="\n".join(line.text for line in lines),
         image_size=final.size,
         seconds=round(time.perf_counter() - started, 3),
-        engine=engine.name,
+        engine=engine.name if second is None else f"{engine.name}+{second.name}",
     )
 
 
