@@ -30,6 +30,7 @@ from stampless.errors import InputError, OcrEngineError
 from stampless.models import Record, VerdictKind
 from stampless.normalize import normalize
 from stampless.ocr import get_engine, open_image, read_document
+from stampless.ocr.engine import OcrEngine, Word
 from stampless.ocr.preprocess import median3
 
 os.environ.setdefault("OMP_THREAD_LIMIT", "1")
@@ -235,6 +236,69 @@ def test_clean_render_reads_every_field_and_saves_steps(tmp_path: Path) -> None:
     for word in result.words:
         left, top, w, h = word.box
         assert left >= 0 and left + w <= width + 2 and top >= 0 and top + h <= height + 2
+
+
+class _SecondEngine(OcrEngine):
+    """A second-opinion engine that answers a fixed line and records what it was asked."""
+
+    name = "second"
+
+    def __init__(self, answer: str) -> None:
+        self.answer = answer
+        self.asked: list[Image.Image] = []
+
+    def read(self, image: Image.Image, *, psm: int = 3, cjk_only: bool = False) -> list[Word]:
+        return []
+
+    def read_lines(
+        self, images: list[Image.Image], *, whitelist: str | None = None, script: str = "any"
+    ) -> list[tuple[str, float]]:
+        self.asked.extend(images)
+        return [(self.answer, 0.9) for _ in images]
+
+
+def test_second_opinion_is_asked_about_every_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import stampless.ocr as ocr
+    from stampless.fixtures.records import records
+    from stampless.fixtures.render import render_certificate
+
+    record = records("social_security_record", 7, 1)[0]
+    path = tmp_path / "clean.png"
+    render_certificate("social_security_record", record, variant=1, dpi=200).save(path)
+    dt = doctype("social_security_record")
+    second = _SecondEngine(answer="")  # reads nothing: the fields stay Tesseract's
+    real_get_engine = ocr.get_engine
+    monkeypatch.setattr(ocr, "second_opinion", lambda config: "second")
+    monkeypatch.setattr(
+        ocr,
+        "get_engine",
+        lambda config, kind=None: second if kind == "second" else real_get_engine(config, kind),
+    )
+    result = read_document(path, dt, CONFIG)
+    confident = [n for n, f in result.fields.items() if f.confidence >= CONFIG.min_confidence]
+    assert "person_name" in confident  # asked although Tesseract was sure of it
+    names = [s for s in dt.fields if s.kind == "name"]
+    low = [s for s in dt.fields if result.fields[s.name].confidence < CONFIG.min_confidence]
+    assert len(second.asked) == len({s.name for s in names + low})
+    assert result.engine == "tesseract+second"
+
+
+def test_second_opinion_agreeing_without_the_label_tail_lifts_confidence() -> None:
+    from stampless.models import OcrField
+    from stampless.ocr import _second_opinion
+    from stampless.ocr.extract import stop_labels
+
+    dt = doctype("marriage_certificate")
+    spec = dt.field("holder_name")
+    read = OcrField(value="尹晨", confidence=0.3, valid=True, box=(10, 10, 200, 40))
+    page = Image.new("L", (400, 100), 255)
+    # The second engine's crop caught the tail of the label 持证人.
+    second = _second_opinion(_SecondEngine("人尹晨"), page, spec, read, stop_labels(dt))
+    assert second.value == "尹晨" and second.confidence == pytest.approx(0.9)
+    other = _second_opinion(_SecondEngine("尹星"), page, spec, read, stop_labels(dt))
+    assert other.value == "尹星" and other.confidence < 0.3  # disagreement: a person looks
 
 
 @pytest.mark.slow

@@ -143,6 +143,17 @@ def _reread_mode(spec: FieldSpec) -> tuple[str | None, str]:
     return spec.whitelist, "cjk"
 
 
+def _value(spec: FieldSpec, text: str, stop: list[str]) -> tuple[str | None, bool]:
+    """A field's normalized value in ``text`` and whether it is valid, without the tail of
+    its own label that a crop or a layout line caught ("人" of 持证人)."""
+    value, valid = value_of(spec, text, stop)
+    if value is not None and spec.kind in ("name", "text"):
+        stripped = _strip_own_label(value, spec)
+        if stripped != value:
+            value, valid = value_of(spec, stripped, stop)
+    return value, valid
+
+
 def _strip_own_label(value: str, spec: FieldSpec) -> str:
     """Drop the tail of the field's own label caught by a crop ("人" of 持证人)."""
     for label in spec.labels:
@@ -285,7 +296,7 @@ def _second_opinion(
         return field
     whitelist, script = _reread_mode(spec)
     text, conf = engine.read_line(_crop(image, field.box), whitelist=whitelist, script=script)
-    value, valid = value_of(spec, text, stop)
+    value, valid = _value(spec, text, stop)
     if value is not None and field.value is not None and value != field.value:
         trimmed = _trim_label_bits(value, field.value, stop)
         if trimmed != value:
@@ -357,7 +368,7 @@ def read_image(
         candidates = extract_raw(lines, doctype, spec)
         firsts[spec.name] = []
         for i, cand in enumerate(candidates):
-            value, valid = value_of(spec, cand.raw, stop)
+            value, valid = _value(spec, cand.raw, stop)
             firsts[spec.name].append(
                 _Reading(value, valid, _word_confidence(cand.words), cand.raw, cand.box)
             )
@@ -382,11 +393,7 @@ def read_image(
     for batch in batches:
         for name, i, text, conf in batch:
             spec = doctype.field(name)
-            value, valid = value_of(spec, text, stop)
-            if value is not None and spec.kind in ("name", "text"):
-                stripped = _strip_own_label(value, spec)
-                if stripped != value:
-                    value, valid = value_of(spec, stripped, stop)
+            value, valid = _value(spec, text, stop)
             reference = firsts[name][i].value
             if value is not None and reference is not None and value != reference:
                 trimmed = _trim_label_bits(value, reference, stop)
@@ -420,9 +427,7 @@ def read_image(
     for mode, items in ties.items():
         for name, i, text, conf in run(mode, items):
             spec = doctype.field(name)
-            value, valid = value_of(spec, text, stop)
-            if value is not None and spec.kind in ("name", "text"):
-                value, valid = value_of(spec, _strip_own_label(value, spec), stop)
+            value, valid = _value(spec, text, stop)
             first, again = firsts[name][i], rereads[(name, i)]
             for agreeing in (first, again):
                 if valid and value == agreeing.value:
@@ -459,7 +464,9 @@ def read_image(
     for spec in doctype.fields:
         fields[spec.name] = _finish(spec, combined[spec.name])
         threshold = spec.threshold or config.min_confidence
-        if second is not None and fields[spec.name].confidence < threshold:
+        # Names are always asked: Tesseract's fast chi_sim model misreads some name
+        # characters with confidence (霞 as 起, 倩 as 傅), which PP-OCR reads right.
+        if second is not None and (fields[spec.name].confidence < threshold or spec.kind == "name"):
             fields[spec.name] = _second_opinion(second, final, spec, fields[spec.name], stop)
     if steps_dir is not None:
         steps_dir.mkdir(parents=True, exist_ok=True)
