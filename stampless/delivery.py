@@ -151,6 +151,8 @@ class Delivery:
         names, new_offsets = read_journal(self.outbox_dir, offsets)
         if full:
             names.extend(p.stem for p in iter_verdicts(self.outbox_dir))
+        elif not names and new_offsets == offsets:
+            return 0  # nothing new: no write transaction
         now = utcnow().timestamp()
         with self._db() as db:
             db.execute("BEGIN IMMEDIATE")
