@@ -101,6 +101,8 @@ class TessLibrary:
             fn.argtypes = argtypes
         self.lib = lib
         self.version = (lib.TessVersion() or b"?").decode()
+        # One pool of initialised handles per library and process, shared by every engine.
+        self.pool = HandlePool(self)
         _quiet_leptonica()
 
 
@@ -123,15 +125,14 @@ def _quiet_leptonica() -> None:
 
 _libraries: dict[str, TessLibrary] = {}
 _libraries_lock = threading.Lock()
-_pools: list[HandlePool] = []
 
 
 @atexit.register
 def _close_pools() -> None:
     # Handles deleted before the library's own static destructors run, which otherwise
     # print "WARNING! LEAK!" for every model still loaded at exit.
-    for pool in _pools:
-        pool.close()
+    for tess in _libraries.values():
+        tess.pool.close()
 
 
 def find_library(setting: str) -> str | None:
@@ -237,14 +238,13 @@ class HandlePool:
     """Idle initialised handles per language; a thread borrows one for one call.
 
     Loading chi_sim takes ~0.1 s and ~40 MB, so handles are kept; the pool grows to the
-    number of threads that read at once (one per core in stampless) and no further.
+    number of threads that read at once and no further. One pool per library and process.
     """
 
     def __init__(self, tess: TessLibrary) -> None:
         self.tess = tess
         self._idle: dict[str, list[_Handle]] = defaultdict(list)
         self._lock = threading.Lock()
-        _pools.append(self)
 
     @contextmanager
     def handle(self, lang: str) -> Iterator[_Handle]:

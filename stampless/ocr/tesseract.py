@@ -106,7 +106,7 @@ class TesseractEngine(OcrEngine):
         self.languages = config.languages
         self.timeout_s = config.timeout_s
         library = None if config.tesseract_cmd else find_library(config.tesseract_library)
-        self.pool = HandlePool(load_library(library)) if library else None
+        self.pool: HandlePool | None = load_library(library).pool if library else None
         self.cmd = config.tesseract_cmd or shutil.which("tesseract") or "tesseract"
         if self.pool is not None:
             with self.pool.handle(self.languages):  # loads the models once, or says what is missing
