@@ -50,6 +50,7 @@ bench: install
 	$(BIN)/python bench/ocr_accuracy.py
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/instant.py
+	$(BIN)/python bench/delivery_discover.py
 
 clean:
 	rm -rf var bench/out .pytest_cache .mypy_cache .ruff_cache
