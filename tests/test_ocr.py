@@ -182,6 +182,30 @@ def test_library_and_command_read_the_same_words(tmp_path: Path) -> None:
         assert (text, pytest.approx(conf, abs=0.02)) == command.read_line(line, whitelist=whitelist)
 
 
+def test_threads_reading_at_once_get_what_one_thread_gets() -> None:
+    from stampless.fixtures.records import records
+    from stampless.fixtures.render import render_certificate
+
+    # Handles are kept per language and lent to one thread at a time; the library runs
+    # without the GIL, so four threads really recognise at once.
+    pages = [
+        render_certificate(t, records(t, 5, 1)[0], variant=v, dpi=100).convert("L")
+        for t, v in (("marriage_certificate", 1), ("business_license", 4))
+    ]
+    engine = get_engine(CONFIG)
+    jobs = [(page, psm, lang) for page in pages for psm in (3, 6) for lang in (False, True)]
+
+    def read(job: tuple[Image.Image, int, bool]) -> list[Word]:
+        page, psm, cjk_only = job
+        return engine.read(page, psm=psm, cjk_only=cjk_only)
+
+    alone = [read(job) for job in jobs]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        together = list(pool.map(read, jobs * 2))
+    assert together == alone * 2
+    assert all(len(words) > 10 for words in alone)
+
+
 def test_second_opinion_is_rapidocr_when_its_extra_is_installed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
