@@ -93,7 +93,9 @@ def _second_opinion(config: Config) -> Check:
     if config.ocr.second_opinion == "rapidocr" and not rapidocr_installed():
         return Check("OCR second opinion", False, "rapidocr is configured but not installed", hint)
     if second_opinion(config.ocr) is not None:
-        return Check("OCR second opinion", True, "RapidOCR re-reads low-confidence fields")
+        return Check(
+            "OCR second opinion", True, "RapidOCR re-reads names and low-confidence fields"
+        )
     if config.ocr.second_opinion == "none":
         return Check("OCR second opinion", True, "off (ocr.second_opinion = none)")
     # Optional: without it more genuine scans go to a person, none is accepted wrongly.

@@ -75,7 +75,7 @@ def _engine(
 
 
 def second_opinion(config: OcrConfig) -> str | None:
-    """The engine asked about low-confidence fields, or None (``ocr.second_opinion``)."""
+    """The engine asked about names and low-confidence fields, or None (``ocr.second_opinion``)."""
     if config.second_opinion == "auto":
         return "rapidocr" if rapidocr_installed() else None
     return None if config.second_opinion == "none" else config.second_opinion
