@@ -34,7 +34,7 @@ from PIL import Image, ImageOps
 from stampless.config import OcrConfig
 from stampless.doctype import DocumentType, FieldSpec
 from stampless.models import OcrField, OcrResult, OcrWord
-from stampless.ocr.engine import OcrEngine, Word
+from stampless.ocr.engine import OcrEngine, Word, words_confidence
 from stampless.ocr.extract import extract_raw, group_lines, stop_labels, value_of
 from stampless.ocr.image import open_image
 from stampless.ocr.preprocess import detect_orientation
@@ -105,15 +105,6 @@ class _Reading:
     confidence: float
     raw: str
     box: tuple[int, int, int, int] | None
-
-
-def _word_confidence(words: list[Word]) -> float:
-    if not words:
-        return 0.0
-    # Weighted by characters: a one-character word should not outweigh an ID number.
-    total = sum(len(w.text) for w in words)
-    mean = sum(w.confidence * len(w.text) for w in words) / max(1, total)
-    return 0.5 * mean + 0.5 * min(w.confidence for w in words)
 
 
 def _crop(
@@ -370,7 +361,7 @@ def read_image(
         for i, cand in enumerate(candidates):
             value, valid = _value(spec, cand.raw, stop)
             firsts[spec.name].append(
-                _Reading(value, valid, _word_confidence(cand.words), cand.raw, cand.box)
+                _Reading(value, valid, words_confidence(cand.words), cand.raw, cand.box)
             )
             if cand.region is not None:
                 jobs.setdefault(_reread_mode(spec), []).append(

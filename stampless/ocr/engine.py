@@ -24,6 +24,16 @@ class Word:
     line: tuple[int, int, int] = (0, 0, 0)  # (block, paragraph, line): words of one text line
 
 
+def words_confidence(words: list[Word]) -> float:
+    """One confidence 0..1 for a run of words: half their mean, weighted by characters
+    (a one-character word should not outweigh an ID number), half the weakest word."""
+    if not words:
+        return 0.0
+    total = sum(len(w.text) for w in words)
+    mean = sum(w.confidence * len(w.text) for w in words) / max(1, total)
+    return 0.5 * mean + 0.5 * min(w.confidence for w in words)
+
+
 class OcrEngine(ABC):
     """An OCR engine. Implementations must be safe to call from several threads."""
 
