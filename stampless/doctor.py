@@ -69,9 +69,9 @@ def _tesseract_library(config: Config) -> Check:
     from stampless.errors import OcrEngineError
     from stampless.ocr.libtesseract import find_library, load_library
 
-    if config.ocr.tesseract_cmd or config.ocr.tesseract_library == "off":
+    path = find_library(config.ocr)
+    if path is None and (config.ocr.tesseract_cmd or config.ocr.tesseract_library == "off"):
         return Check("tesseract library", True, "off: OCR runs the tesseract command")
-    path = find_library(config.ocr.tesseract_library)
     if path is None:
         # Not an error: the command works, only ~2x slower per page.
         return Check(

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from stampless.config import OcrConfig
 from stampless.errors import OcrEngineError
 
 # Tesseract's OpenMP threads fight each other on small machines; set before loading.
@@ -135,9 +136,14 @@ def _close_pools() -> None:
         tess.pool.close()
 
 
-def find_library(setting: str) -> str | None:
-    """The library file for ``ocr.tesseract_library``: "auto" looks it up, "off" is None."""
-    if setting == "off":
+def find_library(config: OcrConfig) -> str | None:
+    """The library file OCR reads with, or None for the ``tesseract`` command.
+
+    None when ``ocr.tesseract_cmd`` names a command or ``ocr.tesseract_library`` is
+    "off"; "auto" looks the library up; anything else is the library's path.
+    """
+    setting = config.tesseract_library
+    if config.tesseract_cmd or setting == "off":
         return None
     if setting != "auto":
         return setting

@@ -105,7 +105,7 @@ class TesseractEngine(OcrEngine):
     def __init__(self, config: OcrConfig) -> None:
         self.languages = config.languages
         self.timeout_s = config.timeout_s
-        library = None if config.tesseract_cmd else find_library(config.tesseract_library)
+        library = find_library(config)
         self.pool: HandlePool | None = load_library(library).pool if library else None
         self.cmd = config.tesseract_cmd or shutil.which("tesseract") or "tesseract"
         if self.pool is not None:
