@@ -29,6 +29,31 @@ def is_valid_resident_id(value: str) -> bool:
     return resident_id_check_char(value[:17]) == value[17].upper()
 
 
+# First two digits of the address code (GB/T 2260 provinces; 81-83 Hong Kong, Macao and
+# Taiwan residence permits).
+_PROVINCES = frozenset(
+    {11, 12, 13, 14, 15, 21, 22, 23, 31, 32, 33, 34, 35, 36, 37, 41, 42, 43, 44, 45, 46}
+    | {50, 51, 52, 53, 54, 61, 62, 63, 64, 65, 71, 81, 82, 83}
+)
+_MONTH_DAYS = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+def is_plausible_resident_id(value: str) -> bool:
+    """A valid resident ID whose address code names a province and whose birth date
+    (characters 7-14) is a calendar date from 1900 on: the whole GB 11643 structure.
+
+    OCR checks readings with this: a misread digit that still passes the check digit by
+    chance (one in eleven) usually breaks the date or the province.
+    """
+    if not is_valid_resident_id(value) or int(value[:2]) not in _PROVINCES:
+        return False
+    year, month, day = int(value[6:10]), int(value[10:12]), int(value[12:14])
+    if not 1900 <= year <= 2100 or not 1 <= month <= 12 or not 1 <= day <= _MONTH_DAYS[month - 1]:
+        return False
+    leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+    return leap or month != 2 or day <= 28
+
+
 def credit_code_check_char(first17: str) -> str:
     """The GB 32100-2015 check character for the first 17 characters of a credit code."""
     if len(first17) != 17 or any(ch not in _CREDIT_VALUE for ch in first17):

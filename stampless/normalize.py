@@ -24,8 +24,8 @@ from datetime import date
 
 from stampless.checksums import (
     CREDIT_ALPHABET,
+    is_plausible_resident_id,
     is_valid_credit_code,
-    is_valid_resident_id,
 )
 
 # Full-width forms that normalization of NFKC does not map the way documents need.
@@ -291,10 +291,31 @@ _LOOSE_CREDIT_CODE = re.compile(r"[0-9A-Za-z|]{18}")
 
 
 def check_resident_id(text: str | None) -> tuple[str | None, bool]:
-    """Canonical resident ID and whether it passes GB 11643 (after confusion correction)."""
+    """Canonical resident ID and whether it passes GB 11643 (check digit, province, birth
+    date), after confusion correction."""
     return _check_code(
-        text, loose=_LOOSE_RESIDENT_ID, is_valid=is_valid_resident_id, allowed=_id_allowed
+        text, loose=_LOOSE_RESIDENT_ID, is_valid=is_plausible_resident_id, allowed=_id_allowed
     )
+
+
+def id_from_birth_date(reading: str | None, birth: str | None) -> str | None:
+    """The resident ID ``reading`` with its birth-date digits taken from ``birth``.
+
+    A resident ID's characters 7-14 are its holder's birth date, which certificates also
+    print on their own (出生日期). When a reading of the ID fails its check and differs
+    from the printed date in one or two of those digits, the date's digits are put in:
+    the result is returned only when it then passes the whole GB 11643 check, so a
+    misread date digit is the only explanation the check leaves. None otherwise.
+    """
+    if not reading or not birth or len(reading) != 18 or not re.fullmatch(r"\d{17}[\dX]", reading):
+        return None
+    digits = birth.replace("-", "")
+    if not re.fullmatch(r"\d{8}", digits):
+        return None
+    if not 0 < sum(a != b for a, b in zip(reading[6:14], digits, strict=True)) <= 2:
+        return None
+    candidate = reading[:6] + digits + reading[14:]
+    return candidate if is_plausible_resident_id(candidate) else None
 
 
 def normalize_resident_id(text: str | None) -> str | None:

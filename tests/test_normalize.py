@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import string
+from datetime import date
 
 import pytest
 from hypothesis import given, settings
@@ -12,6 +13,7 @@ from stampless import normalize as norm
 from stampless.checksums import (
     CREDIT_ALPHABET,
     credit_code_check_char,
+    is_plausible_resident_id,
     is_valid_credit_code,
     is_valid_resident_id,
     resident_id_check_char,
@@ -22,6 +24,14 @@ VALID_CODE = "91350100M000100Y43"
 
 id_bodies = st.text(alphabet=string.digits, min_size=17, max_size=17)
 credit_bodies = st.text(alphabet=CREDIT_ALPHABET, min_size=17, max_size=17)
+# Bodies with GB 11643's structure: a province, a district, a birth date, a sequence.
+plausible_bodies = st.builds(
+    lambda province, district, born, seq: f"{province}{district:04d}{born:%Y%m%d}{seq:03d}",
+    st.sampled_from([11, 13, 31, 32, 44, 51, 65, 81]),
+    st.integers(0, 9999),
+    st.dates(min_value=date(1900, 1, 1), max_value=date(2030, 12, 31)),
+    st.integers(0, 999),
+)
 
 
 # --- check characters (hypothesis) ------------------------------------------------------
@@ -31,7 +41,37 @@ credit_bodies = st.text(alphabet=CREDIT_ALPHABET, min_size=17, max_size=17)
 def test_resident_id_check_digit_roundtrip(body: str) -> None:
     full = body + resident_id_check_char(body)
     assert is_valid_resident_id(full)
+
+
+@given(plausible_bodies)
+def test_plausible_resident_id_roundtrip(body: str) -> None:
+    full = body + resident_id_check_char(body)
+    assert is_plausible_resident_id(full)
     assert norm.check_resident_id(full) == (full, True)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "99010519491231002",  # no province 99
+        "00010519491231002",
+        "11010518991231002",  # born before 1900
+        "11010519491331002",  # month 13
+        "11010519490230002",  # 30 February
+        "11010519490229002",  # 1949 is no leap year
+    ],
+)
+def test_a_check_digit_alone_is_not_a_plausible_id(body: str) -> None:
+    full = body + resident_id_check_char(body)
+    assert is_valid_resident_id(full)
+    assert not is_plausible_resident_id(full)
+    # OCR reports it, but not as valid: a misread digit that passes the check by chance.
+    assert norm.check_resident_id(full) == (full, False)
+
+
+def test_leap_day_is_plausible() -> None:
+    body = "11010520000229002"
+    assert is_plausible_resident_id(body + resident_id_check_char(body))
 
 
 @given(id_bodies, st.integers(0, 16), st.integers(1, 9))
@@ -60,7 +100,7 @@ def test_credit_code_single_change_is_caught(body: str, pos: int, delta: int) ->
 
 
 @settings(max_examples=60)
-@given(id_bodies, st.data())
+@given(plausible_bodies, st.data())
 def test_letters_in_an_id_are_mapped_back_to_digits(body: str, data: st.DataObject) -> None:
     full = body + resident_id_check_char(body)
     lookalike = {"0": "O", "1": "I", "8": "B", "5": "S", "2": "Z"}
