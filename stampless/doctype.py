@@ -52,6 +52,9 @@ class FieldSpec:
     and bounds the fallback search. ``whitelist`` and ``psm`` drive the re-read of the
     field's own region; ``pattern`` is a regular expression the value is searched with
     in the text after the label (the kind's own search is used when None).
+    ``birth_field`` names, for a resident ID, the date field printed beside it that
+    holds its birth date: an ID read with a misread date digit is repaired from it, and
+    goes to a person (see :func:`stampless.normalize.id_from_birth_date`).
     """
 
     name: str
@@ -68,6 +71,7 @@ class FieldSpec:
     region: tuple[float, float, float, float] | None = None
     tolerance: float = 0.0
     max_chars: int = 60
+    birth_field: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in norm.NORMALIZERS:
@@ -100,6 +104,17 @@ class DocumentType:
             raise ValueError(f"document type {self.name!r}: field names repeat")
         if self.key_field not in names:
             raise ValueError(f"document type {self.name!r}: key_field is not one of its fields")
+        for spec in self.fields:
+            if spec.birth_field is not None and (
+                spec.kind != "resident_id"
+                or spec.birth_field not in names
+                or self.field(spec.birth_field).kind != "date"
+            ):
+                raise ValueError(
+                    f"document type {self.name!r}: field {spec.name!r} has birth_field "
+                    f"{spec.birth_field!r}; only a resident ID can have one, and it must "
+                    "name a date field of the type"
+                )
         extra = self.claim_model.model_config.get("extra")
         if extra != "forbid":
             raise ValueError(f"document type {self.name!r}: the claim model must forbid extra keys")

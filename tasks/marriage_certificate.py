@@ -43,7 +43,7 @@ DOCUMENT = DocumentType(
     system="civil_affairs",
     key_field="cert_no",
     claim_model=MarriageClaim,
-    other_labels=("性别", "国籍", "出生日期", "登记机关", "备注"),
+    other_labels=("性别", "国籍", "登记机关", "备注"),
     fields=(
         FieldSpec(
             name="cert_no",
@@ -64,6 +64,7 @@ DOCUMENT = DocumentType(
             labels=("身份证件号", "身份证号"),
             kind="resident_id",
             whitelist=ID_CHARS,
+            birth_field="holder_birth",
         ),
         FieldSpec(
             name="spouse_name",
@@ -79,6 +80,13 @@ DOCUMENT = DocumentType(
             kind="resident_id",
             whitelist=ID_CHARS,
             occurrence=1,
+            birth_field="spouse_birth",
+        ),
+        # Read to check the IDs (their characters 7-14 are the birth date) and compared
+        # with the record, but a page whose birth dates cannot be read is not doubtful.
+        FieldSpec(name="holder_birth", labels=("出生日期",), kind="date", required=False),
+        FieldSpec(
+            name="spouse_birth", labels=("出生日期",), kind="date", required=False, occurrence=1
         ),
     ),
 )

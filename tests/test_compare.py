@@ -18,6 +18,8 @@ RECORD_FIELDS = {
     "holder_id": "11010519491231002X",
     "spouse_name": "李四",
     "spouse_id": "110105194912310029",
+    "holder_birth": "1949-12-31",
+    "spouse_birth": "1949-12-31",
 }
 CLAIM = {
     "cert_no": "J320102-2024-001234",

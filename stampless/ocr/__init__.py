@@ -23,17 +23,19 @@ from __future__ import annotations
 import importlib.util
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 from loguru import logger
-from PIL import Image, ImageOps
+from PIL import Image, ImageFilter, ImageOps
 
 from stampless.config import OcrConfig
 from stampless.doctype import DocumentType, FieldSpec
 from stampless.models import OcrField, OcrResult, OcrWord
+from stampless.normalize import id_from_birth_date
 from stampless.ocr.engine import OcrEngine, Word, words_confidence
 from stampless.ocr.extract import extract_raw, group_lines, stop_labels, value_of
 from stampless.ocr.image import open_image
@@ -45,6 +47,8 @@ __all__ = ["OcrEngine", "Word", "get_engine", "open_image", "read_document", "re
 # The layout pass reads the page at this fraction of 300 DPI: at 120 DPI Tesseract found
 # 227 of 228 labels on generated normal and hard scans, more than at 150 DPI, in less time.
 LAYOUT_SCALE = 0.4
+# Kinds with a check character, read in more renderings when no reading passes it.
+_CHECKED_KINDS = {"resident_id", "credit_code"}
 # Kinds read again with Tesseract's Latin model and a whitelist.
 _LATIN_KINDS = {"resident_id", "credit_code", "cert_no", "integer"}
 _DATE_WHITELIST = "0123456789年月日-."
@@ -52,6 +56,9 @@ _DATE_WHITELIST = "0123456789年月日-."
 AGREEMENT_FLOOR = 0.85
 # Confidence given up when two readings of a field disagree.
 DISAGREEMENT_FACTOR = 0.5
+# Highest confidence of a value repaired from another field: below every threshold, so a
+# person confirms it.
+REPAIR_CONFIDENCE = 0.5
 
 
 @lru_cache(maxsize=8)
@@ -154,6 +161,12 @@ def _strip_own_label(value: str, spec: FieldSpec) -> str:
     return value
 
 
+def _renderings(crop: Image.Image) -> list[Image.Image]:
+    """Other renderings of a crop for a last read: binarized, enlarged, sharpened."""
+    big = crop.resize((crop.width * 3 // 2, crop.height * 3 // 2), Image.Resampling.LANCZOS)
+    return [_binarized(crop), big, crop.filter(ImageFilter.UnsharpMask(2, 150, 3))]
+
+
 def _binarized(crop: Image.Image) -> Image.Image:
     from stampless.ocr.preprocess import binarize
 
@@ -244,6 +257,78 @@ def _merge_labels(a: _Reading, b: _Reading) -> _Reading:
         min(a.confidence, b.confidence) * DISAGREEMENT_FACTOR,
         best.raw,
         best.box,
+    )
+
+
+_Batch = dict[tuple[str | None, str], list[tuple[str, int, Image.Image]]]
+_Run = Callable[
+    [tuple[str | None, str], list[tuple[str, int, Image.Image]]],
+    list[tuple[str, int, str, float]],
+]
+
+
+def _read_renderings(
+    run: _Run,
+    page: Image.Image,
+    doctype: DocumentType,
+    firsts: dict[str, list[_Reading]],
+    combined: dict[str, list[_Reading]],
+    stop: list[str],
+) -> None:
+    """Codes with a check character still failing it, read in other renderings.
+
+    On faint, seal-covered hard scans one rendering (binarized, enlarged, sharpened; each
+    of the narrow and the wide crop) often reads what the others do not. The check
+    decides: a value replaces the reading in ``combined`` only when every rendering that
+    passes the check agrees on it.
+    """
+    batch: _Batch = {}
+    for spec in doctype.fields:
+        if spec.kind not in _CHECKED_KINDS or any(r.valid for r in combined[spec.name]):
+            continue
+        for i, reading in enumerate(combined[spec.name]):
+            region = firsts[spec.name][i].box or reading.box
+            if region is None:
+                continue
+            for wide in (False, True):
+                for image in _renderings(_crop(page, region, wide=wide)):
+                    batch.setdefault(_reread_mode(spec), []).append((spec.name, i, image))
+    passing: dict[tuple[str, int], dict[str, float]] = {}
+    for mode, items in batch.items():
+        for name, i, text, conf in run(mode, items):
+            value, valid = value_of(doctype.field(name), text, stop)
+            if valid and value is not None:
+                seen = passing.setdefault((name, i), {})
+                seen[value] = max(seen.get(value, 0.0), conf)
+    for (name, i), seen in passing.items():
+        if len(seen) == 1:
+            value, conf = seen.popitem()
+            old = combined[name][i]
+            # One engine, several renderings: the lowered confidence of a retry.
+            combined[name][i] = _Reading(value, True, conf * 0.85, old.raw, old.box)
+
+
+def _repair_from_birth(field: OcrField, readings: list[_Reading], birth: OcrField) -> OcrField:
+    """A resident ID none of whose readings passed its check, repaired from the birth date
+    printed beside it when exactly one repair passes (``FieldSpec.birth_field``).
+
+    The repaired value is reported with at most :data:`REPAIR_CONFIDENCE`: it rests on
+    one field explaining another, and an ID whose date digits were altered on paper would
+    be "repaired" too, so a person confirms it.
+    """
+    if not birth.valid:
+        return field
+    repaired = {
+        fixed for r in readings if (fixed := id_from_birth_date(r.value, birth.value)) is not None
+    }
+    if len(repaired) != 1:
+        return field
+    return field.model_copy(
+        update={
+            "value": repaired.pop(),
+            "valid": True,
+            "confidence": min(REPAIR_CONFIDENCE, birth.confidence),
+        }
     )
 
 
@@ -354,7 +439,7 @@ def read_image(
     stop = stop_labels(doctype)
     # First readings from the layout pass, and the crops to read again at full size.
     firsts: dict[str, list[_Reading]] = {}
-    jobs: dict[tuple[str | None, str], list[tuple[str, int, Image.Image]]] = {}
+    jobs: _Batch = {}
     for spec in doctype.fields:
         candidates = extract_raw(lines, doctype, spec)
         firsts[spec.name] = []
@@ -401,7 +486,7 @@ def read_image(
     }
     # Two valid readings that disagree: a third reading of the binarized crop decides,
     # when it agrees with one of them (two of three).
-    ties: dict[tuple[str | None, str], list[tuple[str, int, Image.Image]]] = {}
+    ties: _Batch = {}
     for spec in doctype.fields:
         for i, first in enumerate(firsts[spec.name]):
             again = rereads.get((spec.name, i))
@@ -433,7 +518,7 @@ def read_image(
                     )
                     break
     # A second, wider read for values that failed their check (rare on good scans).
-    retry: dict[tuple[str | None, str], list[tuple[str, int, Image.Image]]] = {}
+    retry: _Batch = {}
     for spec in doctype.fields:
         if any(r.valid for r in combined[spec.name]):
             continue
@@ -451,9 +536,17 @@ def read_image(
                 # Found only by the retry: one reading, so a lowered confidence.
                 combined[name][i] = _Reading(value, True, conf * 0.85, text, old.box)
 
-    fields: dict[str, OcrField] = {}
+    _read_renderings(run, final, doctype, firsts, combined, stop)
+
+    fields = {spec.name: _finish(spec, combined[spec.name]) for spec in doctype.fields}
     for spec in doctype.fields:
-        fields[spec.name] = _finish(spec, combined[spec.name])
+        if spec.birth_field is not None and not fields[spec.name].valid:
+            readings = [*firsts[spec.name], *combined[spec.name]]
+            readings += [r for (name, _), r in rereads.items() if name == spec.name]
+            fields[spec.name] = _repair_from_birth(
+                fields[spec.name], readings, fields[spec.birth_field]
+            )
+    for spec in doctype.fields:
         threshold = spec.threshold or config.min_confidence
         # Names are always asked: Tesseract's fast chi_sim model misreads some name
         # characters with confidence (霞 as 起, 倩 as 傅), which PP-OCR reads right.

@@ -26,6 +26,10 @@ from stampless.ocr.engine import Word
 # Labels this long or longer may match with OCR noise; shorter ones must be exact.
 FUZZY_LABEL_MIN = 4
 FUZZY_LABEL_SCORE = 74.0
+# A label of five characters or more printed more often than it was found is searched
+# again at this score: three of five characters ("志从证件号" for 身份证件号).
+FUZZY_LABEL_RETRY_MIN = 5
+FUZZY_LABEL_RETRY_SCORE = 55.0
 # A horizontal gap wider than this many character heights separates two columns.
 GAP_HEIGHTS = 1.2
 _PUNCT_LEAD = " :：;；,，.。、|_-—"
@@ -128,7 +132,9 @@ class Anchor:
     score: float
 
 
-def find_label(line: Line, label: str) -> list[tuple[int, int, float]]:
+def find_label(
+    line: Line, label: str, cutoff: float = FUZZY_LABEL_SCORE
+) -> list[tuple[int, int, float]]:
     """Spans ``(start, end, score)`` of ``label`` in ``line.text``: exact, or fuzzy if long."""
     key = norm.remove_spaces(norm.to_halfwidth(label))
     text = line.text.replace(" ", "")
@@ -149,7 +155,7 @@ def find_label(line: Line, label: str) -> list[tuple[int, int, float]]:
     gaps.append((cursor, len(text)))
     for lo, hi in gaps:
         while hi - lo >= len(key) - 1:
-            found = fuzz.partial_ratio_alignment(key, text[lo:hi], score_cutoff=FUZZY_LABEL_SCORE)
+            found = fuzz.partial_ratio_alignment(key, text[lo:hi], score_cutoff=cutoff)
             if found is None or found.dest_end - found.dest_start < len(key) - 1:
                 break
             spans.append((lo + found.dest_start, lo + found.dest_end, found.score))
@@ -169,13 +175,15 @@ def _unspace(line: Line, spans: list[tuple[int, int, float]]) -> list[tuple[int,
     return out
 
 
-def find_anchors(lines: list[Line], labels: tuple[str, ...]) -> dict[str, list[Anchor]]:
+def find_anchors(
+    lines: list[Line], labels: tuple[str, ...], cutoff: float = FUZZY_LABEL_SCORE
+) -> dict[str, list[Anchor]]:
     """Every occurrence of each label, in reading order (top to bottom, left to right)."""
     out: dict[str, list[Anchor]] = {}
     for label in labels:
         found = []
         for i, line in enumerate(lines):
-            for s, e, score in find_label(line, label):
+            for s, e, score in find_label(line, label, cutoff):
                 found.append(Anchor(i, s, e, label, score))
         out[label] = found
     return out
@@ -274,21 +282,51 @@ def _line_below(lines: list[Line], anchor: Anchor, stop: list[str]) -> Line | No
     return None
 
 
-def extract_raw(lines: list[Line], doctype: DocumentType, spec: FieldSpec) -> list[Candidate]:
-    """Candidate raw values for ``spec``: one per label that has the wanted occurrence."""
-    stop = stop_labels(doctype)
+def _is_subsequence(short: str, long: str) -> bool:
+    chars = iter(long)
+    return all(ch in chars for ch in short)
+
+
+def label_groups(labels: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """``labels`` grouped into spellings of one printed label.
+
+    "身份证号" is 身份证件号 without a character and "证字号" the tail of 结婚证字号: such
+    alternatives name the same printed label, so their matches are counted together
+    when the n-th occurrence is wanted (a misread first 身份证件号 may still match
+    身份证号). Labels that are no subsequence of each other (持证人, 姓名) are different
+    printed labels, each counted on its own.
+    """
+    groups: list[list[str]] = []
+    for label in labels:
+        for group in groups:
+            if any(_is_subsequence(label, g) or _is_subsequence(g, label) for g in group):
+                group.append(label)
+                break
+        else:
+            groups.append([label])
+    return [tuple(g) for g in groups]
+
+
+def _label_candidates(
+    lines: list[Line], doctype: DocumentType, spec: FieldSpec, stop: list[str]
+) -> list[tuple[Candidate, int, int, int]]:
+    """(candidate, line index, value start, value end) per label group with the wanted
+    occurrence."""
     anchors = find_anchors(lines, spec.labels)
-    candidates: list[Candidate] = []
+    out: list[tuple[Candidate, int, int, int]] = []
     used: list[Anchor] = []
-    for label in spec.labels:
-        found = _distinct(anchors[label], lines)
+    for group in label_groups(spec.labels):
+        found = _group_anchors(group, anchors, lines)
+        if len(found) <= spec.occurrence and max(map(len, group)) >= FUZZY_LABEL_RETRY_MIN:
+            again = find_anchors(lines, group, FUZZY_LABEL_RETRY_SCORE)
+            found = _group_anchors(group, again, lines)
         if len(found) <= spec.occurrence:
             continue
         anchor = found[spec.occurrence]
         if any(
             u.line == anchor.line and anchor.start < u.end and u.start < anchor.end for u in used
         ):
-            continue  # the same printed label matched by a shorter alternative
+            continue  # the same printed label matched by another group
         used.append(anchor)
         line = lines[anchor.line]
         # The field's own label is a stop too: the second 姓名 ends the first one's value.
@@ -305,41 +343,113 @@ def extract_raw(lines: list[Line], doctype: DocumentType, spec: FieldSpec) -> li
         right = line.x_at(end) if end < len(line.text) else lt + _wd
         region = (value_left, tp, max(1, right - value_left), ht)
         if box is not None:
-            # The value's own words bound the re-read: a wider crop picks up the next
-            # label ("性别") or the line below. A word can straddle the value's end
-            # ("东营" of "诸葛东营业期限"), so the end character's position bounds it too.
-            box_right = box[0] + box[2]
-            if end < len(line.text):
-                box_right = min(box_right, line.x_at(end))
-            region = (box[0], box[1], max(1, box_right - box[0]), box[3])
+            region = _span_region(line, box, end)
         if value_of(spec, raw)[0] is None:
             below = _line_below(lines, anchor, stop)
             if below is not None:
                 raw, words, region = below.text, below.words, below.box
                 box = below.box
-        candidates.append(Candidate(raw, words, box, f"label:{label}", region))
-    if not any(value_of(spec, c.raw)[1] for c in candidates) and spec.kind in _KIND_SEARCH:
-        pattern = _KIND_SEARCH[spec.kind]
-        hits = []
-        for line in lines:
-            compact = line.text.replace(" ", "")
-            for m in pattern.finditer(compact):
-                hits.append((line, m.group(0)))
-        if len(hits) > spec.occurrence:
-            line, raw = hits[spec.occurrence]
-            candidates.append(Candidate(raw, line.words, line.box, "pattern", line.box))
+        candidate = Candidate(raw, words, box, f"label:{anchor.label}", region)
+        out.append((candidate, anchor.line, start, end))
+    return out
+
+
+def _group_anchors(
+    group: tuple[str, ...], anchors: dict[str, list[Anchor]], lines: list[Line]
+) -> list[Anchor]:
+    """The printed labels a group's spellings matched, in reading order."""
+    # Where two spellings matched one printed label, the longer match bounds it.
+    matches = sorted(
+        (a for label in group for a in anchors[label]),
+        key=lambda a: (a.start - a.end, -a.score),
+    )
+    return _distinct(matches, lines)
+
+
+def _span_region(line: Line, box: tuple[int, int, int, int], end: int) -> tuple[int, int, int, int]:
+    """The re-read region of a value whose words make ``box`` and end at character ``end``.
+
+    The value's own words bound the re-read: a wider crop picks up the next label
+    ("性别") or the line below. A word can straddle the value's end ("东营" of
+    "诸葛东营业期限"), so the end character's position bounds it too.
+    """
+    box_right = box[0] + box[2]
+    if end < len(line.text):
+        box_right = min(box_right, line.x_at(end))
+    return box[0], box[1], max(1, box_right - box[0]), box[3]
+
+
+def extract_raw(lines: list[Line], doctype: DocumentType, spec: FieldSpec) -> list[Candidate]:
+    """Candidate raw values for ``spec``: one per label that has the wanted occurrence.
+
+    A strongly formatted field none of whose labels gave a valid value is also searched
+    for by its format over the whole page, skipping what the labels of the type's other
+    fields of that kind (the holder's ID, when this is the spouse's) already took.
+    """
+    stop = stop_labels(doctype)
+    own = _label_candidates(lines, doctype, spec, stop)
+    candidates = [c for c, *_ in own]
+    if any(value_of(spec, c.raw)[1] for c in candidates) or spec.kind not in _KIND_SEARCH:
+        return candidates
+    # What this field's labels found was read already.
+    taken = [(i, s, e) for _, i, s, e in own]
+    index = spec.occurrence
+    for other in doctype.fields:
+        if other.kind != spec.kind or other.name == spec.name:
+            continue
+        found = [
+            (i, s, e)
+            for c, i, s, e in _label_candidates(lines, doctype, other, stop)
+            if value_of(other, c.raw)[1]
+        ]
+        taken += found
+        if found and other.occurrence < spec.occurrence:
+            index -= 1
+    pattern = _KIND_SEARCH[spec.kind]
+    hits: list[Candidate] = []
+    for i, line in enumerate(lines):
+        spaced = [k for k, ch in enumerate(line.text) if ch != " "]
+        for m in pattern.finditer(line.text.replace(" ", "")):
+            start, end = spaced[m.start()], spaced[m.end() - 1] + 1
+            if any(t == i and start < e and s < end for t, s, e in taken):
+                continue
+            words = line.words_in(start, end)
+            box = union_box([w.box for w in words]) if words else line.box
+            region = _span_region(line, box, end)
+            hits.append(Candidate(m.group(0), words, box, "pattern", region))
+    if len(hits) > index:
+        candidates.append(hits[index])
     return candidates
 
 
 def _distinct(anchors: list[Anchor], lines: list[Line]) -> list[Anchor]:
-    """Anchors in reading order, dropping overlapping duplicates of one printed label."""
-    ordered = sorted(anchors, key=lambda a: (lines[a.line].box[1], lines[a.line].x_at(a.start)))
+    """Anchors in reading order, dropping overlapping duplicates of one printed label
+    (the one listed first in ``anchors`` is kept)."""
     out: list[Anchor] = []
-    for a in ordered:
+    for a in anchors:
         if any(b.line == a.line and a.start < b.end and b.start < a.end for b in out):
             continue
         out.append(a)
-    return out
+    return sorted(out, key=lambda a: (lines[a.line].box[1], lines[a.line].x_at(a.start)))
+
+
+# Kinds with a check character: a stray character glued to the code ("8440305...") is
+# found by trying each 18-character window of a slightly longer run.
+_CHECKED_KINDS = {"resident_id": 18, "credit_code": 18}
+_MAX_EXTRA = 2
+
+
+def _one_valid_window(kind: str, compact: str) -> tuple[str, bool] | None:
+    """The one valid value among the windows of runs a little longer than the code."""
+    size = _CHECKED_KINDS[kind]
+    found = set()
+    for run in re.findall(r"[0-9A-Za-z|]+", compact):
+        if size < len(run) <= size + _MAX_EXTRA:
+            for i in range(len(run) - size + 1):
+                value, valid = norm.check(kind, run[i : i + size])
+                if valid and value is not None:
+                    found.add(value)
+    return (found.pop(), True) if len(found) == 1 else None
 
 
 def cut_at_labels(text: str, labels: list[str] | tuple[str, ...]) -> str:
@@ -372,6 +482,12 @@ def value_of(
 
     ``stop`` labels end the value (text read past the field's end is dropped).
     """
+    if spec.kind in _KIND_SEARCH:
+        # A word that is a whole code wins over a run of words: in "4 120101199012296049"
+        # the 4 is a speck of the seal, not the code's first digit.
+        for word in norm.to_halfwidth(raw).split():
+            if _KIND_SEARCH[spec.kind].fullmatch(word):
+                return norm.check(spec.kind, word)
     text = cut_at_labels(raw, stop) if stop else raw
     text = text.strip(_PUNCT_LEAD)
     if spec.kind == "month":
@@ -394,7 +510,10 @@ def value_of(
     if spec.kind in _KIND_SEARCH:
         compact = norm.remove_spaces(norm.to_halfwidth(text))
         m = _KIND_SEARCH[spec.kind].search(compact)
-        return norm.check(spec.kind, m.group(0) if m else compact)
+        value, valid = norm.check(spec.kind, m.group(0) if m else compact)
+        if not valid and spec.kind in _CHECKED_KINDS:
+            value, valid = _one_valid_window(spec.kind, compact) or (value, valid)
+        return value, valid
     if spec.kind == "name":
         # A name is the first run of CJK characters (or Latin words) after the label.
         compact = norm.remove_spaces(norm.to_halfwidth(text))

@@ -1,0 +1,120 @@
+"""Finding fields in OCR words (stampless.ocr.extract) and repairing IDs, on made-up lines.
+
+The words stand for what Tesseract returns on a page: one word per CJK character, one
+per run of digits, with boxes. Real pages are read in test_ocr.py.
+"""
+
+from __future__ import annotations
+
+from stampless.checksums import resident_id_check_char
+from stampless.doctype import bundled_tasks_dir, load_doctype_file
+from stampless.models import OcrField
+from stampless.normalize import id_from_birth_date
+from stampless.ocr import REPAIR_CONFIDENCE, _Reading, _repair_from_birth
+from stampless.ocr.engine import Word
+from stampless.ocr.extract import extract_raw, group_lines, label_groups, value_of
+
+MC = load_doctype_file(bundled_tasks_dir() / "marriage_certificate.py")
+
+
+def _id(body: str) -> str:
+    return body + resident_id_check_char(body)
+
+
+HOLDER = _id("33010619750207155")
+SPOUSE = _id("11010519630114348")
+
+
+def _words(y: int, *pieces: tuple[int, str]) -> list[Word]:
+    """Words on one line at height ``y``: a CJK label is one word per character."""
+    out = []
+    for x, text in pieces:
+        if text.isascii():
+            out.append(Word(text, 0.9, (x, y, 24 * len(text), 40)))
+        else:
+            out += [Word(ch, 0.9, (x + 44 * i, y, 40, 40)) for i, ch in enumerate(text)]
+    return out
+
+
+def test_label_spellings_are_grouped_but_distinct_labels_are_not() -> None:
+    assert label_groups(("身份证件号", "身份证号")) == [("身份证件号", "身份证号")]
+    assert label_groups(("结婚证字号", "证字号")) == [("结婚证字号", "证字号")]
+    assert label_groups(("持证人", "姓名")) == [("持证人",), ("姓名",)]
+
+
+def test_a_misread_first_label_does_not_give_the_holder_the_spouses_id() -> None:
+    # The holder's 身份证件号 is read "身份证作导": only the shorter spelling 身份证号
+    # matches it, the longer one matches the spouse's label alone. Counted apart, the
+    # holder's "first 身份证件号" was the spouse's.
+    lines = group_lines(
+        _words(100, (100, "身份证作导"), (340, HOLDER))
+        + _words(300, (100, "身份证件号"), (340, SPOUSE))
+    )
+    holder = extract_raw(lines, MC, MC.field("holder_id"))
+    spouse = extract_raw(lines, MC, MC.field("spouse_id"))
+    assert [value_of(MC.field("holder_id"), c.raw)[0] for c in holder] == [HOLDER]
+    assert [value_of(MC.field("spouse_id"), c.raw)[0] for c in spouse] == [SPOUSE]
+
+
+def test_the_format_search_skips_what_another_fields_label_took() -> None:
+    # Two columns on one line; the spouse's label is unreadable (a seal over it).
+    lines = group_lines(
+        _words(100, (100, "身份证件号"), (340, HOLDER), (900, "自从证化方"), (1140, SPOUSE))
+    )
+    found = extract_raw(lines, MC, MC.field("spouse_id"))
+    assert [(c.source, c.raw) for c in found] == [("pattern", SPOUSE)]
+    # The re-read region is the spouse's number, not the whole line with the holder's.
+    left, _, width, _ = found[0].region or (0, 0, 0, 0)
+    assert left == 1140
+    assert width == 24 * 18
+
+
+def test_a_lower_label_score_finds_a_label_printed_more_often_than_read() -> None:
+    lines = group_lines(
+        _words(100, (100, "身份证件号"), (340, HOLDER), (900, "志从证件号"), (1140, "W035SeDit04"))
+    )
+    (found,) = extract_raw(lines, MC, MC.field("spouse_id"))
+    assert found.source == "label:身份证件号"
+    assert found.raw.endswith("035SeDit04")
+    assert found.region is not None and found.region[0] == 1140
+
+
+def test_a_speck_before_an_id_is_not_its_first_digit() -> None:
+    spec = MC.field("holder_id")
+    assert value_of(spec, "4 " + HOLDER) == (HOLDER, True)
+    # Glued to it: the one 18-character window that passes the check.
+    assert value_of(spec, "8" + HOLDER) == (HOLDER, True)
+    assert value_of(spec, HOLDER + "7") == (HOLDER, True)
+    # Nothing valid in it: the reading is reported, invalid.
+    assert value_of(spec, "8" + HOLDER[1:])[1] is False
+
+
+def test_id_date_digits_are_repaired_from_the_printed_birth_date() -> None:
+    misread = HOLDER[:12] + "8" + HOLDER[13:]  # 0207 read as 0287
+    assert id_from_birth_date(misread, "1975-02-07") == HOLDER
+    # A different date is not a misreading of this one.
+    assert id_from_birth_date(misread, "1980-11-30") is None
+    # A reading that is not 18 characters, or already differs nowhere, is left alone.
+    assert id_from_birth_date(HOLDER[:17], "1975-02-07") is None
+    assert id_from_birth_date(HOLDER, "1975-02-07") is None
+    # The repaired ID must pass the check: a misread outside the date stays unrepaired.
+    both = "4" + misread[1:]
+    assert id_from_birth_date(both, "1975-02-07") is None
+
+
+def test_a_repaired_id_goes_to_a_person() -> None:
+    misread = HOLDER[:12] + "8" + HOLDER[13:]
+    field = OcrField(value=misread, confidence=0.4, valid=False)
+    birth = OcrField(value="1975-02-07", confidence=0.97, valid=True)
+    readings = [_Reading(misread, False, 0.4, misread, None)]
+    repaired = _repair_from_birth(field, readings, birth)
+    assert (repaired.value, repaired.valid) == (HOLDER, True)
+    assert repaired.confidence <= REPAIR_CONFIDENCE < 0.8
+    # An unreadable birth date repairs nothing.
+    unread = OcrField(value=None, confidence=0.0, valid=False)
+    assert _repair_from_birth(field, readings, unread) == field
+    # Two readings repaired to two different IDs: no repair.
+    other = _id(HOLDER[:14] + "256")
+    other_misread = other[:12] + "8" + other[13:]
+    two = [*readings, _Reading(other_misread, False, 0.4, other_misread, None)]
+    assert _repair_from_birth(field, two, birth) == field
