@@ -1,7 +1,8 @@
 """OCR with the real Tesseract: bad input, clean pages, generated scans, the CLI.
 
-RapidOCR is an optional extra (about 100 MB with onnxruntime and OpenCV) and is not part
-of this default run; bench/ocr_accuracy.py --paths second rapidocr exercises it.
+RapidOCR is an optional extra for users; `make test` installs it, so the default
+configuration here asks it for a second opinion (``ocr.second_opinion = "auto"``), as a
+deployment installed with the extra does. Tests that pin Tesseract alone say so.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from stampless.doctype import bundled_tasks_dir, load_doctype_file
 from stampless.errors import InputError, OcrEngineError
 from stampless.models import Record, VerdictKind
 from stampless.normalize import normalize
-from stampless.ocr import get_engine, open_image, read_document
+from stampless.ocr import get_engine, open_image, rapidocr_installed, read_document
 from stampless.ocr.engine import OcrEngine, Word
 from stampless.ocr.preprocess import median3
 
@@ -323,6 +324,25 @@ def test_second_opinion_agreeing_without_the_label_tail_lifts_confidence() -> No
     assert second.value == "尹晨" and second.confidence == pytest.approx(0.9)
     other = _second_opinion(_SecondEngine("尹星"), page, spec, read, stop_labels(dt))
     assert other.value == "尹星" and other.confidence < 0.3  # disagreement: a person looks
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not rapidocr_installed(), reason="the RapidOCR extra is not installed")
+def test_rapidocr_second_opinion_reads_rare_name_characters(tmp_path: Path) -> None:
+    """The real second engine on names with characters Tesseract's chi_sim misreads
+    (霞 as 起, 倩 as 傅, 邱 as 印, measured in bench/RESULTS.md)."""
+    from stampless.fixtures.records import records
+    from stampless.fixtures.render import render_certificate
+
+    record = {**records("marriage_certificate", 7, 1)[0], "holder_name": "邱霞"}
+    record["spouse_name"] = "罗倩"
+    path = tmp_path / "names.png"
+    render_certificate("marriage_certificate", record, variant=1, dpi=200).save(path)
+    dt = doctype("marriage_certificate")
+    result = read_document(path, dt, OcrConfig(second_opinion="rapidocr"))
+    assert result.engine == "tesseract+rapidocr"
+    assert result.fields["holder_name"].value == "邱霞"
+    assert result.fields["spouse_name"].value == "罗倩"
 
 
 @pytest.mark.slow

@@ -668,7 +668,7 @@ def test_e2e_sigkill_fault_escalation_and_account_exclusivity(
         assert item.attempts == 2  # retries spent: escalated at once, not at the deadline
         pending = review.get(rid)
         assert pending is not None and "could not finish" in pending.verdict.reasons[0]
-    outbox = sorted(p.name for p in config.outbox_dir.glob("*"))
+    outbox = sorted(p.name for p in config.outbox_dir.glob("*.json"))
     assert outbox == sorted(f"{rid}.json" for rid in finished_civil)  # exactly once each
     circuits = json.loads((var / "health" / "circuits.json").read_text())
     assert circuits["market_supervision"]["state"] in ("open", "half_open")
