@@ -37,7 +37,13 @@ from stampless.doctype import DocumentType, FieldSpec
 from stampless.models import OcrField, OcrResult, OcrWord
 from stampless.normalize import id_from_birth_date
 from stampless.ocr.engine import OcrEngine, Word, words_confidence
-from stampless.ocr.extract import extract_raw, group_lines, stop_labels, value_of
+from stampless.ocr.extract import (
+    CHECKED_KINDS,
+    extract_raw,
+    group_lines,
+    stop_labels,
+    value_of,
+)
 from stampless.ocr.image import open_image
 from stampless.ocr.preprocess import detect_orientation
 from stampless.ocr.preprocess import preprocess as run_preprocess
@@ -47,8 +53,6 @@ __all__ = ["OcrEngine", "Word", "get_engine", "open_image", "read_document", "re
 # The layout pass reads the page at this fraction of 300 DPI: at 120 DPI Tesseract found
 # 227 of 228 labels on generated normal and hard scans, more than at 150 DPI, in less time.
 LAYOUT_SCALE = 0.4
-# Kinds with a check character, read in more renderings when no reading passes it.
-_CHECKED_KINDS = {"resident_id", "credit_code"}
 # Kinds read again with Tesseract's Latin model and a whitelist.
 _LATIN_KINDS = {"resident_id", "credit_code", "cert_no", "integer"}
 _DATE_WHITELIST = "0123456789年月日-."
@@ -284,7 +288,7 @@ def _read_renderings(
     """
     batch: _Batch = {}
     for spec in doctype.fields:
-        if spec.kind not in _CHECKED_KINDS or any(r.valid for r in combined[spec.name]):
+        if spec.kind not in CHECKED_KINDS or any(r.valid for r in combined[spec.name]):
             continue
         for i, reading in enumerate(combined[spec.name]):
             region = firsts[spec.name][i].box or reading.box

@@ -433,15 +433,16 @@ def _distinct(anchors: list[Anchor], lines: list[Line]) -> list[Anchor]:
     return sorted(out, key=lambda a: (lines[a.line].box[1], lines[a.line].x_at(a.start)))
 
 
-# Kinds with a check character: a stray character glued to the code ("8440305...") is
-# found by trying each 18-character window of a slightly longer run.
-_CHECKED_KINDS = {"resident_id": 18, "credit_code": 18}
+# Kinds with a check character, and their length. A stray character glued to such a code
+# ("8440305...") is found by trying each window of a slightly longer run; a code no
+# reading passes is read in more renderings (stampless.ocr).
+CHECKED_KINDS = {"resident_id": 18, "credit_code": 18}
 _MAX_EXTRA = 2
 
 
 def _one_valid_window(kind: str, compact: str) -> tuple[str, bool] | None:
     """The one valid value among the windows of runs a little longer than the code."""
-    size = _CHECKED_KINDS[kind]
+    size = CHECKED_KINDS[kind]
     found = set()
     for run in re.findall(r"[0-9A-Za-z|]+", compact):
         if size < len(run) <= size + _MAX_EXTRA:
@@ -511,7 +512,7 @@ def value_of(
         compact = norm.remove_spaces(norm.to_halfwidth(text))
         m = _KIND_SEARCH[spec.kind].search(compact)
         value, valid = norm.check(spec.kind, m.group(0) if m else compact)
-        if not valid and spec.kind in _CHECKED_KINDS:
+        if not valid and spec.kind in CHECKED_KINDS:
             value, valid = _one_valid_window(spec.kind, compact) or (value, valid)
         return value, valid
     if spec.kind == "name":
