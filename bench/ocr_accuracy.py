@@ -248,7 +248,17 @@ def main(argv: list[str] | None = None) -> int:
                 jobs.append((path_name, str(jpg), str(truth)))
     started = time.perf_counter()
     with ProcessPoolExecutor(max_workers=args.workers, initializer=_init_worker) as pool:
-        rows = list(pool.map(_one, jobs, chunksize=2))
+        rows = []
+        for row in pool.map(_one, jobs, chunksize=2):
+            rows.append(row)
+            if len(rows) % 100 == 0 or len(rows) == len(jobs):
+                elapsed = time.perf_counter() - started
+                left = elapsed / len(rows) * (len(jobs) - len(rows))
+                print(
+                    f"{len(rows)}/{len(jobs)} pages read, {elapsed:.0f} s, about {left:.0f} s left",
+                    file=sys.stderr,
+                    flush=True,
+                )
     wall = time.perf_counter() - started
     command = "python bench/ocr_accuracy.py " + " ".join(sys.argv[1:] if argv is None else argv)
     lines = [
