@@ -130,7 +130,12 @@ def _one(job: tuple[str, str, str]) -> dict[str, Any]:
         "kind": truth["kind"],
         "expected": truth["expected_verdict"],
         "correct": correct,
-        "kinds": {spec.name: spec.kind for spec in doctype.fields},
+        # Optional fields (the marriage certificate's birth dates, read to check the IDs)
+        # are not among DOCUMENTS.md's fields the targets speak of: counted apart.
+        "kinds": {
+            spec.name: spec.kind if spec.required else f"{spec.kind} (optional)"
+            for spec in doctype.fields
+        },
         "verdict": with_claim,
         "scan_only": scan_only,
         "seconds": seconds,

@@ -10,7 +10,7 @@ from stampless.checksums import resident_id_check_char
 from stampless.doctype import bundled_tasks_dir, load_doctype_file
 from stampless.models import OcrField
 from stampless.normalize import id_from_birth_date
-from stampless.ocr import REPAIR_CONFIDENCE, _Reading, _repair_from_birth
+from stampless.ocr import REPAIR_CONFIDENCE, _cap_ambiguous, _Reading, _repair_from_birth
 from stampless.ocr.engine import Word
 from stampless.ocr.extract import extract_raw, group_lines, label_groups, value_of
 
@@ -118,3 +118,36 @@ def test_a_repaired_id_goes_to_a_person() -> None:
     other_misread = other[:12] + "8" + other[13:]
     two = [*readings, _Reading(other_misread, False, 0.4, other_misread, None)]
     assert _repair_from_birth(field, two, birth) == field
+
+
+def test_a_label_found_fewer_times_than_printed_is_ambiguous() -> None:
+    # The holder's 姓名 is unreadable: the only 姓名 found is the spouse's, and the
+    # holder's "first 姓名" would be it.
+    lines = group_lines(
+        _words(100, (100, "口名"), (300, "周琳")) + _words(300, (100, "姓名"), (300, "黄阳"))
+    )
+    (found,) = extract_raw(lines, MC, MC.field("holder_name"))
+    assert found.raw == "黄阳" and found.ambiguous
+    both = group_lines(
+        _words(100, (100, "姓名"), (300, "周琳")) + _words(300, (100, "姓名"), (300, "黄阳"))
+    )
+    (found,) = extract_raw(both, MC, MC.field("holder_name"))
+    assert found.raw == "周琳" and not found.ambiguous
+
+
+def test_a_value_resting_only_on_an_ambiguous_label_goes_to_a_person() -> None:
+    sure = OcrField(value="黄阳", confidence=0.95, valid=True)
+    readings = {
+        "holder_name": [
+            _Reading(None, False, 0.0, "", None),
+            _Reading("黄阳", True, 0.95, "黄阳", None),
+        ]
+    }
+    # 持证人 (index 0) read nothing; 姓名 (index 1) was ambiguous.
+    capped = _cap_ambiguous("holder_name", sure, readings, {("holder_name", 1)})
+    assert capped.confidence == REPAIR_CONFIDENCE
+    # 持证人 reads the same name: the value stands.
+    readings["holder_name"][0] = _Reading("黄阳", True, 0.9, "黄阳", None)
+    assert _cap_ambiguous("holder_name", sure, readings, {("holder_name", 1)}) == sure
+    # No ambiguous label: untouched.
+    assert _cap_ambiguous("holder_name", sure, readings, set()) == sure

@@ -312,6 +312,29 @@ def _read_renderings(
             combined[name][i] = _Reading(value, True, conf * 0.85, old.raw, old.box)
 
 
+def _cap_ambiguous(
+    name: str,
+    field: OcrField,
+    combined: dict[str, list[_Reading]],
+    ambiguous: set[tuple[str, int]],
+) -> OcrField:
+    """``field`` with at most :data:`REPAIR_CONFIDENCE` when its value rests only on
+    labels that may be another person's (``Candidate.ambiguous``).
+
+    With one of the two 姓名 unreadable, the one found may be the spouse's: read with
+    confidence (and a second engine reading the same crop agrees), it would call a
+    genuine certificate a forgery. A person decides instead.
+    """
+    readings = combined[name]
+    if field.value is None or field.confidence <= REPAIR_CONFIDENCE:
+        return field
+    if not any((name, i) in ambiguous for i in range(len(readings))):
+        return field
+    if any(r.value == field.value for i, r in enumerate(readings) if (name, i) not in ambiguous):
+        return field  # a label that is surely this field's reads the same
+    return field.model_copy(update={"confidence": REPAIR_CONFIDENCE})
+
+
 def _repair_from_birth(field: OcrField, readings: list[_Reading], birth: OcrField) -> OcrField:
     """A resident ID none of whose readings passed its check, repaired from the birth date
     printed beside it when exactly one repair passes (``FieldSpec.birth_field``).
@@ -443,9 +466,11 @@ def read_image(
     stop = stop_labels(doctype)
     # First readings from the layout pass, and the crops to read again at full size.
     firsts: dict[str, list[_Reading]] = {}
+    ambiguous: set[tuple[str, int]] = set()
     jobs: _Batch = {}
     for spec in doctype.fields:
         candidates = extract_raw(lines, doctype, spec)
+        ambiguous |= {(spec.name, i) for i, c in enumerate(candidates) if c.ambiguous}
         firsts[spec.name] = []
         for i, cand in enumerate(candidates):
             value, valid = _value(spec, cand.raw, stop)
@@ -556,6 +581,7 @@ def read_image(
         # characters with confidence (霞 as 起, 倩 as 傅), which PP-OCR reads right.
         if second is not None and (fields[spec.name].confidence < threshold or spec.kind == "name"):
             fields[spec.name] = _second_opinion(second, final, spec, fields[spec.name], stop)
+        fields[spec.name] = _cap_ambiguous(spec.name, fields[spec.name], combined, ambiguous)
     if steps_dir is not None:
         steps_dir.mkdir(parents=True, exist_ok=True)
         final.save(steps_dir / "ocr-input.png", compress_level=1)

@@ -198,6 +198,9 @@ class Candidate:
     box: tuple[int, int, int, int] | None
     source: str  # "label:<label>" or "pattern"
     region: tuple[int, int, int, int] | None = None  # where to re-read (value span of line)
+    # Its label is printed more often than it was found (one of two 姓名 unreadable): the
+    # one found may be another person's, so its reading cannot be trusted on its own.
+    ambiguous: bool = False
 
 
 _KIND_SEARCH = {
@@ -317,9 +320,10 @@ def _label_candidates(
     used: list[Anchor] = []
     for group in label_groups(spec.labels):
         found = _group_anchors(group, anchors, lines)
-        if len(found) <= spec.occurrence and max(map(len, group)) >= FUZZY_LABEL_RETRY_MIN:
+        printed = _times_printed(doctype, group)
+        if len(found) < printed and max(map(len, group)) >= FUZZY_LABEL_RETRY_MIN:
             again = find_anchors(lines, group, FUZZY_LABEL_RETRY_SCORE)
-            found = _group_anchors(group, again, lines)
+            found = max(found, _group_anchors(group, again, lines), key=len)
         if len(found) <= spec.occurrence:
             continue
         anchor = found[spec.occurrence]
@@ -349,9 +353,20 @@ def _label_candidates(
             if below is not None:
                 raw, words, region = below.text, below.words, below.box
                 box = below.box
-        candidate = Candidate(raw, words, box, f"label:{anchor.label}", region)
+        candidate = Candidate(
+            raw, words, box, f"label:{anchor.label}", region, ambiguous=len(found) < printed
+        )
         out.append((candidate, anchor.line, start, end))
     return out
+
+
+def _times_printed(doctype: DocumentType, group: tuple[str, ...]) -> int:
+    """How often a label is printed: once more than the highest occurrence any field of
+    the type asks of it (姓名: holder's and spouse's, twice)."""
+    return 1 + max(
+        (f.occurrence for f in doctype.fields if any(label in f.labels for label in group)),
+        default=0,
+    )
 
 
 def _group_anchors(
