@@ -57,8 +57,11 @@ def agree(spec: FieldSpec, a: str, b: str, *, read: bool = False) -> bool | None
     together with it), is a near miss too, because that is what OCR slips look like. A
     claim is typed, so it gets no such allowance.
     """
+    # Normalization closes a bracket OCR left open ("有限责任公司(自然" -> "...(自然)"),
+    # which hides a reading cut short: compare without it too.
+    cut = a.removesuffix(")")
     slip = Levenshtein.distance(a, b) <= 1 or (
-        spec.rule is Rule.text and (a.startswith(b) or b.startswith(a))
+        spec.rule is Rule.text and (a.startswith(b) or b.startswith(a) or b.startswith(cut))
     )
     if a != b and read and spec.rule is not Rule.numeric and slip:
         return None

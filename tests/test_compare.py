@@ -167,6 +167,10 @@ def test_ocr_slips_go_to_review_but_typed_claims_do_not() -> None:
         agree(text, "有限责任公司(法人独资)郑州市金水区", "有限责任公司(法人独资)", read=True)
         is None
     )
+    # A reading cut short whose open bracket normalization closed: a slip, not a forgery.
+    record_type = "有限责任公司(自然人投资或控股)"
+    assert agree(text, "有限责任公司(自然)", record_type, read=True) is None
+    assert agree(text, "有限责任公司(自然)", record_type) is False
     capital = FieldSpec(name="c", labels=("c",), kind="capital")
     assert agree(capital, "949", "7949", read=True) is None
     assert decide(MC, {}, ocr(registered_on="2024-01-03"), record()).verdict is (
