@@ -61,7 +61,7 @@ def agree(spec: FieldSpec, a: str, b: str, *, read: bool = False) -> bool | None
     # which hides a reading cut short: compare without it too.
     cut = a.removesuffix(")")
     slip = Levenshtein.distance(a, b) <= 1 or (
-        spec.rule is Rule.text and (a.startswith(b) or b.startswith(a) or b.startswith(cut))
+        spec.rule is Rule.text and (a.startswith(b) or b.startswith((a, cut)))
     )
     if a != b and read and spec.rule is not Rule.numeric and slip:
         return None
