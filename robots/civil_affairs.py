@@ -64,14 +64,18 @@ class CivilAffairsRobot(Robot):
         async def person(block: str, label: str) -> str:
             return await detail.element("detail.person_value", block=block, label=label).text()
 
-        registered = await value("登记日期")
+        def as_date(text: str) -> str:
+            return normalize_date(text) or text
+
         fields = {
             "cert_no": await value("结婚证字号"),
-            "registered_on": normalize_date(registered) or registered,
+            "registered_on": as_date(await value("登记日期")),
             "holder_name": await person("持证人信息", "姓名"),
             "holder_id": await person("持证人信息", "身份证件号"),
+            "holder_birth": as_date(await person("持证人信息", "出生日期")),
             "spouse_name": await person("配偶信息", "姓名"),
             "spouse_id": await person("配偶信息", "身份证件号"),
+            "spouse_birth": as_date(await person("配偶信息", "出生日期")),
         }
         await detail.screenshot("record detail")
         return Record(system=self.system, key=key, fields=fields, url=detail.url.split("?")[0])

@@ -30,7 +30,16 @@ CASES = {
     "civil_affairs": (
         "marriage_certificate",
         "png",
-        ("cert_no", "registered_on", "holder_name", "holder_id", "spouse_name", "spouse_id"),
+        (
+            "cert_no",
+            "registered_on",
+            "holder_name",
+            "holder_id",
+            "holder_birth",
+            "spouse_name",
+            "spouse_id",
+            "spouse_birth",
+        ),
     ),
     "market_supervision": (
         "business_license",
