@@ -322,8 +322,12 @@ def _label_candidates(
         found = _group_anchors(group, anchors, lines)
         printed = _times_printed(doctype, group)
         if len(found) < printed and max(map(len, group)) >= FUZZY_LABEL_RETRY_MIN:
-            again = find_anchors(lines, group, FUZZY_LABEL_RETRY_SCORE)
-            found = max(found, _group_anchors(group, again, lines), key=len)
+            again = _group_anchors(
+                group, find_anchors(lines, group, FUZZY_LABEL_RETRY_SCORE), lines
+            )
+            # More matches than the label is printed: the looser score matched other text.
+            if len(found) < len(again) <= printed:
+                found = again
         if len(found) <= spec.occurrence:
             continue
         anchor = found[spec.occurrence]
