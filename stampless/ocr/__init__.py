@@ -23,7 +23,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
@@ -271,6 +271,30 @@ _Run = Callable[
 ]
 
 
+def _unread_crops(
+    doctype: DocumentType,
+    firsts: dict[str, list[_Reading]],
+    combined: dict[str, list[_Reading]],
+    crops: Callable[[tuple[int, int, int, int]], list[Image.Image]],
+    *,
+    kinds: Collection[str] | None = None,
+) -> _Batch:
+    """The images ``crops`` makes of each reading's region, for the fields (of ``kinds``,
+    or all) none of whose readings is valid yet, batched by re-read mode."""
+    batch: _Batch = {}
+    for spec in doctype.fields:
+        if kinds is not None and spec.kind not in kinds:
+            continue
+        if any(r.valid for r in combined[spec.name]):
+            continue
+        for i, reading in enumerate(combined[spec.name]):
+            region = firsts[spec.name][i].box or reading.box
+            if region is not None:
+                for image in crops(region):
+                    batch.setdefault(_reread_mode(spec), []).append((spec.name, i, image))
+    return batch
+
+
 def _read_renderings(
     run: _Run,
     page: Image.Image,
@@ -286,17 +310,15 @@ def _read_renderings(
     decides: a value replaces the reading in ``combined`` only when every rendering that
     passes the check agrees on it.
     """
-    batch: _Batch = {}
-    for spec in doctype.fields:
-        if spec.kind not in CHECKED_KINDS or any(r.valid for r in combined[spec.name]):
-            continue
-        for i, reading in enumerate(combined[spec.name]):
-            region = firsts[spec.name][i].box or reading.box
-            if region is None:
-                continue
-            for wide in (False, True):
-                for image in _renderings(_crop(page, region, wide=wide)):
-                    batch.setdefault(_reread_mode(spec), []).append((spec.name, i, image))
+    batch = _unread_crops(
+        doctype,
+        firsts,
+        combined,
+        lambda region: [
+            im for wide in (False, True) for im in _renderings(_crop(page, region, wide=wide))
+        ],
+        kinds=CHECKED_KINDS,
+    )
     passing: dict[tuple[str, int], dict[str, float]] = {}
     for mode, items in batch.items():
         for name, i, text, conf in run(mode, items):
@@ -547,16 +569,9 @@ def read_image(
                     )
                     break
     # A second, wider read for values that failed their check (rare on good scans).
-    retry: _Batch = {}
-    for spec in doctype.fields:
-        if any(r.valid for r in combined[spec.name]):
-            continue
-        for i, reading in enumerate(combined[spec.name]):
-            region = firsts[spec.name][i].box or reading.box
-            if region is not None:
-                retry.setdefault(_reread_mode(spec), []).append(
-                    (spec.name, i, _crop(final, region, wide=True))
-                )
+    retry = _unread_crops(
+        doctype, firsts, combined, lambda region: [_crop(final, region, wide=True)]
+    )
     for mode, items in retry.items():
         for name, i, text, conf in run(mode, items):
             value, valid = value_of(doctype.field(name), text, stop)
