@@ -6,6 +6,8 @@ regular expressions and allocation where they can.
 
 from __future__ import annotations
 
+from datetime import date
+
 _ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _ID_CHECK = "10X98765432"
 
@@ -35,7 +37,6 @@ _PROVINCES = frozenset(
     {11, 12, 13, 14, 15, 21, 22, 23, 31, 32, 33, 34, 35, 36, 37, 41, 42, 43, 44, 45, 46}
     | {50, 51, 52, 53, 54, 61, 62, 63, 64, 65, 71, 81, 82, 83}
 )
-_MONTH_DAYS = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 
 
 def is_plausible_resident_id(value: str) -> bool:
@@ -48,10 +49,11 @@ def is_plausible_resident_id(value: str) -> bool:
     if not is_valid_resident_id(value) or int(value[:2]) not in _PROVINCES:
         return False
     year, month, day = int(value[6:10]), int(value[10:12]), int(value[12:14])
-    if not 1900 <= year <= 2100 or not 1 <= month <= 12 or not 1 <= day <= _MONTH_DAYS[month - 1]:
+    try:
+        date(year, month, day)
+    except ValueError:
         return False
-    leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
-    return leap or month != 2 or day <= 28
+    return 1900 <= year <= 2100
 
 
 def credit_code_check_char(first17: str) -> str:

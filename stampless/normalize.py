@@ -307,7 +307,7 @@ def id_from_birth_date(reading: str | None, birth: str | None) -> str | None:
     the result is returned only when it then passes the whole GB 11643 check, so a
     misread date digit is the only explanation the check leaves. None otherwise.
     """
-    if not reading or not birth or len(reading) != 18 or not re.fullmatch(r"\d{17}[\dX]", reading):
+    if not reading or not birth or not re.fullmatch(r"\d{17}[\dX]", reading):
         return None
     digits = birth.replace("-", "")
     if not re.fullmatch(r"\d{8}", digits):
