@@ -13,7 +13,8 @@ Fixtures (names are stable; other test modules rely on them):
     tests in the module expect.
 ``fixture_servers_factory`` (function scope)
     ``fixture_servers_factory(seed=7, latency_ms=0, fault_rate=0.0, fault_kinds=None,
-    hang_s=None, idle_timeout_s=None, ui_variant=None)`` starts another instance and
+    hang_s=None, idle_timeout_s=None, ui_variant=None, postback_delay_ms=None,
+    postback_jitter_ms=None)`` starts another instance and
     returns its :class:`FixtureServers`; every instance is stopped when the test ends.
 
 A :class:`FixtureServers` offers::
@@ -163,6 +164,8 @@ def fixture_servers_factory(
         hang_s: float | None = None,
         idle_timeout_s: float | None = None,
         ui_variant: str | None = None,
+        postback_delay_ms: int | None = None,
+        postback_jitter_ms: int | None = None,
     ) -> FixtureServers:
         args = _options_to_args(
             seed=seed,
@@ -172,6 +175,8 @@ def fixture_servers_factory(
             hang_s=hang_s,
             idle_timeout_s=idle_timeout_s,
             ui_variant=ui_variant,
+            postback_delay_ms=postback_delay_ms,
+            postback_jitter_ms=postback_jitter_ms,
         )
         servers = _start(tmp_path_factory.mktemp("fixture-extra"), args)
         started.append(servers)

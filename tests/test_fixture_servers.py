@@ -65,7 +65,13 @@ def context(browser: Browser) -> Iterator[BrowserContext]:
 def servers(own_fixture_servers: Any) -> Iterator[Any]:
     """This module's instance, reset to defaults before each test."""
     own_fixture_servers.control_all(
-        ui_variant="normal", fault_rate=0.0, latency_ms=0, idle_timeout_s=900, unlock=True
+        ui_variant="normal",
+        fault_rate=0.0,
+        latency_ms=0,
+        idle_timeout_s=900,
+        unlock=True,
+        postback_delay_ms=0,
+        postback_jitter_ms=0,
     )
     yield own_fixture_servers
 
@@ -255,10 +261,28 @@ def test_market_supervision_frames_viewstate_and_paging(
     content.wait_for_selector(f"text=第 2/{-(-len(expected) // 10)} 页")
     assert codes_on_page() == expected[10:20]
 
+    pages = -(-len(expected) // 10)
+    content.click("text=下一页")
+    content.wait_for_selector(f"text=第 3/{pages} 页")
+    assert codes_on_page() == expected[20:30]
+    assert content.locator("a", has_text="上一页").get_attribute("href") is not None
+
+    # A held post-back: the delay before the response, the jitter around half the page.
+    servers.control("market_supervision", postback_delay_ms=300, postback_jitter_ms=400)
+    form = {name: content.input_value(f"#{name}") for name in ("__VIEWSTATE", "__EVENTVALIDATION")}
+    started = time.monotonic()
+    held = context.request.post(
+        base + "/Search.aspx",
+        form={**form, "__EVENTTARGET": "gvResults", "__EVENTARGUMENT": "Page$Prev"},
+    )
+    assert time.monotonic() - started >= 0.3
+    assert held.status == 200 and f"第 2/{pages} 页" in held.text()
+    servers.control("market_supervision", postback_delay_ms=0, postback_jitter_ms=0)
+
     content.get_by_role("link", name="详细").first.click()
     content.wait_for_selector("#hlArchive")
     detail = content.locator("body").inner_text()
-    first = next(r for r in records("business_license") if r["credit_code"] == expected[10])
+    first = next(r for r in records("business_license") if r["credit_code"] == expected[20])
     assert first["company_name"] in detail
     assert f"{first['registered_capital']}万元" in detail
     with page.expect_download() as download_info:

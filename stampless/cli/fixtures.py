@@ -40,6 +40,16 @@ def serve_command(
     ui_variant: Annotated[
         str, typer.Option(help="'normal', or 'changed' to rename search field ids/names.")
     ] = "normal",
+    postback_delay_ms: Annotated[
+        int, typer.Option(help="How long every post-back (a POST but the login) is held.")
+    ] = 0,
+    postback_jitter_ms: Annotated[
+        int,
+        typer.Option(
+            help="Up to this much more, at random: half before the response starts, half "
+            "after the first half of the page was sent."
+        ),
+    ] = 0,
 ) -> None:
     """Serve the three emulated department systems until interrupted; print `ready`."""
     from stampless.fixtures.serve import serve
@@ -49,6 +59,8 @@ def serve_command(
         raise InputError("--fault-rate must be between 0 and 1, e.g. 0.05.")
     if latency_ms < 0 or hang_s < 0 or idle_timeout_s <= 0:
         raise InputError("--latency-ms and --hang-s must be >= 0 and --idle-timeout-s > 0.")
+    if postback_delay_ms < 0 or postback_jitter_ms < 0:
+        raise InputError("--postback-delay-ms and --postback-jitter-ms must be >= 0.")
     kinds = tuple(k.strip() for k in fault_kinds.split(",") if k.strip())
     if not kinds or set(kinds) - set(FAULT_KINDS):
         raise InputError("--fault-kinds must list some of 500, 502 and hang, e.g. '500,502'.")
@@ -63,6 +75,8 @@ def serve_command(
         idle_timeout_s=idle_timeout_s,
         access_log_dir=access_log,
         ui_variant=ui_variant,
+        postback_delay_ms=postback_delay_ms,
+        postback_jitter_ms=postback_jitter_ms,
     )
     serve(host, base_port, options)
 
