@@ -7,13 +7,15 @@ key a robot looks the record up by, and the default tier and department system. 
 engine knows no document; everything document-specific lives in the task module.
 
 The claim value types below (:data:`ResidentId`, :data:`CreditCode`, :data:`IsoDate`,
-...) validate and canonicalize what an applicant typed, so the comparison sees the same
-forms as OCR and the department record.
+...) parse what an applicant typed strictly and give its canonical form, so the
+comparison sees the same forms as OCR and the department record; a value with anything
+more or less than the value itself is refused, never cut or repaired.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import lru_cache
@@ -129,12 +131,53 @@ class DocumentType:
 
 # --- claim value types for task modules ----------------------------------------------
 
+# A claim is what an applicant or a hall typed, so it is parsed strictly and never
+# repaired: the OCR normalizers search a reading for a value and fix confusions, which
+# applied to a claim would cut "3201021968040823727" (19 digits) down to a valid ID.
+# The only changes allowed are width (full-width forms to ASCII), spacing, and the case
+# of Latin letters in identifiers and Latin names; the value that is left must be
+# exactly what the kind's normalizer makes of it, or, for dates, months and numbers, be
+# written whole in one of the notations named below.
+_FULL_WIDTH = {code: code - 0xFEE0 for code in range(0xFF01, 0xFF5F)} | {0x3000: 0x20}
+MAX_CLAIM_CHARS = 200
 
-def _checked(kind: str, what: str) -> AfterValidator:
+
+def claim_spelling(value: str) -> str:
+    """``value`` with full-width forms made ASCII and all whitespace removed: the only
+    normalization a claim gets before it must already be a canonical value."""
+    return norm.remove_spaces(value.translate(_FULL_WIDTH))
+
+
+# Identifiers whose letters are compared in upper case ("x" as the check digit is "X").
+_CASELESS = frozenset({"resident_id", "credit_code", "cert_no"})
+
+
+def _strict(kind: str, what: str, *, syntax: str | None = None) -> AfterValidator:
+    """A claim value of ``kind``: refused unless its canonical form is the value as typed.
+
+    ``syntax`` is a regular expression the value must match as a whole (numbers are
+    rewritten by their normalizer, ``"066"`` to ``"66"``, so they are checked by their
+    spelling instead of by equality).
+    """
+    # ASCII digits only: \d would also take other scripts' digits, which int() reads.
+    pattern = re.compile(syntax, re.ASCII) if syntax is not None else None
+
     def validate(value: str) -> str:
-        canonical, valid = norm.check(kind, value)
+        if len(value) > MAX_CLAIM_CHARS:
+            raise ValueError(f"is longer than {MAX_CLAIM_CHARS} characters; not {what}")
+        spelled = claim_spelling(value)
+        canonical, valid = norm.check(kind, spelled.upper() if kind in _CASELESS else spelled)
         if canonical is None or not valid:
             raise ValueError(f"is not {what}")
+        if pattern is not None:
+            exact = pattern.fullmatch(spelled) is not None
+        else:
+            exact = canonical in (spelled, spelled.upper())
+        if not exact:
+            raise ValueError(
+                f"is not exactly {what}: it holds other characters too, which are never "
+                "cut away or repaired; send the value alone"
+            )
         return canonical
 
     return AfterValidator(validate)
@@ -146,21 +189,44 @@ def _as_text(value: object) -> object:
 
 
 ResidentId = Annotated[
-    str, _checked("resident_id", "an 18-character resident ID with a valid check digit")
+    str, _strict("resident_id", "an 18-character resident ID with a valid check digit")
 ]
 CreditCode = Annotated[
     str,
-    _checked("credit_code", "an 18-character unified social credit code with a valid check"),
+    _strict("credit_code", "an 18-character unified social credit code with a valid check"),
 ]
-CertNo = Annotated[str, _checked("cert_no", "a certificate number like J320102-2024-001234")]
-IsoDate = Annotated[str, _checked("date", "a date such as 2024-01-02")]
-YearMonth = Annotated[str, _checked("month", "a month such as 2024-01")]
-PersonName = Annotated[str, _checked("name", "a name of 2 to 6 CJK characters or Latin letters")]
-Text = Annotated[str, _checked("text", "a text of at least two characters")]
+CertNo = Annotated[str, _strict("cert_no", "a certificate number like J320102-2024-001234")]
+# Dates and months are taken whole in ISO form or as certificates print them (2024年1月2日).
+IsoDate = Annotated[
+    str,
+    _strict(
+        "date",
+        "a date written like 2024-01-02 or 2024年1月2日",
+        syntax=r"(19|20)\d\d(-\d\d-\d\d|年\d{1,2}月\d{1,2}日)",
+    ),
+]
+YearMonth = Annotated[
+    str,
+    _strict(
+        "month",
+        "a month written like 2024-01 or 2024年1月",
+        syntax=r"(19|20)\d\d(-\d\d|年\d{1,2}月)",
+    ),
+]
+PersonName = Annotated[str, _strict("name", "a name of 2 to 6 CJK characters or Latin letters")]
+Text = Annotated[str, _strict("text", "a text of at least two characters")]
 Capital = Annotated[
-    str, BeforeValidator(_as_text), _checked("capital", "an amount in 万元 such as 100")
+    str,
+    BeforeValidator(_as_text),
+    _strict(
+        "capital",
+        "an amount in 万元 written in digits, such as 100",
+        syntax=r"\d{1,12}(\.\d{1,6})?",
+    ),
 ]
-Count = Annotated[str, BeforeValidator(_as_text), _checked("integer", "a whole number")]
+Count = Annotated[
+    str, BeforeValidator(_as_text), _strict("integer", "a whole number", syntax=r"\d{1,9}")
+]
 
 
 # --- loading -------------------------------------------------------------------------
