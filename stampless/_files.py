@@ -9,13 +9,10 @@ once) into place, and the folder itself is synced so the new name survives a cra
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
-
-from stampless.errors import InputError
 
 
 def fsync_dir(folder: Path) -> None:
@@ -72,19 +69,15 @@ def write_atomic(
             tmp.unlink()
 
 
-def read_json_file(path: Path, *, max_bytes: int, what: str = "request") -> Any:
-    """Parse a JSON file a user handed in; InputError names the file and the problem."""
-    try:
-        raw = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such {what} file.") from None
-    except IsADirectoryError:
-        raise InputError(f"{path}: is a folder; give {what} JSON files.") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot be read ({exc.strerror}).") from None
-    if len(raw) > max_bytes:
-        raise InputError(f"{path}: larger than {max_bytes // 1024} KiB; not a {what}.")
-    try:
-        return json.loads(raw.decode("utf-8-sig"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: not valid JSON ({exc}); fix the file.") from None
+def read_json_file(
+    path: Path, *, max_bytes: int, what: str = "request", follow_symlinks: bool = True
+) -> Any:
+    """Parse a JSON file a user handed in; InputError names the file and the problem.
+
+    The file goes through the hostile-input boundary (:mod:`stampless.boundary`): a
+    regular file only, its size checked before reading, JSON parsed strictly.
+    """
+    from stampless.boundary import parse_json, read_bounded
+
+    raw = read_bounded(Path(path), max_bytes=max_bytes, what=what, follow_symlinks=follow_symlinks)
+    return parse_json(raw, source=str(path), what=what)

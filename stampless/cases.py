@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from stampless._files import write_atomic
 from stampless._version import __version__
 from stampless.errors import InputError
-from stampless.models import VerdictKind, check_request_id, describe_validation_error
+from stampless.models import Priority, VerdictKind, check_request_id, describe_validation_error
 from stampless.outbox import has_verdict, outbox_path, read_verdict, write_once
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ class CaseFile(BaseModel):
 
     case_id: str = Field(min_length=1, max_length=128)
     title: str | None = Field(default=None, max_length=200)
-    priority: int = 0
+    priority: Priority = 0
     documents: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_DOCUMENTS)
 
     @field_validator("case_id")

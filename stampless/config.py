@@ -199,6 +199,10 @@ class IntakeConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=0, ge=0, le=65535)
     token: str | None = None
+    # Folders besides a request's own that its scan may be in (symlinks resolved).
+    scan_roots: list[Path] = Field(default_factory=list)
+    # Seconds the HTTP intake waits for the rest of a request before answering 408.
+    read_timeout_s: float = Field(default=10.0, gt=0, le=300)
 
     _check_token = field_validator("token")(_secret_ref)
 

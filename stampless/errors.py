@@ -2,7 +2,8 @@
 
     StamplessError                   every error the framework raises on purpose
     ├── InputError       (exit 2)    bad request, config, image or usage: fix the input
-    │   └── ConfigError              robot.toml or a file it names is wrong
+    │   ├── ConfigError              robot.toml or a file it names is wrong
+    │   └── RequestConflict          a known request id sent with different content
     ├── BusinessError                final: the document is wrong, becomes a verdict
     │   ├── RecordNotFound           the department system has no such record
     │   └── RecordRevoked            the record exists but is revoked or cancelled
@@ -47,6 +48,15 @@ class InputError(StamplessError):
 
 class ConfigError(InputError):
     """robot.toml, or a file it refers to, is missing or invalid."""
+
+
+class RequestConflict(InputError):
+    """A request id that is already known arrived with different content (HTTP 409).
+
+    The id is the idempotency key: the same id with the same content answers the stored
+    verdict, and a different claim or scan under a known id is refused, never answered
+    with the verdict another request earned.
+    """
 
 
 class BusinessError(StamplessError):

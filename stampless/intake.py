@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
 import json
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -31,21 +33,23 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from loguru import logger
 from pydantic import BaseModel, ValidationError
 
-from stampless._files import fsync_dir, read_json_file
+from stampless._files import fsync_dir, read_json_file, write_atomic
+from stampless.boundary import check_name, parse_json, request_files
 from stampless.cases import CaseManifest, CaseStore, is_case, parse_case
-from stampless.errors import InputError
-from stampless.models import Request, Tier, describe_validation_error, utcnow
+from stampless.errors import InputError, RequestConflict
+from stampless.idempotency import check_digest, check_verdict, request_digest
+from stampless.models import Request, Tier, VerdictKind, describe_validation_error, utcnow
 
 if TYPE_CHECKING:
     from stampless.audit import AuditLog
     from stampless.config import Config
-    from stampless.queue import WorkQueue
+    from stampless.queue import QueueItem, WorkQueue
 
 MAX_FILE_BYTES = 512 * 1024  # a request or case JSON file
 MAX_BODY_BYTES = 64 * 1024 * 1024  # an HTTP submission with its scan inlined
@@ -67,6 +71,7 @@ class SubmitOutcome(BaseModel):
     added: bool
     state: str
     message: str
+    verdict: str | None = None  # the stored verdict of a known id, once it has one
 
 
 @dataclass
@@ -76,10 +81,6 @@ class Prepared:
     requests: list[tuple[Request, Path]]  # request, folder its relative paths are under
     case: CaseManifest | None = None
     source: str = ""
-
-
-def _read_json(path: Path) -> Any:
-    return read_json_file(path, max_bytes=MAX_FILE_BYTES, what="request or case")
 
 
 class Intake:
@@ -136,9 +137,11 @@ class Intake:
                 raise InputError(f"{source}: a request is a JSON object with id, type and claim.")
             prepared = Prepared([(self._request(data, source), base_dir)], None, source)
         for request, folder in prepared.requests:
-            if self.queue.get(request.id) is not None:
-                continue  # a duplicate is reported later, not validated again
             try:
+                # Before anything reads a named file (even a duplicate's, to compare it).
+                request_files(request, folder, self.config)
+                if self.queue.get(request.id) is not None:
+                    continue  # a duplicate is compared and reported later
                 self.router.validate(request, folder)
             except InputError as exc:
                 raise InputError(f"{source}: {exc}") from None
@@ -151,18 +154,24 @@ class Intake:
         except ValidationError as exc:
             raise InputError(f"{source}: {describe_validation_error(exc)}") from None
 
-    def prepare_file(self, path: Path) -> Prepared:
+    def prepare_file(self, path: Path, *, follow_symlinks: bool = True) -> Prepared:
         path = Path(path)
-        return self.prepare_data(_read_json(path), path.resolve().parent, str(path))
+        data = read_json_file(
+            path, max_bytes=MAX_FILE_BYTES, what="request or case", follow_symlinks=follow_symlinks
+        )
+        return self.prepare_data(data, path.resolve().parent, str(path))
 
     # -- committing ----------------------------------------------------------------------
 
-    def submit_files(self, paths: list[Path]) -> list[SubmitOutcome]:
+    def submit_files(
+        self, paths: list[Path], *, follow_symlinks: bool = True
+    ) -> list[SubmitOutcome]:
         """Validate every file first, then spool and enqueue them all (``stampless submit``).
 
-        One bad file raises InputError before anything is enqueued.
+        One bad file raises InputError before anything is enqueued; a known id sent with
+        other content raises :class:`~stampless.errors.RequestConflict`.
         """
-        prepared = [self.prepare_file(p) for p in paths]
+        prepared = [self.prepare_file(p, follow_symlinks=follow_symlinks) for p in paths]
         ids: dict[str, str] = {}
         for p in prepared:
             for request, _ in p.requests:
@@ -208,23 +217,34 @@ class Intake:
         return outcomes
 
     def _submit_one(self, request: Request, base_dir: Path, received_at: datetime) -> SubmitOutcome:
+        digest = request_digest(request, base_dir)
         known = self.queue.get(request.id)
         if known is not None:
-            return _duplicate(request.id, known.state.value)
+            return self._known(request, digest, known)
+        self._check_finished(request, digest)
+        self._drop_stale_spool(request.id, digest)
+        fresh = not (self.spool_dir / request.id).exists()
         spool = self.spool(request, base_dir)
-        spooled = Request.model_validate_json((spool / "request.json").read_bytes())
-        tier = self.router.tier_of(spooled)
-        deadline = received_at + timedelta(seconds=self.config.tiers.sla_seconds(tier))
-        result = self.queue.enqueue(
-            spooled,
-            base_dir=spool,
-            tier=tier,
-            system=self.router.system_of(spooled),
-            received_at=received_at,
-            deadline=deadline,
-        )
+        try:
+            spooled = Request.model_validate_json((spool / "request.json").read_bytes())
+            tier = self.router.tier_of(spooled)
+            deadline = received_at + timedelta(seconds=self.config.tiers.sla_seconds(tier))
+            result = self.queue.enqueue(
+                spooled,
+                base_dir=spool,
+                tier=tier,
+                system=self.router.system_of(spooled),
+                received_at=received_at,
+                deadline=deadline,
+                content_sha256=digest,
+            )
+        except BaseException:
+            # Nothing is left in the spool for a request that was not queued.
+            if fresh:
+                shutil.rmtree(spool, ignore_errors=True)
+            raise
         if not result.added:
-            return _duplicate(request.id, result.item.state.value)
+            return self._known(request, digest, result.item)
         self.audit.append(
             "queued",
             request_id=request.id,
@@ -244,6 +264,39 @@ class Intake:
             message=f"{request.id} queued ({tier.value} tier, due {deadline:%H:%M:%S} UTC).",
         )
 
+    def _known(self, request: Request, digest: str, known: QueueItem) -> SubmitOutcome:
+        """The outcome for an id the queue knows: the stored state, if the content is the same."""
+        # Items queued before digests were kept: their spooled request is the content.
+        stored = known.content_sha256 or request_digest(known.request, known.base_dir)
+        check_digest(request.id, stored, digest, f"queued, state {known.state.value}")
+        return _duplicate(request.id, known.state.value, known.verdict)
+
+    def _check_finished(self, request: Request, digest: str) -> None:
+        """Refuse an id that ``stampless verify`` answered for other content."""
+        from stampless.outbox import read_verdict
+
+        verdict = read_verdict(self.config.outbox_dir, request.id)
+        if verdict is not None:
+            check_verdict(
+                request,
+                digest,
+                verdict,
+                evidence_dir=self.config.evidence_dir,
+                where="in the outbox",
+            )
+
+    def _drop_stale_spool(self, request_id: str, digest: str) -> None:
+        """Remove a spool folder a crash left for other content under this (unqueued) id."""
+        target = self.spool_dir / request_id
+        try:
+            left = Request.model_validate_json((target / "request.json").read_bytes())
+        except (OSError, ValueError):
+            left = None
+        if left is not None and request_digest(left, target) == digest:
+            return
+        if target.exists():
+            shutil.rmtree(target, ignore_errors=True)
+
     def spool(self, request: Request, base_dir: Path) -> Path:
         """Copy the request and its files into ``<var_dir>/spool/<id>/`` atomically; the folder.
 
@@ -256,13 +309,8 @@ class Intake:
         work = Path(tempfile.mkdtemp(prefix=f".{request.id}.", dir=self.spool_dir))
         try:
             updates: dict[str, str] = {}
-            for kind, source in (
-                ("scan", request.scan_path(base_dir)),
-                ("ecert", request.ecert_path(base_dir)),
-            ):
-                if source is None:
-                    continue
-                name = f"{kind}{source.suffix.lower()}"
+            for kind, source in request_files(request, base_dir, self.config).items():
+                name = f"{kind}{_suffix(str(getattr(request, kind)))}"
                 try:
                     shutil.copyfile(source, work / name)
                 except OSError as exc:
@@ -295,17 +343,17 @@ class Intake:
 
     def submit_http(self, body: bytes) -> SubmitOutcome:
         """A submission from the HTTP endpoint: the request with its files inlined."""
-        try:
-            data = json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InputError(f"The body is not valid JSON ({exc}).") from None
+        data = parse_json(body, source="The body")
         if not isinstance(data, dict) or not isinstance(data.get("request"), dict):
             raise InputError('Send {"request": {...}, "scan_base64": "...", "scan_name": "..."}.')
+        unknown = set(data) - {"request", *(f"{k}_{f}" for k in _HTTP_FILES for f in _HTTP_PARTS)}
+        if unknown:
+            raise InputError(f"The body has unknown keys: {', '.join(sorted(unknown))[:200]}.")
         req = dict(data["request"])
         incoming = self.spool_dir / f".incoming-{uuid.uuid4().hex}"
         incoming.mkdir(parents=True)
         try:
-            for kind in ("scan", "ecert"):
+            for kind in _HTTP_FILES:
                 blob = data.get(f"{kind}_base64")
                 if blob is None:
                     # Paths on the server's disk are never accepted over HTTP.
@@ -314,15 +362,17 @@ class Intake:
                             f"Send the {kind} inline as {kind}_base64; server paths are refused."
                         )
                     continue
-                name = Path(str(data.get(f"{kind}_name") or kind)).name
-                suffix = Path(name).suffix.lower()[:8]
+                given = data.get(f"{kind}_name") or kind
+                if not isinstance(blob, str) or not isinstance(given, str):
+                    raise InputError(f"{kind}_base64 and {kind}_name are strings.")
+                check_name(given, f"{kind}_name")
+                name = f"{kind}{_suffix(given)}"
                 try:
-                    (incoming / f"{kind}{suffix}").write_bytes(
-                        base64.b64decode(blob, validate=True)
-                    )
-                except (binascii.Error, TypeError, ValueError):
+                    raw = base64.b64decode(blob, validate=True)
+                except (binascii.Error, ValueError):
                     raise InputError(f"{kind}_base64 is not valid base64.") from None
-                req[kind] = f"{kind}{suffix}"
+                (incoming / name).write_bytes(raw)
+                req[kind] = name
             prepared = self.prepare_data(req, incoming, "HTTP request")
             if prepared.case is not None:
                 raise InputError("Submit cases as files or through the inbox, not over HTTP.")
@@ -331,13 +381,26 @@ class Intake:
             shutil.rmtree(incoming, ignore_errors=True)
 
 
-def _duplicate(request_id: str, state: str) -> SubmitOutcome:
+_HTTP_FILES = ("scan", "ecert")
+_HTTP_PARTS = ("base64", "name")
+_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,8}")
+
+
+def _suffix(name: str) -> str:
+    """The file-name extension of ``name`` (lower case) when it is a plain one, else ''."""
+    suffix = PurePath(name).suffix
+    return suffix.lower() if _SUFFIX.fullmatch(suffix) else ""
+
+
+def _duplicate(request_id: str, state: str, verdict: VerdictKind | None = None) -> SubmitOutcome:
+    answer = f", verdict {verdict.value}" if verdict is not None else ""
     return SubmitOutcome(
         id=request_id,
         kind="request",
         added=False,
         state=state,
-        message=f"{request_id} already queued (state {state}); nothing changed.",
+        verdict=None if verdict is None else verdict.value,
+        message=f"{request_id} already queued (state {state}{answer}); nothing changed.",
     )
 
 
@@ -352,19 +415,29 @@ class InboxReport:
 
 def _move_aside(path: Path, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    target = folder / path.name
-    if target.exists():
+    name = path.name
+    if len(name.encode("utf-8")) > 200:
+        # Room for the stamp and ".error.txt" within the 255 bytes a name may have.
+        digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+        name = f"{name[:80]}-{digest}.json"
+    target = folder / name
+    if target.exists() or target.is_symlink():
         stamp = utcnow().strftime("%Y%m%dT%H%M%S%f")
-        target = folder / f"{path.stem}.{stamp}{path.suffix}"
+        target = folder / f"{PurePath(name).stem}.{stamp}{path.suffix}"
     path.replace(target)
     return target
+
+
+ERROR_SUFFIX = ".error.txt"
 
 
 def poll_inbox(intake: Intake, inbox_dir: Path, *, min_age_s: float = 1.0) -> InboxReport:
     """Submit every ``*.json`` in the inbox; move each to ``done/`` or ``rejected/``.
 
-    A rejected file gets ``<name>.reason.txt`` beside it. Files younger than
-    ``min_age_s`` are left for the next poll: they may still be being written.
+    A rejected file gets ``<name>.error.txt`` beside it saying why. Whatever a file
+    holds, it ends in one of the two folders and the files after it flow on: one bad
+    file never blocks the inbox. Files younger than ``min_age_s`` are left for the next
+    poll: they may still be being written.
     """
     inbox_dir = Path(inbox_dir)
     report = InboxReport()
@@ -375,23 +448,37 @@ def poll_inbox(intake: Intake, inbox_dir: Path, *, min_age_s: float = 1.0) -> In
         if path.name.startswith("."):
             continue
         try:
-            if now - path.stat().st_mtime < min_age_s:
+            # lstat: a link's own age, never its target's (nothing is followed here).
+            if now - path.lstat().st_mtime < min_age_s:
                 continue
         except FileNotFoundError:
             continue  # another poller took it
         try:
-            outcomes = intake.submit_files([path])
+            outcomes = intake.submit_files([path], follow_symlinks=False)
         except InputError as exc:
-            moved = _move_aside(path, inbox_dir / "rejected")
-            moved.with_name(moved.name + ".reason.txt").write_text(f"{exc}\n", encoding="utf-8")
-            logger.warning("Inbox: rejected {}: {}", path.name, exc)
-            report.rejected.append(path.name)
+            _reject(path, inbox_dir, str(exc), report)
+            continue
+        except Exception as exc:
+            # A bug must not block the inbox every poll: the file goes aside like bad input.
+            logger.opt(exception=exc).error("Inbox: {} failed unexpectedly", path.name)
+            why = f"{path}: could not be processed ({exc.__class__.__name__}); see the log."
+            _reject(path, inbox_dir, why, report)
             continue
         _move_aside(path, inbox_dir / "done")
         for o in outcomes:
             logger.info("Inbox {}: {}", path.name, o.message)
         report.done.append(path.name)
     return report
+
+
+def _reject(path: Path, inbox_dir: Path, why: str, report: InboxReport) -> None:
+    try:
+        moved = _move_aside(path, inbox_dir / "rejected")
+    except FileNotFoundError:
+        return  # another poller took it
+    write_atomic(moved.with_name(moved.name + ERROR_SUFFIX), f"{why}\n")
+    logger.warning("Inbox: rejected {}: {}", path.name, why)
+    report.rejected.append(path.name)
 
 
 # -- HTTP endpoint -------------------------------------------------------------------------
@@ -405,6 +492,7 @@ class IntakeServer:
             raise InputError("The HTTP intake needs a token; set [intake] token in robot.toml.")
         self.intake = intake
         self._token = token.encode()
+        self.read_timeout_s = intake.config.intake.read_timeout_s
         # Submissions touch one SQLite file and the spool; serialize them so two posts of
         # the same id cannot both spool at once.
         self._lock = threading.Lock()
@@ -455,13 +543,46 @@ class IntakeServer:
             def log_message(self, format: str, *args: Any) -> None:
                 logger.debug("intake http: " + format, *args)
 
+            # A client that sends less than its Content-Length (or nothing at all) is
+            # answered 408 after this long instead of holding a thread forever.
+            timeout = server.read_timeout_s
+
             def _send(self, status: int, payload: dict[str, Any]) -> None:
                 body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json; charset=utf-8")
                 self.send_header("Content-Length", str(len(body)))
+                if status >= 400:
+                    # The rest of a refused body is never read: close, do not reuse.
+                    self.send_header("Connection", "close")
+                    self.close_connection = True
                 self.end_headers()
                 self.wfile.write(body)
+
+            def _body(self) -> bytes | None:
+                """The body, exactly Content-Length bytes; None once an error is sent."""
+                if self.headers.get("Transfer-Encoding"):
+                    self._send(411, {"error": "Send the body with a Content-Length."})
+                    return None
+                text = self.headers.get("Content-Length") or ""
+                length = int(text) if text.isascii() and text.isdigit() else -1
+                if length <= 0:
+                    self._send(411 if not text else 400, {"error": "Body size not accepted."})
+                    return None
+                if length > MAX_BODY_BYTES:
+                    self._send(413, {"error": f"Bodies are at most {MAX_BODY_BYTES} bytes."})
+                    return None
+                try:
+                    body = self.rfile.read(length)
+                except TimeoutError:
+                    body = b""
+                if len(body) != length:
+                    self._send(
+                        408,
+                        {"error": "The body ended before its Content-Length; send it whole."},
+                    )
+                    return None
+                return body
 
             def do_GET(self) -> None:
                 if self.path == "/health":
@@ -496,17 +617,15 @@ class IntakeServer:
                 if self.path != "/requests":
                     self._send(404, {"error": "POST to /requests."})
                     return
-                try:
-                    length = int(self.headers.get("Content-Length") or 0)
-                except ValueError:
-                    length = -1
-                if length <= 0 or length > MAX_BODY_BYTES:
-                    self._send(413 if length > 0 else 400, {"error": "Body size not accepted."})
+                body = self._body()
+                if body is None:
                     return
-                body = self.rfile.read(length)
                 try:
                     with server._lock:
                         outcome = server.intake.submit_http(body)
+                except RequestConflict as exc:
+                    self._send(409, {"error": str(exc)})
+                    return
                 except InputError as exc:
                     self._send(400, {"error": str(exc)})
                     return

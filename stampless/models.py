@@ -18,6 +18,8 @@ REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 MAX_REQUEST_BYTES = 1024 * 1024
+MAX_PATH_CHARS = 1024  # stampless.boundary checks each part of a file name too
+PRIORITY_LIMIT = 1_000_000
 
 
 def describe_validation_error(exc: ValidationError) -> str:
@@ -52,6 +54,8 @@ def check_request_id(value: str) -> str:
 
 
 RequestId = Annotated[str, Field(min_length=1, max_length=128)]
+# Strict: ``true`` is not 1, and 2**70 is refused here instead of overflowing SQLite.
+Priority = Annotated[int, Field(ge=-PRIORITY_LIMIT, le=PRIORITY_LIMIT, strict=True)]
 
 
 class Tier(StrEnum):
@@ -83,9 +87,9 @@ class Request(BaseModel):
     id: RequestId
     type: str = Field(min_length=1, max_length=64)
     claim: dict[str, Any]
-    scan: str | None = None
-    ecert: str | None = None
-    priority: int = 0
+    scan: str | None = Field(default=None, min_length=1, max_length=MAX_PATH_CHARS)
+    ecert: str | None = Field(default=None, min_length=1, max_length=MAX_PATH_CHARS)
+    priority: Priority = 0
     case_id: str | None = None
 
     @field_validator("id")
@@ -167,11 +171,13 @@ class Record(BaseModel):
 
 class FieldResult(BaseModel):
     name: str
-    claimed: str | None
+    claimed: str | None  # the claim's value normalized (width and spacing only)
     ocr: str | None
     record: str | None
     status: FieldStatus
     confidence: float = Field(ge=0.0, le=1.0)
+    # The claim's value exactly as the request sent it, beside its normalized ``claimed``.
+    claimed_as_received: str | int | float | None = None
 
 
 class Verdict(BaseModel):
@@ -196,3 +202,5 @@ class Verdict(BaseModel):
     case_id: str | None = None
     decided_by: str | None = None
     supersedes: str | None = None
+    # SHA-256 of the request this verdict answers (stampless.idempotency.request_digest).
+    request_sha256: str | None = None

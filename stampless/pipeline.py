@@ -25,12 +25,15 @@ from loguru import logger
 
 from stampless._version import __version__
 from stampless.audit import AuditLog
+from stampless.boundary import request_files
 from stampless.compare import Decision, decide
 from stampless.config import Config
 from stampless.doctype import DocumentType, load_doctype
 from stampless.errors import InputError, RecordNotFound, RecordRevoked
 from stampless.evidence import EvidenceBundle
+from stampless.idempotency import request_digest
 from stampless.models import (
+    FieldResult,
     OcrResult,
     Record,
     Request,
@@ -111,17 +114,11 @@ class Pipeline:
             raise InputError(
                 f"Request {request.id}: claim {describe_validation_error(exc)}"
             ) from None
-        if request.ecert is not None:
-            ecert = request.ecert_path(base_dir)
-            if ecert is None or not ecert.is_file():
-                raise InputError(
-                    f"Request {request.id}: e-certificate file {request.ecert} not found."
-                )
-        else:
-            scan = request.scan_path(base_dir)
-            if scan is None:
+        files = request_files(request, base_dir, self.config)
+        if request.ecert is None:
+            if "scan" not in files:
                 raise InputError(f"Request {request.id}: 'scan' is required for {request.type}.")
-            open_image(scan, self.config.ocr).close()
+            open_image(files["scan"], self.config.ocr).close()
         return doctype, claim
 
     async def process(
@@ -160,6 +157,7 @@ class Pipeline:
                     decision = _to_review(decision, MANUAL_REASON)
             return self._seal(
                 request,
+                base_dir,
                 bundle,
                 decision,
                 tier=tier,
@@ -412,6 +410,7 @@ class Pipeline:
                 tier = Tier.robot
             return self._seal(
                 request,
+                base_dir,
                 bundle,
                 decision,
                 tier=tier,
@@ -423,6 +422,7 @@ class Pipeline:
     def _seal(
         self,
         request: Request,
+        base_dir: Path,
         bundle: EvidenceBundle,
         decision: Decision,
         *,
@@ -437,7 +437,7 @@ class Pipeline:
             type=request.type,
             tier=tier,
             verdict=decision.verdict,
-            fields=decision.fields,
+            fields=[_as_received(f, request.claim) for f in decision.fields],
             reasons=decision.reasons,
             evidence=None,
             received_at=received_at,
@@ -447,11 +447,12 @@ class Pipeline:
             attempts=attempts,
             stampless_version=__version__,
             case_id=request.case_id,
+            request_sha256=request_digest(request, base_dir),
         )
         verdict_json: dict[str, Any] = verdict.model_dump(mode="json")
         bundle.add_json(
             "comparison.json",
-            [f.model_dump(mode="json") for f in decision.fields],
+            [f.model_dump(mode="json") for f in verdict.fields],
             kind="comparison",
         )
         bundle.add_json("verdict.json", verdict_json, kind="verdict")
@@ -466,6 +467,14 @@ class Pipeline:
             manifest_sha256=sealed.manifest_sha256,
         )
         return verdict
+
+
+def _as_received(field: FieldResult, claim: dict[str, Any]) -> FieldResult:
+    """The field with the claim's value exactly as received beside its normalized form."""
+    value = claim.get(field.name)
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return field
+    return field.model_copy(update={"claimed_as_received": value})
 
 
 def _to_review(decision: Decision, reason: str) -> Decision:

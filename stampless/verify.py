@@ -14,6 +14,7 @@ from loguru import logger
 
 from stampless.config import Config
 from stampless.errors import ExitCode
+from stampless.idempotency import check_verdict, request_digest
 from stampless.models import Request, Verdict, VerdictKind, utcnow
 from stampless.outbox import FINAL_VERDICTS, read_verdict, write_verdict
 from stampless.pipeline import Pipeline
@@ -56,11 +57,33 @@ def deliver(config: Config, verdict: Verdict, request: Request, base_dir: Path) 
 async def verify_request(
     config: Config, request: Request, base_dir: Path, *, pipeline: Pipeline
 ) -> Outcome:
-    """Verify ``request`` unless the outbox already holds its verdict (ids are idempotent)."""
+    """Verify ``request`` unless its id already has a verdict (ids are idempotent).
+
+    The stored verdict is given only to the same content: a known id with another claim
+    or scan raises :class:`~stampless.errors.RequestConflict`.
+    """
+    digest = request_digest(request, base_dir)
     existing = read_verdict(config.outbox_dir, request.id)
     if existing is not None:
+        check_verdict(
+            request, digest, existing, evidence_dir=config.evidence_dir, where="in the outbox"
+        )
         logger.info("{} already has a verdict in the outbox; nothing to do", request.id)
         return Outcome(existing, config.outbox_dir / f"{request.id}.json", already_done=True)
+    from stampless.review.store import ReviewStore
+
+    review = ReviewStore.from_config(config) if ReviewStore.path_for(config).exists() else None
+    waiting = review.get(request.id) if review is not None else None
+    if waiting is not None:
+        check_verdict(
+            request,
+            digest,
+            waiting.verdict,
+            evidence_dir=config.evidence_dir,
+            where="waiting for a reviewer",
+        )
+        logger.info("{} is already waiting for a reviewer; nothing to do", request.id)
+        return Outcome(waiting.verdict, None, already_done=True)
     received = utcnow()
     pipeline.audit.append("received", request_id=request.id, type=request.type, via="verify")
     verdict = await pipeline.process(request, base_dir=base_dir, received_at=received)

@@ -46,6 +46,7 @@ from stampless.errors import (
     StamplessError,
     SystemFailure,
 )
+from stampless.idempotency import refuse_conflict
 from stampless.models import Request, Tier, Verdict, VerdictKind, utcnow
 from stampless.outbox import OutboxConflict, read_verdict, write_verdict
 from stampless.queue import Claim, ItemState, LeaseLost, QueueItem, WorkQueue
@@ -331,6 +332,19 @@ class WorkerPool:
         opts = self.options
         existing = read_verdict(self.outbox_dir, item.request_id)
         if existing is not None:
+            if not _answers(existing, item):
+                # `stampless verify` answered this id for other content: that verdict is
+                # not this request's, and the outbox never holds two under one id.
+                self.queue.complete(
+                    claim,
+                    state=ItemState.failed,
+                    verdict=VerdictKind.error,
+                    sla_met=None,
+                    finished_at=utcnow(),
+                    error=str(refuse_conflict(item.request_id, "in the outbox")),
+                )
+                self.stats.failed += 1
+                return
             logger.info("{} already has a verdict in the outbox; not run again.", item.request_id)
             self._complete(claim, existing)
             return
@@ -650,6 +664,14 @@ class WorkerPool:
             "{remaining}, {rate:.1f}/min, SLA at risk {at_risk}, systems down: {down}",
             **s,
         )
+
+
+def _answers(verdict: Verdict, item: QueueItem) -> bool:
+    """True when ``verdict`` was made for this item's content (or either is from before
+    digests were kept, when a crash after the outbox write is the likely story)."""
+    if verdict.request_sha256 is None or item.content_sha256 is None:
+        return True
+    return verdict.request_sha256 == item.content_sha256
 
 
 def sweep_deadlines(

@@ -31,11 +31,17 @@ A :class:`FixtureServers` offers::
     .state(system)              GET /_fixture/state (settings and live sessions)
 
 Service-account credentials come from ``stampless.fixtures.accounts.fixture_env()``.
+
+``deployment`` (module scope)
+    The environment for running ``stampless`` on the repository's robot.toml against
+    ``fixture_servers`` with a var/ of the module's own
+    (``STAMPLESS__PROJECT__VAR_DIR``), service-account secrets included.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -44,6 +50,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from stampless.fixtures.accounts import fixture_env
 from stampless.fixtures.harness import FixtureProcess
 from stampless.fixtures.records import SYSTEMS
 
@@ -187,3 +194,15 @@ def fixture_servers_factory(
     finally:
         for servers in started:
             servers.stop()
+
+
+@pytest.fixture(scope="module")
+def deployment(
+    fixture_servers: FixtureServers, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
+    """Environment that points the repository's robot.toml at the fixtures and a tmp var/."""
+    var = tmp_path_factory.mktemp("var")
+    env = {**os.environ, **fixture_env(), "STAMPLESS__PROJECT__VAR_DIR": str(var)}
+    for system in SYSTEMS:
+        env[f"STAMPLESS__SYSTEMS__{system.upper()}__URL"] = fixture_servers.url(system)
+    return env

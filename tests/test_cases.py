@@ -12,7 +12,7 @@ from test_worker import FileRouter, LookupServer, make_config, make_pool, run_po
 
 from stampless.cases import read_case_verdict
 from stampless.delivery import Delivery
-from stampless.errors import InputError
+from stampless.errors import InputError, RequestConflict
 from stampless.intake import Intake
 from stampless.queue import ItemState, open_queue
 
@@ -26,9 +26,12 @@ def server(tmp_path: Path) -> Any:
         s.stop()
 
 
+SCAN = b"not really a jpeg, the test router only checks it exists"
+
+
 def write_case(folder: Path, case_id: str, docs: list[dict[str, Any]]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "scan.jpg").write_bytes(b"not really a jpeg, the test router only checks it exists")
+    (folder / "scan.jpg").write_bytes(SCAN)
     path = folder / f"{case_id}.json"
     path.write_text(
         json.dumps({"case_id": case_id, "title": "Open a restaurant", "documents": docs}),
@@ -100,11 +103,16 @@ def test_case_with_one_failing_document_fails(tmp_path: Path, server: Any) -> No
     assert all((config.outbox_dir / d.outbox).is_file() for d in failing.documents)
     passing = read_case_verdict(config.outbox_dir, "CASE-2")
     assert passing is not None and passing.verdict == "verified"
-    # Submitting the case again changes nothing and says so.
+    # Submitting the same case again changes nothing and says so; the content is
+    # compared, so the scan must be the one first sent.
+    (tmp_path / "in" / "scan.jpg").write_bytes(SCAN)
     again = intake.submit_files([good])
     assert [o.added for o in again] == [False, False, False]
     assert "nothing changed" in again[-1].message
     assert len(queue.list()) == 5
+    (tmp_path / "in" / "scan.jpg").write_bytes(b"another scan")
+    with pytest.raises(RequestConflict, match="C2-a is already known"):
+        intake.submit_files([good])
 
 
 def test_bad_case_enqueues_nothing(tmp_path: Path) -> None:
@@ -119,7 +127,7 @@ def test_bad_case_enqueues_nothing(tmp_path: Path) -> None:
         intake.submit_files([ok, dup])
     missing = write_case(tmp_path / "in2", "CASE-M", [doc("M-1", "civil_affairs")])
     (tmp_path / "in2" / "scan.jpg").unlink()
-    with pytest.raises(InputError, match="not found"):
+    with pytest.raises(InputError, match="does not exist"):
         intake.submit_files([ok, missing])
     assert queue.list() == []
     spool = config.var_dir / "spool"

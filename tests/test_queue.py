@@ -268,7 +268,7 @@ def test_inbox_moves_to_done_or_rejected(tmp_path: Path) -> None:
     report = poll_inbox(intake, inbox, min_age_s=0)
     assert report.done == ["IN-1.json"] and report.rejected == ["broken.json"]
     assert (inbox / "done" / "IN-1.json").is_file()
-    reason = (inbox / "rejected" / "broken.json.reason.txt").read_text()
+    reason = (inbox / "rejected" / "broken.json.error.txt").read_text()
     assert "not valid JSON" in reason
     assert queue.get("IN-1") is not None
     assert sorted(p.name for p in inbox.glob("*.json")) == []

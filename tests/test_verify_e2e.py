@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from stampless.fixtures.accounts import fixture_env
 from stampless.fixtures.records import record_by_key, records
 from stampless.fixtures.scans import generate
 
@@ -27,26 +26,17 @@ pytestmark = pytest.mark.slow
 
 
 def run_cli(
-    *args: str, env: dict[str, str], cwd: Path | None = None
+    *args: str, env: dict[str, str], cwd: Path | None = None, timeout: float = 240
 ) -> subprocess.CompletedProcess[str]:
+    """``stampless --config robot.toml ARGS`` as a real process."""
     return subprocess.run(
         [sys.executable, "-m", "stampless", "--config", str(REPO / "robot.toml"), *args],
         capture_output=True,
         text=True,
         env=env,
         cwd=cwd,
-        timeout=240,
+        timeout=timeout,
     )
-
-
-@pytest.fixture(scope="module")
-def deployment(fixture_servers, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """Environment that points the repository's robot.toml at the fixtures and a tmp var/."""
-    var = tmp_path_factory.mktemp("var")
-    env = {**os.environ, **fixture_env(), "STAMPLESS__PROJECT__VAR_DIR": str(var)}
-    for system in ("civil_affairs", "market_supervision", "social_security"):
-        env[f"STAMPLESS__SYSTEMS__{system.upper()}__URL"] = fixture_servers.url(system)
-    return env
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +108,7 @@ def test_genuine_certificate_is_verified_with_sealed_evidence(deployment, scans)
     assert json.loads(again.stdout)["manifest_sha256"] == verdict["manifest_sha256"]
 
 
-def test_wrong_certificate_number_is_a_mismatch_naming_the_field(deployment, scans, tmp_path):
+def test_wrong_certificate_number_is_a_mismatch_naming_the_field(deployment, scans):
     request = _request(scans, "MC-301-0000")
     genuine = record_by_key("marriage_certificate", request["claim"]["cert_no"], SEED)
     assert genuine is not None
@@ -129,8 +119,7 @@ def test_wrong_certificate_number_is_a_mismatch_naming_the_field(deployment, sca
     )
     request["id"] = "MC-WRONG-NUMBER"
     request["claim"]["cert_no"] = other["cert_no"]
-    request["scan"] = str(scans / "MC-301-0000.jpg")
-    path = tmp_path / "wrong.json"
+    path = scans / "wrong.json"  # beside its scan: a request's scan stays in its folder
     path.write_text(json.dumps(request, ensure_ascii=False), encoding="utf-8")
 
     proc = run_cli("verify", str(path), "--json", env=deployment)
@@ -163,7 +152,8 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(
     deployment, scans, tmp_path, case, expected
 ):
     good = _request(scans, "MC-301-0000")
-    good["scan"] = str(scans / "MC-301-0000.jpg")
+    shutil.copyfile(scans / "MC-301-0000.jpg", tmp_path / "scan.jpg")
+    good["scan"] = "scan.jpg"
     good["id"] = f"BAD-{case}"
     path = tmp_path / "req.json"
     if case == "not_json":

@@ -75,6 +75,9 @@ class QueueItem(BaseModel):
     finished_at: datetime | None = None
     overdue: bool = False
     supersedes: str | None = None
+    # SHA-256 of the request's content (stampless.idempotency.request_digest); None for
+    # items queued before digests were kept.
+    content_sha256: str | None = None
 
 
 class Claim(BaseModel):
@@ -113,12 +116,15 @@ class WorkQueue(ABC):
         received_at: datetime,
         deadline: datetime,
         supersedes: str | None = None,
+        content_sha256: str | None = None,
     ) -> EnqueueResult:
         """Add ``request`` in state queued, unless its id is already known.
 
         The request id is the idempotency key: a second enqueue of the same id changes
-        nothing (whatever its state) and returns ``added=False`` with the stored item.
-        ``base_dir`` is where the request's files live (the spool folder).
+        nothing (whatever its state) and returns ``added=False`` with the stored item,
+        whose ``content_sha256`` the caller compares with its own to refuse a known id
+        sent with other content. ``base_dir`` is where the request's files live (the
+        spool folder).
         """
 
     @abstractmethod

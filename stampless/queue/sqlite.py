@@ -56,7 +56,8 @@ CREATE TABLE IF NOT EXISTS items (
     finished_at   REAL,
     overdue       INTEGER NOT NULL DEFAULT 0,
     supersedes    TEXT,
-    updated_at    REAL NOT NULL
+    updated_at    REAL NOT NULL,
+    content_sha256 TEXT
 );
 CREATE INDEX IF NOT EXISTS items_runnable ON items (state, deadline, priority);
 CREATE INDEX IF NOT EXISTS items_case ON items (case_id);
@@ -69,6 +70,9 @@ CREATE TABLE IF NOT EXISTS account_locks (
     PRIMARY KEY (system, account)
 );
 """
+
+# Columns added after the first release: (name, SQL type), added to older files on open.
+_ADDED_COLUMNS = (("content_sha256", "TEXT"),)
 
 # How many runnable candidates one claim looks at before giving up; the ones skipped
 # are waiting for a busy account, so looking further rarely finds more.
@@ -87,6 +91,19 @@ def _at(value: float) -> datetime:
     return datetime.fromtimestamp(value, tz=UTC)
 
 
+def _add_columns(db: sqlite3.Connection) -> None:
+    have = {row[1] for row in db.execute("PRAGMA table_info(items)")}
+    for name, sql_type in _ADDED_COLUMNS:
+        if name in have:
+            continue
+        try:
+            db.execute(f"ALTER TABLE items ADD COLUMN {name} {sql_type}")
+        except sqlite3.OperationalError as exc:
+            # Another process opening the same file added it first.
+            if "duplicate column" not in str(exc):
+                raise
+
+
 class SqliteQueue(WorkQueue):
     """:class:`WorkQueue` on one SQLite file.
 
@@ -100,7 +117,9 @@ class SqliteQueue(WorkQueue):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         try:
-            self._db().executescript(_SCHEMA)
+            db = self._db()
+            db.executescript(_SCHEMA)
+            _add_columns(db)
         except sqlite3.Error as exc:
             raise SystemFailure(
                 f"Cannot open the queue database {self.path} ({exc}); check the folder's "
@@ -170,6 +189,7 @@ class SqliteQueue(WorkQueue):
             finished_at=_dt(row["finished_at"]),
             overdue=bool(row["overdue"]),
             supersedes=row["supersedes"],
+            content_sha256=row["content_sha256"],
         )
 
     def _row(self, db: sqlite3.Connection, request_id: str) -> sqlite3.Row | None:
@@ -190,13 +210,14 @@ class SqliteQueue(WorkQueue):
         received_at: datetime,
         deadline: datetime,
         supersedes: str | None = None,
+        content_sha256: str | None = None,
     ) -> EnqueueResult:
         now = utcnow().timestamp()
         with self._tx() as db:
             cur = db.execute(
                 """INSERT OR IGNORE INTO items (request_id, type, tier, priority, system,
                    case_id, base_dir, request, state, received_at, deadline, supersedes,
-                   updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)""",
+                   updated_at, content_sha256) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)""",
                 (
                     request.id,
                     request.type,
@@ -211,6 +232,7 @@ class SqliteQueue(WorkQueue):
                     deadline.timestamp(),
                     supersedes,
                     now,
+                    content_sha256,
                 ),
             )
             row = self._row(db, request.id)

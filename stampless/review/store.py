@@ -140,10 +140,15 @@ class ReviewStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
 
+    @staticmethod
+    def path_for(config: Config) -> Path:
+        """Where the deployment's store lives: ``<var_dir>/review.db``."""
+        return config.var_dir / "review.db"
+
     @classmethod
     def from_config(cls, config: Config) -> ReviewStore:
-        """The deployment's store, at ``<var_dir>/review.db``."""
-        return cls(config.var_dir / "review.db")
+        """The deployment's store, at :meth:`path_for` (created when missing)."""
+        return cls(cls.path_for(config))
 
     def _connect(self) -> AbstractContextManager[sqlite3.Connection]:
         # A short-lived connection per call: the console serves from threads and the

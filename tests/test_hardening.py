@@ -1,0 +1,590 @@
+"""Issue 14's "what does not" list, one test (or more) per row, against real things.
+
+Each test carries ``@pytest.mark.issue14(row)``: it failed on the code before the fix
+and passes after (``pytest -m issue14`` runs them all). The rows:
+
+1. a known id with different content came back verified;
+2. claims were truncated to fit, then verified, and the outbox showed the cut values;
+3. a bad file in the inbox blocked the whole inbox;
+4. an integer overflow poisoned its id (spool left behind, 500, then 404);
+5. other bad inputs: deep nesting, long scan names, FIFOs, /dev/zero, huge files, short
+   HTTP bodies, duplicate keys, ``priority: true``;
+6. scans outside the request's folder were accepted (absolute, symlinks, ``../``);
+7. the trust chain sat inside var/ (dev key without refusal, .pub files trusted);
+8. an edited outbox verdict was caught by nothing;
+9. the audit chain's tail could be cut unseen;
+10. two stores opened at once lost a process to "database is locked";
+11. a killed worker's item waited out a 120 s lease;
+12. console logins had no per-client limit and a locked account answered faster.
+
+The fuzz suite over every intake door is tests/test_fuzz_intake.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_verify_e2e import run_cli, scans  # noqa: F401 (a fixture)
+
+from stampless.errors import InputError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
+    """The single ``stampless: ...`` line of a refused command (and no traceback)."""
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("stampless:")]
+    assert len(lines) == 1, proc.stdout + proc.stderr
+    return lines[0]
+
+
+# -- rows 1 and 2: verdict integrity, through `stampless verify` on the real pipeline ------
+
+
+@pytest.fixture(scope="module")
+def genuine(scans: Path) -> Path:  # noqa: F811 (the imported fixture)
+    """A genuine marriage certificate's request file, its scan beside it."""
+    return scans / "MC-301-0000.request.json"
+
+
+def _variant(genuine: Path, rid: str, **claim: str) -> Path:
+    """The genuine request under ``rid`` with some claim values changed, beside its scan."""
+    data = json.loads(genuine.read_text(encoding="utf-8"))
+    data["id"] = rid
+    data["claim"].update(claim)
+    data["scan"] = str(genuine.with_suffix("").with_suffix(".jpg").name)
+    path = genuine.parent / f"{rid}.request.json"
+    path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.issue14(1)
+def test_row1_known_id_with_other_claim_is_refused_not_verified(
+    deployment: dict[str, str], genuine: Path, tmp_path: Path
+) -> None:
+    first = _variant(genuine, "DUP-3")
+    proc = run_cli("verify", str(first), "--json", env=deployment)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads(proc.stdout)["verdict"] == "verified"
+    # A stranger's claim under the same id: refused, naming the conflict, exit 2.
+    forged = _variant(genuine, "DUP-3", holder_name="王五", holder_id="11010519491231002X")
+    proc = run_cli("verify", str(forged), env=deployment)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    line = one_error_line(proc)
+    assert "DUP-3 is already known" in line and "different claim" in line
+    assert "verified" not in proc.stdout
+    # The same content again answers the stored verdict.
+    same = _variant(genuine, "DUP-3")
+    proc = run_cli("verify", str(same), "--json", env=deployment)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads(proc.stdout)["verdict"] == "verified"
+
+
+@pytest.mark.slow
+@pytest.mark.issue14(2)
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("holder_id", "{holder_id}7"),  # 19 characters: was cut to the first 18
+        ("cert_no", "FAKE {cert_no}99 trailing"),  # noise around a valid number
+    ],
+)
+def test_row2_claims_are_never_cut_to_fit(
+    deployment: dict[str, str], genuine: Path, tmp_path: Path, field: str, value: str
+) -> None:
+    claim = json.loads(genuine.read_text(encoding="utf-8"))["claim"]
+    forged = _variant(genuine, f"CUT-{field}", **{field: value.format(**claim)})
+    proc = run_cli("verify", str(forged), env=deployment)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    line = one_error_line(proc)
+    assert field in line and "never cut away or repaired" in line
+    assert not (
+        Path(deployment["STAMPLESS__PROJECT__VAR_DIR"]) / "outbox" / f"CUT-{field}.json"
+    ).exists()
+
+
+@pytest.mark.slow
+@pytest.mark.issue14(2)
+def test_row2_outbox_shows_the_claim_as_received_beside_its_normalized_form(
+    deployment: dict[str, str], genuine: Path, tmp_path: Path
+) -> None:
+    claim = json.loads(genuine.read_text(encoding="utf-8"))["claim"]
+    holder_id = claim["holder_id"]
+    # Full-width digits and spaces: the only changes normalization may make.
+    typed = " ".join(
+        "".join(chr(ord(c) + 0xFEE0) for c in part)
+        for part in (holder_id[:6], holder_id[6:14], holder_id[14:])
+    )
+    request = _variant(genuine, "WIDE-1", holder_id=typed)
+    proc = run_cli("verify", str(request), "--json", env=deployment)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    outbox = Path(deployment["STAMPLESS__PROJECT__VAR_DIR"]) / "outbox" / "WIDE-1.json"
+    fields = {f["name"]: f for f in json.loads(outbox.read_text(encoding="utf-8"))["fields"]}
+    assert fields["holder_id"]["claimed_as_received"] == typed
+    assert fields["holder_id"]["claimed"] == holder_id
+    assert fields["holder_id"]["status"] == "match"
+
+
+# -- intake through the real document types, no browser: submit, inbox, HTTP -------------
+
+CLAIM = {
+    "cert_no": "J320102-2024-001234",
+    "holder_name": "张三",
+    "holder_id": "11010519491231002X",
+    "registered_on": "2024-01-02",
+}
+
+
+@pytest.mark.issue14(2)
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("holder_id", "3201021968040823727"),  # 19 digits
+        ("holder_id", "11010519491231002X7"),
+        ("holder_id", "ID 11010519491231002X"),
+        ("holder_id", "110105-19491231-002X"),  # separators are not spacing
+        ("holder_id", "11O10519491231002X"),  # a letter O is not repaired into a 0
+        ("cert_no", "FAKE J110105-2000-39740499 trailing"),
+        ("cert_no", "J320102-2024-0012345"),
+        ("holder_name", "张三."),
+        ("holder_name", "张三\u200b"),  # a zero-width space is not spacing
+        ("registered_on", "2024-01-02 forged"),
+        ("registered_on", "on 2024-01-02"),
+    ],
+)
+def test_row2_claim_values_with_anything_more_are_refused_naming_the_field(
+    field: str, value: str
+) -> None:
+    from pydantic import ValidationError
+
+    from stampless.doctype import bundled_tasks_dir, load_doctype_file
+
+    marriage = load_doctype_file(bundled_tasks_dir() / "marriage_certificate.py")
+    with pytest.raises(ValidationError) as refused:
+        marriage.claim_model.model_validate({**CLAIM, field: value})
+    assert [e["loc"] for e in refused.value.errors()] == [(field,)]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "normalized"),
+    [
+        ("holder_id", "１１０１０５ １９４９１２３１ ００２Ｘ", "11010519491231002X"),
+        ("holder_id", "11010519491231002x", "11010519491231002X"),
+        ("holder_name", "张 三", "张三"),
+        ("cert_no", "J320102 - 2024 - 001234", "J320102-2024-001234"),
+        ("registered_on", "2024年1月2日", "2024-01-02"),
+    ],
+)
+def test_claim_width_spacing_and_letter_case_are_all_normalization_changes(
+    field: str, value: str, normalized: str
+) -> None:
+    from stampless.doctype import bundled_tasks_dir, load_doctype_file
+
+    marriage = load_doctype_file(bundled_tasks_dir() / "marriage_certificate.py")
+    claim = marriage.claim_model.model_validate({**CLAIM, field: value})
+    assert getattr(claim, field) == normalized
+
+
+def write_request(folder: Path, rid: str, *, raw: str | None = None, **fields: Any) -> Path:
+    """A request file (``raw`` text, or a valid request changed by ``fields``) and its scan."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    scan = folder / "scan.jpg"
+    if not scan.exists():
+        Image.new("RGB", (64, 48), "white").save(scan)
+    body = {"id": rid, "type": "marriage_certificate", "claim": dict(CLAIM), "scan": "scan.jpg"}
+    body.update(fields)
+    path = folder / f"{rid}.json"
+    path.write_text(raw if raw is not None else json.dumps(body, ensure_ascii=False), "utf-8")
+    return path
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    """The repository's robot.toml with a var/ of this test's own."""
+    return {**os.environ, "STAMPLESS__PROJECT__VAR_DIR": str(tmp_path / "var")}
+
+
+@pytest.fixture
+def intake(env: dict[str, str]) -> Any:
+    """An Intake on the repository's robot.toml, validating with the real document types."""
+    from stampless.config import load_config
+    from stampless.intake import Intake
+    from stampless.queue import open_queue
+
+    config = load_config(REPO / "robot.toml", environ=env)
+    queue = open_queue(config)
+    yield Intake(config, queue)
+    queue.close()
+
+
+def spool_entries(intake: Any) -> list[str]:
+    spool = intake.spool_dir
+    return sorted(p.name for p in spool.iterdir()) if spool.exists() else []
+
+
+class HttpIntake:
+    """The HTTP intake as the daemon runs it, on a free port of 127.0.0.1."""
+
+    TOKEN = "hardening-token"
+
+    def __init__(self, intake: Any) -> None:
+        from stampless.intake import IntakeServer
+
+        self.server = IntakeServer(intake, self.TOKEN).start()
+        self.url = self.server.url
+
+    def post(self, body: Any, **kw: Any) -> Any:
+        import httpx
+
+        headers = {"Authorization": f"Bearer {self.TOKEN}", **kw.pop("headers", {})}
+        if isinstance(body, bytes):
+            return httpx.post(self.url + "/requests", content=body, headers=headers, timeout=30)
+        return httpx.post(self.url + "/requests", json=body, headers=headers, timeout=30)
+
+    def get(self, rid: str) -> Any:
+        import httpx
+
+        headers = {"Authorization": f"Bearer {self.TOKEN}"}
+        return httpx.get(f"{self.url}/requests/{rid}", headers=headers, timeout=30)
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+@pytest.fixture
+def http(intake: Any) -> Any:
+    server = HttpIntake(intake)
+    yield server
+    server.stop()
+
+
+def http_body(path: Path) -> dict[str, Any]:
+    """The HTTP form of a request file: the request with its scan inlined."""
+    import base64
+
+    request = json.loads(path.read_text(encoding="utf-8"))
+    scan = path.parent / request.pop("scan")
+    return {
+        "request": request,
+        "scan_base64": base64.b64encode(scan.read_bytes()).decode(),
+        "scan_name": scan.name,
+    }
+
+
+@pytest.mark.issue14(1)
+def test_row1_known_id_with_other_content_is_refused_at_every_door(
+    intake: Any, http: Any, tmp_path: Path
+) -> None:
+    from stampless.intake import poll_inbox
+
+    first = write_request(tmp_path / "a", "DUP-1")
+    [queued] = intake.submit_files([first])
+    assert queued.added
+    other = write_request(tmp_path / "b", "DUP-1", claim={**CLAIM, "holder_name": "王五"})
+    with pytest.raises(InputError, match="DUP-1 is already known") as refused:
+        intake.submit_files([other])
+    assert refused.value.exit_code == 2
+    # Same claim, another scan: also other content.
+    rescanned = write_request(tmp_path / "c", "DUP-1")
+    from PIL import Image
+
+    Image.new("RGB", (64, 48), "black").save(tmp_path / "c" / "scan.jpg")
+    with pytest.raises(InputError, match="already known"):
+        intake.submit_files([rescanned])
+    # HTTP: 409 naming the conflict; the same content: 200 with the stored state.
+    answer = http.post(http_body(other))
+    assert answer.status_code == 409 and "DUP-1 is already known" in answer.json()["error"]
+    same = http.post(http_body(first))
+    assert same.status_code == 200 and same.json()["state"] == "queued"
+    # Inbox: rejected with the reason beside it.
+    inbox = tmp_path / "inbox"
+    write_request(inbox, "DUP-1", claim={**CLAIM, "holder_name": "王五"})
+    report = poll_inbox(intake, inbox, min_age_s=0)
+    assert report.rejected == ["DUP-1.json"]
+    assert "already known" in (inbox / "rejected" / "DUP-1.json.error.txt").read_text()
+    item = intake.queue.get("DUP-1")
+    assert item.request.claim["holder_name"] == "张三"
+
+
+@pytest.mark.issue14(1)
+def test_row1_submit_of_an_id_verify_answered_for_other_content_is_refused(
+    intake: Any, tmp_path: Path
+) -> None:
+    from stampless._version import __version__
+    from stampless.errors import RequestConflict
+    from stampless.idempotency import request_digest
+    from stampless.models import Request, Tier, Verdict, VerdictKind, utcnow
+    from stampless.outbox import write_verdict
+
+    path = write_request(tmp_path / "a", "ONCE-1")
+    request = Request.model_validate_json(path.read_bytes())
+    now = utcnow()
+    verdict = Verdict(
+        request_id="ONCE-1",
+        type=request.type,
+        tier=Tier.robot,
+        verdict=VerdictKind.verified,
+        received_at=now,
+        finished_at=now,
+        stampless_version=__version__,
+        request_sha256=request_digest(request, path.parent),
+    )
+    write_verdict(intake.config.outbox_dir, verdict)
+    other = write_request(tmp_path / "b", "ONCE-1", claim={**CLAIM, "holder_name": "王五"})
+    with pytest.raises(RequestConflict, match="in the outbox"):
+        intake.submit_files([other])
+    assert intake.queue.get("ONCE-1") is None
+    [same] = intake.submit_files([path])
+    assert same.added  # the worker then completes it from the outbox, unchanged
+
+
+# -- row 3: one bad file never blocks the inbox --------------------------------------------
+
+DEEP = "[" * 50_000 + "]" * 50_000
+
+
+@pytest.mark.issue14(3)
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param({"priority": 2**70}, id="priority-2**70"),
+        pytest.param(DEEP, id="50000-nested-brackets"),
+        pytest.param('{"id": "N-1", "claim": ' + "{" * 5000 + "}" * 5000 + "}", id="deep-object"),
+    ],
+)
+def test_row3_a_bad_file_is_set_aside_and_the_rest_of_the_inbox_flows(
+    intake: Any, tmp_path: Path, bad: Any
+) -> None:
+    from stampless.intake import poll_inbox
+
+    inbox = tmp_path / "inbox"
+    if isinstance(bad, str):
+        write_request(inbox, "A-BAD", raw=bad)
+    else:
+        write_request(inbox, "A-BAD", **bad)
+    write_request(inbox, "B-GOOD")
+    for _ in range(2):  # the next poll must not trip over it either
+        report = poll_inbox(intake, inbox, min_age_s=0)
+    assert (inbox / "done" / "B-GOOD.json").is_file()
+    assert intake.queue.get("B-GOOD") is not None
+    assert (inbox / "rejected" / "A-BAD.json").is_file()
+    assert (inbox / "rejected" / "A-BAD.json.error.txt").read_text().strip()
+    assert report.rejected == [] and report.done == []
+    assert intake.queue.get("A-BAD") is None
+    assert spool_entries(intake) == ["B-GOOD"]
+
+
+# -- row 4: an overflow no longer poisons its id -------------------------------------------
+
+
+@pytest.mark.issue14(4)
+def test_row4_an_overflowing_priority_is_bad_input_and_the_corrected_request_goes_through(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    bad = write_request(tmp_path / "in", "OVER-1", priority=2**70)
+    proc = run_cli("submit", str(bad), env=env, timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "priority" in one_error_line(proc)
+    spool = tmp_path / "var" / "spool"
+    assert not spool.exists() or not any(spool.iterdir())
+    good = write_request(tmp_path / "in", "OVER-1")
+    proc = run_cli("submit", str(good), env=env, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "OVER-1 queued" in proc.stdout
+
+
+@pytest.mark.issue14(4)
+def test_row4_over_http_an_overflow_is_400_and_the_id_stays_usable(
+    http: Any, intake: Any, tmp_path: Path
+) -> None:
+    bad = http_body(write_request(tmp_path / "in", "OVER-2"))
+    bad["request"]["priority"] = 2**70
+    answer = http.post(bad)
+    assert answer.status_code == 400 and "priority" in answer.json()["error"]
+    assert spool_entries(intake) == []
+    good = http.post(http_body(write_request(tmp_path / "in", "OVER-2")))
+    assert good.status_code == 201, good.text
+    assert http.get("OVER-2").status_code == 200
+
+
+# -- row 5: other bad inputs -----------------------------------------------------------------
+
+
+@pytest.mark.issue14(5)
+@pytest.mark.parametrize("command", ["verify", "submit"])
+def test_row5_50000_nested_brackets_exit_2(
+    env: dict[str, str], tmp_path: Path, command: str
+) -> None:
+    path = write_request(tmp_path / "in", "DEEP", raw=DEEP)
+    proc = run_cli(command, str(path), env=env, timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "nested" in one_error_line(proc)
+
+
+@pytest.mark.issue14(5)
+def test_row5_50000_nested_brackets_over_http_is_400(http: Any) -> None:
+    answer = http.post(DEEP.encode())
+    assert answer.status_code == 400 and "nested" in answer.json()["error"]
+
+
+@pytest.mark.issue14(5)
+@pytest.mark.parametrize("length", [300, 5000])
+@pytest.mark.parametrize("command", ["verify", "submit"])
+def test_row5_a_very_long_scan_name_exits_2(
+    env: dict[str, str], tmp_path: Path, command: str, length: int
+) -> None:
+    path = write_request(tmp_path / "in", "LONG", scan="s" * length + ".jpg")
+    proc = run_cli(command, str(path), env=env, timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    line = one_error_line(proc)
+    assert "scan" in line and ("too long" in line or "at most 1024 characters" in line)
+
+
+@pytest.mark.issue14(5)
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "200-mb"])
+@pytest.mark.parametrize("command", ["verify", "submit"])
+def test_row5_fifos_devices_and_huge_files_are_refused_before_reading(
+    env: dict[str, str], tmp_path: Path, command: str, kind: str
+) -> None:
+    path = tmp_path / "request.json"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "dev-zero":
+        path = Path("/dev/zero")
+    else:
+        with path.open("wb") as fh:  # sparse: 200 MB on paper, nothing on disk
+            fh.truncate(200 * 1024 * 1024)
+    try:
+        proc = run_cli(command, str(path), env=env, timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"stampless {command} hung on {kind}")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    line = one_error_line(proc)
+    assert "not a regular file" in line or "larger than" in line
+
+
+@pytest.mark.issue14(5)
+def test_row5_an_http_body_shorter_than_its_content_length_is_answered_408(
+    intake: Any,
+) -> None:
+    import socket
+    import time
+
+    from stampless.intake import IntakeServer
+
+    intake.config.intake.read_timeout_s = 1.0
+    server = IntakeServer(intake, HttpIntake.TOKEN).start()
+    try:
+        host, port = server.httpd.server_address[:2]
+        with socket.create_connection((str(host), int(port)), timeout=20) as conn:
+            head = (
+                "POST /requests HTTP/1.1\r\nHost: x\r\n"
+                f"Authorization: Bearer {HttpIntake.TOKEN}\r\n"
+                "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+            )
+            conn.sendall(head.encode() + b'{"request": ')
+            started = time.monotonic()
+            answer = conn.recv(4096).decode()
+            waited = time.monotonic() - started
+    finally:
+        server.stop()
+    assert answer.startswith(("HTTP/1.0 408", "HTTP/1.1 408")), answer
+    assert waited < 10
+
+
+@pytest.mark.issue14(5)
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (
+            '{"id": "DK-1", "id": "DK-2", "type": "marriage_certificate", "claim": {}, '
+            '"scan": "scan.jpg"}',
+            "appears twice",
+        ),
+        (
+            '{"id": "DK-3", "type": "marriage_certificate", "scan": "scan.jpg", "claim": '
+            + json.dumps(CLAIM, ensure_ascii=False)[:-1]
+            + ', "holder_name": "王五"}}',
+            "appears twice",
+        ),
+        (
+            json.dumps(
+                {
+                    "id": "PT-1",
+                    "type": "marriage_certificate",
+                    "claim": CLAIM,
+                    "scan": "scan.jpg",
+                    "priority": True,
+                },
+                ensure_ascii=False,
+            ),
+            "priority",
+        ),
+    ],
+    ids=["duplicate-id", "duplicate-claim-key", "priority-true"],
+)
+def test_row5_duplicate_keys_and_boolean_priorities_are_refused(
+    intake: Any, tmp_path: Path, raw: str, expected: str
+) -> None:
+    path = write_request(tmp_path / "in", "DK", raw=raw)
+    with pytest.raises(InputError, match=expected):
+        intake.submit_files([path])
+    assert intake.queue.list() == []
+
+
+# -- row 6: scans stay inside the request's folder -----------------------------------------
+
+
+@pytest.mark.issue14(6)
+@pytest.mark.parametrize("trick", ["absolute", "dotdot", "symlink"])
+def test_row6_scans_outside_the_request_folder_are_refused_from_the_cli(
+    env: dict[str, str], tmp_path: Path, trick: str
+) -> None:
+    from PIL import Image
+
+    outside = tmp_path / "elsewhere" / "other.jpg"
+    outside.parent.mkdir()
+    Image.new("RGB", (64, 48), "white").save(outside)
+    folder = tmp_path / "in"
+    scan = {"absolute": str(outside), "dotdot": "../elsewhere/other.jpg", "symlink": "link.jpg"}
+    path = write_request(folder, f"OUT-{trick}", scan=scan[trick])
+    (folder / "link.jpg").symlink_to(outside)
+    proc = run_cli("submit", str(path), env=env, timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "outside the request's folder" in one_error_line(proc)
+    assert not (tmp_path / "var" / "spool").exists() or not any(
+        (tmp_path / "var" / "spool").iterdir()
+    )
+
+
+@pytest.mark.issue14(6)
+def test_row6_an_inbox_request_cannot_borrow_another_requests_sealed_scan(
+    intake: Any, tmp_path: Path
+) -> None:
+    from stampless.intake import poll_inbox
+
+    sealed = intake.config.evidence_dir / "OTHER-1" / "scan.jpg"
+    sealed.parent.mkdir(parents=True)
+    (tmp_path / "in").mkdir()
+    write_request(tmp_path / "in", "X")  # makes a scan to copy
+    sealed.write_bytes((tmp_path / "in" / "scan.jpg").read_bytes())
+    inbox = intake.config.inbox_dir
+    relative = os.path.relpath(sealed, inbox)
+    write_request(inbox, "BORROW-1", scan=relative)
+    write_request(inbox, "BORROW-2", scan=str(sealed))
+    (inbox / "linked.jpg").symlink_to(sealed)
+    write_request(inbox, "BORROW-3", scan="linked.jpg")
+    report = poll_inbox(intake, inbox, min_age_s=0)
+    assert sorted(report.rejected) == ["BORROW-1.json", "BORROW-2.json", "BORROW-3.json"]
+    assert spool_entries(intake) == []
+    for n in (1, 2, 3):
+        assert "outside" in (inbox / "rejected" / f"BORROW-{n}.json.error.txt").read_text()
