@@ -148,7 +148,9 @@ class TiersConfig(_Section):
 class QueueConfig(_Section):
     backend: Literal["sqlite"] = "sqlite"
     path: Path | None = None  # default: <var_dir>/queue.db
-    lease_s: float = Field(default=120, gt=0)
+    # Short, and renewed by the worker's heartbeat every third of it: a killed worker's
+    # item is back in the queue within seconds, not minutes.
+    lease_s: float = Field(default=15, gt=0)
     max_attempts: int = Field(default=5, ge=1)
     backoff_base_s: float = Field(default=1.0, ge=0)
     backoff_max_s: float = Field(default=30.0, ge=0)

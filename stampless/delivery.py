@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import httpx
 from loguru import logger
 
-from stampless._sqlite import connection
+from stampless._sqlite import connection, prepare
 from stampless.models import utcnow
 from stampless.outbox import iter_verdicts, read_journal
 
@@ -105,9 +105,7 @@ class Delivery:
         # "deliver after completing" must not post the same file twice concurrently.
         self._pass_lock = threading.Lock()
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
-        with self._db() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
+        prepare(self.db_path, _SCHEMA)
 
     @classmethod
     def from_config(cls, config: Config) -> Delivery | None:

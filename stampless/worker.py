@@ -102,7 +102,7 @@ class WorkerOptions:
     workers: int = 2
     until_empty: bool = False
     poll_s: float = 0.2
-    lease_s: float = 120.0
+    lease_s: float = 15.0
     max_attempts: int = 5
     backoff_base_s: float = 1.0
     backoff_max_s: float = 30.0

@@ -588,3 +588,115 @@ def test_row6_an_inbox_request_cannot_borrow_another_requests_sealed_scan(
     assert spool_entries(intake) == []
     for n in (1, 2, 3):
         assert "outside" in (inbox / "rejected" / f"BORROW-{n}.json.error.txt").read_text()
+
+
+# -- row 10: twenty processes opening the stores at once ------------------------------------
+
+ROUNDS = 30
+
+
+def _open_stores(var: str, barrier: Any, out: Any) -> None:
+    """What every `stampless run` does first: open the queue, review and delivery stores.
+
+    Each round opens a fresh var/ after a small random delay, as processes started
+    together reach this point at slightly different moments.
+    """
+    import random
+    import time
+
+    from stampless.delivery import Delivery
+    from stampless.queue.sqlite import SqliteQueue
+    from stampless.review.store import ReviewStore
+
+    errors: list[str] = []
+    for n in range(ROUNDS):
+        barrier.wait(timeout=120)
+        folder = Path(var) / f"round-{n}"
+        time.sleep(random.uniform(0, 0.03))
+        try:
+            queue = SqliteQueue(folder / "queue.db", {"civil_affairs": ["a"]})
+            ReviewStore(folder / "review.db")
+            Delivery(folder / "delivery.db", folder / "outbox", url="http://127.0.0.1:9")
+            queue.counts()
+            queue.close()
+        except Exception as exc:
+            errors.append(f"{exc.__class__.__name__}: {exc}")
+    out.put(errors)
+
+
+@pytest.mark.issue14(10)
+def test_row10_twenty_processes_open_one_var_at_once_and_all_keep_working(
+    tmp_path: Path,
+) -> None:
+    import multiprocessing
+
+    # Forked with the modules already imported, so the twenty really start together.
+    import stampless.delivery
+    import stampless.queue.sqlite
+    import stampless.review.store  # noqa: F401
+
+    ctx = multiprocessing.get_context("fork")
+    barrier = ctx.Barrier(20)
+    out = ctx.Queue()
+    procs = [
+        ctx.Process(target=_open_stores, args=(str(tmp_path / "var"), barrier, out))
+        for _ in range(20)
+    ]
+    for p in procs:
+        p.start()
+    try:
+        errors = [e for _ in procs for e in out.get(timeout=180)]
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+    assert errors == [], f"{len(errors)} of {20 * ROUNDS} opens failed: {sorted(set(errors))[:3]}"
+
+
+# -- row 11: a killed worker's item is back within seconds ----------------------------------
+
+
+@pytest.mark.issue14(11)
+def test_row11_a_sigkilled_workers_item_finishes_before_its_deadline(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    from test_worker import LookupServer, _spawn_worker, _wait_for, enqueue, make_config
+
+    from stampless.queue import ItemState, open_queue
+
+    server = LookupServer(tmp_path)
+    var = tmp_path / "var"
+    # A 45-second promise: a lease of 120 s outlived it, one of 15 s does not.
+    config = make_config(var, robot_sla=45)
+    queue = open_queue(config)
+    enqueue(queue, config, "KILLED-1", "civil_affairs", sleep=3.0)
+    first = _spawn_worker(var, server.url, "--default-lease")
+    second = None
+    try:
+        _wait_for(
+            lambda: queue.get("KILLED-1").state is ItemState.claimed,  # type: ignore[union-attr]
+            30,
+            "the item to be claimed",
+        )
+        time.sleep(1.0)  # mid-item: the lookup takes 3 s
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(timeout=10)
+        second = _spawn_worker(var, server.url, "--default-lease", "--until-empty")
+        out, _ = second.communicate(timeout=60)
+        assert second.returncode == 0, out
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+            if proc is not None and proc.stdout is not None:
+                proc.stdout.close()
+        server.stop()
+    item = queue.get("KILLED-1")
+    assert item is not None and item.state is ItemState.done, item
+    assert item.verdict is not None and item.verdict.value == "verified"
+    assert item.attempts == 2
+    assert item.finished_at is not None and item.finished_at <= item.deadline
+    assert item.sla_met is True

@@ -513,10 +513,14 @@ def test_sigkill_mid_item_finishes_once_later(tmp_path: Path, server: Any) -> No
 
 
 def _worker_main(argv: list[str]) -> int:
-    """``worker VAR URL [--until-empty]``: run a pool with the HTTP processor."""
+    """``worker VAR URL [--until-empty] [--default-lease]``: a pool with the HTTP processor.
+
+    The lease is 1.5 s, or robot.toml's default with ``--default-lease``.
+    """
     var, url = Path(argv[0]), argv[1]
     until_empty = "--until-empty" in argv
-    config = make_config(var, lease_s=1.5)
+    lease_s = QueueConfig().lease_s if "--default-lease" in argv else 1.5
+    config = make_config(var, lease_s=lease_s)
     queue = open_queue(config)
     pool = make_pool(config, queue, url, workers=2, until_empty=until_empty)
 

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from stampless._sqlite import connect
+from stampless._sqlite import connect, prepare, retry_locked
 from stampless.errors import InputError, SystemFailure
 from stampless.models import Request, Tier, VerdictKind, utcnow
 from stampless.queue.abc import (
@@ -117,9 +117,8 @@ class SqliteQueue(WorkQueue):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         try:
-            db = self._db()
-            db.executescript(_SCHEMA)
-            _add_columns(db)
+            prepare(self.path, _SCHEMA)
+            retry_locked(lambda: _add_columns(self._db()))
         except sqlite3.Error as exc:
             raise SystemFailure(
                 f"Cannot open the queue database {self.path} ({exc}); check the folder's "

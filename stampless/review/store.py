@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from loguru import logger
 from pydantic import BaseModel
 
-from stampless._sqlite import connection
+from stampless._sqlite import connection, prepare
 from stampless._version import __version__
 from stampless.errors import InputError, StamplessError
 from stampless.models import Request, Tier, Verdict, VerdictKind, utcnow
@@ -136,9 +136,7 @@ class ReviewStore:
     def __init__(self, db_path: Path) -> None:
         self.db_path = Path(db_path)
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
+        prepare(self.db_path, _SCHEMA)
 
     @staticmethod
     def path_for(config: Config) -> Path:
