@@ -4,7 +4,10 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := chromium tesseract-ocr tesseract-ocr-chi-sim tesseract-ocr-eng fonts-noto-cjk
+# The fonts-* packages are the faces the scan generator prints certificates in
+# (stampless/fixtures/fonts.py): Noto Serif/Sans CJK, LXGW WenKai, AR PL UKai, WenQuanYi Zen Hei.
+APT_PACKAGES := chromium tesseract-ocr tesseract-ocr-chi-sim tesseract-ocr-eng \
+	fonts-noto-cjk fonts-lxgw-wenkai fonts-arphic-ukai fonts-wqy-zenhei
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Tesseract's own threads fight each other on small machines; stampless runs one per core.

@@ -11,7 +11,6 @@ from pathlib import Path
 
 from stampless.config import Config
 
-FONT_DIRS = (Path("/usr/share/fonts"), Path("/usr/local/share/fonts"), Path.home() / ".fonts")
 APT_HINT = "apt-get install -y {}"
 
 
@@ -119,14 +118,16 @@ def _chromium(config: Config) -> Check:
 
 
 def _fonts() -> Check:
-    for folder in FONT_DIRS:
-        if folder.is_dir() and any(folder.rglob("NotoSansCJK*")):
-            return Check("CJK fonts", True, f"Noto CJK under {folder}")
+    from stampless.fixtures.fonts import FACES, missing_packages
+
+    missing = missing_packages()
+    if not missing:
+        return Check("CJK fonts", True, f"the scan generator's {len(FACES)} faces are installed")
     return Check(
         "CJK fonts",
         False,
-        "no Noto CJK font found (needed to render test scans)",
-        APT_HINT.format("fonts-noto-cjk"),
+        f"missing {', '.join(missing)} (the faces the scan generator renders test scans with)",
+        APT_HINT.format(" ".join(missing)),
     )
 
 
