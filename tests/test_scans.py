@@ -17,8 +17,9 @@ from PIL import Image
 from stampless.checksums import is_valid_credit_code, is_valid_resident_id
 from stampless.errors import InputError
 from stampless.fixtures.degrade import RANGES, degrade_scan
+from stampless.fixtures.fonts import HELD_OUT_FACES, TUNE_FACES
 from stampless.fixtures.records import DOC_TYPES, KEY_FIELD, record_by_key
-from stampless.fixtures.render import capital_amount
+from stampless.fixtures.render import HELD_OUT_LAYOUT, LAYOUTS, capital_amount
 from stampless.fixtures.scans import (
     CLAIM_FIELDS,
     DRAWN_FIELDS,
@@ -80,6 +81,49 @@ def test_same_seed_gives_identical_bytes(tmp_path: Path) -> None:
     assert a == b
     other = generate(tmp_path / "c", "business_license", 1, 12, "hard", 0.5, 0.2)
     assert other[0].read_bytes() != a["BL-11-0000.jpg"]
+
+
+@pytest.mark.parametrize("split", ["tune", "heldout"])
+def test_splits_give_identical_bytes_for_the_same_arguments(tmp_path: Path, split: str) -> None:
+    args = ("marriage_certificate", 3, 11, "hard", 0.3, 0.1)
+    first = generate(tmp_path / "a", *args, split=split)
+    generate(tmp_path / "b", *args, split=split, workers=2)
+    assert _files(tmp_path / "a") == _files(tmp_path / "b")
+    prefix = "MC-H-11" if split == "heldout" else "MC-11"
+    assert [p.name for p in first] == [f"{prefix}-000{i}.jpg" for i in range(3)]
+    classic = generate(tmp_path / "c", *args)
+    assert all(a.read_bytes() != b.read_bytes() for a, b in zip(first, classic, strict=True))
+
+
+def test_heldout_split_is_disjoint_from_tune() -> None:
+    for doc_type in TYPES:
+        held_out = HELD_OUT_LAYOUT[doc_type]
+        tune_layouts, heldout_layouts = set(), set()
+        tune_faces: set[str] = set()
+        for index in range(120):
+            tune, tune_rng = plan_item(doc_type, 5, index, split="tune")
+            held, held_rng = plan_item(doc_type, 5, index, split="heldout")
+            tune_layouts.add(LAYOUTS[doc_type][tune.look.layout])
+            heldout_layouts.add(LAYOUTS[doc_type][held.look.layout])
+            tune_faces |= set(tune.look.faces)
+            # Every held-out page prints its labels or its values in a face tune never draws.
+            assert set(held.look.faces) & set(HELD_OUT_FACES), held.look
+            assert held.name != tune.name and held.name.startswith(held.name[:2] + "-H-")
+            # The item's random stream (record, kind of forgery, noise) is another one.
+            assert held_rng.getrandbits(64) != tune_rng.getrandbits(64)
+        assert held_out not in tune_layouts
+        assert held_out in heldout_layouts and heldout_layouts == set(LAYOUTS[doc_type])
+        assert not tune_faces & set(HELD_OUT_FACES) and tune_faces == set(TUNE_FACES)
+    # No item stream of one split is an item stream of the other, across seeds and indices.
+    streams = {
+        split: {
+            plan_item("business_license", seed, index, split=split)[1].getrandbits(64)
+            for seed in range(6)
+            for index in range(40)
+        }
+        for split in ("tune", "heldout")
+    }
+    assert not streams["tune"] & streams["heldout"]
 
 
 @pytest.mark.parametrize("doc_type", TYPES)
@@ -158,6 +202,30 @@ def test_truth_and_request_files(tmp_path: Path) -> None:
                 assert 0 < x < image.width and 0 < y < image.height
     kinds = {json.loads(p.with_suffix(".truth.json").read_text())["kind"] for p in jpgs}
     assert kinds == {"genuine", "altered", "absent"}
+
+
+@pytest.mark.parametrize("split", ["classic", "tune", "heldout"])
+def test_truth_says_how_each_scan_was_drawn(tmp_path: Path, split: str) -> None:
+    jpgs = generate(tmp_path, "business_license", 4, 2, "normal", split=split)
+    for jpg in jpgs:
+        truth = json.loads(jpg.with_suffix(".truth.json").read_text(encoding="utf-8"))
+        item, _ = plan_item("business_license", 2, truth["index"], split=split)
+        assert truth["split"] == split
+        assert truth["layout_id"] == LAYOUTS["business_license"][item.look.layout]
+        assert truth["faces"] == dict(zip(("label", "value"), item.look.faces, strict=True))
+        style = truth["style"]
+        for key in ("layout", "serif_values", "spaced_labels", "alt_form", "colon"):
+            assert key in style
+        assert truth["seal_target"] in (None, *DRAWN_FIELDS["business_license"])
+        assert truth["seal_target"] == (item.look.seal_target if split != "classic" else None)
+        assert set(truth["field_boxes"]) >= set(DRAWN_FIELDS["business_license"])
+        for x0, y0, x1, y1 in truth["field_boxes"].values():
+            assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1
+        for key in ("kind", "fields", "claim", "record", "lookup_record", "expected_verdict"):
+            assert key in truth
+        if split == "classic":
+            assert truth["layout_id"] in ("edition_2019", "edition_earlier")
+            assert set(truth["faces"].values()) == {"serif", "sans"}
 
 
 @pytest.mark.parametrize("difficulty", sorted(RANGES))
@@ -326,10 +394,19 @@ def test_cli_writes_three_files_per_item_and_rejects_bad_type(tmp_path: Path) ->
     for i in range(2):
         truth = json.loads((out / f"SS-9-000{i}.truth.json").read_text(encoding="utf-8"))
         assert truth["expected_verdict"] == "verified" and truth["records_seed"] == 9
+        assert truth["split"] == "tune"  # the command's default
     bad = _cli(str(tmp_path / "bad"), "--type", "passport")
     assert bad.returncode == 2
     assert len(bad.stderr.strip().splitlines()) == 1 and "passport" in bad.stderr
     assert not (tmp_path / "bad").exists()
+    held = _cli(str(tmp_path / "held"), "--type", "business_license", "--count", "1",
+                "--seed", "4", "--split", "heldout")  # fmt: skip
+    assert held.returncode == 0, held.stderr
+    truth = json.loads((tmp_path / "held" / "BL-H-4-0000.truth.json").read_text(encoding="utf-8"))
+    assert truth["split"] == "heldout" and "heldout split" in held.stdout
+    wrong = _cli(str(tmp_path / "wrong"), "--type", "business_license", "--split", "test")
+    assert wrong.returncode == 2 and len(wrong.stderr.strip().splitlines()) == 1
+    assert "split" in wrong.stderr and not (tmp_path / "wrong").exists()
 
 
 def test_forged_scan_shows_the_altered_value() -> None:

@@ -25,7 +25,8 @@ def register(app: typer.Typer) -> None:
             str,
             typer.Option(
                 "--type",
-                help="marriage_certificate, business_license or social_security_record.",
+                help="marriage_certificate, business_license, social_security_record or "
+                "work_permit.",
             ),
         ],
         count: Annotated[int, typer.Option(help="How many scans to write.")] = 10,
@@ -44,6 +45,14 @@ def register(app: typer.Typer) -> None:
         workers: Annotated[
             int, typer.Option(help="Processes rendering in parallel (same bytes either way).")
         ] = 1,
+        split: Annotated[
+            str,
+            typer.Option(
+                help="tune (the layouts and faces an OCR reader may be tuned on), heldout "
+                "(a layout and faces tune never draws, other seeds: never tune on it) or "
+                "classic (the two original layouts per type, flatbed scans only)."
+            ),
+        ] = "tune",
     ) -> None:
         """Render degraded scans with <name>.truth.json and <name>.request.json each."""
         from stampless.fixtures.scans import generate
@@ -58,6 +67,7 @@ def register(app: typer.Typer) -> None:
             absent_share=absent_share,
             records_seed=records_seed,
             workers=workers,
+            split=split,
         )
         kinds: dict[str, int] = {}
         for jpg in written:
@@ -66,6 +76,6 @@ def register(app: typer.Typer) -> None:
             console.print(f"{jpg}  {truth['kind']}  expect {truth['expected_verdict']}")
         summary = ", ".join(f"{n} {verdict}" for verdict, n in sorted(kinds.items()))
         console.print(
-            f"wrote {len(written)} {doc_type} scans ({difficulty}) to {out_dir}"
+            f"wrote {len(written)} {doc_type} scans ({split} split, {difficulty}) to {out_dir}"
             + (f": {summary}" if summary else "")
         )
