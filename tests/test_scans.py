@@ -3,6 +3,7 @@ labels a real Tesseract can read, degradation within the stated ranges, and the 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import subprocess
@@ -16,7 +17,15 @@ from PIL import Image
 
 from stampless.checksums import is_valid_credit_code, is_valid_resident_id
 from stampless.errors import InputError
-from stampless.fixtures.degrade import RANGES, degrade_scan
+from stampless.fixtures.degrade import (
+    PHOTO_RANGES,
+    PHOTO_SHARE,
+    RANGES,
+    SCAN_RANGES,
+    apply_capture,
+    degrade_scan,
+    draw_capture,
+)
 from stampless.fixtures.fonts import HELD_OUT_FACES, TUNE_FACES
 from stampless.fixtures.records import DOC_TYPES, KEY_FIELD, record_by_key
 from stampless.fixtures.render import HELD_OUT_LAYOUT, LAYOUTS, capital_amount
@@ -223,9 +232,17 @@ def test_truth_says_how_each_scan_was_drawn(tmp_path: Path, split: str) -> None:
             assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1
         for key in ("kind", "fields", "claim", "record", "lookup_record", "expected_verdict"):
             assert key in truth
+        assert truth["capture"] in ("scan", "photo")
+        for key in ("shadow", "moire", "defocus_radius", "keystone", "jpeg_quality", "dpi"):
+            assert isinstance(truth[key], int | float), key
+        with Image.open(jpg) as image:
+            assert round(image.info["dpi"][0]) == truth["dpi"]
         if split == "classic":
             assert truth["layout_id"] in ("edition_2019", "edition_earlier")
             assert set(truth["faces"].values()) == {"serif", "sans"}
+            assert truth["capture"] == "scan" and 200 <= truth["dpi"] <= 300
+        else:
+            assert 150 <= truth["dpi"] <= 400
 
 
 @pytest.mark.parametrize("difficulty", sorted(RANGES))
@@ -256,6 +273,42 @@ def test_degradation_parameters_stay_in_range(difficulty: str) -> None:
     assert RANGES["normal"].rotation_deg <= 4 and RANGES["normal"].jpeg_quality == (40, 70)
     assert RANGES["hard"].rotation_deg == 7 and RANGES["hard"].jpeg_quality == (25, 70)
     assert RANGES["hard"].dpi == (150, 300)
+
+
+@pytest.mark.parametrize("difficulty", ["normal", "hard"])
+def test_captures_mix_scans_and_photographs_within_their_ranges(difficulty: str) -> None:
+    scans, photos = SCAN_RANGES[difficulty], PHOTO_RANGES[difficulty]
+    page = Image.new("RGB", (500, 350), (250, 248, 244))
+    drawn = [draw_capture(random.Random(f"c{i}"), difficulty) for i in range(120)]
+    shots = [c for c in drawn if c.capture == "photo"]
+    assert abs(len(shots) / len(drawn) - PHOTO_SHARE[difficulty]) < 0.12
+    for c in drawn:
+        r: Any = photos if c.capture == "photo" else scans
+        assert r.dpi[0] <= c.dpi <= r.dpi[1]
+        assert r.jpeg_quality[0] <= c.jpeg_quality <= r.jpeg_quality[1]
+        assert abs(c.rotation_deg) <= r.rotation_deg
+        assert r.lighting[0] <= c.lighting <= r.lighting[1]
+    assert {c.dpi for c in drawn} <= set(range(120 if difficulty == "hard" else 150, 401))
+    for c in shots:
+        assert photos.keystone[0] <= c.keystone <= photos.keystone[1]
+        assert c.shadow == 0 or photos.shadow[0] <= c.shadow <= photos.shadow[1]
+        assert c.moire == 0 or photos.moire[0] <= c.moire <= photos.moire[1]
+        assert c.defocus_radius == 0 or photos.defocus[0] <= c.defocus_radius
+    # Each effect is drawn for some photographs and not for others.
+    for effect in ("shadow", "moire", "defocus_radius"):
+        assert 0 < sum(getattr(c, effect) > 0 for c in shots) < len(shots), effect
+    photo = next(c for c in shots if c.shadow and c.moire)
+    page.info["dpi"] = (photo.dpi, photo.dpi)
+    first, again = apply_capture(page, photo), apply_capture(page, photo)
+    assert first.jpeg == again.jpeg
+    image = first.image()
+    assert round(image.info["dpi"][0]) == photo.dpi and first.params.capture == "photo"
+    for x, y in first.params.page_corners:
+        assert 0 < x < image.width and 0 < y < image.height
+    # Every effect changes the pixels: take each away in turn.
+    for effect in ("shadow", "moire", "keystone", "sharpen"):
+        other = apply_capture(page, dataclasses.replace(photo, **{effect: 0}))
+        assert other.jpeg != first.jpeg, effect
 
 
 def test_degrade_is_deterministic_and_changes_the_page() -> None:
