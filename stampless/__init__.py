@@ -19,13 +19,16 @@ from stampless.doctype import (
     YearMonth,
 )
 from stampless.errors import (
+    AccountDisabled,
     BrowserError,
     BusinessError,
     ConfigError,
     DepartmentUnavailable,
     ExitCode,
     InputError,
+    LoginRejected,
     OcrEngineError,
+    PageChanged,
     RecordNotFound,
     RecordRevoked,
     RobotError,
@@ -48,13 +51,13 @@ from stampless.robot import (
     Credentials,
     DialogInfo,
     Element,
-    LoginRejected,
     Robot,
     RobotPage,
     RobotRuntime,
 )
 
 __all__ = [
+    "AccountDisabled",
     "BrowserError",
     "BusinessError",
     "Capital",
@@ -77,6 +80,7 @@ __all__ = [
     "OcrEngineError",
     "OcrField",
     "OcrResult",
+    "PageChanged",
     "PersonName",
     "Record",
     "RecordNotFound",

@@ -26,6 +26,7 @@ from loguru import logger
 from stampless._files import write_atomic
 from stampless.errors import (
     BrowserError,
+    LoginRejected,
     OcrEngineError,
     SystemFailure,
 )
@@ -52,8 +53,11 @@ class _Circuit:
 
 
 def counts_against_system(exc: BaseException) -> bool:
-    """Whether a failure says something about the department system (not about us)."""
-    if isinstance(exc, BrowserError | OcrEngineError):
+    """Whether a failure says something about the department system (not about us).
+
+    A refused login is about one account, not the system: the other accounts go on.
+    """
+    if isinstance(exc, BrowserError | OcrEngineError | LoginRejected):
         return False
     return isinstance(exc, SystemFailure)
 
@@ -146,6 +150,16 @@ class CircuitBreaker:
                 return False
             c.trial_in_flight = True
             return True
+
+    def is_open(self, system: str) -> bool:
+        """Whether ``system`` must get no traffic at all now: open, its reset time not yet due.
+
+        Unlike :meth:`allow` it takes nothing; the runtime asks it before every attempt
+        and every login, so an open circuit stops logins too.
+        """
+        with self._lock:
+            c = self._circuits.get(system)
+            return c is not None and c.state is CircuitState.open and not self._reset_due(system, c)
 
     def cancel_trial(self, system: str) -> None:
         """The half-open trial was not run after all (item released); let another try."""

@@ -9,7 +9,10 @@
     │   └── RecordRevoked            the record exists but is revoked or cancelled
     └── SystemFailure    (exit 4)    retried with backoff, then reported
         ├── RobotError               the robot could not finish (selector, page, dialog)
+        ├── LoginRejected            the system refused the account (never retried with it)
+        │   └── AccountDisabled      the account was refused before; an operator must clear it
         ├── SessionLost              the system logged us out (re-login, then retry)
+        ├── PageChanged              the page navigated while a record was read (retry)
         ├── DepartmentUnavailable    5xx, timeout, connection refused, circuit open
         ├── BrowserError             Chromium missing, crashed or would not start
         └── OcrEngineError           Tesseract missing or crashed
@@ -84,8 +87,32 @@ class RobotError(SystemFailure):
     """The robot could not complete its steps (selector not found, unexpected page)."""
 
 
+class LoginRejected(RobotError):
+    """The system refused the account's credentials. Never retried: retries lock accounts.
+
+    The account is marked unusable in the queue's account table (every worker and
+    process skips it) until an operator runs ``stampless accounts enable``; the item
+    goes to another account of the system without using an attempt.
+    """
+
+    retryable = False
+
+
+class AccountDisabled(LoginRejected):
+    """The account was refused before and is still marked unusable; nothing was sent."""
+
+    exit_code = ExitCode.bad_input
+
+
 class SessionLost(RobotError):
     """The department system logged the robot out; log in again and retry."""
+
+
+class PageChanged(RobotError):
+    """The page loaded another document while the robot read a record; the lookup is retried.
+
+    Raised instead of returning a record assembled from two versions of a page.
+    """
 
 
 class DepartmentUnavailable(SystemFailure):

@@ -47,6 +47,7 @@ from stampless.models import (
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
+    from stampless.circuit import CircuitBreaker
     from stampless.robot import RobotRuntime
     from stampless.signing import Signer
 
@@ -56,9 +57,17 @@ MANUAL_REASON = "Confidential record: a person decides; the robot gathered the e
 class Pipeline:
     """Runs requests through the stages; use as ``async with Pipeline(config) as p``."""
 
-    def __init__(self, config: Config, *, signer: Signer | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        signer: Signer | None = None,
+        circuits: CircuitBreaker | None = None,
+    ) -> None:
+        """``circuits``: a worker pool's breaker, which the robot runtime then obeys."""
         self.config = config
         self._signer = signer
+        self._circuits = circuits
         self._runtime: RobotRuntime | None = None
         self._runtime_lock = asyncio.Lock()
         self.audit = AuditLog(config.audit_dir, rotate_bytes=config.audit.rotate_bytes)
@@ -226,7 +235,7 @@ class Pipeline:
             if self._runtime is None:
                 from stampless.robot import RobotRuntime
 
-                runtime = RobotRuntime(self.config)
+                runtime = RobotRuntime(self.config, circuits=self._circuits)
                 await runtime.__aenter__()
                 self._runtime = runtime
             return self._runtime

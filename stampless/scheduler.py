@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
+from stampless.circuit import CircuitBreaker
 from stampless.config import JobConfig
 from stampless.errors import ConfigError
 from stampless.models import utcnow
@@ -272,10 +273,12 @@ class Daemon:
 
         processor = self.processor
         owned = None
+        # One breaker: the pool keeps it, the robot runtime obeys it (logins included).
+        circuits = CircuitBreaker.from_config(self.config)
         if processor is None:
             from stampless.pipeline import Pipeline
 
-            owned = Pipeline(self.config)
+            owned = Pipeline(self.config, circuits=circuits)
             processor = await owned.__aenter__()
         options = self.options or WorkerOptions.from_config(self.config)
         self.pool = WorkerPool(
@@ -286,6 +289,7 @@ class Daemon:
             review=self.review,
             delivery=self.delivery,
             cases=self.cases,
+            circuits=circuits,
         )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

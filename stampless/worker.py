@@ -13,7 +13,12 @@ tasks keep two cores busy. Per item:
 * an :class:`~stampless.errors.InputError` is final: an ``error`` verdict;
 * the circuit breaker of the item's department system is consulted before, and told
   after; items of a system whose circuit is open wait in the queue, and are escalated
-  when their deadline comes near;
+  when their deadline comes near (the pipeline's robot runtime asks the same breaker
+  before every attempt and login, so an open circuit stops all traffic);
+* a refused login (:class:`~stampless.errors.LoginRejected`) disables the account in the
+  queue's account table and gives the item back without using an attempt, so another
+  account takes it; items of a system with no usable account left wait like those of
+  an open circuit;
 * the lease (and the account lock) is renewed while the item runs; a killed process
   simply stops renewing, and the item runs again elsewhere once the lease expires;
 * on shutdown, running items get ``grace_s`` to finish, then are released (the attempt
@@ -43,6 +48,7 @@ from stampless.errors import (
     BusinessError,
     ConfigError,
     InputError,
+    LoginRejected,
     StamplessError,
     SystemFailure,
 )
@@ -299,6 +305,14 @@ class WorkerPool:
             )
         return claim
 
+    def _account_refused(self, claim: Claim, exc: LoginRejected) -> None:
+        item = claim.item
+        if item.system is not None and item.account is not None:
+            # The runtime has done so already; once more in case it had no table to write.
+            self.queue.disable_account(item.system, item.account, reason=str(exc))
+            logger.error("{}: account {} disabled: {}", item.system, item.account, exc)
+        self._release(claim, "account refused at login")
+
     def _fail_internal(self, claim: Claim, exc: Exception) -> None:
         opts = self.options
         delay = backoff_s(claim.item.attempts, opts.backoff_base_s, opts.backoff_max_s)
@@ -368,6 +382,14 @@ class WorkerPool:
             await self._give_up(claim, why)
             return
         system = item.system
+        if system is not None and item.account is None and system in self.config.systems:
+            # Claimed only to be escalated: every account of the system was refused.
+            await self._give_up(
+                claim,
+                f"every account of department system {system} was refused at login and is "
+                "disabled ('stampless accounts ls')",
+            )
+            return
         if system is not None and not self.circuits.allow(system):
             if self._too_late(item, utcnow()):
                 await self._give_up(claim, f"department system {system} is down (circuit open)")
@@ -404,6 +426,13 @@ class WorkerPool:
                     "stopped and the item runs again elsewhere."
                 ) from None
             raise
+        except LoginRejected as exc:
+            # The account, not the system: never again with these credentials, and the
+            # item goes to another account without losing an attempt.
+            if item.system is not None:
+                self.circuits.cancel_trial(item.system)
+            self._account_refused(claim, exc)
+            return None
         except SystemFailure as exc:
             # A failure at or after the deadline is most likely the deadline cutting the
             # attempt short, which says nothing about the department system.

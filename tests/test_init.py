@@ -83,6 +83,31 @@ def test_generated_project_verifies_a_request(fixture_servers, tmp_path: Path) -
     request_file.write_text(json.dumps(request, ensure_ascii=False), encoding="utf-8")
 
     env = {"LICENCE01_PASSWORD": fixture_env()["MARKET01_PASSWORD"]}
+    # The README's first command: the robot's lookup alone, with its screenshots sealed.
+    readme = (project / "README.md").read_text(encoding="utf-8")
+    commands = [line for line in readme.splitlines() if line.startswith("stampless ")]
+    assert commands[0].startswith("stampless fixtures serve")
+    assert commands[1].startswith("stampless lookup --type company_licence")
+    looked = stampless(
+        "lookup", "--type", "company_licence", claim["credit_code"], "--json", cwd=project, env=env
+    )
+    assert looked.returncode == 0, looked.stderr[-3000:]
+    shown = json.loads(looked.stdout)
+    assert {name: shown["record"]["fields"][name] for name in claim} == claim
+    sealed = Path(shown["evidence"])
+    assert shown["screenshots"] and all((sealed / name).is_file() for name in shown["screenshots"])
+    assert (sealed / "manifest.json").is_file() and sealed.name.startswith(
+        "LOOKUP-company_licence-"
+    )
+    # This robot has no fetch(): a usage error, at once, leaving nothing behind.
+    bundles = sorted((project / "var" / "evidence").iterdir())
+    fetched = stampless(
+        "fetch", "--type", "company_licence", claim["credit_code"], cwd=project, env=env
+    )
+    assert fetched.returncode == 2, fetched.stderr[-2000:]
+    assert len(fetched.stderr.strip().splitlines()) == 1 and "has no fetch()" in fetched.stderr
+    assert sorted((project / "var" / "evidence").iterdir()) == bundles
+
     result = stampless("verify", "requests/INIT-0001.json", "--json", cwd=project, env=env)
     assert result.returncode in (0, 3), result.stderr[-3000:]
     verdict = json.loads(result.stdout)

@@ -152,6 +152,49 @@ def test_skip_systems_unless_due(queue: WorkQueue) -> None:
     assert c is not None and c.request_id == "far"
 
 
+def test_a_disabled_account_is_never_handed_out_until_enabled(
+    queue: WorkQueue, tmp_path: Path
+) -> None:
+    add(queue, "A")
+    add(queue, "B")
+    queue.disable_account("civil_affairs", "ca1", reason="The system refused the login.")
+    queue.disable_account("civil_affairs", "ca1", reason="A later refusal.")  # first one kept
+    a = queue.claim("w", lease_s=30)
+    assert a is not None and a.item.account == "ca2"
+    # ca1 is free but disabled, ca2 is busy: nothing to claim.
+    assert queue.claim("w", lease_s=30) is None
+    # Every process reads the same table.
+    other = BACKENDS[sorted(BACKENDS)[0]](tmp_path)
+    assert other.disabled_accounts("civil_affairs") == {"ca1": "The system refused the login."}
+    states = {(s.system, s.account): s for s in other.account_states()}
+    assert set(states) == {
+        ("civil_affairs", "ca1"),
+        ("civil_affairs", "ca2"),
+        ("market_supervision", "ms1"),
+    }
+    assert (
+        not states[("civil_affairs", "ca1")].usable and states[("civil_affairs", "ca1")].changed_at
+    )
+    assert (
+        states[("civil_affairs", "ca2")].held_by == "A"
+        and states[("market_supervision", "ms1")].usable
+    )
+    assert other.enable_account("civil_affairs", "ca1")
+    assert not other.enable_account("civil_affairs", "ca1")  # already usable
+    b = queue.claim("w", lease_s=30)
+    assert b is not None and b.item.account == "ca1"
+
+
+def test_a_system_without_a_usable_account_waits_until_due(queue: WorkQueue) -> None:
+    add(queue, "far", system="market_supervision", sla_s=600)
+    queue.disable_account("market_supervision", "ms1", reason="Refused.")
+    assert queue.claim("w", lease_s=30) is None
+    due_by = utcnow() + timedelta(seconds=700)
+    c = queue.claim("w", lease_s=30, due_by=due_by)
+    # Claimed to be escalated: with no account, so nothing can call the system.
+    assert c is not None and c.request_id == "far" and c.item.account is None
+
+
 def test_overdue_and_settle(queue: WorkQueue) -> None:
     add(queue, "M", tier=Tier.manual, sla_s=1)
     c = queue.claim("w", lease_s=30)

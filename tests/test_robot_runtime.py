@@ -8,6 +8,7 @@ browser between its tests through a runtime living in a background event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import subprocess
@@ -26,11 +27,18 @@ from loguru import logger
 from PIL import Image
 
 from stampless.config import Config, load_config
-from stampless.errors import BrowserError, ConfigError, RecordNotFound, RobotError
+from stampless.errors import (
+    AccountDisabled,
+    BrowserError,
+    ConfigError,
+    RecordNotFound,
+    RobotError,
+)
 from stampless.evidence import EvidenceBundle
 from stampless.fixtures.accounts import fixture_env
 from stampless.fixtures.harness import FixtureProcess
 from stampless.fixtures.records import absent_key, records
+from stampless.queue import open_queue
 from stampless.robot import (
     LoginRejected,
     ReloginRefused,
@@ -218,6 +226,38 @@ def test_relogin_after_the_session_expires(
         e["outcome"] for e in servers.access_log("civil_affairs") if e["account"] == "civil02"
     ]
     assert "expired" in outcomes
+    assert _logins_audited(runtime.config, "civil02")[-1] is True
+
+
+def _logins_audited(config: Config, account: str) -> list[bool]:
+    """The ``relogin`` flag of every ``logged_in`` audit entry of ``account``, in order."""
+    flags = []
+    for path in sorted(config.audit_dir.glob("audit-*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            entry = json.loads(line)
+            if entry["event"] == "logged_in" and entry["data"].get("account") == account:
+                flags.append(entry["data"]["relogin"])
+    return flags
+
+
+@pytest.mark.slow
+def test_relogin_flag_after_a_restored_session_is_lost(
+    config: Config, loop: LoopThread, servers: Servers
+) -> None:
+    key = civil_keys(6)[4]
+
+    async def lookup_with_a_new_runtime() -> None:
+        # A new runtime restores the account's saved session (no login of its own).
+        async with RobotRuntime(config, attempts=3, backoff_s=0.05) as rt:
+            await rt.lookup("civil_affairs", key, account="civil01")
+
+    loop.run(lookup_with_a_new_runtime())
+    audited = len(_logins_audited(config, "civil01"))
+    servers.control("civil_affairs", expire_sessions=["civil01"])
+    loop.run(lookup_with_a_new_runtime())
+    flags = _logins_audited(config, "civil01")
+    # The session was re-established: the audit says so, and the watchdog counted it.
+    assert len(flags) >= audited + 1 and flags[-1] is True
 
 
 def _login_elsewhere(base: str, username: str, password: str) -> None:
@@ -268,6 +308,14 @@ def test_wrong_password_is_not_retried(
     assert "not-the-password" not in str(info.value)
     # Exactly one bad password reached the system: retries would lock the account.
     assert servers.logins("civil_affairs", "civil03") == 1
+    # The account is disabled for every process: another runtime sends nothing.
+    queue = open_queue(config)
+    assert "refused the login" in queue.disabled_accounts("civil_affairs")["civil03"]
+    rt = RobotRuntime(config, attempts=3, backoff_s=0.05)
+    with pytest.raises(AccountDisabled, match="accounts enable civil_affairs civil03"):
+        loop.run(attempt())
+    assert servers.logins("civil_affairs", "civil03") == 1
+    assert queue.enable_account("civil_affairs", "civil03")
     servers.control("civil_affairs", unlock=True)
 
 
@@ -584,10 +632,26 @@ def test_a_passed_deadline_fails_at_once(runtime: RobotRuntime, loop: LoopThread
 
 # ---- legacy helpers on a small local site ----------------------------------------------
 
-LEGACY_SITE = r"""
+# The start of every local site script: a handler base with ``_send``; the script then
+# defines ``class Handler(Base)``.
+SITE_BASE = r"""
 import sys, time
 from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
 
+
+class Base(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def _send(self, data, ctype="text/html; charset=utf-8"):
+        self.send_response(200)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+"""
+
+LEGACY_SITE = r"""
 PAGES = {
     "/login": "<form id=loginForm><input id=u><input id=p type=password>"
               "<a id=go href='/home'>go</a></form>",
@@ -600,10 +664,7 @@ PAGES = {
     "/download": "<a id=dl href='/slow-file'>file</a>",
 }
 
-class Handler(BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
+class Handler(Base):
     def do_GET(self):
         path, _, query = self.path.partition("?")
         if path == "/list":
@@ -632,14 +693,10 @@ class Handler(BaseHTTPRequestHandler):
             self.end_headers()
             return None
         return self._send(("<meta charset=utf-8>" + body).encode())
+"""
 
-    def _send(self, data, ctype="text/html; charset=utf-8"):
-        self.send_response(200)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
+# The end of every local site script: serve its Handler on a free port, say "ready PORT".
+SERVE = """
 server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
 server.daemon_threads = True
 print("ready", server.server_address[1], flush=True)
@@ -718,32 +775,48 @@ ROBOT = LegacyRobot
 """
 
 
-@pytest.fixture(scope="module")
-def legacy(tmp_path_factory: pytest.TempPathFactory, env: dict[str, str]) -> Iterator[Config]:
-    root = tmp_path_factory.mktemp("legacy")
-    (root / "site.py").write_text(LEGACY_SITE, encoding="utf-8")
-    (root / "legacy.toml").write_text(LEGACY_MAP, encoding="utf-8")
-    (root / "legacy.py").write_text(LEGACY_ROBOT, encoding="utf-8")
+@contextlib.contextmanager
+def local_system(
+    root: Path, name: str, *, site: str, selectors: str, robot: str, browser: str, password: str
+) -> Iterator[Config]:
+    """System ``name``, served by the script ``site`` (a ``Handler(Base)`` class, between
+    :data:`SITE_BASE` and :data:`SERVE`), with one account whose password is the reference
+    ``password``; the config, while it runs."""
+    (root / "server.py").write_text(SITE_BASE + site + SERVE, encoding="utf-8")
+    (root / f"{name}.toml").write_text(selectors, encoding="utf-8")
+    (root / f"{name}.py").write_text(robot, encoding="utf-8")
     proc = subprocess.Popen(
-        [sys.executable, str(root / "site.py")], stdout=subprocess.PIPE, text=True
+        [sys.executable, str(root / "server.py")], stdout=subprocess.PIPE, text=True
     )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline().split()
         assert line[0] == "ready"
         (root / "robot.toml").write_text(
-            f'[project]\nvar_dir = "{root / "var"}"\n'
-            "[browser]\ntimeout_ms = 3000\ndownload_timeout_ms = 1500\n"
-            f'[systems.legacy]\nurl = "http://127.0.0.1:{line[1]}"\n'
-            f'robot = "{root / "legacy.py"}"\nselectors = "{root / "legacy.toml"}"\n'
-            '[[systems.legacy.accounts]]\nname = "a"\nusername = "a"\n'
-            'password = "env:CIVIL01_PASSWORD"\n',
+            f'[project]\nvar_dir = "{root / "var"}"\n[browser]\n{browser}\n'
+            f'[systems.{name}]\nurl = "http://127.0.0.1:{line[1]}"\n'
+            f'robot = "{root / (name + ".py")}"\nselectors = "{root / (name + ".toml")}"\n'
+            f'[[systems.{name}.accounts]]\nname = "a"\nusername = "a"\npassword = "{password}"\n',
             encoding="utf-8",
         )
         yield load_config(root / "robot.toml")
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def legacy(tmp_path_factory: pytest.TempPathFactory, env: dict[str, str]) -> Iterator[Config]:
+    with local_system(
+        tmp_path_factory.mktemp("legacy"),
+        "legacy",
+        site=LEGACY_SITE,
+        selectors=LEGACY_MAP,
+        robot=LEGACY_ROBOT,
+        browser="timeout_ms = 3000\ndownload_timeout_ms = 1500",
+        password="env:CIVIL01_PASSWORD",
+    ) as config:
+        yield config
 
 
 @pytest.mark.slow

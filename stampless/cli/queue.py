@@ -202,6 +202,7 @@ def register(app: typer.Typer) -> None:
 async def _run(workers: int, until_empty: bool, progress: bool | None) -> Stats:
     import signal
 
+    from stampless.circuit import CircuitBreaker
     from stampless.delivery import Delivery
     from stampless.pipeline import Pipeline
     from stampless.queue import open_queue
@@ -212,9 +213,16 @@ async def _run(workers: int, until_empty: bool, progress: bool | None) -> Stats:
     options = WorkerOptions.from_config(
         config, workers=workers, until_empty=until_empty, progress=progress
     )
-    async with Pipeline(config) as pipeline:
+    # One breaker: the pool keeps it, the robot runtime obeys it (logins included).
+    circuits = CircuitBreaker.from_config(config)
+    async with Pipeline(config, circuits=circuits) as pipeline:
         pool = WorkerPool(
-            config, queue, pipeline, options=options, delivery=Delivery.from_config(config)
+            config,
+            queue,
+            pipeline,
+            options=options,
+            delivery=Delivery.from_config(config),
+            circuits=circuits,
         )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -1,23 +1,29 @@
-"""``stampless fetch``, ``stampless selectors report`` and ``stampless init``.
+"""``stampless lookup``, ``fetch``, ``selectors report`` and ``init``.
 
-``fetch`` downloads the archived scan of a record into a sealed evidence bundle;
-``selectors report`` lists selectors whose first choice stopped matching (drift);
-``init`` creates a new robot project from the template in stampless/templates/init/.
+``lookup`` runs a robot's lookup alone and prints the record, with its screenshots in a
+sealed evidence bundle (what a robot author runs first); ``fetch`` downloads the
+archived scan of a record into a sealed evidence bundle; ``selectors report`` lists
+selectors whose first choice stopped matching (drift); ``init`` creates a new robot
+project from the template in stampless/templates/init/.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.table import Table
+from rich.text import Text
 
-from stampless.cli._common import console, get_config
-from stampless.errors import InputError
+from stampless.cli._common import console, exit_with, get_config
+from stampless.errors import BusinessError, ExitCode, InputError, StamplessError
 
 if TYPE_CHECKING:
     from stampless.config import Config
+    from stampless.evidence import EvidenceBundle, SealedBundle
     from stampless.signing import Signer
 
 selectors_app = typer.Typer(help="Selector maps: what changed on the department pages.")
@@ -27,43 +33,157 @@ TEMPLATE_SUFFIX = ".tmpl"
 
 
 def register(app: typer.Typer) -> None:
+    app.command("lookup")(lookup)
     app.command("fetch")(fetch)
     app.command("init")(init)
     selectors_app.command("report")(selectors_report)
     app.add_typer(selectors_app, name="selectors")
 
 
-def fetch(
-    key: Annotated[str, typer.Argument(help="The record's key (certificate number, code, ID).")],
-    doc_type: Annotated[str, typer.Option("--type", help="Document type from robot.toml.")],
-    out: Annotated[
-        Path | None, typer.Option("--out", help="Evidence folder (default: evidence.path).")
-    ] = None,
-    account: Annotated[str | None, typer.Option("--account", help="Service account.")] = None,
-) -> None:
-    """Fetch the archived document of KEY from its department system, with evidence."""
-    from stampless.checksums import mask_id
+KeyArgument = Annotated[
+    str, typer.Argument(help="The record's key (certificate number, code, ID).")
+]
+TypeOption = Annotated[str, typer.Option("--type", help="Document type from robot.toml.")]
+OutOption = Annotated[
+    Path | None, typer.Option("--out", help="Evidence folder (default: evidence.path).")
+]
+AccountOption = Annotated[
+    str | None, typer.Option("--account", help="Service account (default: the first usable).")
+]
+
+
+def _system_of(config: Config, doc_type: str, doing: str) -> str:
     from stampless.doctype import load_doctype
+
+    system = load_doctype(config, doc_type).system
+    if system is None:
+        raise InputError(
+            f"Document type {doc_type!r} has no department system to {doing}; "
+            "set 'system' for it in robot.toml."
+        )
+    return system
+
+
+def _open_bundle(
+    config: Config, purpose: str, doc_type: str, key: str, out: Path | None
+) -> EvidenceBundle:
+    from stampless.checksums import mask_id
     from stampless.evidence import EvidenceBundle
     from stampless.models import utcnow
+
+    request_id = f"{purpose.upper()}-{doc_type}-{utcnow().strftime('%Y%m%dT%H%M%S%f')}"
+    bundle = EvidenceBundle.open(out if out is not None else config.evidence_dir, request_id)
+    bundle.set_meta(type=doc_type, key=mask_id(key), purpose=purpose)
+    return bundle
+
+
+def lookup(
+    key: KeyArgument,
+    doc_type: TypeOption,
+    account: AccountOption = None,
+    out: OutOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the record as JSON.")] = False,
+) -> None:
+    """Run the robot's lookup of KEY alone: print the record, keep its screenshots.
+
+    The record, the screenshots the robot took (and on failure the failure screenshot
+    and trace) go into a sealed evidence bundle LOOKUP-<type>-<time>. Exit 0 found,
+    1 no such record (or revoked), 2 bad input, 4 the system or the robot failed.
+    """
+    from stampless.checksums import mask_id
+    from stampless.models import Record
+    from stampless.robot import RobotRuntime
+
+    config = get_config()
+    system = _system_of(config, doc_type, "look it up in")
+    runtime = RobotRuntime(config)
+    account = runtime.account_for(system, account)  # a wrong account writes nothing
+    bundle = _open_bundle(config, "lookup", doc_type, key, out)
+
+    async def run() -> Record:
+        async with runtime:
+            return await runtime.lookup(system, key, account=account, evidence=bundle)
+
+    outcome: dict[str, object] = {"type": doc_type, "key": mask_id(key), "system": system}
+    record: Record | None = None
+    failure: StamplessError | None = None
+    try:
+        record = asyncio.run(run())
+        outcome["found"] = True
+    except BusinessError as exc:
+        failure, outcome["found"], outcome["outcome"] = exc, False, str(exc)
+    except StamplessError as exc:
+        # Seal what was gathered (the failure screenshot and trace): that is what the
+        # robot's author needs to see next.
+        failure, outcome["error"] = exc, str(exc)
+    sealed = bundle.seal(_signer(config), verdict=outcome)
+    screenshots = _files_of_kind(sealed, "screenshot")
+    if as_json:
+        console.print_json(
+            data={
+                **outcome,
+                "record": None if record is None else record.model_dump(mode="json"),
+                "evidence": str(sealed.path),
+                "manifest_sha256": sealed.manifest_sha256,
+                "screenshots": screenshots,
+            }
+        )
+    else:
+        if record is not None:
+            table = Table(title=f"{system} record {mask_id(key)} ({record.status})")
+            table.add_column("field")
+            table.add_column("value")
+            for name, value in record.fields.items():
+                table.add_row(Text(name), Text(value))
+            console.print(table)
+        elif isinstance(failure, BusinessError):
+            console.print(str(failure), markup=False, soft_wrap=True)
+        for name in screenshots:
+            console.print(f"screenshot {sealed.path / name}", markup=False, soft_wrap=True)
+        _print_evidence(sealed)
+    if isinstance(failure, BusinessError):
+        exit_with(ExitCode.not_verified)
+    if failure is not None:
+        raise failure
+
+
+def _files_of_kind(sealed: SealedBundle, kind: str) -> list[str]:
+    manifest = json.loads((sealed.path / "manifest.json").read_text(encoding="utf-8"))
+    return [f["name"] for f in manifest["files"] if f["kind"] == kind]
+
+
+def _print_evidence(sealed: SealedBundle) -> None:
+    console.print(
+        f"evidence {sealed.path} (manifest sha256 {sealed.manifest_sha256})",
+        soft_wrap=True,
+        markup=False,
+    )
+
+
+def fetch(
+    key: KeyArgument,
+    doc_type: TypeOption,
+    out: OutOption = None,
+    account: AccountOption = None,
+) -> None:
+    """Fetch the archived document of KEY from its department system, with evidence.
+
+    A robot without ``fetch`` is a usage error (exit 2): nothing is started or written.
+    """
+    from stampless.checksums import mask_id
     from stampless.robot import RobotRuntime
     from stampless.robot._evidence import sha256_file
 
     config = get_config()
-    doctype = load_doctype(config, doc_type)
-    if doctype.system is None:
-        raise InputError(
-            f"Document type {doc_type!r} has no department system to fetch from; "
-            "set 'system' for it in robot.toml."
-        )
-    request_id = f"FETCH-{doc_type}-{utcnow().strftime('%Y%m%dT%H%M%S%f')}"
-    evidence_dir = out if out is not None else config.evidence_dir
-    bundle = EvidenceBundle.open(evidence_dir, request_id)
-    bundle.set_meta(type=doc_type, key=mask_id(key), purpose="fetch")
+    system = _system_of(config, doc_type, "fetch from")
+    runtime = RobotRuntime(config)
+    runtime.require_fetch(system)  # before any bundle, browser or login
+    account = runtime.account_for(system, account)
+    bundle = _open_bundle(config, "fetch", doc_type, key, out)
 
     async def run() -> Path:
-        async with RobotRuntime(config) as runtime:
-            return await runtime.fetch(doctype.system or "", key, account=account, evidence=bundle)
+        async with runtime:
+            return await runtime.fetch(system, key, account=account, evidence=bundle)
 
     stored = asyncio.run(run())
     digest = sha256_file(stored)
@@ -74,11 +194,7 @@ def fetch(
     )
     console.print(f"{sealed.path / name}", soft_wrap=True, markup=False)
     console.print(f"sha256 {digest}", soft_wrap=True)
-    console.print(
-        f"evidence {sealed.path} (manifest sha256 {sealed.manifest_sha256})",
-        soft_wrap=True,
-        markup=False,
-    )
+    _print_evidence(sealed)
 
 
 def _signer(config: Config) -> Signer:
@@ -91,9 +207,6 @@ def _signer(config: Config) -> Signer:
 
 def selectors_report() -> None:
     """List selectors whose first choice failed (drift), newest first; always exits 0."""
-    from rich.table import Table
-    from rich.text import Text
-
     from stampless.robot import drift_summary
 
     config = get_config(required=False)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from stampless.queue.abc import (
     TERMINAL_STATES,
+    AccountState,
     Claim,
     EnqueueResult,
     ItemState,
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "TERMINAL_STATES",
+    "AccountState",
     "Claim",
     "EnqueueResult",
     "ItemState",

@@ -11,6 +11,10 @@ Life of an item::
                   ^                 |
                   +--- fail(retry_at) / release / lease expired ---+
 
+Accounts: a claim takes one of the system's accounts whose lock is free and which is
+not disabled. ``disable_account`` (a refused login) takes an account out of use for
+every worker and process until ``enable_account`` (``stampless accounts enable``).
+
 ``attempts`` counts claims. ``release`` (graceful shutdown) gives the attempt back;
 ``fail`` and an expired lease keep it. ``done``, ``review`` and ``failed`` are terminal
 for the queue (a reviewer's decision later reaches the outbox, and the deadline sweep
@@ -95,6 +99,19 @@ class Claim(BaseModel):
         return self.item.request_id
 
 
+class AccountState(BaseModel):
+    """One service account as the queue sees it (``stampless accounts ls``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    system: str
+    account: str
+    usable: bool
+    reason: str | None = None  # why it was disabled: a user-facing message, never a secret
+    changed_at: datetime | None = None  # when it was last disabled or enabled
+    held_by: str | None = None  # the request whose claim holds the account now
+
+
 class EnqueueResult(BaseModel):
     """What ``enqueue`` did: ``added`` is False when the id was already known."""
 
@@ -141,12 +158,14 @@ class WorkQueue(ABC):
 
         Runnable: state queued and ``not_before`` passed. Order: earliest deadline, then
         highest priority, then oldest. An item with a ``system`` also needs one of that
-        system's accounts whose lock is free; the claim takes that lock together with
-        the lease, both expiring at ``now + lease_s``, so two workers never hold one
-        account at once. Items without a system need no account. Items of
-        ``skip_systems`` (circuit open) are passed over unless their deadline is at or
-        before ``due_by`` (so they can be escalated). The claim counts one attempt.
-        Expired leases are returned to the queue first.
+        system's accounts whose lock is free and which is not disabled; the claim takes
+        that lock together with the lease, both expiring at ``now + lease_s``, so two
+        workers never hold one account at once. Items without a system need no account.
+        Items of ``skip_systems`` (circuit open) are passed over unless their deadline is
+        at or before ``due_by`` (so they can be escalated). Items of a system whose every
+        account is disabled are passed over the same way, and when due are claimed with
+        ``account`` None (the worker escalates them without calling the system). The
+        claim counts one attempt. Expired leases are returned to the queue first.
         """
 
     @abstractmethod
@@ -181,6 +200,32 @@ class WorkQueue(ABC):
     def release(self, claim: Claim, *, retry_at: datetime | None = None) -> None:
         """Give the item back untouched (shutdown, circuit open): the attempt is not
         counted. Quietly does nothing if the lease was already lost."""
+
+    @abstractmethod
+    def disable_account(self, system: str, account: str, *, reason: str) -> None:
+        """Take ``account`` of ``system`` out of use until :meth:`enable_account`.
+
+        From then on no claim, in any process, hands it out. ``reason`` is a
+        user-facing message without secrets. Disabling a disabled account keeps its
+        first reason and time.
+        """
+
+    @abstractmethod
+    def enable_account(self, system: str, account: str) -> bool:
+        """Put a disabled account back in use; True if it was disabled."""
+
+    @abstractmethod
+    def account_states(self) -> builtins.list[AccountState]:
+        """Every account the queue knows (robot.toml's, and any disabled one), by system
+        and name, each usable or disabled (with why and since when) and who holds it."""
+
+    def disabled_accounts(self, system: str) -> dict[str, str]:
+        """The disabled accounts of ``system``: account name -> why."""
+        return {
+            s.account: s.reason or ""
+            for s in self.account_states()
+            if s.system == system and not s.usable
+        }
 
     @abstractmethod
     def get(self, request_id: str) -> QueueItem | None:

@@ -23,6 +23,7 @@ from stampless._sqlite import connect, prepare, retry_locked
 from stampless.errors import InputError, SystemFailure
 from stampless.models import Request, Tier, VerdictKind, utcnow
 from stampless.queue.abc import (
+    AccountState,
     Claim,
     EnqueueResult,
     ItemState,
@@ -67,6 +68,14 @@ CREATE TABLE IF NOT EXISTS account_locks (
     request_id  TEXT NOT NULL,
     lease_token TEXT NOT NULL,
     expires     REAL NOT NULL,
+    PRIMARY KEY (system, account)
+);
+CREATE TABLE IF NOT EXISTS accounts (
+    system      TEXT NOT NULL,
+    account     TEXT NOT NULL,
+    disabled    INTEGER NOT NULL DEFAULT 0,
+    reason      TEXT,
+    changed_at  REAL NOT NULL,
     PRIMARY KEY (system, account)
 );
 """
@@ -275,6 +284,10 @@ class SqliteQueue(WorkQueue):
             busy: set[tuple[str, str]] = {
                 (r[0], r[1]) for r in db.execute("SELECT system, account FROM account_locks")
             }
+            disabled: set[tuple[str, str]] = {
+                (r[0], r[1])
+                for r in db.execute("SELECT system, account FROM accounts WHERE disabled = 1")
+            }
             rows = db.execute(
                 """SELECT request_id, system, deadline FROM items
                    WHERE state = 'queued' AND (not_before IS NULL OR not_before <= ?)
@@ -283,14 +296,19 @@ class SqliteQueue(WorkQueue):
             ).fetchall()
             for row in rows:
                 system = row["system"]
-                if system in skip_systems and (due is None or row["deadline"] > due):
+                not_due = due is None or row["deadline"] > due
+                if system in skip_systems and not_due:
                     continue
                 account: str | None = None
                 if system is not None and system in self.accounts:
-                    free = [a for a in self.accounts[system] if (system, a) not in busy]
-                    if not free:
+                    usable = [a for a in self.accounts[system] if (system, a) not in disabled]
+                    if not usable and not_due:
+                        continue  # every account refused: it waits for an operator, or escalation
+                    free = [a for a in usable if (system, a) not in busy]
+                    if usable and not free:
                         continue
-                    account = free[0]
+                    account = free[0] if free else None
+                if account is not None:
                     db.execute(
                         "INSERT INTO account_locks VALUES (?,?,?,?,?)",
                         (system, account, row["request_id"], token, expires),
@@ -399,6 +417,51 @@ class SqliteQueue(WorkQueue):
                 (_ts(retry_at), t, claim.request_id),
             )
             self._unlock(db, claim)
+
+    def disable_account(self, system: str, account: str, *, reason: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                """INSERT INTO accounts (system, account, disabled, reason, changed_at)
+                   VALUES (?, ?, 1, ?, ?)
+                   ON CONFLICT (system, account) DO UPDATE SET
+                   reason = CASE WHEN disabled = 1 THEN reason ELSE excluded.reason END,
+                   changed_at = CASE WHEN disabled = 1 THEN changed_at
+                                ELSE excluded.changed_at END,
+                   disabled = 1""",
+                (system, account, reason, utcnow().timestamp()),
+            )
+
+    def enable_account(self, system: str, account: str) -> bool:
+        with self._tx() as db:
+            cur = db.execute(
+                """UPDATE accounts SET disabled = 0, reason = NULL, changed_at = ?
+                   WHERE system = ? AND account = ? AND disabled = 1""",
+                (utcnow().timestamp(), system, account),
+            )
+        return cur.rowcount == 1
+
+    def account_states(self) -> builtins.list[AccountState]:
+        db = self._db()
+        rows = {(r["system"], r["account"]): r for r in db.execute("SELECT * FROM accounts")}
+        held = {
+            (r["system"], r["account"]): r["request_id"]
+            for r in db.execute("SELECT system, account, request_id FROM account_locks")
+        }
+        names = {(system, a) for system, accounts in self.accounts.items() for a in accounts}
+        out = []
+        for system, account in sorted(names | set(rows)):
+            row = rows.get((system, account))
+            out.append(
+                AccountState(
+                    system=system,
+                    account=account,
+                    usable=row is None or not row["disabled"],
+                    reason=None if row is None else row["reason"],
+                    changed_at=None if row is None else _at(row["changed_at"]),
+                    held_by=held.get((system, account)),
+                )
+            )
+        return out
 
     def get(self, request_id: str) -> QueueItem | None:
         row = self._row(self._db(), request_id)

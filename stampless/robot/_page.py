@@ -28,11 +28,13 @@ from stampless.errors import (
     BrowserError,
     DepartmentUnavailable,
     InputError,
+    PageChanged,
     RobotError,
     SessionLost,
     StamplessError,
 )
 from stampless.robot._evidence import CLEAR_PASSWORDS_JS, Evidence, safe_filename, sha256_file
+from stampless.robot._navigation import Mark, NavigationWatch
 
 if TYPE_CHECKING:
     from playwright.async_api import (
@@ -137,17 +139,32 @@ class Element:
         return await self._page._resolve(self.spec, timeout_ms=timeout_ms)
 
     async def exists(self, *, timeout_ms: float = 0) -> bool:
-        """Whether any choice matches now (or within ``timeout_ms``); never raises RobotError."""
-        return await self._page._present(self.spec, timeout_ms=timeout_ms)
+        """Whether any choice matches now (or within ``timeout_ms``); never raises RobotError.
 
-    async def _act(self, doing: str, action: Callable[[Locator, float], Awaitable[Any]]) -> Any:
+        It is a read of the page: PageChanged if the page navigated since the last action
+        (see :meth:`text`).
+        """
+        page = self._page
+        page._check_read(f"looking for {self.name!r}")
+        found = await page._present(self.spec, timeout_ms=timeout_ms)
+        page._check_read(f"looking for {self.name!r}")
+        return found
+
+    async def _act(
+        self,
+        doing: str,
+        action: Callable[[Locator, float], Awaitable[Any]],
+        *,
+        every: bool = False,
+    ) -> Any:
+        """``action(locator, timeout_ms)`` on the first match (``every``: on all matches)."""
         from playwright.async_api import TimeoutError as PlaywrightTimeout
 
         page = self._page
         fast = page._fast_locator(self.spec)
         if fast is not None:
             try:
-                result = await action(fast, FAST_MS)
+                result = await action(fast if every else fast.first, FAST_MS)
             except PlaywrightTimeout:
                 pass  # not there (yet): resolve every choice, with the full timeout
             except Exception as exc:
@@ -157,23 +174,50 @@ class Element:
                 return result
         loc = await self.locator()
         try:
-            return await action(loc.first, page.config.timeout_ms)
+            return await action(loc if every else loc.first, page.config.timeout_ms)
         except Exception as exc:
             raise page._explain(exc, f"{doing} {self.name!r}") from exc
 
+    async def _do(self, doing: str, action: Callable[[Locator, float], Awaitable[Any]]) -> None:
+        """An action on the element, then a wait for what it caused (RobotPage.settle)."""
+        async with self._page._acting(f"{doing} {self.name!r}"):
+            await self._act(doing, action)
+
+    async def _read(
+        self, action: Callable[[Locator, float], Awaitable[Any]], *, every: bool = False
+    ) -> Any:
+        """A read of the element, refused if the page changed under the record's reads."""
+        page = self._page
+        page._check_read(f"reading {self.name!r}")
+        result = await self._act("reading", action, every=every)
+        page._check_read(f"reading {self.name!r}")
+        return result
+
     async def click(self) -> None:
-        """Click the element (the page may navigate; the next element waits for it)."""
-        await self._act("clicking", lambda loc, t: loc.click(timeout=t))
+        """Click the element, then wait for what the click caused.
+
+        It waits as every action does (:meth:`RobotPage.settle`): one round trip to each
+        frame through the page's own timer queue, so that a ``javascript:`` link or a
+        ``setTimeout`` post-back has sent its request; then every navigation request seen
+        in the page or a frame until its document is committed; then DOMContentLoaded in
+        every frame that got a new document. When nothing navigated it returns after the
+        round trip. An error page raises DepartmentUnavailable; the login page, SessionLost.
+        """
+        await self._do("clicking", lambda loc, t: loc.click(timeout=t))
 
     async def click_and_wait(self, *, frame: str | None = None) -> None:
-        """Click and wait for the document it loads (in the element's own frame).
+        """Click, and require a navigation: wait for the document the element's frame loads.
 
-        Use it for submits and links, so the next read never sees the previous page.
-        ``frame`` names the frame that loads instead (a menu link with ``target=``).
-        An error page raises DepartmentUnavailable; the login page, SessionLost.
+        Playwright's ``expect_navigation`` on the element's own frame (or on ``frame``, a
+        frame a link with ``target=`` loads) waits for its DOMContentLoaded, within
+        ``browser.navigation_timeout_ms``; then the page settles as after :meth:`click`.
+        No navigation at all is an error (DepartmentUnavailable), unlike with
+        :meth:`click`. An error page raises DepartmentUnavailable; the login page,
+        SessionLost.
         """
+        from playwright.async_api import TimeoutError as PlaywrightTimeout
+
         page = self._page
-        page._server_error = None
         target = await page.frame_object(frame) if frame is not None else None
 
         async def click(loc: Locator, timeout: float) -> None:
@@ -181,69 +225,107 @@ class Element:
             if target is None and self.spec.frame is not None:
                 handle = await loc.element_handle(timeout=timeout)
                 waiter = await handle.owner_frame() or page.raw
-            async with waiter.expect_navigation(
-                wait_until="domcontentloaded", timeout=page.config.navigation_timeout_ms
-            ):
-                await loc.click(timeout=timeout)
+            clicked = False
+            try:
+                async with waiter.expect_navigation(
+                    wait_until="domcontentloaded", timeout=page.config.navigation_timeout_ms
+                ):
+                    await loc.click(timeout=timeout)
+                    clicked = True
+            except PlaywrightTimeout as exc:
+                if not clicked:
+                    raise  # the element was not there (yet): _act resolves it again
+                # Clicked, but no document came: clicking again could submit twice.
+                raise DepartmentUnavailable(
+                    f"The {page.system} system did not load a page after {self.name!r} was "
+                    f"clicked within {page.config.navigation_timeout_ms / 1000:g} s; it is retried."
+                ) from exc
 
-        await self._act("following", click)
-        page._raise_if_unhealthy()
-        await page._check_logged_out()
+        await self._do("following", click)
 
     async def fill(self, value: str) -> None:
-        """Replace the element's value with ``value``."""
-        await self._act("filling", lambda loc, t: loc.fill(value, timeout=t))
+        """Replace the element's value with ``value``, then wait as after :meth:`click`.
+
+        Typing fires ``input`` events (and ``change`` on dates, colours and ranges), which
+        an ASP.NET AutoPostBack field may answer with a post-back.
+        """
+        await self._do("filling", lambda loc, t: loc.fill(value, timeout=t))
 
     async def fill_secret(self, secret: Secret | str) -> None:
         """Type a secret (password, TOTP code). Never logged; masked in screenshots.
 
         Only call this from ``login``: the runtime runs login outside any trace and
         empties password inputs afterwards, so the value is in no trace or snapshot.
+        Waits afterwards as :meth:`fill` does.
         """
         value = secret if isinstance(secret, str) else secret.reveal()
-        loc = await self.locator()
-        failed = False
-        try:
-            await loc.first.fill(value)
-        except Exception:
-            failed = True
-        if failed:
-            # The Playwright message may echo the typed value: neither chain nor quote it.
-            raise RobotError(f"Could not type into {self.name!r}; check the selector map.")
+        page = self._page
+        async with page._acting(f"typing into {self.name!r}"):
+            loc = await self.locator()
+            failed = False
+            try:
+                await loc.first.fill(value)
+            except Exception:
+                failed = True
+            if failed:
+                # The Playwright message may echo the typed value: neither chain nor quote it.
+                raise RobotError(f"Could not type into {self.name!r}; check the selector map.")
+
+    async def press(self, key: str) -> None:
+        """Press ``key`` in the element ("Enter" submits a form), then wait as :meth:`click`."""
+        await self._do("pressing a key in", lambda loc, t: loc.press(key, timeout=t))
 
     async def select(self, value: str) -> None:
-        """Choose an ``<option>`` by value or label."""
-        await self._act("selecting in", lambda loc, t: loc.select_option(value, timeout=t))
+        """Choose an ``<option>`` by value or label (fires ``change``), then wait as after
+        :meth:`click`: an ASP.NET AutoPostBack list posts back from a ``setTimeout``."""
+        await self._do("selecting in", lambda loc, t: loc.select_option(value, timeout=t))
 
     async def check(self, checked: bool = True) -> None:
-        await self._act("checking", lambda loc, t: loc.set_checked(checked, timeout=t))
+        """Tick (or untick) a checkbox or radio button, then wait as after :meth:`click`."""
+        await self._do("checking", lambda loc, t: loc.set_checked(checked, timeout=t))
 
     async def text(self) -> str:
-        """The element's visible text, stripped."""
-        return str(await self._act("reading", lambda loc, t: loc.inner_text(timeout=t))).strip()
+        """The element's visible text, stripped.
+
+        Every read (``text``, ``value``, ``attribute``, ``texts``, ``count``, ``exists``)
+        waits for the element (Playwright's auto-wait) but never for a navigation: the
+        reads since the last action are those of one record, and if the page loaded
+        another document since they began (or is loading one) the read raises
+        PageChanged, which the runtime retries, so a record is never assembled from two
+        versions of a page.
+        """
+        return str(await self._read(lambda loc, t: loc.inner_text(timeout=t))).strip()
 
     async def value(self) -> str:
-        """The value of an input."""
-        return str(await self._act("reading", lambda loc, t: loc.input_value(timeout=t)))
+        """The value of an input (a read, see :meth:`text`)."""
+        return str(await self._read(lambda loc, t: loc.input_value(timeout=t)))
 
     async def attribute(self, name: str) -> str | None:
-        result = await self._act("reading", lambda loc, t: loc.get_attribute(name, timeout=t))
+        """The attribute ``name`` of the element, or None (a read, see :meth:`text`)."""
+        result = await self._read(lambda loc, t: loc.get_attribute(name, timeout=t))
         return None if result is None else str(result)
 
     async def texts(self) -> list[str]:
-        """The texts of every element the matching choice finds (table rows, cells)."""
-        loc = await self.locator()
-        try:
+        """The texts of every element the matching choice finds (table rows, cells).
+
+        A read (see :meth:`text`): waits for the first of them, not for a navigation.
+        """
+
+        async def read(loc: Locator, timeout: float) -> list[str]:
+            await loc.first.wait_for(state="attached", timeout=timeout)
             return [t.strip() for t in await loc.all_inner_texts()]
-        except Exception as exc:
-            raise self._page._explain(exc, f"reading {self.name!r}") from exc
+
+        found: list[str] = await self._read(read, every=True)
+        return found
 
     async def count(self) -> int:
-        """How many elements match now (0 when none; does not wait)."""
+        """How many elements match now (0 when none; does not wait; a read, see :meth:`text`)."""
         if not await self.exists():
             return 0
         loc = await self.locator()
-        return await loc.count()
+        found = await loc.count()
+        self._page._check_read(f"counting {self.name!r}")
+        return found
 
 
 class RobotPage:
@@ -277,9 +359,13 @@ class RobotPage:
         self.usage: dict[str, SelectorUse] = usage if usage is not None else {}
         self.dialogs: list[DialogInfo] = []
         self.popups: list[RobotPage] = []
+        self.opener: RobotPage | None = None  # the page whose open_popup made this one
         self.logout_probe: Callable[[], Awaitable[bool]] | None = None
         self.probing = True
         self._policies: list[_DialogPolicy] = []
+        self._watch = NavigationWatch(raw)
+        self._quiet = 0  # inside the runtime's logout probe: its looks are not record reads
+        self._probed: Mark | None = None  # the documents the last logout probe looked at
         raw.on("dialog", self._on_dialog)
         if health is None:
             # Watch the whole context, so an error page in a popup counts too (its first
@@ -333,10 +419,61 @@ class RobotPage:
             raise BrowserError("The browser page closed unexpectedly; it is reopened and retried.")
 
     async def _check_logged_out(self) -> None:
-        if self.probing and self.logout_probe is not None and await self.logout_probe():
+        if not self.probing or self.logout_probe is None:
+            return
+        self._quiet += 1
+        try:
+            logged_out = await self.logout_probe()
+        finally:
+            self._quiet -= 1
+        if logged_out:
             raise SessionLost(
                 f"The {self.system} system logged the robot out; it logs in again and retries."
             )
+
+    @asynccontextmanager
+    async def _acting(self, doing: str) -> AsyncIterator[None]:
+        """Run a page action, then :meth:`settle` from where the action began."""
+        mark = self._watch.mark()
+        self._server_error = None
+        try:
+            yield
+        except BaseException:
+            self._watch.new_record()  # a failed action ends the record's reads all the same
+            raise
+        await self._settle(mark, doing)
+
+    async def _settle(self, mark: Mark, doing: str, *, barrier: bool = True) -> None:
+        try:
+            navigated = await self._watch.settle(
+                mark, timeout_s=self.config.navigation_timeout_ms / 1000, barrier=barrier
+            )
+        except Exception as exc:
+            raise self._explain(exc, f"waiting for the page after {doing}") from exc
+        finally:
+            self._watch.new_record()
+        self._raise_if_unhealthy()
+        documents = self._watch.mark()
+        if navigated and documents != self._probed:
+            # A new document may be the login page (a post-back after the session ended).
+            await self._check_logged_out()
+            self._probed = documents
+
+    def _check_read(self, doing: str) -> None:
+        if self._quiet:
+            return
+        why = self._watch.check_read()
+        if why is not None:
+            raise PageChanged(
+                f"The {self.system} page changed while {doing} ({why}); the lookup is retried."
+            )
+
+    def new_record(self) -> None:
+        """Start a new record's reads on the current page (the runtime calls it per attempt).
+
+        Every action does this too: the reads after an action belong to one record.
+        """
+        self._watch.new_record()
 
     def _explain(self, exc: BaseException, doing: str) -> StamplessError:
         if isinstance(exc, StamplessError):
@@ -349,35 +486,53 @@ class RobotPage:
         return translate_error(exc, doing)
 
     async def goto(self, url: str = "", *, wait_until: str = "domcontentloaded") -> None:
-        """Open ``url`` (relative to the system's URL); 5xx and logouts raise at once."""
-        self._server_error = None
-        try:
-            response = await self.raw.goto(
-                self.absolute(url),
-                wait_until=wait_until,  # type: ignore[arg-type]
-                timeout=self.config.navigation_timeout_ms,
-            )
-        except Exception as exc:
-            raise self._explain(exc, f"opening {_path_of(self.absolute(url))}") from exc
-        if response is not None and response.status >= 500:
-            self._server_error = None
-            raise DepartmentUnavailable(
-                f"The {self.system} system answered HTTP {response.status} for "
-                f"{_path_of(response.url)}; it is retried."
-            )
-        await self._check_logged_out()
+        """Open ``url`` (relative to the system's URL) and wait for its document.
+
+        Playwright's ``goto`` waits for ``wait_until`` (DOMContentLoaded by default) within
+        ``browser.navigation_timeout_ms``; then the page settles as after a click
+        (:meth:`settle`: a script redirect or a frame it loads is waited for too). An HTTP
+        5xx raises DepartmentUnavailable at once; the login page, SessionLost.
+        """
+        async with self._acting(f"opening {_path_of(self.absolute(url))}"):
+            try:
+                response = await self.raw.goto(
+                    self.absolute(url),
+                    wait_until=wait_until,  # type: ignore[arg-type]
+                    timeout=self.config.navigation_timeout_ms,
+                )
+            except Exception as exc:
+                raise self._explain(exc, f"opening {_path_of(self.absolute(url))}") from exc
+            if response is not None and response.status >= 500:
+                self._server_error = None
+                raise DepartmentUnavailable(
+                    f"The {self.system} system answered HTTP {response.status} for "
+                    f"{_path_of(response.url)}; it is retried."
+                )
 
     async def screenshot(self, caption: str) -> Path | None:
         """A masked, captioned screenshot of this page (or popup) into the evidence."""
         return await self.evidence.screenshot(caption, page=self.raw)
 
+    async def settle(self) -> None:
+        """Wait until the page is still: what every action does after itself.
+
+        1. One round trip to each frame through the page's own timer queue
+           (``setTimeout(resolve, 0)``), so that a navigation a script has just started
+           (a ``javascript:`` link, a post-back from a ``setTimeout``) has sent its request.
+        2. Every navigation request seen in the page or one of its frames, until that
+           frame has committed the new document (or the request failed).
+        3. DOMContentLoaded of every frame that committed a new document (here: of every
+           frame), child frames included.
+
+        No sleeps: each step waits for an event of the browser's, within
+        ``browser.navigation_timeout_ms`` (else DepartmentUnavailable). With nothing in
+        flight it returns after step 1. After it, the next reads are a new record's.
+        """
+        await self._settle(Mark(), "waiting for the page")
+
     async def wait_for_load(self) -> None:
-        """Wait until the current navigation has loaded its document."""
-        try:
-            await self.raw.wait_for_load_state("domcontentloaded")
-        except Exception as exc:
-            raise self._explain(exc, "waiting for the page") from exc
-        self._raise_if_unhealthy()
+        """The same as :meth:`settle` (the name robots written before it use)."""
+        await self.settle()
 
     # ---- selectors ----------------------------------------------------------------------
 
@@ -446,7 +601,7 @@ class RobotPage:
             scope = self._fast_frame(spec.frame)
             if scope is None:
                 return None
-        loc: Locator = scope.locator(spec.choices[0]).first
+        loc: Locator = scope.locator(spec.choices[0])
         return loc
 
     def _fast_frame(self, name: str) -> FrameLocator | None:
@@ -642,12 +797,22 @@ class RobotPage:
     # ---- popups and downloads -----------------------------------------------------------
 
     async def open_popup(self, name: str) -> RobotPage:
-        """Click ``name`` and return the window it opens (``window.open``) as a RobotPage."""
+        """Click ``name`` and return the window it opens (``window.open``) as a RobotPage.
+
+        Waits for the click as :meth:`Element.click` does, for the new window within
+        ``browser.timeout_ms`` (Playwright's ``expect_page``, which hands it over once it
+        has committed its first document), then for that window to settle
+        (:meth:`settle`: its DOMContentLoaded, frames and any redirect included).
+        """
+        mark = self._watch.mark()
+        self._server_error = None
+        element = self[name]
         try:
             async with self.raw.context.expect_page(timeout=self.config.timeout_ms) as info:
-                await self[name].click()
+                # The click alone: an error page in the new window must not stop us from
+                # taking the window, or it would stay open and catch the next window.open.
+                await element._act("clicking", lambda loc, t: loc.click(timeout=t))
             raw = await info.value
-            await raw.wait_for_load_state("domcontentloaded")
         except StamplessError:
             raise
         except Exception as exc:
@@ -664,11 +829,18 @@ class RobotPage:
             health=self._health,
         )
         child.logout_probe = None  # the popup has no login form of its own to look for
+        child.opener = self
         self.popups.append(child)
+        await self._settle(mark, f"clicking {name!r}")
+        await child.settle()
         return child
 
     async def close_popups(self) -> None:
-        """Close the windows this page opened (the runtime calls this after each request)."""
+        """Close the windows this page opened (the runtime calls this after each request).
+
+        On the account's own page, any other window of its context goes too: one left
+        open would catch the next ``window.open`` of the same name.
+        """
         for popup in self.popups:
             try:
                 await popup.close_popups()
@@ -677,6 +849,14 @@ class RobotPage:
             except Exception as exc:
                 logger.debug("closing popup failed: {}", type(exc).__name__)
         self.popups.clear()
+        if self.opener is not None:
+            return
+        for stray in self.raw.context.pages:
+            if stray is not self.raw and not stray.is_closed():
+                try:
+                    await stray.close()
+                except Exception as exc:
+                    logger.debug("closing a stray window failed: {}", type(exc).__name__)
 
     async def download(self, name: str, *, filename: str | None = None) -> Path:
         """Click ``name``, wait for the download (browser.download_timeout_ms), keep it.
@@ -737,16 +917,25 @@ class RobotPage:
         return decode_legacy(body, response.headers.get("content-type"), encoding)
 
     async def viewstate(self) -> str | None:
-        """The ASP.NET ``__VIEWSTATE`` of the current page, if it has one."""
+        """The ASP.NET ``__VIEWSTATE`` of the page's main document, if it has one (a read)."""
+        self._check_read("reading __VIEWSTATE")
         loc = self.raw.locator("input[name=__VIEWSTATE]")
-        return await loc.first.get_attribute("value") if await loc.count() else None
+        found = await loc.first.get_attribute("value") if await loc.count() else None
+        self._check_read("reading __VIEWSTATE")
+        return found
 
     async def postback(self, target: str, argument: str = "", *, frame: str | None = None) -> None:
         """Do an ASP.NET ``__doPostBack(target, argument)`` and wait for the new page.
 
         Pages without ``__doPostBack`` get ``__EVENTTARGET``/``__EVENTARGUMENT`` set on
-        their first form, which is then submitted with its ``__VIEWSTATE``.
+        their first form, which is then submitted with its ``__VIEWSTATE``. Waits with
+        Playwright's ``expect_navigation`` on the page (or on ``frame``) for the new
+        document's DOMContentLoaded, within ``browser.navigation_timeout_ms``, then
+        settles as after :meth:`Element.click`. No new document is DepartmentUnavailable;
+        the login page, SessionLost.
         """
+        from playwright.async_api import Error as PlaywrightError
+
         script = """([t, a]) => {
             if (typeof __doPostBack === 'function') { __doPostBack(t, a); return; }
             const f = document.forms[0];
@@ -760,26 +949,36 @@ class RobotPage:
             }
             f.submit();
         }"""
-        self._server_error = None
-        where: Any = self.raw if frame is None else await self.frame_object(frame)
-        try:
-            async with where.expect_navigation(
-                wait_until="domcontentloaded", timeout=self.config.navigation_timeout_ms
-            ):
-                await where.evaluate(script, [target, argument])
-        except Exception as exc:
-            raise self._explain(exc, f"posting back {target!r}") from exc
-        self._raise_if_unhealthy()
-        await self._check_logged_out()
+        async with self._acting(f"posting back {target!r}"):
+            where: Any = self.raw if frame is None else await self.frame_object(frame)
+            try:
+                async with where.expect_navigation(
+                    wait_until="domcontentloaded", timeout=self.config.navigation_timeout_ms
+                ):
+                    try:
+                        await where.evaluate(script, [target, argument])
+                    except PlaywrightError as exc:
+                        # The post-back replaced the document before the script returned.
+                        if "context was destroyed" not in str(exc):
+                            raise
+            except Exception as exc:
+                raise self._explain(exc, f"posting back {target!r}") from exc
 
     async def paginate(
         self, next_name: str, *, max_pages: int = 50, marker: str | None = None
     ) -> AsyncIterator[int]:
         """Yield 1, 2, … while clicking ``next_name`` to move through a result list.
 
-        Stops when the "next" element is gone or disabled, or after ``max_pages``.
-        ``marker`` names an element whose text changes from page to page (a page number);
-        the iterator waits for it to change so a page is never read twice.
+        Page 1 is the page as it is. Before moving on it notes the page's identity: the
+        text of ``marker`` (an element whose text changes from page to page, such as a
+        page number) when given, else the ``__VIEWSTATE`` of the frame that holds
+        ``next_name``, else that frame's whole text. It clicks ``next_name`` (waiting as
+        :meth:`Element.click` does), waits with Playwright's auto-waiting assertions
+        until the identity differs, then for DOMContentLoaded of every frame that loaded
+        a document meanwhile, and only then yields the next number. A page that did not
+        change within ``browser.navigation_timeout_ms`` raises RobotError (retried): it is
+        never taken for the last page. The iteration ends when ``next_name`` is gone or
+        disabled on a page proven new (the last page), or after ``max_pages``.
         """
         number = 1
         yield number
@@ -795,24 +994,54 @@ class RobotPage:
             )
             if disabled:
                 return
-            before = await self[marker].text() if marker else None
+            identity = await self._page_identity(nxt.spec, marker)
+            mark = self._watch.mark()
             await nxt.click()
-            if marker is not None:
-                await self._wait_text_change(marker, before)
-            else:
-                await self.wait_for_load()
+            await self._until_new_page(identity, mark, next_name)
             number += 1
             yield number
 
-    async def _wait_text_change(self, name: str, before: str | None) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.timeout_ms / 1000
-        while loop.time() < deadline:
-            if await self[name].exists() and await self[name].text() != before:
-                return
+    async def _page_identity(
+        self, spec: SelectorSpec, marker: str | None
+    ) -> tuple[str, Locator, str]:
+        """What tells this page from the next: (what it is, where it is, its value now)."""
+        if marker is not None:
+            text = await self[marker].text()
+            return f"marker {marker!r}", (await self[marker].locator()).first, text
+        scope: Any = self.raw
+        if spec.frame is not None:
+            scope = self._fast_frame(spec.frame) or await self._frame_scope(
+                spec.frame, timeout_ms=None
+            )
+        viewstate = scope.locator("input[name=__VIEWSTATE]").first
+        if await viewstate.count():
+            return "__VIEWSTATE", viewstate, await viewstate.get_attribute("value") or ""
+        body = scope.locator("body")
+        return "text", body, await body.inner_text()
+
+    async def _until_new_page(
+        self, identity: tuple[str, Locator, str], mark: Mark, next_name: str
+    ) -> None:
+        from playwright.async_api import expect
+
+        what, loc, before = identity
+        timeout = self.config.navigation_timeout_ms
+        try:
+            if what == "__VIEWSTATE":
+                await expect(loc).not_to_have_attribute("value", before, timeout=timeout)
+            else:
+                await expect(loc).not_to_have_text(before, use_inner_text=True, timeout=timeout)
+        except AssertionError:
             self._raise_if_unhealthy()
-            await asyncio.sleep(0.05)
-        raise RobotError(f"{name!r} did not change after moving to the next page.")
+            raise RobotError(
+                f"The {self.system} page did not change within {timeout / 1000:g} s after "
+                f"{next_name!r} was clicked (its {what} stayed the same); an unchanged page is "
+                "never taken for the last one, so the lookup is retried."
+            ) from None
+        except Exception as exc:
+            raise self._explain(exc, f"waiting for the page after {next_name!r}") from exc
+        # The click's own wait made the round trip; what is left is to let it load.
+        await self._settle(mark, f"moving on with {next_name!r}", barrier=False)
 
     async def clear_passwords(self) -> None:
         """Empty every password input in every frame (DOM snapshots copy input values)."""

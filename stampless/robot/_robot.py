@@ -12,19 +12,15 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from stampless.errors import ConfigError, RobotError
+from stampless.errors import ConfigError, InputError, LoginRejected, RobotError
+
+__all__ = ["Credentials", "LoginRejected", "Robot"]
 
 if TYPE_CHECKING:
     from stampless.config import AccountConfig, Config
     from stampless.models import Record
     from stampless.robot._page import RobotPage
     from stampless.vault import Secret
-
-
-class LoginRejected(RobotError):
-    """The system refused the account's credentials. Never retried: retries lock accounts."""
-
-    retryable = False
 
 
 class Credentials:
@@ -187,5 +183,8 @@ class Robot:
         raise NotImplementedError(f"{type(self).__name__} must implement lookup()")
 
     async def fetch(self, page: RobotPage, key: str) -> Path:
-        """Download the archived scan of ``key`` into the evidence; return its path."""
-        raise RobotError(f"The {self.system} robot cannot fetch archived documents.")
+        """Download the archived scan of ``key`` into the evidence; return its path.
+
+        Optional: a robot that does not define it makes ``stampless fetch`` a usage error.
+        """
+        raise InputError(f"The {self.system} robot cannot fetch archived documents.")

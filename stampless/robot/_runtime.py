@@ -13,7 +13,15 @@ sure the account is logged in (logging in only when it is not), records a trace 
   ``attempts`` times and never past the request's deadline.
 
 A system that fails ``circuit_failures`` requests in a row is not asked again for
-``circuit_reset_s`` seconds (its requests fail at once with DepartmentUnavailable).
+``circuit_reset_s`` seconds (its requests fail at once with DepartmentUnavailable). The
+circuit is asked before every attempt and every login, so an open circuit stops all
+traffic to the system; a worker pool hands the runtime its own breaker (``circuits``),
+which the pool alone keeps up to date.
+
+A refused login (:class:`~stampless.LoginRejected`) is final for that account: it is
+marked unusable in the account table (``accounts``, by default the queue's, which every
+worker and process reads) and in this process, so no second login is sent with the
+same credentials until an operator runs ``stampless accounts enable``.
 """
 
 from __future__ import annotations
@@ -25,13 +33,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from loguru import logger
 
 from stampless.checksums import mask_id
 from stampless.circuit import CircuitBreaker, counts_against_system
 from stampless.errors import (
+    AccountDisabled,
     BrowserError,
     BusinessError,
     ConfigError,
@@ -69,6 +78,18 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
+class AccountBook(Protocol):
+    """Where refused accounts are kept for every worker and process (the queue is one)."""
+
+    def disabled_accounts(self, system: str) -> dict[str, str]:
+        """The disabled accounts of ``system``: name -> why."""
+        ...
+
+    def disable_account(self, system: str, account: str, *, reason: str) -> None:
+        """Take the account out of use until an operator enables it again."""
+        ...
+
+
 @dataclass
 class _System:
     name: str
@@ -103,7 +124,15 @@ class RobotRuntime:
     The browser starts on first use; contexts are saved and closed on exit.
     """
 
-    def __init__(self, config: Config, *, attempts: int = 3, backoff_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        attempts: int = 3,
+        backoff_s: float = 0.5,
+        circuits: CircuitBreaker | None = None,
+        accounts: AccountBook | None = None,
+    ) -> None:
         self.config = config
         self.attempts = max(1, attempts)
         self.backoff_s = backoff_s
@@ -112,12 +141,15 @@ class RobotRuntime:
         self._browser: Browser | None = None
         self._browser_lock = asyncio.Lock()
         self._drift = DriftLog(config.var_dir)
-        # In-process only: the queue's workers keep the persisted breaker of the same class
-        # (var/health/circuits.json); this one guards one-off runs and the retry loop.
-        self._circuits = CircuitBreaker(
+        # A worker pool's breaker is its own to keep (it counts one failure per item);
+        # without one, an in-process breaker guards one-off runs and the retry loop.
+        self._own_circuits = circuits is None
+        self._circuits = circuits or CircuitBreaker(
             None,
             limits={n: (s.circuit_failures, s.circuit_reset_s) for n, s in config.systems.items()},
         )
+        self._accounts = accounts
+        self._rejected: dict[tuple[str, str], str] = {}  # refused in this process: why
         self._audit: AuditLog | None = None
         self._counts: dict[str, int] = {
             "lookups": 0,
@@ -232,6 +264,28 @@ class RobotRuntime:
             )
         return record
 
+    def account_for(self, system: str, account: str | None = None) -> str:
+        """The account a call with ``account`` would use (None: the first usable one).
+
+        ConfigError for an account robot.toml does not list, AccountDisabled for one the
+        system refused; nothing is started.
+        """
+        return self._session(self.system(system), account).name
+
+    def require_fetch(self, system: str) -> None:
+        """InputError unless the robot of ``system`` has a ``fetch`` of its own.
+
+        Checked before anything starts: a robot without one is a usage error, not a
+        failure to retry (no browser, no login, no trace).
+        """
+        robot = type(self.system(system).robot)
+        if robot.fetch is Robot.fetch:
+            raise InputError(
+                f"The {system} robot ({robot.__name__}) has no fetch(), so it cannot download "
+                "archived documents; use 'stampless lookup' for the record, or add fetch() "
+                "to the robot."
+            )
+
     async def fetch(
         self,
         system: str,
@@ -241,7 +295,11 @@ class RobotRuntime:
         evidence: BundleLike | None = None,
         deadline: datetime | None = None,
     ) -> Path:
-        """Download the archived scan of ``key`` into the evidence; returns the file."""
+        """Download the archived scan of ``key`` into the evidence; returns the file.
+
+        InputError at once, before any browser or login, when the robot has no ``fetch``.
+        """
+        self.require_fetch(system)
         self._counts["fetches"] += 1
 
         async def step(robot: Robot, page: RobotPage) -> Path:
@@ -270,16 +328,69 @@ class RobotRuntime:
 
     # ---- the attempt loop ---------------------------------------------------------------
 
-    def _session(self, system: _System, account: str | None) -> Session:
-        if account is None:
-            return next(iter(system.sessions.values()))
+    def _account_book(self) -> AccountBook:
+        """The account table every process shares: the queue's, unless one was given."""
+        if self._accounts is None:
+            from stampless.queue import open_queue
+
+            self._accounts = open_queue(self.config)
+        return self._accounts
+
+    def _disabled(self, system: str) -> dict[str, str]:
+        """The accounts of ``system`` refused before, here or in another process: name -> why."""
+        found = {a: why for (s, a), why in self._rejected.items() if s == system}
         try:
-            return system.sessions[account]
-        except KeyError:
+            found.update(self._account_book().disabled_accounts(system))
+        except StamplessError as exc:  # this process's memory still holds its own refusals
+            logger.warning("the account table could not be read: {}", exc)
+        return found
+
+    def _session(self, system: _System, account: str | None) -> Session:
+        """The session of ``account`` (None: the first usable one); AccountDisabled if refused."""
+        disabled = self._disabled(system.name)
+        if account is None:
+            usable = [s for name, s in system.sessions.items() if name not in disabled]
+            if not usable:
+                raise AccountDisabled(
+                    f"Every account of {system.name} was refused by the system and is disabled; "
+                    "fix the passwords in the vault, then run 'stampless accounts enable "
+                    f"{system.name} ACCOUNT'."
+                )
+            return usable[0]
+        if account not in system.sessions:
             known = ", ".join(system.sessions)
             raise ConfigError(
                 f"System {system.name!r} has no account {account!r} in robot.toml; it has: {known}."
-            ) from None
+            )
+        if account in disabled:
+            raise AccountDisabled(
+                f"Account {account!r} of {system.name} is disabled ({disabled[account]}); fix "
+                "its password in the vault, then run 'stampless accounts enable "
+                f"{system.name} {account}'."
+            )
+        return system.sessions[account]
+
+    def _reject(self, system: _System, session: Session, error: LoginRejected) -> None:
+        """Never send these credentials again: here at once, and in the shared table."""
+        reason = str(error)
+        self._rejected[(system.name, session.name)] = reason
+        try:
+            self._account_book().disable_account(system.name, session.name, reason=reason)
+        except StamplessError as exc:
+            logger.error(
+                "account {} could not be marked disabled for others: {}", session.name, exc
+            )
+        logger.error("{}: account {} disabled: {}", system.name, session.name, reason)
+        self._audit_event("account_disabled", None, system=system.name, account=session.name)
+
+    def _gate(self, system: _System) -> None:
+        """DepartmentUnavailable while the system's circuit is open: no request, no login."""
+        if self._circuits.is_open(system.name):
+            raise DepartmentUnavailable(
+                f"The {system.name} system failed {system.config.circuit_failures} requests in "
+                f"a row; stampless sends it nothing for {system.config.circuit_reset_s:.0f} s "
+                "before trying again."
+            )
 
     def _audit_event(self, event: str, request_id: str | None, **data: Any) -> None:
         if self._audit is None:
@@ -302,11 +413,12 @@ class RobotRuntime:
         system = self.system(system_name)
         session = self._session(system, account)
         request_id: str | None = getattr(bundle, "request_id", None)
-        if not self._circuits.allow(system.name):
+        self._gate(system)
+        if self._own_circuits and not self._circuits.allow(system.name):
+            # Half open, and another request is the one trial let through.
             raise DepartmentUnavailable(
-                f"The {system.name} system failed {system.config.circuit_failures} requests in a "
-                f"row; stampless waits {system.config.circuit_reset_s:.0f} s before trying it "
-                "again."
+                f"The {system.name} system is being tried again by another request; this one "
+                "is retried."
             )
         if bundle is not None:
             bundle.set_meta(
@@ -320,6 +432,8 @@ class RobotRuntime:
             attempt = 0
             while True:
                 attempt += 1
+                if attempt > 1:
+                    self._gate(system)  # opened meanwhile (by another request): stop here
                 evidence = Evidence(
                     bundle,
                     var_dir=self.config.var_dir,
@@ -358,6 +472,7 @@ class RobotRuntime:
                     if isinstance(error, SessionLost) and not isinstance(error, ReloginRefused):
                         # Not a failed attempt: the watchdog bounds how often this happens.
                         session.logged_in = False
+                        session.lost = True
                         forget_state(session)
                         self._counts["relogins"] += 1
                         attempt -= 1
@@ -401,6 +516,8 @@ class RobotRuntime:
         self, system: _System, error: StamplessError, deadline: datetime | None
     ) -> None:
         self._counts["failures"] += 1
+        if not self._own_circuits:
+            return  # the pool that owns the breaker counts the item's failure
         if deadline is not None and utcnow() >= deadline:
             # Our own time ran out: that says nothing about the department system.
             self._circuits.cancel_trial(system.name)
@@ -410,7 +527,8 @@ class RobotRuntime:
             self._circuits.cancel_trial(system.name)
 
     def _succeeded(self, system: _System, session: Session) -> None:
-        self._circuits.success(system.name)
+        if self._own_circuits:
+            self._circuits.success(system.name)
         system.watchdog.succeeded(session.name)
         session.uses += 1
 
@@ -458,6 +576,7 @@ class RobotRuntime:
             session.page.logout_probe = lambda: robot.is_logged_out(page_ref)
         page = session.page
         page._server_error = None  # an error page of an earlier request is not this one's
+        page.new_record()  # reads of an earlier attempt are not this one's
         page.evidence = evidence
         evidence.page = page.raw
         page.dialogs.clear()
@@ -468,7 +587,15 @@ class RobotRuntime:
     async def _login(
         self, system: _System, session: Session, page: RobotPage, deadline: datetime | None
     ) -> None:
-        relogin = session.logins > 0 or session.state_file.exists()
+        # Re-established: this account had a session (logged in here, restored from its
+        # saved state, or lost to the system) and is logged in again.
+        relogin = session.logins > 0 or session.lost or session.state_file.exists()
+        self._gate(system)
+        if session.name in self._disabled(system.name):
+            raise AccountDisabled(
+                f"Account {session.name!r} of {system.name} was refused and is disabled; it is "
+                "not logged in again until 'stampless accounts enable' clears it."
+            )
         delay = system.watchdog.before_login(session.name, relogin=relogin)
         if delay > 0:
             if deadline is not None:
@@ -486,6 +613,9 @@ class RobotRuntime:
                     f"{session.name!r}; check its password in the vault (not retried, so the "
                     "account does not lock)."
                 )
+        except LoginRejected as exc:
+            self._reject(system, session, exc)
+            raise
         finally:
             page.probing = True
             await page.clear_passwords()

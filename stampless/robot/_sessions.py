@@ -52,6 +52,7 @@ class Session:
     logged_in: bool = False  # believed logged in (confirmed by login or saved state)
     uses: int = 0  # requests served by the current context
     logins: int = 0
+    lost: bool = False  # the system ended a session of this account (the next login re-establishes)
     recycles: int = 0
     tracing: bool = False  # traces are enabled for this context
     recording: bool = False  # a trace is being recorded right now
