@@ -35,14 +35,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
 from stampless._files import fsync_dir, write_atomic
 from stampless.checksums import is_valid_credit_code, is_valid_resident_id, mask_id
-from stampless.models import utcnow
+from stampless.models import RESERVED_ID_PREFIX, utcnow
 from stampless.vault import MASK, known_secret_values, redact
+
+if TYPE_CHECKING:
+    from stampless.signing import Signer
 
 GENESIS = "0" * 64
 FILE_PATTERN = re.compile(r"^audit-(\d{6})\.jsonl$")
@@ -376,6 +379,18 @@ def verify_chain(audit_dir: Path, since: datetime | None = None) -> ChainReport:
                 prev_line_no = (path.name, n)
                 last_digest = digest
     head = _read_head(audit_dir)
+    if head is None and report.lines and prev_line_no is not None:
+        # Every append rewrites HEAD, so a chain without one lost its end with it.
+        return _broken(
+            report,
+            BrokenLink(
+                HEAD_FILE,
+                1,
+                f"HEAD is missing or unreadable, so the end of the chain (seq {report.last_seq}) "
+                "cannot be confirmed: its last lines may have been removed with it; check "
+                "against a checkpoint (audit verify --against)",
+            ),
+        )
     if head is not None and report.lines and prev_line_no is not None:
         head_seq = int(head.get("seq", 0))
         if head_seq > report.last_seq:
@@ -423,3 +438,105 @@ def entries_for(audit_dir: Path, request_id: str) -> list[dict[str, Any]]:
                 if entry.get("request_id") == request_id:
                     out.append(entry)
     return out
+
+
+# -- checkpoints ------------------------------------------------------------------------------
+
+CHECKPOINT_KIND = "audit_checkpoint"
+CHECKPOINT_PREFIX = RESERVED_ID_PREFIX  # never a request id (stampless.models.Request)
+
+
+def line_at(audit_dir: Path, seq: int) -> tuple[str, int, str] | None:
+    """The file, 1-based line number and hash of the line with ``seq``, if the chain has it."""
+    for _, path in _audit_files(Path(audit_dir)):
+        last, _ = _last_line(path)
+        try:
+            if last is None or int(json.loads(last)["seq"]) < seq:
+                continue  # the whole file is before it
+        except (ValueError, KeyError, TypeError):
+            pass
+        with path.open("rb") as f:
+            for n, raw in enumerate(f, start=1):
+                try:
+                    if int(json.loads(raw)["seq"]) == seq:
+                        return path.name, n, line_hash(raw)
+                except (ValueError, KeyError, TypeError):
+                    continue
+    return None
+
+
+def checkpoint_document(audit_dir: Path) -> dict[str, Any] | None:
+    """The unsigned checkpoint of the chain as it ends now (seq and hash of its last line)."""
+    audit = AuditLog(audit_dir)
+    with audit._locked():
+        files = _audit_files(audit.audit_dir)
+        last = None
+        for _, path in reversed(files):
+            last, _ = _last_line(path)
+            if last is not None:
+                break
+    if last is None:
+        return None
+    return {
+        "kind": CHECKPOINT_KIND,
+        "seq": int(json.loads(last)["seq"]),
+        "sha256": line_hash(last),
+        "at": utcnow().isoformat(),
+    }
+
+
+def check_checkpoint(audit_dir: Path, checkpoint: dict[str, Any]) -> BrokenLink | None:
+    """Where the chain disagrees with a checkpoint taken earlier, or None when it holds.
+
+    A chain whose tail was cut ends before the checkpoint's seq; a chain rebuilt from
+    some line on (every later line rewritten, HEAD too) has another line at that seq.
+    """
+    seq = int(checkpoint["seq"])
+    found = line_at(audit_dir, seq)
+    if found is None:
+        return BrokenLink(
+            HEAD_FILE,
+            1,
+            f"the checkpoint of {checkpoint.get('at', '?')} records seq {seq}, which the chain "
+            "no longer has: its end was cut off",
+        )
+    file, number, digest = found
+    if digest != checkpoint.get("sha256"):
+        return BrokenLink(
+            file,
+            number,
+            f"the line with seq {seq} is not the one the checkpoint of "
+            f"{checkpoint.get('at', '?')} recorded: the chain was rewritten from here on",
+        )
+    return None
+
+
+def write_checkpoint(audit_dir: Path, outbox_dir: Path, signer: Signer) -> Path | None:
+    """Sign the chain's current end and write it to the outbox; None if nothing is new.
+
+    ``<outbox>/audit-checkpoint-<seq>.json`` is journaled like a verdict, so the webhook
+    delivers it: a party outside the machine then holds the end of the chain, which
+    ``audit verify --against`` compares with (docs/evidence.md).
+    """
+    from stampless._version import __version__
+    from stampless.outbox import outbox_path, write_once
+    from stampless.signing import sign_document
+
+    doc = checkpoint_document(audit_dir)
+    if doc is None:
+        return None
+    name = f"{CHECKPOINT_PREFIX}{doc['seq']:012d}"
+    if outbox_path(outbox_dir, name).exists():
+        return None
+    doc["stampless_version"] = __version__
+    doc["signature"] = sign_document(signer, doc)
+    data = (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    path = write_once(outbox_dir, name, data)
+    logger.info("audit: checkpoint at seq {} written to {}", doc["seq"], path)
+    return path
+
+
+def latest_checkpoint(outbox_dir: Path) -> Path | None:
+    """The newest checkpoint file in the outbox, if any (names sort by seq)."""
+    found = sorted(Path(outbox_dir).glob(f"{CHECKPOINT_PREFIX}*.json"))
+    return found[-1] if found else None

@@ -174,6 +174,10 @@ class EvidenceConfig(_Section):
     path: Path | None = None  # default: <var_dir>/evidence
     signing_key: str | None = None
     keep_trace_on_success: bool = False
+    # The public keys verifiers trust, as "sha256:<hex>" fingerprints (stampless keys
+    # show), and/or a file of base64 public keys, one a line, outside var/.
+    trusted_keys: list[str] = Field(default_factory=list)
+    keyring: Path | None = None
 
     _check_key = field_validator("signing_key")(_secret_ref)
 
@@ -190,7 +194,14 @@ class InboxConfig(_Section):
 class JobConfig(_Section):
     """A scheduled job: ``kind`` names what it does, ``every_s`` or ``cron`` when."""
 
-    kind: Literal["poll_inbox", "recheck", "sweep_leases", "sweep_deadlines", "deliver_outbox"]
+    kind: Literal[
+        "poll_inbox",
+        "recheck",
+        "sweep_leases",
+        "sweep_deadlines",
+        "deliver_outbox",
+        "audit_checkpoint",
+    ]
     every_s: float | None = Field(default=None, gt=0)
     cron: str | None = None
     type: str | None = None

@@ -157,7 +157,11 @@ async def _run_items(config: Config, items: list[DemoItem], workers: int) -> lis
                 report = write_report(Path(outcome.verdict.evidence), audit_dir=config.audit_dir)
             return DemoRow(item, outcome, None, report)
 
-    async with Pipeline(config) as pipeline:
+    from stampless.signing import ensure_dev_key
+
+    # The demo is the development setting: its bundles are signed with the key
+    # robot.toml configures, else with the development key in the run's own var/.
+    async with Pipeline(config, signer=ensure_dev_key(config)) as pipeline:
         return list(await asyncio.gather(*(one(item, pipeline) for item in items)))
 
 

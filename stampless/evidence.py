@@ -44,7 +44,16 @@ from stampless._files import fsync_dir, write_atomic
 from stampless._version import __version__
 from stampless.errors import InputError, StamplessError
 from stampless.models import check_request_id, utcnow
-from stampless.signing import ALG, Signer, key_id_of, load_public_key, verify_signature
+from stampless.signing import (
+    ALG,
+    Signer,
+    TrustedKeys,
+    canonical_json,
+    document_problems,
+    key_id_of,
+    load_public_key,
+    verify_signature,
+)
 from stampless.vault import Secret, known_secret_values
 
 FORMAT = "stampless-evidence/1"
@@ -79,11 +88,6 @@ class BundleExists(InputError):
 
 class BundleError(StamplessError):
     """A bundle could not be written (disk full, permissions)."""
-
-
-def canonical_json(obj: Any) -> bytes:
-    """The bytes a manifest signature covers: sorted keys, no spaces, UTF-8."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def sha256_file(path: Path) -> tuple[str, int]:
@@ -486,7 +490,7 @@ class EvidenceBundle:
 class Problem:
     """One reason a bundle does not verify."""
 
-    kind: Literal["changed", "missing", "extra", "manifest", "signature", "untrusted"]
+    kind: Literal["changed", "missing", "extra", "manifest", "signature", "untrusted", "verdict"]
     name: str | None
     detail: str
 
@@ -572,13 +576,26 @@ class _Source:
         return h.hexdigest(), size
 
 
-def verify_bundle(path: Path, *, trusted_keys: list[str] | None = None) -> VerifyReport:
+Trust = TrustedKeys | list[str] | None
+
+
+def _trust(trusted_keys: Trust) -> TrustedKeys | None:
+    if trusted_keys is None or isinstance(trusted_keys, TrustedKeys):
+        return trusted_keys
+    return TrustedKeys.of(trusted_keys)
+
+
+def verify_bundle(
+    path: Path, *, trusted_keys: Trust = None, verdict: Path | None = None
+) -> VerifyReport:
     """Recompute every hash and check the signature of a bundle folder or zip.
 
     Problems found: a file changed (hash or size), missing, an unexpected extra file, a
     manifest that was edited (the signature fails), or a signature by a key that is not
-    in ``trusted_keys`` (when given). Files are still checked after a bad signature, so
-    the report names everything that differs.
+    in ``trusted_keys`` (when given: a :class:`~stampless.signing.TrustedKeys` or base64
+    public keys; an empty one trusts nothing). Files are still checked after a bad
+    signature, so the report names everything that differs. With ``verdict`` (the outbox
+    file of the same request) the verdict is checked too: see :func:`verdict_problems`.
     """
     path = Path(path)
     report = VerifyReport(source=str(path))
@@ -586,13 +603,80 @@ def verify_bundle(path: Path, *, trusted_keys: list[str] | None = None) -> Verif
         raise InputError(f"{path} does not exist; give a request id, a bundle folder or a zip.")
     src = _Source(path)
     try:
-        _verify(src, report, trusted_keys)
+        _verify(src, report, _trust(trusted_keys))
+        if verdict is not None and report.manifest is not None:
+            with src.open(MANIFEST) as f:
+                manifest_sha256 = hashlib.sha256(f.read()).hexdigest()
+            bundle_verdict = _read_member(src, "verdict.json")
+            report.problems += verdict_problems(
+                verdict,
+                _trust(trusted_keys),
+                manifest_sha256=manifest_sha256,
+                bundle_verdict=bundle_verdict,
+            )
     finally:
         src.close()
     return report
 
 
-def _verify(src: _Source, report: VerifyReport, trusted_keys: list[str] | None) -> None:
+def _read_member(src: _Source, name: str) -> dict[str, Any] | None:
+    try:
+        with src.open(name) as f:
+            data = json.loads(f.read())
+    except (OSError, KeyError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+# What the outbox verdict must share with the bundle's verdict.json (the outbox copy adds
+# evidence, manifest_sha256, the signature and, for a re-check, supersedes).
+_SAME_AS_BUNDLE = ("request_id", "type", "tier", "verdict", "fields", "reasons")
+
+
+def verdict_problems(
+    path: Path,
+    trusted: TrustedKeys | None,
+    *,
+    manifest_sha256: str | None = None,
+    bundle_verdict: dict[str, Any] | None = None,
+) -> list[Problem]:
+    """Why an outbox verdict file does not hold (empty when it does).
+
+    Alone, its signature is checked (and its key against ``trusted``). Beside its bundle
+    (``manifest_sha256`` of the manifest's bytes, the bundle's ``verdict.json``), it must
+    also name that manifest and say what the bundle says; a reviewer's decision (with
+    ``decided_by``) is a new verdict over the same evidence, checked by its signature.
+    """
+    name = Path(path).name
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        if not isinstance(doc, dict):
+            raise ValueError("not an object")
+    except (OSError, ValueError):
+        return [Problem("verdict", name, "not a readable verdict file")]
+    problems = [
+        Problem("untrusted" if "trusted" in why else "verdict", name, why)
+        for why in document_problems(doc, trusted)
+    ]
+    if manifest_sha256 is not None and doc.get("manifest_sha256") != manifest_sha256:
+        problems.append(
+            Problem("verdict", name, "it names another manifest than this bundle's (swapped?)")
+        )
+    if bundle_verdict is not None and not doc.get("decided_by"):
+        differ = [k for k in _SAME_AS_BUNDLE if doc.get(k) != bundle_verdict.get(k)]
+        if differ:
+            problems.append(
+                Problem(
+                    "verdict",
+                    name,
+                    f"it differs from the evidence's verdict.json in {', '.join(differ)} "
+                    f"(outbox: {doc.get('verdict')}, evidence: {bundle_verdict.get('verdict')})",
+                )
+            )
+    return problems
+
+
+def _verify(src: _Source, report: VerifyReport, trusted_keys: TrustedKeys | None) -> None:
     names = src.names()
     if MANIFEST not in names:
         report.problems.append(Problem("missing", MANIFEST, "the bundle has no manifest"))
@@ -642,7 +726,7 @@ def _verify(src: _Source, report: VerifyReport, trusted_keys: list[str] | None) 
 
 
 def _check_signature(
-    manifest: dict[str, Any], report: VerifyReport, trusted_keys: list[str] | None
+    manifest: dict[str, Any], report: VerifyReport, trusted_keys: TrustedKeys | None
 ) -> None:
     sig = manifest.get("signature")
     if not isinstance(sig, dict) or sig.get("alg") != ALG:
@@ -669,7 +753,7 @@ def _check_signature(
                 "the signature does not match: the manifest was edited after sealing",
             )
         )
-    if trusted_keys is not None and public_key not in {k.strip() for k in trusted_keys}:
+    if trusted_keys is not None and not trusted_keys.trusts(public_key):
         report.problems.append(
             Problem(
                 "untrusted",

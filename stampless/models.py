@@ -20,6 +20,7 @@ REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 MAX_REQUEST_BYTES = 1024 * 1024
 MAX_PATH_CHARS = 1024  # stampless.boundary checks each part of a file name too
 PRIORITY_LIMIT = 1_000_000
+RESERVED_ID_PREFIX = "audit-checkpoint-"  # outbox names of stampless.audit's checkpoints
 
 
 def describe_validation_error(exc: ValidationError) -> str:
@@ -95,6 +96,11 @@ class Request(BaseModel):
     @field_validator("id")
     @classmethod
     def _id_is_safe(cls, value: str) -> str:
+        if value.lower().startswith(RESERVED_ID_PREFIX):
+            raise ValueError(
+                f"ids starting with {RESERVED_ID_PREFIX!r} are reserved for the outbox's audit "
+                "checkpoints; choose another id"
+            )
         return check_request_id(value)
 
     @field_validator("case_id")
@@ -180,6 +186,16 @@ class FieldResult(BaseModel):
     claimed_as_received: str | int | float | None = None
 
 
+class DocumentSignature(BaseModel):
+    """An Ed25519 signature over a JSON document's canonical form without this block
+    (``stampless.signing.sign_document``): outbox verdicts and audit checkpoints."""
+
+    alg: str
+    key_id: str
+    public_key: str
+    value: str
+
+
 class Verdict(BaseModel):
     """The outcome of one request (DESIGN.md, "Verdict"); written once to the outbox."""
 
@@ -204,3 +220,5 @@ class Verdict(BaseModel):
     supersedes: str | None = None
     # SHA-256 of the request this verdict answers (stampless.idempotency.request_digest).
     request_sha256: str | None = None
+    # The deployment's signature, on the outbox copy (see stampless.outbox.write_verdict).
+    signature: DocumentSignature | None = None

@@ -20,12 +20,16 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from stampless._files import write_atomic
 from stampless.errors import StamplessError
-from stampless.models import Verdict, VerdictKind, check_request_id, utcnow
+from stampless.models import DocumentSignature, Verdict, VerdictKind, check_request_id, utcnow
+
+if TYPE_CHECKING:
+    from stampless.signing import Signer
 
 # needs_review is not final: it goes to the review store, and the reviewer's decision is
 # what reaches the outbox later under the same request id.
@@ -52,18 +56,38 @@ def outbox_path(outbox_dir: Path, name: str) -> Path:
     return Path(outbox_dir) / f"{name}.json"
 
 
-def write_verdict(outbox_dir: Path, verdict: Verdict, *, name: str | None = None) -> Path:
+def sign_verdict(verdict: Verdict, signer: Signer) -> Verdict:
+    """``verdict`` with the deployment's signature over everything else in it.
+
+    With the manifest hash inside, the signed verdict ties the answer to exactly its
+    evidence, so a hall (or ``stampless evidence verify``) can check a verdict file on
+    its own: an edited verdict, verified turned to mismatch or back, no longer verifies.
+    """
+    from stampless.signing import sign_document
+
+    unsigned = verdict.model_copy(update={"signature": None})
+    block = sign_document(signer, unsigned.model_dump(mode="json"))
+    return unsigned.model_copy(update={"signature": DocumentSignature.model_validate(block)})
+
+
+def write_verdict(
+    outbox_dir: Path, verdict: Verdict, *, name: str | None = None, signer: Signer | None = None
+) -> Path:
     """Write ``verdict`` to ``<outbox_dir>/<name or request_id>.json`` atomically, once.
 
-    Returns the path. If the file already holds exactly these bytes, returns quietly
-    (idempotent). If it holds anything else, raises :class:`OutboxConflict` and leaves
-    the file alone. ``needs_review`` verdicts are refused: they are not final.
+    With ``signer`` (every production writer) the verdict is signed first
+    (:func:`sign_verdict`). Returns the path. If the file already holds exactly these
+    bytes, returns quietly (idempotent: Ed25519 signatures are deterministic). If it
+    holds anything else, raises :class:`OutboxConflict` and leaves the file alone.
+    ``needs_review`` verdicts are refused: they are not final.
     """
     if verdict.verdict not in FINAL_VERDICTS:
         raise OutboxConflict(
             f"Verdict {verdict.verdict.value!r} for {verdict.request_id} is not final; "
             "send it to the review store instead of the outbox."
         )
+    if signer is not None:
+        verdict = sign_verdict(verdict, signer)
     return write_once(outbox_dir, name or verdict.request_id, verdict_bytes(verdict))
 
 

@@ -216,18 +216,12 @@ class Pipeline:
 
     @cached_property
     def signer(self) -> Signer:
-        from stampless.signing import ensure_dev_key, load_signer
+        """The signer given, else the deployment's (ConfigError when none is configured)."""
+        from stampless.signing import production_signer
 
         if self._signer is not None:
             return self._signer
-        if self.config.evidence.signing_key:
-            return load_signer(self.config)
-        logger.warning(
-            "evidence.signing_key is not set in robot.toml: bundles are signed with a "
-            "development key under {}; run 'stampless keys init' for a real deployment.",
-            self.config.var_dir / "keys",
-        )
-        return ensure_dev_key(self.config)
+        return production_signer(self.config)
 
     async def runtime(self) -> RobotRuntime:
         """The process's robot runtime (one browser), started on first use."""

@@ -1,15 +1,22 @@
-"""The deployment's Ed25519 signing key, which signs every evidence manifest.
+"""The deployment's Ed25519 signing key, and which public keys a verifier trusts.
 
 The private key is a secret like any other: ``evidence.signing_key`` in robot.toml is a
-reference (``file:var/vault.enc#signing_key``, ``env:STAMPLESS_SIGNING_KEY`` or
-``keyring:stampless/signing_key``) to the base64 of the 32 raw private-key bytes.
-``stampless keys init`` creates one. The public key is not secret: it is written to
-``<var>/keys/signing.pub`` (and ``<var>/keys/<key_id>.pub``, so bundles signed by an
-earlier key still verify after a rotation), where verifiers read it without any secret.
+reference (``file:/etc/stampless/vault.enc#signing_key``, ``env:STAMPLESS_SIGNING_KEY``
+or ``keyring:stampless/signing_key``) to the base64 of the 32 raw private-key bytes.
+``stampless keys init`` creates one. Production commands (``run``, ``schedule``,
+``verify``, ``review serve``) get their signer from :func:`production_signer`, which
+refuses to start without a configured key, and refuses a key kept in the same folder
+as the key that unlocks it.
+
+Trust does not come from var/ (:class:`TrustedKeys`): a verifier trusts the key
+fingerprints pinned in robot.toml (``[evidence] trusted_keys``), the public keys in a
+keyring file outside var/ (``[evidence] keyring``), and keys given on its command line
+(``--pubkey``). ``<var>/keys/signing.pub`` is only the published copy of the current
+public key, for people to pin; nothing trusts it for being there.
 
 For demos and tests only, :func:`ensure_dev_key` creates a key in a file vault under
 ``<var>/keys/`` whose vault key is stored beside it (mode 0600). Anyone who can read
-that folder can sign bundles; never use it for a real deployment.
+that folder can sign bundles; it is used only with ``--dev`` (and by ``stampless demo``).
 """
 
 from __future__ import annotations
@@ -18,17 +25,26 @@ import base64
 import binascii
 import contextlib
 import hashlib
-from dataclasses import dataclass
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from stampless._files import write_atomic
-from stampless.errors import ConfigError
-from stampless.vault import Secret, Vault, register_secret, resolve_secret
+from stampless.errors import ConfigError, InputError
+from stampless.vault import (
+    VAULT_KEY_ENV,
+    Secret,
+    Vault,
+    parse_file_ref,
+    register_secret,
+    resolve_secret,
+)
 
 if TYPE_CHECKING:
     from stampless.config import Config
@@ -43,6 +59,24 @@ DEV_ENTRY = "signing_key"
 def key_id_of(public_key_raw: bytes) -> str:
     """The key id: the first 16 hex digits of the SHA-256 of the raw public key."""
     return hashlib.sha256(public_key_raw).hexdigest()[:16]
+
+
+FINGERPRINT_PREFIX = "sha256:"
+
+
+def fingerprint(public_key_b64: str) -> str:
+    """``sha256:<64 hex>`` of the raw public key: what robot.toml pins (``trusted_keys``).
+
+    The whole SHA-256, not the 16-digit key id: a pin must not be matched by a key an
+    attacker searched for.
+    """
+    raw = base64.b64decode(public_key_b64.strip(), validate=True)
+    return FINGERPRINT_PREFIX + hashlib.sha256(raw).hexdigest()
+
+
+def canonical_json(obj: Any) -> bytes:
+    """The bytes a signature covers: sorted keys, no spaces, UTF-8."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def _raw_public(key: Ed25519PublicKey) -> bytes:
@@ -127,7 +161,7 @@ def verify_signature(public_key_b64: str, data: bytes, signature_b64: str) -> bo
 
 
 def keys_dir(config: Config) -> Path:
-    """``<var>/keys``: public keys for verifiers, and the dev key (demos and tests only)."""
+    """``<var>/keys``: the published public keys, and the dev key (demos and tests only)."""
     return config.var_dir / "keys"
 
 
@@ -140,22 +174,6 @@ def write_public_key(config: Config, signer: Signer) -> Path:
     current = folder / PUBLIC_KEY_FILE
     write_atomic(current, line)
     return current
-
-
-def trusted_public_keys(config: Config) -> list[str]:
-    """Every public key in ``<var>/keys/*.pub`` (the current one and earlier ones)."""
-    folder = keys_dir(config)
-    keys: list[str] = []
-    if folder.is_dir():
-        for file in sorted(folder.glob("*.pub")):
-            text = file.read_text(encoding="ascii", errors="replace").strip()
-            try:
-                load_public_key(text)
-            except ValueError:
-                continue
-            if text not in keys:
-                keys.append(text)
-    return keys
 
 
 def load_signer(config: Config) -> Signer:
@@ -180,6 +198,15 @@ def _write_private(path: Path, text: str) -> None:
     """
     if not write_atomic(path, text, once=True, mode=0o600):
         raise FileExistsError(path)
+
+
+def dev_public_key(config: Config) -> str | None:
+    """The development key's public half, when this deployment has one (else None)."""
+    folder = keys_dir(config)
+    if not (folder / DEV_VAULT_KEY_FILE).is_file() or not (folder / DEV_VAULT_FILE).is_file():
+        return None
+    vault = Vault(folder / DEV_VAULT_FILE, (folder / DEV_VAULT_KEY_FILE).read_text().strip())
+    return Signer.from_secret(vault.get(DEV_ENTRY)).public_key_b64
 
 
 def ensure_dev_key(config: Config) -> Signer:
@@ -215,3 +242,197 @@ def ensure_dev_key(config: Config) -> Signer:
             vault._write(data)
     write_public_key(config, signer)
     return signer
+
+
+# --- trust ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrustedKeys:
+    """The public keys a verifier trusts, by fingerprint (see the module docstring)."""
+
+    fingerprints: frozenset[str] = field(default_factory=frozenset)
+
+    @classmethod
+    def of(cls, keys: Iterable[str] = (), pins: Iterable[str] = ()) -> TrustedKeys:
+        """Trust these base64 public ``keys`` and these ``sha256:...`` fingerprint ``pins``."""
+        found = {fingerprint(k) for k in keys}
+        found |= {_pin(p) for p in pins}
+        return cls(frozenset(found))
+
+    def trusts(self, public_key_b64: str) -> bool:
+        try:
+            return fingerprint(public_key_b64) in self.fingerprints
+        except (binascii.Error, ValueError):
+            return False
+
+    def __bool__(self) -> bool:
+        return bool(self.fingerprints)
+
+
+def _pin(text: str) -> str:
+    value = text.strip().lower()
+    if not value.startswith(FINGERPRINT_PREFIX):
+        value = FINGERPRINT_PREFIX + value
+    digest = value[len(FINGERPRINT_PREFIX) :]
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise ConfigError(
+            f"evidence.trusted_keys holds {text.strip()[:80]!r}, which is not a key "
+            "fingerprint; copy the 'fingerprint sha256:...' line of 'stampless keys show'."
+        )
+    return value
+
+
+def read_keyring(path: Path) -> list[str]:
+    """The base64 public keys in a keyring file: one per line, ``#`` starts a comment."""
+    try:
+        text = Path(path).read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"The keyring {path} cannot be read ({exc}); fix evidence.keyring."
+        ) from None
+    keys: list[str] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        entry = line.split("#", 1)[0].strip()
+        if not entry:
+            continue
+        try:
+            load_public_key(entry)
+        except ValueError:
+            raise ConfigError(
+                f"{path}:{number} is not a base64 Ed25519 public key; fix the keyring."
+            ) from None
+        keys.append(entry)
+    return keys
+
+
+def read_public_keys(value: str) -> list[str]:
+    """A ``--pubkey`` argument: a base64 public key, or a file of them (a ``.pub`` file)."""
+    text = value.strip()
+    with contextlib.suppress(ValueError):
+        load_public_key(text)
+        return [text]
+    path = Path(value)
+    if path.is_file():
+        try:
+            return read_keyring(path)
+        except ConfigError as exc:
+            raise InputError(str(exc)) from None
+    raise InputError(
+        f"--pubkey {text[:60]!r} is neither a base64 Ed25519 public key nor a file of them."
+    )
+
+
+def trusted_keys(config: Config, extra: Iterable[str] = ()) -> TrustedKeys:
+    """What this deployment's verifiers trust: pins, the keyring outside var/, ``extra``.
+
+    Never a key found in var/: whoever could change the evidence could put one there.
+    """
+    keys = list(extra)
+    ring = config.evidence.keyring
+    if ring is not None:
+        path = config.resolve(ring)
+        if path.resolve().is_relative_to(config.var_dir.resolve()):
+            raise ConfigError(
+                f"evidence.keyring {path} is inside {config.var_dir}, which the keys must "
+                "protect; keep the keyring outside var/ (e.g. /etc/stampless/keyring)."
+            )
+        keys += read_keyring(path)
+    return TrustedKeys.of(keys, config.evidence.trusted_keys)
+
+
+# --- signed documents (outbox verdicts, audit checkpoints) ---------------------------------
+
+
+def sign_document(signer: Signer, document: dict[str, Any]) -> dict[str, str]:
+    """The ``signature`` block of ``document`` (a JSON object without its signature)."""
+    unsigned = {k: v for k, v in document.items() if k != "signature"}
+    return {
+        "alg": ALG,
+        "key_id": signer.key_id,
+        "public_key": signer.public_key_b64,
+        "value": base64.b64encode(signer.sign(canonical_json(unsigned))).decode(),
+    }
+
+
+def document_problems(document: dict[str, Any], trusted: TrustedKeys | None) -> list[str]:
+    """Why a signed JSON document does not hold (empty when it does).
+
+    ``trusted`` None checks the signature only (the document is self-consistent);
+    otherwise its key must be trusted too.
+    """
+    sig = document.get("signature")
+    if not isinstance(sig, dict) or sig.get("alg") != ALG:
+        return ["it carries no Ed25519 signature"]
+    public_key = str(sig.get("public_key", ""))
+    unsigned = {k: v for k, v in document.items() if k != "signature"}
+    if not verify_signature(public_key, canonical_json(unsigned), str(sig.get("value", ""))):
+        return ["the signature does not match: it was edited after signing"]
+    if trusted is not None and not trusted.trusts(public_key):
+        key_id = str(sig.get("key_id", "?"))[:16]
+        return [f"signed by key {key_id}, which is not one of the trusted keys"]
+    return []
+
+
+# --- the production signer -----------------------------------------------------------------
+
+
+def production_signer(config: Config, *, dev: bool = False) -> Signer:
+    """The signer of a real deployment; with ``dev``, the development key instead.
+
+    Raises ConfigError when no key is configured, or when the configured key is the
+    development key or sits in a vault whose unlock key lies in the same folder: a key
+    anyone who can read that folder could use protects nothing.
+    """
+    if dev:
+        from loguru import logger
+
+        logger.warning(
+            "--dev: signing with the development key in {} (demos and tests only; nothing "
+            "signed with it is trusted by a real deployment).",
+            keys_dir(config),
+        )
+        return ensure_dev_key(config)
+    ref = config.evidence.signing_key
+    if not ref:
+        raise ConfigError(
+            "No signing key is configured (evidence.signing_key in robot.toml), and "
+            "stampless does not sign evidence with a development key unless told to. Run "
+            "'stampless keys init' and pin the key it prints, or pass --dev for demos and "
+            "tests."
+        )
+    if ref.startswith("file:"):
+        vault, _ = parse_file_ref(ref, config=config)
+        if vault.resolve() == (keys_dir(config) / DEV_VAULT_FILE).resolve():
+            raise ConfigError(
+                f"evidence.signing_key points at the development key ({vault}); create a "
+                "real one with 'stampless keys init', or pass --dev for demos and tests."
+            )
+        beside = _unlock_key_beside(vault)
+        if beside is not None:
+            raise ConfigError(
+                f"The signing key's vault {vault} lies in one folder with {beside.name}, "
+                f"which unlocks it; keep {VAULT_KEY_ENV} in the service's environment only "
+                "and remove that file."
+            )
+    signer = load_signer(config)
+    # Published for whoever pins it (`stampless keys show`); never trusted for being there.
+    write_public_key(config, signer)
+    return signer
+
+
+def _unlock_key_beside(vault: Path) -> Path | None:
+    """A small file in the vault's folder that holds the vault's key, if there is one."""
+    import os
+
+    key = os.environ.get(VAULT_KEY_ENV, "").strip()
+    if not key or not vault.parent.is_dir():
+        return None
+    for entry in vault.parent.iterdir():
+        try:
+            small = entry.is_file() and entry.stat().st_size < 4096
+            if small and entry.read_text(encoding="ascii", errors="ignore").strip() == key:
+                return entry
+        except OSError:
+            continue
+    return None

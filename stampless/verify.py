@@ -16,8 +16,9 @@ from stampless.config import Config
 from stampless.errors import ExitCode
 from stampless.idempotency import check_verdict, request_digest
 from stampless.models import Request, Verdict, VerdictKind, utcnow
-from stampless.outbox import FINAL_VERDICTS, read_verdict, write_verdict
+from stampless.outbox import FINAL_VERDICTS, read_verdict, sign_verdict, write_verdict
 from stampless.pipeline import Pipeline
+from stampless.signing import Signer, production_signer
 
 EXIT_CODES = {
     VerdictKind.verified: ExitCode.ok,
@@ -41,17 +42,20 @@ class Outcome:
         return EXIT_CODES[self.verdict.verdict]
 
 
-def deliver(config: Config, verdict: Verdict, request: Request, base_dir: Path) -> Path | None:
-    """Final verdicts go to the outbox; needs_review goes to the review store for a person."""
+def deliver(
+    config: Config, verdict: Verdict, request: Request, base_dir: Path, *, signer: Signer
+) -> Outcome:
+    """Final verdicts go to the outbox, signed; needs_review goes to the review store."""
     with logger.contextualize(request_id=request.id):
         if verdict.verdict in FINAL_VERDICTS:
-            return write_verdict(config.outbox_dir, verdict)
+            signed = sign_verdict(verdict, signer)
+            return Outcome(signed, write_verdict(config.outbox_dir, signed))
         from stampless.review.store import ReviewStore
 
         ReviewStore.from_config(config).add(
             verdict, request=request, base_dir=base_dir, reason=" ".join(verdict.reasons)
         )
-        return None
+        return Outcome(verdict, None)
 
 
 async def verify_request(
@@ -87,13 +91,17 @@ async def verify_request(
     received = utcnow()
     pipeline.audit.append("received", request_id=request.id, type=request.type, via="verify")
     verdict = await pipeline.process(request, base_dir=base_dir, received_at=received)
-    return Outcome(verdict, deliver(config, verdict, request, base_dir))
+    return deliver(config, verdict, request, base_dir, signer=pipeline.signer)
 
 
-async def verify_file(config: Config, path: Path) -> Outcome:
-    """``stampless verify REQUEST.json``: validate, process, deliver."""
+async def verify_file(config: Config, path: Path, *, dev: bool = False) -> Outcome:
+    """``stampless verify REQUEST.json``: validate, process, deliver.
+
+    Refuses to start without a configured signing key (``dev``: the development key).
+    """
+    signer = production_signer(config, dev=dev)
     request = Request.from_file(path)
     base_dir = path.resolve().parent
-    async with Pipeline(config) as pipeline:
+    async with Pipeline(config, signer=signer) as pipeline:
         pipeline.validate(request, base_dir)
         return await verify_request(config, request, base_dir, pipeline=pipeline)

@@ -60,6 +60,7 @@ from stampless.queue import Claim, ItemState, LeaseLost, QueueItem, WorkQueue
 if TYPE_CHECKING:
     from stampless.config import Config
     from stampless.review.store import ReviewStore
+    from stampless.signing import Signer
 
 DEFAULT_ESTIMATE_S = 5.0
 
@@ -174,8 +175,11 @@ class WorkerPool:
         circuits: CircuitBreaker | None = None,
         delivery: Delivery | None = None,
         cases: CaseStore | None = None,
+        signer: Signer | None = None,
     ) -> None:
         self.config = config
+        # Signs each verdict as it goes to the outbox (production always passes one).
+        self.signer = signer
         self.queue = queue
         self.processor = processor
         self.options = options or WorkerOptions.from_config(config)
@@ -589,7 +593,7 @@ class WorkerPool:
             logger.info("{} sent to manual review: {}", item.request_id, reason)
             return
         try:
-            write_verdict(self.outbox_dir, verdict)
+            write_verdict(self.outbox_dir, verdict, signer=self.signer)
         except OutboxConflict:
             # Another holder of an expired lease wrote first; its verdict stands.
             existing = read_verdict(self.outbox_dir, item.request_id)

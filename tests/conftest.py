@@ -35,7 +35,8 @@ Service-account credentials come from ``stampless.fixtures.accounts.fixture_env(
 ``deployment`` (module scope)
     The environment for running ``stampless`` on the repository's robot.toml against
     ``fixture_servers`` with a var/ of the module's own
-    (``STAMPLESS__PROJECT__VAR_DIR``), service-account secrets included.
+    (``STAMPLESS__PROJECT__VAR_DIR``), service-account secrets and a configured,
+    pinned signing key (``deployment_keys.signing_env``) included.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from deployment_keys import signing_env
 
 from stampless.fixtures.accounts import fixture_env
 from stampless.fixtures.harness import FixtureProcess
@@ -202,7 +204,12 @@ def deployment(
 ) -> dict[str, str]:
     """Environment that points the repository's robot.toml at the fixtures and a tmp var/."""
     var = tmp_path_factory.mktemp("var")
-    env = {**os.environ, **fixture_env(), "STAMPLESS__PROJECT__VAR_DIR": str(var)}
+    env = {
+        **os.environ,
+        **fixture_env(),
+        **signing_env(),
+        "STAMPLESS__PROJECT__VAR_DIR": str(var),
+    }
     for system in SYSTEMS:
         env[f"STAMPLESS__SYSTEMS__{system.upper()}__URL"] = fixture_servers.url(system)
     return env

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from deployment_keys import signing_env
 from PIL import Image, ImageFilter
 
 from stampless.config import Config, IssuerConfig
@@ -239,7 +240,12 @@ def test_qr_on_scans_genuine_tampered_absent_unreadable(issuers: Issuers, tmp_pa
 
 @pytest.mark.slow
 def test_issue_ecert_cli_and_stampless_verify(tmp_path: Path) -> None:
-    env = dict(os.environ, OMP_THREAD_LIMIT="1", STAMPLESS__PROJECT__VAR_DIR=str(tmp_path / "var"))
+    env = {
+        **os.environ,
+        **signing_env(),
+        "OMP_THREAD_LIMIT": "1",
+        "STAMPLESS__PROJECT__VAR_DIR": str(tmp_path / "var"),
+    }
 
     def stampless(
         *args: str, extra: dict[str, str] | None = None

@@ -28,7 +28,7 @@ from stampless.evidence import (
     verify_bundle,
 )
 from stampless.models import utcnow
-from stampless.signing import Signer
+from stampless.signing import Signer, fingerprint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -125,12 +125,14 @@ def sealed(tmp_path: Path, signer: Signer):
 
 @pytest.mark.slow
 def test_real_run_bundle_verifies_and_logs_hold_no_secrets(fixture_servers, tmp_path: Path, cli):
+    from deployment_keys import signing_env
+
     from stampless.fixtures.accounts import fixture_env
     from stampless.fixtures.scans import generate
 
     var = tmp_path / "var"
     secrets = fixture_env()
-    env = {**os.environ, **secrets, "STAMPLESS__PROJECT__VAR_DIR": str(var)}
+    env = {**os.environ, **secrets, **signing_env(), "STAMPLESS__PROJECT__VAR_DIR": str(var)}
     for system in ("civil_affairs", "market_supervision", "social_security"):
         env[f"STAMPLESS__SYSTEMS__{system.upper()}__URL"] = fixture_servers.url(system)
     scans = tmp_path / "scans"
@@ -355,9 +357,9 @@ def test_cli_verify_ls_show_export(tmp_path: Path, signer: Signer, cli) -> None:
     evidence = tmp_path / "var" / "evidence"
     build_bundle(evidence, "REQ-OK", signer)
     build_bundle(evidence, "REQ-BAD", signer, verdict="mismatch")
-    keys = tmp_path / "var" / "keys"
-    keys.mkdir(parents=True)
-    (keys / "signing.pub").write_text(signer.public_key_b64 + "\n")
+    (tmp_path / "robot.toml").write_text(
+        f'[evidence]\ntrusted_keys = ["{fingerprint(signer.public_key_b64)}"]\n', encoding="utf-8"
+    )
     ok = cli("evidence", "verify", "REQ-OK", cwd=tmp_path)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     (evidence / "REQ-BAD" / "scan.png").write_bytes(b"not the scan")

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from deployment_keys import SIGNER, signing_env
 from test_verify_e2e import run_cli, scans  # noqa: F401 (a fixture)
 
 from stampless.errors import InputError
@@ -209,8 +210,8 @@ def write_request(folder: Path, rid: str, *, raw: str | None = None, **fields: A
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
-    """The repository's robot.toml with a var/ of this test's own."""
-    return {**os.environ, "STAMPLESS__PROJECT__VAR_DIR": str(tmp_path / "var")}
+    """The repository's robot.toml with a var/ of this test's own and a signing key."""
+    return {**os.environ, **signing_env(), "STAMPLESS__PROJECT__VAR_DIR": str(tmp_path / "var")}
 
 
 @pytest.fixture
@@ -700,3 +701,235 @@ def test_row11_a_sigkilled_workers_item_finishes_before_its_deadline(tmp_path: P
     assert item.attempts == 2
     assert item.finished_at is not None and item.finished_at <= item.deadline
     assert item.sla_met is True
+
+
+# -- rows 7 and 8: a trust root outside var/, and signed outbox verdicts --------------------
+
+
+@pytest.mark.issue14(7)
+@pytest.mark.parametrize("command", ["run", "schedule", "verify"])
+def test_row7_production_refuses_to_start_without_a_signing_key(
+    tmp_path: Path, command: str
+) -> None:
+    env = {**os.environ, "STAMPLESS__PROJECT__VAR_DIR": str(tmp_path / "var")}
+    env.pop("STAMPLESS__EVIDENCE__SIGNING_KEY", None)
+    args = {
+        "run": ["run", "--until-empty"],
+        "schedule": ["schedule"],
+        "verify": ["verify", str(write_request(tmp_path / "in", "NOKEY-1"))],
+    }[command]
+    try:
+        proc = run_cli(*args, env=env, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"stampless {command} started without a signing key")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    line = one_error_line(proc)
+    assert "evidence.signing_key" in line and "--dev" in line
+    assert not (tmp_path / "var" / "keys" / "dev-vault.key").exists()
+    if command == "run":  # --dev says it on the command line, and then it starts
+        dev = run_cli("run", "--until-empty", "--dev", env=env, timeout=120)
+        assert dev.returncode == 0, dev.stdout + dev.stderr
+
+
+@pytest.mark.issue14(7)
+@pytest.mark.parametrize("where", ["beside-its-unlock-key", "the-dev-vault"])
+def test_row7_a_key_kept_with_what_unlocks_it_is_refused(tmp_path: Path, where: str) -> None:
+    from stampless.signing import Signer
+    from stampless.vault import VAULT_KEY_ENV, Vault
+
+    var = tmp_path / "var"
+    folder = var / "keys" if where == "the-dev-vault" else tmp_path / "secrets"
+    folder.mkdir(parents=True)
+    vault_key = Vault.generate_key()
+    name = "dev-vault" if where == "the-dev-vault" else "vault"
+    Vault(folder / f"{name}.enc", vault_key).set("signing_key", Signer.generate().private_b64())
+    (folder / f"{name}.key").write_text(vault_key)
+    env = {
+        **os.environ,
+        VAULT_KEY_ENV: vault_key,
+        "STAMPLESS__PROJECT__VAR_DIR": str(var),
+        "STAMPLESS__EVIDENCE__SIGNING_KEY": f"file:{folder / name}.enc#signing_key",
+    }
+    proc = run_cli("run", "--until-empty", env=env, timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    line = one_error_line(proc)
+    assert "development key" in line or "unlocks it" in line
+
+
+def unpinned(env: dict[str, str]) -> dict[str, str]:
+    """``env`` without pinned keys: trust then comes from ``--key`` alone."""
+    return {k: v for k, v in env.items() if k != "STAMPLESS__EVIDENCE__TRUSTED_KEYS"}
+
+
+def _bundle(var: Path, rid: str, signer: Any) -> Path:
+    """A sealed bundle signed by ``signer``, as a worker would leave it."""
+    from stampless.evidence import EvidenceBundle
+
+    bundle = EvidenceBundle.open(var / "evidence", rid)
+    bundle.add_json("record.json", {"system": "civil_affairs", "fields": {}}, kind="record")
+    return bundle.seal(signer, verdict={"request_id": rid, "verdict": "verified"}).path
+
+
+@pytest.mark.issue14(7)
+def test_row7_a_pub_file_dropped_into_var_keys_is_not_trusted(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    from stampless.signing import Signer
+
+    var = tmp_path / "var"
+    attacker = Signer.generate()
+    _bundle(var, "GENUINE-1", SIGNER)
+    _bundle(var, "RESIGNED-1", attacker)
+    keys = var / "keys"
+    keys.mkdir(parents=True, exist_ok=True)
+    (keys / f"{attacker.key_id}.pub").write_text(attacker.public_key_b64 + "\n")
+    (keys / "signing.pub").write_text(attacker.public_key_b64 + "\n")
+    for pinned in (["--key", SIGNER.public_key_b64], []):  # on the command line, in robot.toml
+        trust = env if not pinned else unpinned(env)
+        ok = run_cli("evidence", "verify", "GENUINE-1", *pinned, env=trust, timeout=60)
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        forged = run_cli("evidence", "verify", "RESIGNED-1", *pinned, env=trust, timeout=60)
+        assert forged.returncode == 1, forged.stdout + forged.stderr
+        assert "untrusted" in forged.stdout and attacker.key_id in forged.stdout
+    # Offline, with nothing but the bundle and the deployment's public key.
+    bare = {k: v for k, v in env.items() if not k.startswith("STAMPLESS__")}
+    bundle = str(var / "evidence" / "GENUINE-1")
+    offline = run_cli("evidence", "verify", bundle, "--pubkey", SIGNER.public_key_b64, env=bare)
+    assert offline.returncode == 0, offline.stdout + offline.stderr
+    untrusted = run_cli("evidence", "verify", bundle, env=bare, timeout=60)
+    assert untrusted.returncode == 1 and "No key is trusted here" in untrusted.stdout
+
+
+@pytest.fixture
+def ecert_verdict(tmp_path: Path, env: dict[str, str]) -> tuple[dict[str, str], str]:
+    """An electronic licence verified through `stampless verify` (the instant tier, no
+    browser): the environment and its request id; its verdict is in the outbox."""
+    from stampless.demo import DEMO_ISSUER, make_ecerts
+
+    items, issuer_key = make_ecerts(tmp_path / "ecerts", tmp_path / "issuer-keys")
+    genuine = next(i for i in items if i.expected == "verified")
+    env = {**unpinned(env), f"STAMPLESS__ISSUERS__{DEMO_ISSUER.upper()}__PUBLIC_KEY": issuer_key}
+    proc = run_cli("verify", str(genuine.request_path), "--json", env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return env, json.loads(proc.stdout)["request_id"]
+
+
+@pytest.mark.issue14(8)
+def test_row8_an_edited_outbox_verdict_is_caught_by_evidence_verify(
+    tmp_path: Path, ecert_verdict: tuple[dict[str, str], str]
+) -> None:
+    env, rid = ecert_verdict
+    trust = ("--key", SIGNER.public_key_b64)
+    ok = run_cli("evidence", "verify", rid, *trust, env=env)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    outbox = tmp_path / "var" / "outbox" / f"{rid}.json"
+    original = outbox.read_text(encoding="utf-8")
+    assert '"verdict": "verified"' in original
+    outbox.write_text(original.replace('"verdict": "verified"', '"verdict": "mismatch"'))
+    proc = run_cli("evidence", "verify", rid, *trust, env=env)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"FAIL verdict: {rid}.json" in proc.stdout
+    # The verdict file alone, as the hall's system holds it, fails too.
+    alone = run_cli("evidence", "verify", str(outbox), *trust, env=env)
+    assert alone.returncode == 1 and "edited after signing" in alone.stdout
+
+
+@pytest.mark.issue14(8)
+def test_row8_a_verdict_swapped_with_another_requests_is_caught(
+    tmp_path: Path, ecert_verdict: tuple[dict[str, str], str]
+) -> None:
+    env, rid = ecert_verdict
+    outbox = tmp_path / "var" / "outbox" / f"{rid}.json"
+    verdict = json.loads(outbox.read_text(encoding="utf-8"))
+    # Pointing the signed verdict at another manifest breaks both checks.
+    verdict["manifest_sha256"] = "0" * 64
+    outbox.write_text(json.dumps(verdict, indent=2))
+    proc = run_cli("evidence", "verify", rid, "--key", SIGNER.public_key_b64, env=env)
+    assert proc.returncode == 1
+    assert "another manifest" in proc.stdout and "edited after signing" in proc.stdout
+
+
+# -- row 9: the audit chain's end can be checked --------------------------------------------
+
+
+@pytest.fixture
+def chain(tmp_path: Path, env: dict[str, str]) -> Path:
+    """An audit chain of six lines under this test's var/."""
+    from stampless.audit import AuditLog
+
+    audit = AuditLog(tmp_path / "var" / "audit")
+    for n in range(6):
+        audit.append("received", request_id=f"R-{n}", via="test")
+    return tmp_path / "var" / "audit"
+
+
+def _cut_tail(audit_dir: Path, lines: int) -> None:
+    """Remove the last ``lines`` lines and rewrite HEAD to match, as an attacker would."""
+    from stampless.audit import line_hash
+
+    [path] = sorted(audit_dir.glob("audit-*.jsonl"))
+    kept = path.read_bytes().splitlines(keepends=True)[:-lines]
+    path.write_bytes(b"".join(kept))
+    last = kept[-1]
+    head = {"seq": json.loads(last)["seq"], "sha256": line_hash(last)}
+    (audit_dir / "HEAD").write_text(json.dumps(head) + "\n")
+
+
+@pytest.mark.issue14(9)
+@pytest.mark.parametrize("cut", ["HEAD", "last-line-and-HEAD"])
+def test_row9_a_missing_head_is_reported(chain: Path, env: dict[str, str], cut: str) -> None:
+    assert run_cli("audit", "verify", env=env).returncode == 0
+    if cut == "last-line-and-HEAD":
+        [path] = sorted(chain.glob("audit-*.jsonl"))
+        path.write_bytes(b"".join(path.read_bytes().splitlines(keepends=True)[:-1]))
+    (chain / "HEAD").unlink()
+    proc = run_cli("audit", "verify", env=env)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "BROKEN HEAD" in proc.stdout and "missing" in proc.stdout
+
+
+@pytest.mark.issue14(9)
+@pytest.mark.parametrize("attack", ["truncated", "rebuilt"])
+def test_row9_a_cut_or_rebuilt_tail_is_caught_against_a_checkpoint_held_elsewhere(
+    chain: Path, env: dict[str, str], tmp_path: Path, attack: str
+) -> None:
+    import shutil
+
+    from stampless.audit import AuditLog
+
+    made = run_cli("audit", "checkpoint", env=env)
+    assert made.returncode == 0, made.stdout + made.stderr
+    [written] = (tmp_path / "var" / "outbox").glob("audit-checkpoint-*.json")
+    hall = tmp_path / "hall" / written.name  # what the webhook receiver holds
+    hall.parent.mkdir()
+    shutil.copyfile(written, hall)
+    checkpoint = json.loads(hall.read_text())
+    assert checkpoint["seq"] == 6 and checkpoint["signature"]["alg"] == "Ed25519"
+    AuditLog(chain).append("received", request_id="R-6", via="test")  # the chain goes on
+    assert run_cli("audit", "verify", "--against", str(hall), env=env).returncode == 0
+    # The attacker cuts the last three lines, fixes HEAD and removes the outbox's copy.
+    _cut_tail(chain, 3)
+    if attack == "rebuilt":  # ... and writes new lines in their place, a consistent chain
+        for n in range(3):
+            AuditLog(chain).append("received", request_id=f"FORGED-{n}", via="test")
+    written.unlink()
+    plain = run_cli("audit", "verify", env=env)
+    assert plain.returncode == 0  # a consistent chain: nothing but a checkpoint can tell
+    proc = run_cli("audit", "verify", "--against", str(hall), env=env)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    expected = "its end was cut off" if attack == "truncated" else "rewritten from here on"
+    assert "BROKEN" in proc.stdout and expected in proc.stdout
+
+
+@pytest.mark.issue14(9)
+def test_row9_a_forged_checkpoint_is_not_relied_on(
+    chain: Path, env: dict[str, str], tmp_path: Path
+) -> None:
+    from stampless.signing import Signer, sign_document
+
+    doc = {"kind": "audit_checkpoint", "seq": 2, "sha256": "0" * 64, "at": "now"}
+    doc["signature"] = sign_document(Signer.generate(), doc)
+    forged = tmp_path / "forged.json"
+    forged.write_text(json.dumps(doc))
+    proc = run_cli("audit", "verify", "--against", str(forged), env=env)
+    assert proc.returncode == 1 and "not one of the trusted keys" in proc.stdout

@@ -89,7 +89,14 @@ def test_generated_project_verifies_a_request(fixture_servers, tmp_path: Path) -
     assert commands[0].startswith("stampless fixtures serve")
     assert commands[1].startswith("stampless lookup --type company_licence")
     looked = stampless(
-        "lookup", "--type", "company_licence", claim["credit_code"], "--json", cwd=project, env=env
+        "lookup",
+        "--type",
+        "company_licence",
+        claim["credit_code"],
+        "--json",
+        "--dev",
+        cwd=project,
+        env=env,
     )
     assert looked.returncode == 0, looked.stderr[-3000:]
     shown = json.loads(looked.stdout)
@@ -102,13 +109,13 @@ def test_generated_project_verifies_a_request(fixture_servers, tmp_path: Path) -
     # This robot has no fetch(): a usage error, at once, leaving nothing behind.
     bundles = sorted((project / "var" / "evidence").iterdir())
     fetched = stampless(
-        "fetch", "--type", "company_licence", claim["credit_code"], cwd=project, env=env
+        "fetch", "--type", "company_licence", claim["credit_code"], "--dev", cwd=project, env=env
     )
     assert fetched.returncode == 2, fetched.stderr[-2000:]
     assert len(fetched.stderr.strip().splitlines()) == 1 and "has no fetch()" in fetched.stderr
     assert sorted((project / "var" / "evidence").iterdir()) == bundles
 
-    result = stampless("verify", "requests/INIT-0001.json", "--json", cwd=project, env=env)
+    result = stampless("verify", "requests/INIT-0001.json", "--json", "--dev", cwd=project, env=env)
     assert result.returncode in (0, 3), result.stderr[-3000:]
     verdict = json.loads(result.stdout)
     assert verdict["type"] == "company_licence" and verdict["tier"] == "robot"

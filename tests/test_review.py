@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from deployment_keys import SIGNER, signing_env
 
 from stampless.config import Config, load_config
 from stampless.errors import InputError
@@ -42,7 +43,7 @@ MAX_FAILED = 3
 
 
 def _env(var_dir: Path) -> dict[str, str]:
-    env = dict(os.environ)
+    env = {**os.environ, **signing_env()}
     env["STAMPLESS__PROJECT__VAR_DIR"] = str(var_dir)
     env["STAMPLESS__REVIEW__MAX_FAILED_LOGINS"] = str(MAX_FAILED)
     env["OMP_THREAD_LIMIT"] = "1"
@@ -90,7 +91,6 @@ def _build_item(
     from stampless.doctype import load_doctype
     from stampless.evidence import EvidenceBundle
     from stampless.fixtures.records import record_by_key
-    from stampless.signing import ensure_dev_key
 
     req_data = json.loads(scan_jpg.with_suffix(".request.json").read_text(encoding="utf-8"))
     if request_id:
@@ -135,7 +135,7 @@ def _build_item(
         deadline=now + deadline_in,
         stampless_version="test",
     )
-    sealed = bundle.seal(ensure_dev_key(config), verdict=verdict.model_dump(mode="json"))
+    sealed = bundle.seal(SIGNER, verdict=verdict.model_dump(mode="json"))
     verdict.evidence = str(sealed.path)
     verdict.manifest_sha256 = sealed.manifest_sha256
     ReviewStore.from_config(config).add(
@@ -629,7 +629,6 @@ def test_secure_cookie_default_and_session_key_file(tmp_path: Path) -> None:
 def test_decide_is_rolled_back_when_the_outbox_refuses(tmp_path: Path) -> None:
     from stampless.audit import AuditLog, entries_for
     from stampless.outbox import write_verdict
-    from stampless.signing import ensure_dev_key
 
     config = _config(tmp_path / "var")
     store = ReviewStore.from_config(config)
@@ -659,7 +658,7 @@ def test_decide_is_rolled_back_when_the_outbox_refuses(tmp_path: Path) -> None:
         outbox_dir=config.outbox_dir,
         audit=audit,
         evidence_dir=config.evidence_dir,
-        signer=ensure_dev_key(config),
+        signer=SIGNER,
     )
     assert final.decided_by == "alice" and final.sla_met is False  # decided after the deadline
     assert [e["actor"] for e in entries_for(config.audit_dir, "D-1")] == ["alice"]

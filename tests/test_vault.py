@@ -18,9 +18,9 @@ from stampless.config import Config, EvidenceConfig, load_config
 from stampless.errors import ConfigError
 from stampless.signing import (
     Signer,
+    dev_public_key,
     ensure_dev_key,
     load_signer,
-    trusted_public_keys,
     verify_signature,
 )
 from stampless.vault import (
@@ -197,7 +197,7 @@ def test_ensure_dev_key_is_created_once(tmp_path: Path) -> None:
     keys = tmp_path / "var" / "keys"
     assert stat.S_IMODE((keys / "dev-vault.key").stat().st_mode) == 0o600
     assert (keys / "signing.pub").read_text().strip() == first.public_key_b64
-    assert trusted_public_keys(cfg) == [first.public_key_b64]
+    assert dev_public_key(cfg) == first.public_key_b64
     assert first.private_b64().reveal().encode() not in (keys / "dev-vault.enc").read_bytes()
 
 

@@ -43,6 +43,11 @@ class State:
 
 state = State()
 
+DEV_HELP = (
+    "Sign with the development key in <var>/keys/ instead of a configured one "
+    "(demos and tests only: nothing it signs is trusted by a real deployment)."
+)
+
 
 def get_config(*, required: bool = True) -> Config:
     return state.config(required=required)

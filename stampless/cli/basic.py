@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from stampless.cli._common import console, exit_with, get_config
+from stampless.cli._common import DEV_HELP, console, exit_with, get_config
 from stampless.errors import ExitCode
 
 VERDICT_STYLE = {
@@ -44,12 +44,14 @@ def register(app: typer.Typer) -> None:
     def verify(
         request: Annotated[Path, typer.Argument(help="The request JSON file.")],
         as_json: Annotated[bool, typer.Option("--json", help="Print the verdict as JSON.")] = False,
+        dev: Annotated[bool, typer.Option("--dev", help=DEV_HELP)] = False,
     ) -> None:
         """Verify one request now. Exit 0 verified, 1 not verified, 2 bad input, 3 sent to
-        manual review, 4 the department system or robot failed."""
+        manual review, 4 the department system or robot failed. Refuses to start without
+        a configured signing key (evidence.signing_key) unless --dev."""
         from stampless.verify import verify_file
 
-        outcome = asyncio.run(verify_file(get_config(), request))
+        outcome = asyncio.run(verify_file(get_config(), request, dev=dev))
         verdict = outcome.verdict
         if as_json:
             console.print_json(verdict.model_dump_json())

@@ -164,40 +164,84 @@ def show_cmd(request: Annotated[str, typer.Argument(help="Request id or bundle f
 
 @evidence_app.command("verify")
 def verify_cmd(
-    target: Annotated[str, typer.Argument(help="Request id, bundle folder or exported zip.")],
-    key: Annotated[
+    target: Annotated[
+        str,
+        typer.Argument(help="Request id, bundle folder, exported zip, or an outbox verdict file."),
+    ],
+    pubkey: Annotated[
         list[str] | None,
-        typer.Option("--key", help="Also trust this public key (base64); repeatable."),
+        typer.Option(
+            "--pubkey",
+            "--key",
+            help="Also trust this public key (base64, or a file of them); repeatable.",
+        ),
     ] = None,
+    dev: Annotated[
+        bool, typer.Option("--dev", help="Also trust this deployment's development key.")
+    ] = False,
 ) -> None:
-    """Recompute every hash and check the signature; exit 0 only when all holds."""
-    from stampless.evidence import verify_bundle
-    from stampless.signing import trusted_public_keys
+    """Recompute every hash and check the signatures of a bundle and its outbox verdict;
+    exit 0 only when all holds and the signing key is trusted.
 
-    path = _bundle_dir(target)
+    Trusted keys: evidence.trusted_keys and evidence.keyring of robot.toml, and --pubkey;
+    never a key found next to the evidence."""
+    from stampless.evidence import verdict_problems, verify_bundle
+    from stampless.signing import dev_public_key, read_public_keys, trusted_keys
+
     config = get_config(required=False)
-    trusted = trusted_public_keys(config) + list(key or [])
-    report = verify_bundle(path, trusted_keys=trusted or None)
-    if report.ok:
+    extra = [key for value in pubkey or [] for key in read_public_keys(value)]
+    if dev and (key := dev_public_key(config)) is not None:
+        extra.append(key)
+    trusted = trusted_keys(config, extra)
+    verdict, bundle = _verdict_and_bundle(target)
+    checked: list[str] = []
+    if bundle is not None:
+        report = verify_bundle(bundle, trusted_keys=trusted, verdict=verdict)
+        problems = report.problems
+        checked.append(
+            f"{report.files_checked} files match the manifest, signed by key {report.key_id}"
+        )
+        name = report.request_id
+    else:
+        assert verdict is not None
+        problems = verdict_problems(verdict, trusted)
+        name = verdict.stem
+    if verdict is not None:
+        checked.append(f"the verdict {verdict.name} is signed and agrees")
+    if not problems:
+        console.print(f"OK: {name}: {'; '.join(checked)}.", markup=False, soft_wrap=True)
+        return
+    for problem in problems:
+        console.print(f"FAIL {problem}", markup=False, soft_wrap=True)
+    if not trusted:
         console.print(
-            f"OK: {report.request_id}: {report.files_checked} files match the manifest; "
-            f"signature valid (key {report.key_id}).",
+            "No key is trusted here: pin the deployment's key in robot.toml "
+            "([evidence] trusted_keys = [\"sha256:...\"], from 'stampless keys show') or "
+            "pass --pubkey.",
             markup=False,
             soft_wrap=True,
         )
-        if not trusted:
-            console.print(
-                "Note: no trusted public key known (no <var>/keys/*.pub, no --key); the "
-                "signature was checked against the key inside the manifest only.",
-                markup=False,
-                soft_wrap=True,
-            )
-        return
-    for problem in report.problems:
-        console.print(f"FAIL {problem}", markup=False, soft_wrap=True)
     # SystemExit, not typer.Exit: main() runs click with standalone_mode=False, which
     # turns typer.Exit into an ignored return value.
     raise SystemExit(int(ExitCode.not_verified))
+
+
+def _verdict_and_bundle(target: str) -> tuple[Path | None, Path | None]:
+    """The outbox verdict file and the bundle a ``verify`` target names (either may be None).
+
+    A request id gives its bundle and, when there is one, its outbox verdict; a verdict
+    file gives itself and, when it is here, its request's bundle.
+    """
+    path = Path(target)
+    if path.is_file() and path.suffix == ".json":
+        config = get_config(required=False)
+        bundle = config.evidence_dir / path.stem
+        return path, bundle if (bundle / "manifest.json").is_file() else None
+    bundle = _bundle_dir(target)
+    if bundle.is_file():
+        return None, bundle  # an exported zip: its verdict is checked on its own
+    verdict = get_config(required=False).outbox_dir / f"{bundle.name}.json"
+    return (verdict if verdict.is_file() else None), bundle
 
 
 @evidence_app.command("report")

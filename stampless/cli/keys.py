@@ -58,7 +58,7 @@ def init_cmd(
     force: Annotated[bool, typer.Option("--force", help="Replace an existing key.")] = False,
 ) -> None:
     """Create the signing key where evidence.signing_key points and print its public key."""
-    from stampless.signing import Signer, keys_dir, write_public_key
+    from stampless.signing import Signer, fingerprint, keys_dir, write_public_key
     from stampless.vault import VAULT_KEY_ENV, Vault, parse_file_ref, resolve_secret
 
     config = get_config(required=False)
@@ -68,8 +68,8 @@ def init_cmd(
     if not ref:
         raise ConfigError(
             "evidence.signing_key is not set; add signing_key = "
-            '"file:var/vault.enc#signing_key" under [evidence] in robot.toml, or pass '
-            "--out var/vault.enc."
+            '"file:/etc/stampless/vault.enc#signing_key" under [evidence] in robot.toml '
+            "(a vault outside var/), or pass --out PATH."
         )
     if not force:
         exists = False
@@ -125,9 +125,16 @@ def init_cmd(
             ) from None
         keyring.set_password(service, name, signer.private_b64().reveal())
     pub = write_public_key(config, signer)
-    console.print(f"public key {signer.public_key_b64}", markup=False, soft_wrap=True)
-    console.print(f"key id     {signer.key_id}", markup=False, soft_wrap=True)
+    _print_key(signer.public_key_b64)
     console.print(f"written to {pub}", markup=False, soft_wrap=True)
+    console.print(
+        "Verifiers trust only pinned keys: add the fingerprint to robot.toml under "
+        f'[evidence]: trusted_keys = ["{fingerprint(signer.public_key_b64)}"] (keep earlier '
+        "ones so older bundles still verify), and give the public key to whoever checks "
+        "verdicts elsewhere.",
+        markup=False,
+        soft_wrap=True,
+    )
     if out is not None and config.evidence.signing_key != ref:
         console.print(
             f'Add to robot.toml under [evidence]: signing_key = "{ref}"',
@@ -139,7 +146,7 @@ def init_cmd(
 @keys_app.command("show")
 def show_cmd() -> None:
     """Print the deployment's public key and key id (no secret needed)."""
-    from stampless.signing import PUBLIC_KEY_FILE, key_id_of, keys_dir, load_public_key
+    from stampless.signing import PUBLIC_KEY_FILE, keys_dir, load_public_key
 
     config = get_config(required=False)
     pub = keys_dir(config) / PUBLIC_KEY_FILE
@@ -152,10 +159,17 @@ def show_cmd() -> None:
         load_public_key(text)
     except ValueError:
         raise ConfigError(f"{pub} does not hold a public key; run 'stampless keys init'.") from None
+    _print_key(text)
+
+
+def _print_key(public_key_b64: str) -> None:
     import base64
 
-    console.print(f"public key {text}", markup=False, soft_wrap=True)
-    console.print(f"key id     {key_id_of(base64.b64decode(text))}", markup=False, soft_wrap=True)
+    from stampless.signing import fingerprint, key_id_of
+
+    console.print(f"public key  {public_key_b64}", markup=False, soft_wrap=True)
+    console.print(f"key id      {key_id_of(base64.b64decode(public_key_b64))}", markup=False)
+    console.print(f"fingerprint {fingerprint(public_key_b64)}", markup=False, soft_wrap=True)
 
 
 def _vault_path(path: Path | None) -> Path:

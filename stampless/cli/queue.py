@@ -10,10 +10,11 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from stampless.cli._common import console, get_config
+from stampless.cli._common import DEV_HELP, console, get_config
 from stampless.errors import InputError
 
 if TYPE_CHECKING:
+    from stampless.signing import Signer
     from stampless.worker import Stats
 
 queue_app = typer.Typer(help="Look into the work queue and act on items.")
@@ -53,10 +54,15 @@ def register(app: typer.Typer) -> None:
                 help="Live display (default: when stdout is a terminal).",
             ),
         ] = None,
+        dev: Annotated[bool, typer.Option("--dev", help=DEV_HELP)] = False,
     ) -> None:
-        """Process the queue with N workers sharing one browser."""
-        get_config()  # loading robot.toml starts the log under var/log
-        stats = asyncio.run(_run(workers, until_empty, progress))
+        """Process the queue with N workers sharing one browser. Refuses to start without
+        a configured signing key (evidence.signing_key) unless --dev."""
+        from stampless.signing import production_signer
+
+        # Loading robot.toml starts the log under var/log; no key, no start.
+        signer = production_signer(get_config(), dev=dev)
+        stats = asyncio.run(_run(workers, until_empty, progress, signer))
         console.print(
             f"done {stats.done}, failed {stats.failed}, in review {stats.review}, "
             f"retried {stats.retried}, escalated {stats.escalated}; "
@@ -70,15 +76,19 @@ def register(app: typer.Typer) -> None:
             bool, typer.Option("--list", help="Print the jobs and their next run times.")
         ] = False,
         workers: Annotated[int, typer.Option(min=1, max=64, help="Concurrent workers.")] = 2,
+        dev: Annotated[bool, typer.Option("--dev", help=DEV_HELP)] = False,
     ) -> None:
-        """Run the scheduler, the workers and the HTTP intake until SIGTERM."""
+        """Run the scheduler, the workers and the HTTP intake until SIGTERM. Refuses to
+        start without a configured signing key (evidence.signing_key) unless --dev."""
         from stampless.models import utcnow
         from stampless.scheduler import Daemon
+        from stampless.signing import production_signer
         from stampless.worker import WorkerOptions
 
         config = get_config()
         options = WorkerOptions.from_config(config, workers=workers, progress=False)
-        daemon = Daemon(config, options=options)
+        signer = None if list_jobs else production_signer(config, dev=dev)
+        daemon = Daemon(config, options=options, signer=signer)
         if list_jobs:
             table = Table("job", "kind", "trigger", "next run (UTC)", box=None, pad_edge=False)
             now = utcnow()
@@ -199,7 +209,7 @@ def register(app: typer.Typer) -> None:
         console.print(json.dumps(report.__dict__), markup=False)
 
 
-async def _run(workers: int, until_empty: bool, progress: bool | None) -> Stats:
+async def _run(workers: int, until_empty: bool, progress: bool | None, signer: Signer) -> Stats:
     import signal
 
     from stampless.circuit import CircuitBreaker
@@ -215,7 +225,7 @@ async def _run(workers: int, until_empty: bool, progress: bool | None) -> Stats:
     )
     # One breaker: the pool keeps it, the robot runtime obeys it (logins included).
     circuits = CircuitBreaker.from_config(config)
-    async with Pipeline(config, circuits=circuits) as pipeline:
+    async with Pipeline(config, circuits=circuits, signer=signer) as pipeline:
         pool = WorkerPool(
             config,
             queue,
@@ -223,8 +233,14 @@ async def _run(workers: int, until_empty: bool, progress: bool | None) -> Stats:
             options=options,
             delivery=Delivery.from_config(config),
             circuits=circuits,
+            signer=signer,
         )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, pool.stop.set)
-        return await pool.run()
+        stats = await pool.run()
+    from stampless.audit import write_checkpoint
+
+    # What this run appended to the audit chain gets a signed end in the outbox.
+    write_checkpoint(config.audit_dir, config.outbox_dir, signer)
+    return stats

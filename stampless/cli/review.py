@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from stampless.cli._common import console, get_config
+from stampless.cli._common import DEV_HELP, console, get_config
 from stampless.errors import InputError
 
 review_app = typer.Typer(help="The manual tier: reviewer console and reviewer accounts.")
@@ -32,16 +32,20 @@ def _read_password(name: str) -> str:
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port (0 picks a free one).")] = 8080,
+    dev: Annotated[bool, typer.Option("--dev", help=DEV_HELP)] = False,
 ) -> None:
-    """Serve the reviewer console; prints 'ready URL' once it accepts connections."""
+    """Serve the reviewer console; prints 'ready URL' once it accepts connections.
+
+    Decisions are signed: refuses to start without a configured key unless --dev."""
     import logging
 
     from werkzeug.serving import make_server
 
     from stampless.review.app import create_app, is_loopback
+    from stampless.signing import production_signer
 
     config = get_config()
-    app = create_app(config, host=host)
+    app = create_app(config, host=host, signer=production_signer(config, dev=dev))
     # The app logs each request through loguru; werkzeug's own lines would repeat them.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     if not is_loopback(host) and config.review.secure_cookies is False:

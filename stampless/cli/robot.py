@@ -18,13 +18,12 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from stampless.cli._common import console, exit_with, get_config
+from stampless.cli._common import DEV_HELP, console, exit_with, get_config
 from stampless.errors import BusinessError, ExitCode, InputError, StamplessError
 
 if TYPE_CHECKING:
     from stampless.config import Config
     from stampless.evidence import EvidenceBundle, SealedBundle
-    from stampless.signing import Signer
 
 selectors_app = typer.Typer(help="Selector maps: what changed on the department pages.")
 
@@ -50,6 +49,7 @@ OutOption = Annotated[
 AccountOption = Annotated[
     str | None, typer.Option("--account", help="Service account (default: the first usable).")
 ]
+DevOption = Annotated[bool, typer.Option("--dev", help=DEV_HELP)]
 
 
 def _system_of(config: Config, doc_type: str, doing: str) -> str:
@@ -83,18 +83,22 @@ def lookup(
     account: AccountOption = None,
     out: OutOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the record as JSON.")] = False,
+    dev: DevOption = False,
 ) -> None:
     """Run the robot's lookup of KEY alone: print the record, keep its screenshots.
 
     The record, the screenshots the robot took (and on failure the failure screenshot
-    and trace) go into a sealed evidence bundle LOOKUP-<type>-<time>. Exit 0 found,
-    1 no such record (or revoked), 2 bad input, 4 the system or the robot failed.
+    and trace) go into a sealed evidence bundle LOOKUP-<type>-<time>, signed: without a
+    configured signing key, pass --dev. Exit 0 found, 1 no such record (or revoked),
+    2 bad input, 4 the system or the robot failed.
     """
     from stampless.checksums import mask_id
     from stampless.models import Record
     from stampless.robot import RobotRuntime
+    from stampless.signing import production_signer
 
     config = get_config()
+    signer = production_signer(config, dev=dev)
     system = _system_of(config, doc_type, "look it up in")
     runtime = RobotRuntime(config)
     account = runtime.account_for(system, account)  # a wrong account writes nothing
@@ -116,7 +120,7 @@ def lookup(
         # Seal what was gathered (the failure screenshot and trace): that is what the
         # robot's author needs to see next.
         failure, outcome["error"] = exc, str(exc)
-    sealed = bundle.seal(_signer(config), verdict=outcome)
+    sealed = bundle.seal(signer, verdict=outcome)
     screenshots = _files_of_kind(sealed, "screenshot")
     if as_json:
         console.print_json(
@@ -165,16 +169,20 @@ def fetch(
     doc_type: TypeOption,
     out: OutOption = None,
     account: AccountOption = None,
+    dev: DevOption = False,
 ) -> None:
     """Fetch the archived document of KEY from its department system, with evidence.
 
     A robot without ``fetch`` is a usage error (exit 2): nothing is started or written.
+    The bundle is signed: without a configured signing key, pass --dev.
     """
     from stampless.checksums import mask_id
     from stampless.robot import RobotRuntime
     from stampless.robot._evidence import sha256_file
+    from stampless.signing import production_signer
 
     config = get_config()
+    signer = production_signer(config, dev=dev)
     system = _system_of(config, doc_type, "fetch from")
     runtime = RobotRuntime(config)
     runtime.require_fetch(system)  # before any bundle, browser or login
@@ -189,20 +197,12 @@ def fetch(
     digest = sha256_file(stored)
     name = stored.relative_to(bundle.work_dir).as_posix()
     sealed = bundle.seal(
-        _signer(config),
+        signer,
         verdict={"fetched": name, "sha256": digest, "type": doc_type, "key": mask_id(key)},
     )
     console.print(f"{sealed.path / name}", soft_wrap=True, markup=False)
     console.print(f"sha256 {digest}", soft_wrap=True)
     _print_evidence(sealed)
-
-
-def _signer(config: Config) -> Signer:
-    from stampless.signing import ensure_dev_key, load_signer
-
-    if config.evidence.signing_key:
-        return load_signer(config)
-    return ensure_dev_key(config)
 
 
 def selectors_report() -> None:

@@ -46,7 +46,7 @@ from stampless.models import Tier, VerdictKind, utcnow
 from stampless.review.charts import format_seconds, read_verdicts, sla_chart_svg, sla_figures
 from stampless.review.store import ReviewConflict, ReviewItem, ReviewStore
 from stampless.review.users import LoginFailed, Role, UserStore
-from stampless.signing import Signer, ensure_dev_key, load_signer
+from stampless.signing import Signer, production_signer
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -249,8 +249,11 @@ class ItemView:
         return _inside(self.bundle, name)
 
 
-def create_app(config: Config, *, host: str = "127.0.0.1") -> Flask:
-    """The console for one deployment; ``host`` is where it listens (decides Secure cookies)."""
+def create_app(config: Config, *, host: str = "127.0.0.1", signer: Signer | None = None) -> Flask:
+    """The console for one deployment; ``host`` is where it listens (decides Secure cookies).
+
+    ``signer`` signs decisions (default: the deployment's configured key).
+    """
     app = Flask(
         __name__,
         template_folder=str(TEMPLATES),
@@ -280,11 +283,10 @@ def create_app(config: Config, *, host: str = "127.0.0.1") -> Flask:
         return audit_log
 
     @cache
-    def signer() -> Signer:
-        # Loaded on the first decision, not at start: the console serves pages without it.
-        if config.evidence.signing_key:
-            return load_signer(config)
-        return ensure_dev_key(config)
+    def decision_signer() -> Signer:
+        # `review serve` resolves it before starting; an app built without one loads the
+        # deployment's on the first decision (and refuses to decide without a key).
+        return signer or production_signer(config)
 
     # -- session, CSRF and headers ------------------------------------------------------
 
@@ -478,7 +480,7 @@ def create_app(config: Config, *, host: str = "127.0.0.1") -> Flask:
                     outbox_dir=config.outbox_dir,
                     audit=audit(),
                     evidence_dir=config.evidence_dir,
-                    signer=signer(),
+                    signer=decision_signer(),
                 )
                 flash(f"{request_id}: decided {final.verdict.value}.", "ok")
             else:

@@ -342,8 +342,8 @@ class ReviewStore:
         ``decision`` is verified, mismatch or not_found; ``reason`` is required. The
         reviewer must hold the item or nobody may (a claim by someone else raises
         :class:`ReviewConflict`, as does an item already decided). ``audit`` is a
-        :class:`stampless.audit.AuditLog`; with ``evidence_dir`` and ``signer`` the decision
-        is also sealed as the bundle ``<evidence_dir>/<id>.review/``.
+        :class:`stampless.audit.AuditLog`. ``signer`` signs the outbox verdict, and with
+        ``evidence_dir`` the decision is also sealed as the bundle ``<evidence_dir>/<id>.review/``.
         """
         decision = VerdictKind(decision)
         if decision not in FINAL_DECISIONS:
@@ -375,7 +375,7 @@ class ReviewStore:
             final = Verdict.model_validate(final.model_dump())
             # The outbox write is atomic and refuses to overwrite; only if it succeeds
             # is the item marked decided (the transaction rolls back otherwise).
-            write_verdict(outbox_dir, final)
+            write_verdict(outbox_dir, final, signer=signer)
             db.execute(
                 "UPDATE items SET status = 'decided', decision = ?, decided_by = ?,"
                 " decided_at = ?, final = ?, claimed_by = NULL, claim_until = NULL"
