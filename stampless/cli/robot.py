@@ -98,10 +98,10 @@ def lookup(
     from stampless.signing import production_signer
 
     config = get_config()
-    signer = production_signer(config, dev=dev)
     system = _system_of(config, doc_type, "look it up in")
     runtime = RobotRuntime(config)
     account = runtime.account_for(system, account)  # a wrong account writes nothing
+    signer = production_signer(config, dev=dev)  # no key, no start
     bundle = _open_bundle(config, "lookup", doc_type, key, out)
 
     async def run() -> Record:
@@ -182,11 +182,11 @@ def fetch(
     from stampless.signing import production_signer
 
     config = get_config()
-    signer = production_signer(config, dev=dev)
     system = _system_of(config, doc_type, "fetch from")
     runtime = RobotRuntime(config)
     runtime.require_fetch(system)  # before any bundle, browser or login
     account = runtime.account_for(system, account)
+    signer = production_signer(config, dev=dev)  # no key, no start
     bundle = _open_bundle(config, "fetch", doc_type, key, out)
 
     async def run() -> Path:
