@@ -861,6 +861,10 @@ class RobotPage:
     async def download(self, name: str, *, filename: str | None = None) -> Path:
         """Click ``name``, wait for the download (browser.download_timeout_ms), keep it.
 
+        The click waits as :meth:`Element.click` does; a link answered with an attachment
+        ends its navigation in the download (Playwright's ``download`` event), so nothing
+        waits for a document that never comes.
+
         The file goes into the evidence (kind ``download``) and its SHA-256 into the
         evidence meta; returns the stored path.
         """
