@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import date
+from datetime import date, timedelta
 
 import pyotp
 import pytest
@@ -17,6 +17,7 @@ CJK_NAME = re.compile(r"^[\u4e00-\u9fff]{2,4}$")
 CJK_TEXT = re.compile(r"^[\u4e00-\u9fff0-9()（）、号]+$")
 CERT_NO = re.compile(r"^J\d{6}-(\d{4})-\d{6}$")
 MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
+DIVISION_CODES = {code for code, _, _ in rec.DIVISIONS}
 
 
 def _check_person(person_id: str, birth: str, sex: str) -> None:
@@ -29,7 +30,7 @@ def _check_person(person_id: str, birth: str, sex: str) -> None:
 def test_at_least_5000_unique_records_with_valid_status(doc_type: str) -> None:
     rows = rec.records(doc_type)
     key = rec.KEY_FIELD[doc_type]
-    assert len(rows) >= 5000
+    assert len(rows) >= rec.RECORD_LIMIT.get(doc_type, 5000)
     assert len({r[key] for r in rows}) == len(rows)
     statuses = [r["status"] for r in rows]
     assert set(statuses) == {"valid", "revoked"}
@@ -72,6 +73,25 @@ def test_social_security_records_are_canonical() -> None:
         assert r["months_paid"].isdigit() and 1 <= int(r["months_paid"]) <= span
 
 
+def test_work_permits_are_latin_canonical_and_few() -> None:
+    rows = rec.records("work_permit", count=5000)
+    assert len(rows) == rec.RECORD_LIMIT["work_permit"] == 210
+    assert rec.records("work_permit", count=20) == rows[:20]
+    assert 180 <= sum(r["status"] == "valid" for r in rows) < 210
+    nationalities = {n for n, _ in rec.NATIONALITIES}
+    for r in rows:
+        assert re.fullmatch(r"\d{15}", r["permit_no"]) and r["permit_no"][:6] in DIVISION_CODES
+        assert re.fullmatch(r"[A-Z][A-Z'-]+( [A-Z][A-Z'-]+){1,2}", r["holder_name"])
+        assert r["nationality"] in nationalities
+        passport = r["passport_no"]
+        assert re.fullmatch(r"[0-9A-Z]{8,9}", passport)
+        assert any(c.isalpha() for c in passport) and any(c.isdigit() for c in passport)
+        assert CJK_TEXT.match(r["employer"]) and r["holder_sex"] in ("男", "女")
+        issued, until = date.fromisoformat(r["issued_on"]), date.fromisoformat(r["valid_until"])
+        assert issued < until <= issued.replace(day=1, year=issued.year + 3) + timedelta(days=31)
+        assert date.fromisoformat(r["birth_date"]) < issued
+
+
 def test_records_are_deterministic_per_seed_and_prefix_stable() -> None:
     a = rec.records("business_license", seed=123, count=300)
     b = rec.records("business_license", seed=123, count=300)
@@ -94,7 +114,7 @@ def test_generation_is_fast() -> None:
 @pytest.mark.parametrize("doc_type", list(rec.DOC_TYPES))
 def test_record_by_key_and_absent_key(doc_type: str) -> None:
     key_field = rec.KEY_FIELD[doc_type]
-    some = rec.records(doc_type)[1234]
+    some = rec.records(doc_type)[123]
     assert rec.record_by_key(doc_type, some[key_field]) == some
     absent = [rec.absent_key(doc_type, 7, i) for i in range(100)]
     assert len(set(absent)) == 100
@@ -105,6 +125,8 @@ def test_record_by_key_and_absent_key(doc_type: str) -> None:
             assert CERT_NO.match(key)
         elif doc_type == "business_license":
             assert is_valid_credit_code(key)
+        elif doc_type == "work_permit":
+            assert re.fullmatch(r"\d{15}", key) and key[:6] in DIVISION_CODES
         else:
             assert is_valid_resident_id(key)
 

@@ -68,11 +68,13 @@ LABELS = {
         "缴费起止年月",
         "累计缴费月数",
     ),
+    "work_permit": ("姓名", "国籍", "护照号码", "许可证号", "工作单位", "有效期至", "出生日期"),
 }
 TITLES = {
     "marriage_certificate": "结婚证",
     "business_license": "营业执照",
     "social_security_record": "参保缴费证明",
+    "work_permit": "外国人工作许可证",
 }
 
 
@@ -332,7 +334,8 @@ def test_render_is_fast_and_sized_like_a4() -> None:
         )
         assert best < 0.3, f"{doc_type} took {best:.2f} s"
         w, h = render_certificate(doc_type, record).size
-        assert (w, h) in ((2480, 1754), (1654, 2339))
+        # A4/A5 proportions; the work permit's first layout is a card enlarged 2.7 times.
+        assert (w, h) in ((2480, 1754), (1654, 2339), (2300, 1450))
         assert render_certificate(doc_type, record, dpi=150).size == (w // 2, h // 2 + h % 2)
 
 
@@ -360,8 +363,10 @@ def test_tesseract_reads_every_label(doc_type: str) -> None:
 
     item, _ = plan_item(doc_type, 7, 2)
     key = item.fields[KEY_FIELD[doc_type]]
-    # Layout 0 with tight labels, layout 1 with spaced labels ("登 记 日 期").
-    for variant in (0, 5):
+    # Layout 0 with tight labels, layout 1 with spaced labels ("登 记 日 期"). Tesseract
+    # drops the first of two spaced characters before a Latin word (国 籍 Nationality):
+    # the work permit's spaced labels are read by RapidOCR in test_layouts instead.
+    for variant in (0, 1 if doc_type == "work_permit" else 5):
         clean = render_certificate(doc_type, item.fields, variant=variant)
         text = _read(pytesseract, clean)
         missing = [label for label in LABELS[doc_type] if not _found(label, text)]
