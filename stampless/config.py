@@ -225,6 +225,12 @@ class ReviewConfig(_Section):
     claim_minutes: float = Field(default=5, gt=0)
     max_failed_logins: int = Field(default=5, ge=1)
     lockout_minutes: float = Field(default=15, gt=0)
+    # Per client address: failures before each attempt waits twice as long as the last
+    # (up to client_backoff_max_s), and how many different names failing from one
+    # address block it for lockout_minutes.
+    client_free_failures: int = Field(default=5, ge=1)
+    client_max_usernames: int = Field(default=5, ge=2)
+    client_backoff_max_s: float = Field(default=300, gt=0)
     secret_key: str | None = None
     # None: Secure cookies unless the console listens on loopback (plain HTTP in tests).
     secure_cookies: bool | None = None

@@ -933,3 +933,109 @@ def test_row9_a_forged_checkpoint_is_not_relied_on(
     forged.write_text(json.dumps(doc))
     proc = run_cli("audit", "verify", "--against", str(forged), env=env)
     assert proc.returncode == 1 and "not one of the trusted keys" in proc.stdout
+
+
+# -- row 12: console logins -----------------------------------------------------------------
+
+ACCOUNTS = {f"user{n}": f"correct-horse-{n}" for n in range(6)}
+
+
+@pytest.fixture
+def console_url(tmp_path: Path, env: dict[str, str]) -> Any:
+    """The reviewer console on a free port of 127.0.0.1, with six accounts."""
+    import threading
+
+    from werkzeug.serving import make_server
+
+    from stampless.config import load_config
+    from stampless.review.app import create_app
+    from stampless.review.users import UserStore
+
+    config = load_config(REPO / "robot.toml", environ=unpinned(env))
+    users = UserStore.from_config(config)
+    for name, password in ACCOUNTS.items():
+        users.add(name, password, "reviewer")
+    server = make_server("127.0.0.1", 0, create_app(config), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    thread.join(timeout=10)
+
+
+def _attempt(url: str, name: str, password: str) -> Any:
+    """One login through the form, as a browser sends it (CSRF token included)."""
+    import re
+
+    import httpx
+
+    with httpx.Client(base_url=url, timeout=30) as client:
+        form = client.get("/login").text
+        token = re.search(r'name="csrf_token" value="([^"]+)"', form)
+        assert token is not None
+        data = {"name": name, "password": password, "csrf_token": token.group(1)}
+        return client.post("/login", data=data)
+
+
+@pytest.mark.issue14(12)
+def test_row12_spraying_passwords_over_every_account_blocks_the_address(
+    console_url: str,
+) -> None:
+    answers = [
+        _attempt(console_url, name, guess).status_code
+        for guess in ("123456", "password", "qwerty", "letmein")
+        for name in ACCOUNTS
+    ]
+    assert 429 in answers
+    refused = answers.index(429)
+    assert refused <= 5  # the fifth name failing from one address blocks it
+    # Blocked: even an account's right password is not looked at from this address.
+    right = _attempt(console_url, "user5", ACCOUNTS["user5"])
+    assert right.status_code == 429 and int(right.headers["Retry-After"]) > 0
+    assert "Too many failed logins from this address" in right.text
+
+
+@pytest.mark.issue14(12)
+def test_row12_failures_from_one_address_back_off(console_url: str) -> None:
+    import math
+    import time
+
+    started = time.monotonic()
+    answers = [_attempt(console_url, "user0", f"guess-{n}").status_code for n in range(30)]
+    elapsed = time.monotonic() - started
+    looked_at = answers.count(401)
+    # Without a limit all 30 guesses are checked, ~10 a second; with it the first five,
+    # then one after waiting 1 s, one after 2 s more, 4 s, 8 s: a handful in all.
+    assert looked_at <= 5 + math.ceil(math.log2(elapsed + 1)), (looked_at, elapsed)
+    assert answers.count(429) >= 20
+
+
+@pytest.mark.issue14(12)
+def test_row12_a_locked_account_answers_like_a_wrong_password(tmp_path: Path) -> None:
+    import statistics
+    import time
+
+    from stampless.review.users import LoginFailed, UserStore
+
+    users = UserStore(tmp_path / "users.json", max_failed=3, lockout_minutes=10)
+    users.add("locked", "locked-password-1", "reviewer")
+    users.add("open", "open-password-1", "reviewer")
+    messages: dict[str, set[str]] = {"locked": set(), "open": set()}
+    for _ in range(3):
+        with pytest.raises(LoginFailed):
+            users.authenticate("locked", "wrong")
+
+    def timed(name: str) -> float:
+        started = time.perf_counter()
+        with pytest.raises(LoginFailed) as refused:
+            users.authenticate(name, "wrong")
+        took = time.perf_counter() - started
+        messages[name].add(str(refused.value))
+        if name == "open":
+            users.authenticate("open", "open-password-1")  # keeps it from locking
+        return took
+
+    locked = statistics.median(timed("locked") for _ in range(7))
+    normal = statistics.median(timed("open") for _ in range(7))
+    assert locked > 0.5 * normal, (locked, normal)
+    assert messages["locked"] == messages["open"]

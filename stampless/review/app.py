@@ -16,6 +16,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
+import math
 import os
 import secrets
 from datetime import UTC, datetime, timedelta
@@ -45,7 +46,7 @@ from stampless.errors import InputError, StamplessError
 from stampless.models import Tier, VerdictKind, utcnow
 from stampless.review.charts import format_seconds, read_verdicts, sla_chart_svg, sla_figures
 from stampless.review.store import ReviewConflict, ReviewItem, ReviewStore
-from stampless.review.users import LoginFailed, Role, UserStore
+from stampless.review.users import LoginFailed, LoginLimiter, Role, UserStore
 from stampless.signing import Signer, production_signer
 
 if TYPE_CHECKING:
@@ -275,6 +276,7 @@ def create_app(config: Config, *, host: str = "127.0.0.1", signer: Signer | None
     )
     store = ReviewStore.from_config(config)
     users = UserStore.from_config(config)
+    limiter = LoginLimiter.from_config(config)
     claim_minutes = config.review.claim_minutes
 
     audit_log = AuditLog(config.audit_dir, rotate_bytes=config.audit.rotate_bytes)
@@ -376,12 +378,24 @@ def create_app(config: Config, *, host: str = "127.0.0.1", signer: Signer | None
         if request.method == "POST":
             name = request.form.get("name", "").strip()
             password = request.form.get("password", "")
+            client = request.remote_addr or "unknown"
+            wait = math.ceil(limiter.retry_after(client))
+            if wait > 0:
+                # Refused before the password is looked at: the wait is what slows a
+                # guesser down, and a blocked address learns nothing more.
+                page = render_template(
+                    "review/login.html",
+                    error=f"Too many failed logins from this address; try again in {wait} s.",
+                )
+                return page, 429, {"Retry-After": str(wait)}
             try:
                 user = users.authenticate(name, password)
             except LoginFailed as exc:
                 error, status = str(exc), 401
-                logger.info("review: failed login for {!r}", name[:64])
+                limiter.failed(client, name)
+                logger.info("review: failed login for {!r} from {}", name[:64], client)
             else:
+                limiter.succeeded(client)
                 # A fresh session on login: no fixation, a new CSRF token.
                 session.clear()
                 session.permanent = True

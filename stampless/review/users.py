@@ -1,8 +1,16 @@
-"""Reviewer accounts: argon2 password hashes, roles, and lockout after failed logins.
+"""Reviewer accounts: argon2 password hashes, roles, and limits on failed logins.
 
 The accounts live in one JSON file (default ``<var_dir>/review/users.json``, mode 0600)
 rewritten atomically under an exclusive lock, so ``review add-user`` and a running
 console can change it at the same time. Only hashes are stored, never passwords.
+
+Failed logins are limited twice. Per account (:meth:`UserStore.authenticate`): after
+``max_failed`` in a row it is locked for ``lockout_minutes``; a locked account answers
+in the same time and with the same words as a wrong password, so neither tells an
+attacker which accounts exist or are locked. Per client address (:class:`LoginLimiter`):
+after a few failures each further attempt waits twice as long as the last, and an
+address that fails on many different names (spraying a few passwords over every
+account, which no account's own count notices) is blocked.
 """
 
 from __future__ import annotations
@@ -12,7 +20,11 @@ import fcntl
 import json
 import os
 import re
-from collections.abc import Iterator
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -60,12 +72,20 @@ class User(BaseModel):
         return self.locked_until is not None and self.locked_until > (now or utcnow())
 
 
+# One answer for every refused login: which part was wrong, and whether the account is
+# locked, would tell an attacker which names to keep trying.
+REFUSED = (
+    "Wrong name or password, or the account is locked after too many failed logins; "
+    "try again later or ask an administrator."
+)
+
+
 class LoginFailed(InputError):
-    """Wrong name or password (the message never says which)."""
+    """Wrong name or password, or a locked account (the message never says which)."""
 
 
 class AccountLocked(LoginFailed):
-    """Too many failed logins; the account is locked for a while."""
+    """Too many failed logins; the account is locked for a while (same message)."""
 
 
 class UserStore:
@@ -169,12 +189,13 @@ class UserStore:
             if user is None:
                 with contextlib.suppress(VerificationError, InvalidHashError):
                     _hasher.verify(_DUMMY_HASH, password)
-                raise LoginFailed("Wrong name or password; try again.")
+                raise LoginFailed(REFUSED)
             if user.locked(now):
-                raise AccountLocked(
-                    "This account is locked after too many failed logins; try again later "
-                    "or ask an administrator."
-                )
+                # The hash is checked all the same (and the answer ignored): a locked
+                # account must take as long as any other refusal.
+                with contextlib.suppress(VerificationError, InvalidHashError):
+                    _hasher.verify(user.password_hash, password)
+                raise AccountLocked(REFUSED)
             try:
                 _hasher.verify(user.password_hash, password)
             except (VerificationError, InvalidHashError):
@@ -183,13 +204,112 @@ class UserStore:
                     user.locked_until = now + self.lockout
                     user.failed = 0
                     logger.warning("review: account {} locked after failed logins", name)
-                    raise AccountLocked(
-                        "Too many failed logins: this account is locked for "
-                        f"{int(self.lockout.total_seconds() // 60)} minutes."
-                    ) from None
-                raise LoginFailed("Wrong name or password; try again.") from None
+                    raise AccountLocked(REFUSED) from None
+                raise LoginFailed(REFUSED) from None
             user.failed = 0
             user.locked_until = None
             if _hasher.check_needs_rehash(user.password_hash):
                 user.password_hash = _hasher.hash(password)
             return user
+
+
+@dataclass
+class _Client:
+    failures: deque[float] = field(default_factory=deque)
+    names: dict[str, float] = field(default_factory=dict)
+    blocked_until: float = 0.0
+
+
+class LoginLimiter:
+    """Failed logins per client address, in this process (the console is one process).
+
+    After ``free_failures`` failures within ``window_s``, the next attempt waits 1 s
+    after the last failure, then 2, 4, ... up to ``backoff_max_s``. An address that fails
+    on ``max_names`` different names within the window is blocked for ``block_s``. A
+    successful login clears the address's failures. Thread-safe.
+    """
+
+    MAX_CLIENTS = 10_000  # addresses remembered; the idlest are forgotten first
+
+    def __init__(
+        self,
+        *,
+        free_failures: int = 5,
+        max_names: int = 5,
+        window_s: float = 900.0,
+        backoff_max_s: float = 300.0,
+        block_s: float = 900.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.free_failures = free_failures
+        self.max_names = max_names
+        self.window_s = window_s
+        self.backoff_max_s = backoff_max_s
+        self.block_s = block_s
+        self._clock = clock
+        self._clients: dict[str, _Client] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_config(cls, config: Config) -> LoginLimiter:
+        rc = config.review
+        return cls(
+            free_failures=rc.client_free_failures,
+            max_names=rc.client_max_usernames,
+            backoff_max_s=rc.client_backoff_max_s,
+            block_s=rc.lockout_minutes * 60,
+            window_s=rc.lockout_minutes * 60,
+        )
+
+    def _client(self, address: str, now: float) -> _Client:
+        client = self._clients.get(address)
+        if client is None:
+            if len(self._clients) >= self.MAX_CLIENTS:
+                idlest = min(
+                    self._clients,
+                    key=lambda a: self._clients[a].failures[-1] if self._clients[a].failures else 0,
+                )
+                del self._clients[idlest]
+            client = self._clients[address] = _Client()
+        horizon = now - self.window_s
+        while client.failures and client.failures[0] < horizon:
+            client.failures.popleft()
+        client.names = {n: t for n, t in client.names.items() if t >= horizon}
+        return client
+
+    def retry_after(self, address: str) -> float:
+        """Seconds ``address`` must wait before its next attempt (0: it may try now)."""
+        with self._lock:
+            now = self._clock()
+            client = self._client(address, now)
+            wait = client.blocked_until - now
+            over = len(client.failures) - self.free_failures
+            if over >= 0:
+                backoff = min(self.backoff_max_s, 2.0**over)
+                wait = max(wait, client.failures[-1] + backoff - now)
+            return max(wait, 0.0)
+
+    def failed(self, address: str, name: str) -> None:
+        """Count a failed login of ``name`` from ``address``."""
+        with self._lock:
+            now = self._clock()
+            client = self._client(address, now)
+            client.failures.append(now)
+            client.names[name[:64]] = now
+            if len(client.names) >= self.max_names and client.blocked_until <= now:
+                client.blocked_until = now + self.block_s
+                logger.warning(
+                    "review: {} failed logins on {} names from {}; address blocked for {:.0f} s",
+                    len(client.failures),
+                    len(client.names),
+                    address,
+                    self.block_s,
+                )
+
+    def succeeded(self, address: str) -> None:
+        """A successful login clears the address's failures (not a block in force)."""
+        with self._lock:
+            client = self._clients.get(address)
+            if client is not None:
+                client.failures.clear()
+                client.names.clear()
