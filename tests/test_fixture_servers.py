@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import os
 import re
 import signal
 import socket
@@ -21,6 +22,7 @@ import urllib.error
 import urllib.request
 from collections import defaultdict
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,6 +30,7 @@ import pyotp
 import pytest
 from PIL import Image
 from playwright.sync_api import Browser, BrowserContext, Dialog, Page, sync_playwright
+from ports import env_after, free_port_block
 
 from stampless.checksums import mask_id
 from stampless.config import BrowserConfig
@@ -149,26 +152,6 @@ def _http_login(client: httpx.Client, system: str, n: int = 0) -> httpx.Response
         if system == "social_security":
             data["totp"] = _totp(n)
     return client.post("/login", data=data)
-
-
-def _free_port_block(n: int) -> int:
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + n > 65535:
-            continue
-        ok = True
-        for p in range(base, base + n):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", p))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise RuntimeError("no block of free ports")
 
 
 # ---- civil affairs: GBK, alert, masked list, popup, download ---------------------------
@@ -542,7 +525,7 @@ def test_latency_and_hang_faults(servers: Any) -> None:
 def test_serve_binds_consecutive_ports_and_stops_cleanly_while_a_request_hangs(
     tmp_path: Any,
 ) -> None:
-    base = _free_port_block(3)
+    base = free_port_block(3)
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -601,6 +584,71 @@ def test_serve_binds_consecutive_ports_and_stops_cleanly_while_a_request_hangs(
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
+
+
+def test_fixtures_env_sets_every_secret_robot_toml_names(tmp_path: Path) -> None:
+    """`eval "$(stampless fixtures env)"` in a clean shell resolves each account's secrets
+    in the repository's robot.toml, and with another base port points its URLs there."""
+    from stampless.config import load_config
+    from stampless.vault import resolve_secret
+
+    repo = Path(__file__).resolve().parents[1]
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("STAMPLESS")}
+    clean = {k: v for k, v in clean.items() if not k.endswith(("_PASSWORD", "_TOTP"))}
+    stampless = f"{sys.executable} -m stampless"
+    env = env_after(f'eval "$({stampless} fixtures env --base-port 9100)"', repo, clean)
+    config = load_config(repo / "robot.toml", environ=env)
+    for n, (name, system) in enumerate(config.systems.items()):
+        assert system.url == f"http://127.0.0.1:{9100 + SYSTEMS.index(name)}", (n, name)
+        for account in system.accounts:
+            password = resolve_secret(account.password, environ=env).reveal()
+            assert password == accounts(name)[int(account.username[-2:]) - 1].password
+            if account.totp:
+                assert resolve_secret(account.totp, environ=env).reveal()
+    # On the default ports robot.toml's URLs already hold: no URL is overridden.
+    default = env_after(f'eval "$({stampless} fixtures env)"', repo, clean)
+    assert not [k for k in default if k.startswith("STAMPLESS__")]
+    # Outside a project (no robot.toml): every fixture account, under its own name.
+    (tmp_path / "empty").mkdir()
+    bare = env_after(f'eval "$({stampless} fixtures env)"', tmp_path / "empty", clean)
+    assert (
+        bare["SOCIAL02_TOTP"]
+        and bare["MARKET03_PASSWORD"] == accounts("market_supervision")[2].password
+    )
+
+
+def test_serve_prints_the_environment_once_ready(tmp_path: Path) -> None:
+    with subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "stampless",
+            "fixtures",
+            "serve",
+            "--base-port",
+            "0",
+            "--access-log",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            lines = [proc.stdout.readline().strip() for _ in range(3)]
+            assert lines[1] == "ready" and lines[2].startswith("# ")
+            urls = dict(part.split("=", 1) for part in lines[0].split())
+            printed: dict[str, str] = {}
+            while len(printed) < 40 and "CIVIL01_PASSWORD" not in printed:
+                name, _, value = proc.stdout.readline().strip().partition("=")
+                printed[name] = value
+        finally:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=10)
+    # Free ports are not robot.toml's: each system's URL comes with its passwords.
+    assert printed["STAMPLESS__SYSTEMS__CIVIL_AFFAIRS__URL"] == urls["civil_affairs"]
+    assert printed["CIVIL01_PASSWORD"] == "'" + accounts("civil_affairs")[0].password + "'"
 
 
 def test_a_busy_port_is_a_clear_input_error_not_a_hang() -> None:

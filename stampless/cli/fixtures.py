@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from stampless.errors import InputError
+from stampless.cli._common import state
+from stampless.errors import InputError, StamplessError
+
+if TYPE_CHECKING:
+    from stampless.config import Config
 
 fixtures_app = typer.Typer(help="Emulated department systems and degraded test scans.")
 
@@ -78,7 +82,56 @@ def serve_command(
         postback_delay_ms=postback_delay_ms,
         postback_jitter_ms=postback_jitter_ms,
     )
-    serve(host, base_port, options)
+    serve(host, base_port, options, announce=_announce_env)
+
+
+def _robot_config() -> Config | None:
+    """This folder's robot.toml, or None when there is none."""
+    from stampless.cli._common import get_config
+
+    return get_config() if state.config_path.is_file() else None
+
+
+def _announce_env(urls: dict[str, str]) -> list[str]:
+    """What ``fixtures serve`` prints once ready: the environment robot.toml needs."""
+    from stampless.fixtures.accounts import env_lines, robot_env
+
+    try:
+        config = _robot_config()
+    except StamplessError as exc:  # the servers run anyway; say why the list is generic
+        config = None
+        warning = [f"# {state.config_path} could not be read ({exc}); the fixture accounts:"]
+    else:
+        warning = []
+    return [
+        "# The environment a robot.toml needs for these systems (fixture accounts, not "
+        "secrets); 'eval \"$(stampless fixtures env)\"' sets it in a shell:",
+        *warning,
+        *env_lines(robot_env(config, urls), export=False),
+    ]
+
+
+@fixtures_app.command("env")
+def env_command(
+    host: Annotated[str, typer.Option(help="The address 'fixtures serve' listens on.")] = (
+        "127.0.0.1"
+    ),
+    base_port: Annotated[int, typer.Option(help="The --base-port of 'fixtures serve'.")] = 8700,
+) -> None:
+    """Print the environment robot.toml needs to run on 'stampless fixtures serve', as
+    export lines: eval "$(stampless fixtures env)".
+
+    The passwords (and TOTP seeds) of the emulated systems' service accounts, under the
+    names robot.toml's env: references give them; and the systems' URLs when robot.toml's
+    differ (another --base-port). These accounts are test fixtures, never secrets."""
+    from stampless.fixtures.accounts import env_lines, robot_env
+    from stampless.fixtures.records import SYSTEMS
+
+    if not 0 < base_port <= 65535 - len(SYSTEMS) + 1:
+        raise InputError(f"--base-port must be between 1 and {65535 - len(SYSTEMS) + 1}.")
+    urls = {system: f"http://{host}:{base_port + n}" for n, system in enumerate(SYSTEMS)}
+    for line in env_lines(robot_env(_robot_config(), urls), export=True):
+        print(line)
 
 
 def register(app: typer.Typer) -> None:
