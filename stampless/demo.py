@@ -4,11 +4,18 @@ It starts the emulated department systems on free ports, renders a handful of de
 scans (genuine marriage certificates, a forged one, one whose record does not exist, a
 business licence, a confidential social-security record) and signs two electronic
 certificates (one genuine, one tampered with), runs them all through the real pipeline
-(Chromium robot + Tesseract OCR + comparison, or the e-certificate check, + sealed
-evidence), and writes a summary page. Every tier shows: instant, robot, and manual (the
-social-security record waits in the review queue for a person). Each run gets its own folder under
-``var/demo/<timestamp>/`` (outbox, evidence, audit, log), so it can run any number of
-times in a row; the emulated systems are stopped before it returns.
+(Chromium robot + OCR + comparison, or the e-certificate check, + sealed evidence), and
+writes a summary page. Every tier shows: instant, robot, and manual (the social-security
+record waits in the review queue for a person).
+
+The demo runs the deployment that ships with stampless (:func:`demo_project`: the
+repository's robot.toml, robots/, tasks/ and selectors/, which the wheel carries as
+``stampless/demo_project/``), whatever project it is started in. Each run gets its own
+folder ``<var>/demo/<timestamp>/`` (``<var>/demo/latest`` links the newest): a copy of
+that deployment whose robot.toml keeps its queue, review store, evidence, outbox and
+audit chain in the folder itself, so ``stampless --config var/demo/latest/robot.toml ...``
+reaches everything the run left. Runs never share state, so the demo can run any number
+of times in a row; the emulated systems are stopped before it returns.
 """
 
 from __future__ import annotations
@@ -16,6 +23,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
+import secrets
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +35,8 @@ from loguru import logger
 
 from stampless._files import write_atomic
 from stampless._logging import setup_logging
-from stampless.config import Config
+from stampless.config import Config, load_config
+from stampless.errors import ConfigError
 from stampless.fixtures.accounts import fixture_env
 from stampless.fixtures.harness import FixtureProcess
 from stampless.models import Request, VerdictKind
@@ -33,6 +44,10 @@ from stampless.pipeline import Pipeline
 from stampless.verify import Outcome, verify_request
 
 FIXTURE_SEED = 7
+# The parts of a deployment the demo copies into its run folder, and their files.
+DEPLOYMENT_PARTS = {"robots": "*.py", "tasks": "*.py", "selectors": "*.toml"}
+DEMO_REVIEWER = "demo"
+LATEST = "latest"
 
 
 @dataclass(frozen=True)
@@ -43,6 +58,10 @@ class DemoItem:
     expected: str
     note: str
 
+    @property
+    def request_id(self) -> str:
+        return Request.from_file(self.request_path).id
+
 
 @dataclass(frozen=True)
 class DemoRow:
@@ -52,12 +71,73 @@ class DemoRow:
     report: Path | None
 
     @property
+    def request_id(self) -> str:
+        return self.outcome.verdict.request_id if self.outcome else self.item.request_id
+
+    @property
     def verdict(self) -> str:
         return self.outcome.verdict.verdict.value if self.outcome else "error"
 
     @property
     def as_expected(self) -> bool:
         return self.verdict == self.item.expected
+
+
+@dataclass(frozen=True)
+class NextStep:
+    """A command to try after the demo, and what it shows."""
+
+    what: str
+    command: str
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    """What a demo run gave, and where it left it."""
+
+    rows: list[DemoRow]
+    run_dir: Path
+    config_path: Path  # the run's robot.toml: --config for the commands that come next
+    summary: Path
+    seconds: float
+    reviewer_password: str
+
+    @property
+    def as_expected(self) -> int:
+        return sum(r.as_expected for r in self.rows)
+
+    def next_steps(self, config_arg: str, *, password: bool = True) -> list[NextStep]:
+        """The three things to try next, as commands using ``--config config_arg``.
+
+        ``password``: name the demo reviewer's password (the terminal does; files never).
+        """
+        by_verdict: dict[str, str] = {}
+        # The manual tier's item first: it waits for a person by design.
+        for row in sorted(self.rows, key=lambda r: r.item.expected != "needs_review"):
+            if row.outcome is not None and row.outcome.verdict.tier.value != "instant":
+                by_verdict.setdefault(row.verdict, row.request_id)
+        waiting = by_verdict.get("needs_review", "the waiting item")
+        report = by_verdict.get("mismatch") or by_verdict.get("verified") or self.rows[0].request_id
+        bundle = by_verdict.get("verified") or report
+        prefix = f"stampless --config {config_arg}"
+        return [
+            NextStep(
+                f"decide {waiting} in the reviewer console (log in as {DEMO_REVIEWER!r}, "
+                + (
+                    f"password {self.reviewer_password})"
+                    if password
+                    else "with the password the demo printed)"
+                ),
+                f"{prefix} review serve --dev",
+            ),
+            NextStep(
+                f"open the evidence report of {report}", f"{prefix} evidence report {report} --open"
+            ),
+            NextStep(
+                f"check the hashes and signatures of {bundle}'s bundle",
+                f"{prefix} evidence verify {bundle} --dev",
+            ),
+        ]
 
 
 # (doc type, how many, seed of the scan set, altered share, absent share, note)
@@ -124,17 +204,88 @@ def make_ecerts(out_dir: Path, key_dir: Path) -> tuple[list[DemoItem], str]:
     return items, public_key_b64(key)
 
 
-def demo_config(config: Config, run_dir: Path, urls: dict[str, str], issuer_key: str) -> Config:
-    """The deployment's configuration, pointed at this run's folder, ports and issuer key."""
+def demo_project() -> Path:
+    """The folder of the demo deployment: robot.toml, robots/, tasks/ and selectors/.
+
+    An installed wheel carries it as ``stampless/demo_project/`` (setup.py copies it
+    there); a source checkout (an editable install) has it at the top of the repository.
+    """
+    package = Path(__file__).resolve().parent
+    for folder in (package / "demo_project", package.parent):
+        if (folder / "robot.toml").is_file() and all(
+            (folder / p).is_dir() for p in DEPLOYMENT_PARTS
+        ):
+            return folder
+    raise ConfigError(
+        f"The demo deployment is missing from this installation ({package / 'demo_project'}); "
+        "reinstall stampless from its wheel ('pip install --force-reinstall stampless')."
+    )
+
+
+def copy_deployment(source: Path, run_dir: Path, issuer_key: str) -> Path:
+    """Copy the deployment at ``source`` into ``run_dir``, pointed at the run; its robot.toml.
+
+    The copy keeps its state in ``run_dir`` itself (``project.var_dir = "."``) and trusts
+    the demo's e-licence issuer, so every command given ``--config`` of it reaches what
+    the run left. Its URLs stay those of ``stampless fixtures serve`` on its default ports.
+    """
+    for part, pattern in DEPLOYMENT_PARTS.items():
+        (run_dir / part).mkdir(parents=True, exist_ok=True)
+        for file in sorted((source / part).glob(pattern)):
+            shutil.copy2(file, run_dir / part / file.name)
+    text = (source / "robot.toml").read_text(encoding="utf-8")
+    text, found = re.subn(
+        r"(?m)^var_dir\s*=.*$",
+        'var_dir = "."    # this run\'s folder holds its state',
+        text,
+        count=1,
+    )
+    if not found:
+        raise ConfigError(f"{source / 'robot.toml'}: [project] var_dir is missing; add it.")
+    header = (
+        f"# Written by `stampless demo` at {time.strftime('%Y-%m-%d %H:%M:%S')}: the demo's\n"
+        "# deployment, whose queue, review store, evidence, outbox and audit chain are in this\n"
+        "# folder. Use it with `stampless --config THIS_FILE ...`.\n\n"
+    )
+    issuer = (
+        f"\n# The e-licence issuer of this run (its key was made for the demo).\n"
+        f'[issuers.{DEMO_ISSUER}]\npublic_key = "{issuer_key}"\ntypes = ["business_license"]\n'
+    )
+    path = run_dir / "robot.toml"
+    write_atomic(path, header + text + issuer)
+    return path
+
+
+def demo_config(config_path: Path, run_dir: Path, urls: dict[str, str], project: Config) -> Config:
+    """The run's configuration on this run's ports, with the project's browser settings."""
+    config = load_config(config_path)
     overrides: dict[str, object] = {
         "project.var_dir": str(run_dir),
-        f"issuers.{DEMO_ISSUER}.public_key": issuer_key,
-        f"issuers.{DEMO_ISSUER}.types": ["business_license"],
+        "browser": project.browser.model_dump(mode="python"),
     }
     for system, url in urls.items():
         if system in config.systems:
             overrides[f"systems.{system}.url"] = url
     return config.with_overrides(overrides)
+
+
+def link_latest(run_dir: Path) -> Path:
+    """Point ``<var>/demo/latest`` at ``run_dir`` (replaced atomically); the link's path."""
+    latest = run_dir.parent / LATEST
+    temporary = run_dir.parent / f".{LATEST}-{os.getpid()}"
+    temporary.unlink(missing_ok=True)
+    temporary.symlink_to(run_dir.name, target_is_directory=True)
+    temporary.replace(latest)
+    return latest
+
+
+def _add_reviewer(config: Config) -> str:
+    """A reviewer account for trying the console on this run; its password."""
+    from stampless.review.users import Role, UserStore
+
+    password = secrets.token_urlsafe(9)
+    UserStore.from_config(config).add(DEMO_REVIEWER, password, Role.reviewer, replace=True)
+    return password
 
 
 async def _run_items(config: Config, items: list[DemoItem], workers: int) -> list[DemoRow]:
@@ -165,42 +316,70 @@ async def _run_items(config: Config, items: list[DemoItem], workers: int) -> lis
         return list(await asyncio.gather(*(one(item, pipeline) for item in items)))
 
 
-def write_summary(run_dir: Path, rows: list[DemoRow], seconds: float) -> Path:
+def write_summary(run: DemoRun, config_arg: str) -> Path:
     """A summary page linking each request's evidence report."""
     env = Environment(
         loader=PackageLoader("stampless", "templates"), autoescape=select_autoescape()
     )
     html = env.get_template("demo_summary.html.j2").render(
-        rows=rows, seconds=seconds, run_dir=run_dir, VerdictKind=VerdictKind
+        run=run,
+        rows=run.rows,
+        next_steps=run.next_steps(config_arg, password=False),
+        VerdictKind=VerdictKind,
     )
-    path = run_dir / "summary.html"
-    write_atomic(path, html)
-    return path
+    write_atomic(run.summary, html)
+    return run.summary
 
 
-def run_demo(
-    config: Config, *, difficulty: str = "normal", workers: int = 2, console_level: str = "INFO"
-) -> tuple[list[DemoRow], Path, float]:
-    """Run the whole demo; returns the rows, the summary page and the seconds taken."""
-    started = time.monotonic()
-    run_dir = config.var_dir / "demo" / time.strftime("%Y%m%d-%H%M%S")
+def _new_run_dir(var_dir: Path) -> Path:
+    run_dir = var_dir / "demo" / time.strftime("%Y%m%d-%H%M%S")
     suffix = 1
     while run_dir.exists():
         suffix += 1
         run_dir = run_dir.with_name(f"{run_dir.name.split('.')[0]}.{suffix}")
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def run_demo(
+    project: Config,
+    *,
+    difficulty: str = "normal",
+    workers: int = 2,
+    console_level: str = "INFO",
+    config_arg: str | None = None,
+) -> DemoRun:
+    """Run the whole demo in a new folder under the project's ``var/demo/``.
+
+    ``project`` is the configuration of the folder the demo runs in (its defaults when
+    there is no robot.toml): its var folder and its browser settings. ``config_arg`` is
+    how the summary page names the run's robot.toml in the commands it suggests.
+    """
+    started = time.monotonic()
+    source = demo_project()
+    run_dir = _new_run_dir(project.var_dir)
     scans_dir = run_dir / "scans"
-    scans_dir.mkdir(parents=True)
     os.environ.update(fixture_env())  # the demo's service accounts (fixtures, not secrets)
     logger.info("rendering demo scans into {}", scans_dir)
     items = make_scans(scans_dir, difficulty)
     ecert_items, issuer_key = make_ecerts(run_dir / "ecerts", run_dir / "issuer-keys")
     items += ecert_items
+    config_path = copy_deployment(source, run_dir, issuer_key)
     with FixtureProcess(
         args=["--seed", str(FIXTURE_SEED)], access_log=run_dir / "fixtures"
     ) as fixtures:
         logger.info("emulated department systems: {}", " ".join(fixtures.urls.values()))
-        cfg = demo_config(config, run_dir, fixtures.urls, issuer_key)
+        cfg = demo_config(config_path, run_dir, fixtures.urls, project)
         setup_logging(cfg, console_level=console_level)  # the run's JSON log in its folder
         rows = asyncio.run(_run_items(cfg, items, workers))
-    seconds = time.monotonic() - started
-    return rows, write_summary(run_dir, rows, seconds), seconds
+    run = DemoRun(
+        rows=rows,
+        run_dir=run_dir,
+        config_path=config_path,
+        summary=run_dir / "summary.html",
+        seconds=time.monotonic() - started,
+        reviewer_password=_add_reviewer(cfg),
+    )
+    link_latest(run_dir)
+    write_summary(run, config_arg or str(config_path))
+    return run

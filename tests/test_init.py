@@ -1,9 +1,10 @@
 """``stampless init``: a new project outside this repository works like the bundled one.
 
-The test creates a project in a temporary folder, points its example robot at the
-emulated market-supervision system, and verifies a generated scan through it with
-``stampless verify``, run as a subprocess from inside the project (so robots, tasks and
-selectors can only be found through its robot.toml, never through this repository).
+The test creates a project in a temporary folder and runs its README's commands as a
+new user would, first to last, each in a shell from inside the project (so robots, tasks
+and selectors can only be found through its robot.toml, never through this repository):
+the emulated systems, their fixture environment, doctor, the robot's lookup, the
+verification of the example request, and the project's own tests.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from ports import env_after, free_port_block
 
 from stampless.fixtures.accounts import fixture_env
-from stampless.fixtures.scans import generate
 
 
 def stampless(
@@ -43,14 +44,24 @@ def test_init_refuses_a_folder_that_is_not_empty(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "proj").iterdir()) == ["notes.txt"]
 
 
+def readme_commands(readme: str) -> list[str]:
+    """The command lines of the README's first ``sh`` block, comments cut off."""
+    block = readme.split("```sh\n", 1)[1].split("```", 1)[0]
+    return [line.split("  #", 1)[0].strip() for line in block.splitlines() if line.strip()]
+
+
 @pytest.mark.slow
-def test_generated_project_verifies_a_request(fixture_servers, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_readme_commands_work_first_to_last(tmp_path: Path) -> None:
+    """A new project's README, run as written (only the emulated systems' port differs,
+    so that this test never meets another one on 8700)."""
     result = stampless("init", "proj", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     project = tmp_path / "proj"
     files = sorted(p.relative_to(project).as_posix() for p in project.rglob("*") if p.is_file())
     assert files == [
         "README.md",
+        "requests/example.jpg",
+        "requests/example.request.json",
         "robot.toml",
         "robots/licence_registry.py",
         "selectors/licence_registry.toml",
@@ -58,82 +69,90 @@ def test_generated_project_verifies_a_request(fixture_servers, tmp_path: Path) -
         "tests/test_example.py",
     ]
     assert "env:LICENCE01_PASSWORD" in (project / "robot.toml").read_text(encoding="utf-8")
-
-    toml = project / "robot.toml"
-    text = toml.read_text(encoding="utf-8")
-    toml.write_text(
-        text.replace("http://127.0.0.1:8701", fixture_servers.url("market_supervision")),
-        encoding="utf-8",
-    )
-    scan = generate(
-        project / "requests",
-        "business_license",
-        1,
-        seed=7,
-        difficulty="easy",
-        altered_share=0.0,
-        absent_share=0.0,
-    )[0]
-    original = json.loads(scan.with_suffix(".request.json").read_text(encoding="utf-8"))
-    claim = {
-        k: original["claim"][k] for k in ("credit_code", "company_name", "legal_representative")
-    }
-    request = {"id": "INIT-0001", "type": "company_licence", "claim": claim, "scan": scan.name}
-    request_file = project / "requests" / "INIT-0001.json"
-    request_file.write_text(json.dumps(request, ensure_ascii=False), encoding="utf-8")
-
-    env = {"LICENCE01_PASSWORD": fixture_env()["MARKET01_PASSWORD"]}
-    # The README's first command: the robot's lookup alone, with its screenshots sealed.
     readme = (project / "README.md").read_text(encoding="utf-8")
-    commands = [line for line in readme.splitlines() if line.startswith("stampless ")]
-    assert commands[0].startswith("stampless fixtures serve")
-    assert commands[1].startswith("stampless lookup --type company_licence")
-    looked = stampless(
-        "lookup",
-        "--type",
-        "company_licence",
-        claim["credit_code"],
-        "--json",
-        "--dev",
-        cwd=project,
-        env=env,
-    )
-    assert looked.returncode == 0, looked.stderr[-3000:]
-    shown = json.loads(looked.stdout)
-    assert {name: shown["record"]["fields"][name] for name in claim} == claim
-    sealed = Path(shown["evidence"])
-    assert shown["screenshots"] and all((sealed / name).is_file() for name in shown["screenshots"])
-    assert (sealed / "manifest.json").is_file() and sealed.name.startswith(
-        "LOOKUP-company_licence-"
-    )
-    # This robot has no fetch(): a usage error, at once, leaving nothing behind.
-    bundles = sorted((project / "var" / "evidence").iterdir())
-    fetched = stampless(
-        "fetch", "--type", "company_licence", claim["credit_code"], "--dev", cwd=project, env=env
-    )
-    assert fetched.returncode == 2, fetched.stderr[-2000:]
-    assert len(fetched.stderr.strip().splitlines()) == 1 and "has no fetch()" in fetched.stderr
-    assert sorted((project / "var" / "evidence").iterdir()) == bundles
+    example = json.loads((project / "requests/example.request.json").read_text(encoding="utf-8"))
+    key = example["claim"]["credit_code"]
+    commands = readme_commands(readme)
+    assert commands[0] == "stampless fixtures serve &"
+    assert f"stampless lookup --type company_licence {key} --dev" in commands
 
-    result = stampless("verify", "requests/INIT-0001.json", "--json", "--dev", cwd=project, env=env)
-    assert result.returncode in (0, 3), result.stderr[-3000:]
-    verdict = json.loads(result.stdout)
-    assert verdict["type"] == "company_licence" and verdict["tier"] == "robot"
+    port = free_port_block(4)
+    # The environment of a new shell: this Python's stampless and python first on PATH,
+    # no secret set and no stampless setting inherited.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STAMPLESS")}
+    env.pop("LICENCE01_PASSWORD", None)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env["COLUMNS"] = "200"
+    server: subprocess.Popen[str] | None = None
+    ran: list[str] = []
+    try:
+        for line in commands:
+            line = line.replace(
+                "stampless fixtures serve", f"stampless fixtures serve --base-port {port}"
+            )
+            line = line.replace(
+                "stampless fixtures env", f"stampless fixtures env --base-port {port}"
+            )
+            if line.endswith("&"):
+                server = subprocess.Popen(
+                    ["bash", "-c", f"exec {line[:-1]}"],
+                    cwd=project,
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL,
+                    text=True,
+                )
+                assert server.stdout is not None
+                printed = [next(server.stdout) for _ in range(2)]
+                assert printed[1].strip() == "ready", printed
+                ran.append(line)
+                continue
+            if line.startswith("eval "):
+                env = env_after(line, project, env)
+                ran.append(line)
+                continue
+            done = subprocess.run(
+                ["bash", "-c", line],
+                cwd=project,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=240,
+            )
+            ran.append(line)
+            assert done.returncode == 0, (line, done.stdout[-2000:], done.stderr[-3000:])
+            assert "Traceback" not in done.stderr, (line, done.stderr[-3000:])
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=20)
+    assert len(ran) == len(commands)
+    assert env["LICENCE01_PASSWORD"] == fixture_env()["MARKET01_PASSWORD"]
+    verdict = json.loads((project / "var/outbox/EXAMPLE-0001.json").read_text(encoding="utf-8"))
+    assert verdict["verdict"] == "verified" and verdict["type"] == "company_licence"
     fields = {f["name"]: f for f in verdict["fields"]}
     # The generated robot read the registry's record: each value equals the claim.
-    assert {name: fields[name]["record"] for name in claim} == claim
-    assert verdict["verdict"] in ("verified", "needs_review")
+    assert {name: fields[name]["record"] for name in example["claim"]} == example["claim"]
     evidence = Path(verdict["evidence"])
     evidence = evidence if evidence.is_absolute() else project / evidence
     assert (evidence / "manifest.json").is_file()
     assert str(project / "var") in str(evidence.resolve())
 
-    # The project's own offline test passes too (robot and map load by file path).
-    check = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests", "-k", "load"],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert check.returncode == 0, check.stdout[-2000:]
+
+@pytest.mark.slow
+def test_a_robot_without_fetch_refuses_at_once(fixture_servers, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """This robot has no fetch(): a usage error, at once, leaving nothing behind."""
+    assert stampless("init", "proj", cwd=tmp_path).returncode == 0
+    project = tmp_path / "proj"
+    env = {
+        "LICENCE01_PASSWORD": fixture_env()["MARKET01_PASSWORD"],
+        "STAMPLESS__SYSTEMS__LICENCE_REGISTRY__URL": fixture_servers.url("market_supervision"),
+    }
+    key = json.loads((project / "requests/example.request.json").read_text(encoding="utf-8"))[
+        "claim"
+    ]["credit_code"]
+    fetched = stampless("fetch", "--type", "company_licence", key, "--dev", cwd=project, env=env)
+    assert fetched.returncode == 2, fetched.stderr[-2000:]
+    assert len(fetched.stderr.strip().splitlines()) == 1 and "has no fetch()" in fetched.stderr
+    evidence = project / "var" / "evidence"
+    assert not evidence.exists() or not any(evidence.iterdir())

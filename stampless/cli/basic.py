@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from stampless.cli._common import DEV_HELP, console, exit_with, get_config
 from stampless.errors import ExitCode
+
+if TYPE_CHECKING:
+    from stampless.demo import DemoRun, NextStep
 
 VERDICT_STYLE = {
     "verified": "bold green",
@@ -27,7 +31,8 @@ def _short_path(path: str | Path | None) -> str:
     if path is None:
         return ""
     try:
-        return str(Path(path).resolve().relative_to(Path.cwd()))
+        # absolute(), not resolve(): var/demo/latest stays the link, not its target.
+        return str(Path(path).absolute().relative_to(Path.cwd()))
     except ValueError:
         return str(path)
 
@@ -87,52 +92,98 @@ def register(app: typer.Typer) -> None:
             str, typer.Option(help="How degraded the demo scans are: easy, normal or hard.")
         ] = "normal",
         workers: Annotated[int, typer.Option(min=1, max=8, help="Requests at once.")] = 2,
-        as_json: Annotated[bool, typer.Option("--json", help="Print rows as JSON.")] = False,
+        as_json: Annotated[bool, typer.Option("--json", help="Print the run as JSON.")] = False,
     ) -> None:
-        """Verify a handful of generated scans end to end against the emulated systems."""
-        from stampless.demo import run_demo
+        """Verify a handful of generated scans end to end against the emulated systems.
+
+        Runs the demo deployment that ships with stampless, in a new folder under this
+        project's var/demo/ (var/demo/latest links the newest), and ends with the
+        commands that reach what it left there."""
+        from stampless.demo import LATEST, run_demo
 
         if difficulty not in ("easy", "normal", "hard"):
             raise typer.BadParameter("use easy, normal or hard", param_hint="--difficulty")
-        rows, summary, seconds = run_demo(get_config(), difficulty=difficulty, workers=workers)
+        project = get_config(required=False)
+        latest = project.var_dir / "demo" / LATEST / "robot.toml"
+        config_arg = _short_path(latest)
+        run = run_demo(project, difficulty=difficulty, workers=workers, config_arg=config_arg)
+        steps = run.next_steps(config_arg)
         if as_json:
-            console.print_json(
-                json.dumps(
-                    [
-                        {
-                            "request": r.item.request_path.name,
-                            "verdict": r.verdict,
-                            "expected": r.item.expected,
-                            "evidence": r.outcome.verdict.evidence if r.outcome else None,
-                        }
-                        for r in rows
-                    ]
-                )
-            )
+            console.print_json(json.dumps(_demo_json(run, steps), ensure_ascii=False))
         else:
-            table = Table(title="stampless demo", title_justify="left")
-            table.add_column("request", no_wrap=True)
-            table.add_column("document")
-            table.add_column("tier", no_wrap=True)
-            table.add_column("verdict", no_wrap=True)
-            table.add_column("expected", no_wrap=True)
-            table.add_column("evidence", no_wrap=True)
-            for r in rows:
-                style = VERDICT_STYLE.get(r.verdict, "bold")
-                expected = r.item.expected if r.as_expected else f"[red]{r.item.expected}[/]"
-                verdict = r.outcome.verdict if r.outcome else None
-                table.add_row(
-                    verdict.request_id if verdict else r.item.request_path.name,
-                    r.item.note,
-                    verdict.tier.value if verdict else "",
-                    f"[{style}]{r.verdict}[/]",
-                    expected,
-                    _short_path(verdict.evidence) if verdict else r.error,
-                )
-            console.print(table)
+            _print_demo(run, steps)
+        if any(r.outcome is None for r in run.rows):
+            exit_with(ExitCode.system_failure)
+
+
+def _demo_json(run: DemoRun, steps: list[NextStep]) -> dict[str, object]:
+    """``demo --json`` (docs/json.md, "stampless demo")."""
+    return {
+        "as_expected": run.as_expected,
+        "total": len(run.rows),
+        "seconds": round(run.seconds, 1),
+        "run_dir": str(run.run_dir),
+        "config": str(run.config_path),
+        "summary": str(run.summary),
+        "requests": [
+            {
+                "request_id": r.request_id,
+                "document": r.item.note,
+                "tier": r.outcome.verdict.tier.value if r.outcome else None,
+                "verdict": r.verdict,
+                "expected": r.item.expected,
+                "as_expected": r.as_expected,
+                "evidence": r.outcome.verdict.evidence if r.outcome else None,
+                "report": str(r.report) if r.report else None,
+                "error": r.error,
+            }
+            for r in run.rows
+        ],
+        "next": [{"what": s.what, "command": s.command} for s in steps],
+    }
+
+
+def _print_demo(run: DemoRun, steps: list[NextStep]) -> None:
+    table = Table(title="stampless demo", title_justify="left")
+    table.add_column("request", no_wrap=True)
+    table.add_column("document")
+    table.add_column("tier", no_wrap=True)
+    table.add_column("verdict", no_wrap=True)
+    table.add_column("expected", no_wrap=True)
+    table.add_column("evidence", no_wrap=True)
+    for r in run.rows:
+        style = VERDICT_STYLE.get(r.verdict, "bold")
+        expected = r.item.expected if r.as_expected else f"[red]{r.item.expected}[/]"
+        verdict = r.outcome.verdict if r.outcome else None
+        table.add_row(
+            r.request_id,
+            r.item.note,
+            verdict.tier.value if verdict else "",
+            f"[{style}]{r.verdict}[/]",
+            expected,
+            _short_path(verdict.evidence) if verdict else escape(r.error or ""),
+        )
+    console.print(table)
+    total = len(run.rows)
+    style = "bold green" if run.as_expected == total else "bold red"
+    console.print(
+        f"[{style}]{run.as_expected} of {total} as expected[/] in {run.seconds:.1f} s. "
+        f"Summary: {escape(_short_path(run.summary))}",
+        soft_wrap=True,
+    )
+    for r in run.rows:
+        if not r.as_expected:
             console.print(
-                f"{len(rows)} requests in {seconds:.1f} s. Summary: {_short_path(summary)}",
+                f"  {r.request_id}: {r.verdict}, expected {r.item.expected}"
+                + (f" ({r.error})" if r.error else ""),
+                markup=False,
                 soft_wrap=True,
             )
-        if any(r.outcome is None for r in rows):
-            exit_with(ExitCode.system_failure)
+    console.print(
+        f"The run's deployment and all it kept: {escape(_short_path(run.run_dir))}/ "
+        f"(newest run: {escape(_short_path(run.run_dir.parent / 'latest'))}/). Try next:",
+        soft_wrap=True,
+    )
+    for step in steps:
+        console.print(f"  [dim]# {escape(step.what)}[/]", soft_wrap=True)
+        console.print(f"  {escape(step.command)}", soft_wrap=True)

@@ -235,7 +235,13 @@ def init(
     """Create a robot project: robot.toml, robots/, selectors/, tasks/, tests/, README."""
     written = create_project(directory)
     console.print(f"Created a stampless project in {directory} ({len(written)} files).")
-    console.print("Next: read its README.md, then run 'stampless doctor' inside it.")
+    if not (Path(directory) / EXAMPLE_REQUEST).is_file():
+        console.print(
+            f"Its example scan could not be drawn (fonts missing: see 'stampless doctor'); "
+            f"{EXAMPLE_REQUEST} is not there, the rest of the project is.",
+            markup=False,
+        )
+    console.print(f"Next: cd {directory}, then follow its README.md.", markup=False)
 
 
 def create_project(directory: Path) -> list[Path]:
@@ -247,7 +253,12 @@ def create_project(directory: Path) -> list[Path]:
         raise InputError(
             f"The project template is missing from {TEMPLATE_DIR}; reinstall stampless."
         )
-    written: list[Path] = []
+    written = write_example(directory)
+    key = (
+        json.loads(written[-1].read_text(encoding="utf-8"))["claim"]["credit_code"]
+        if written
+        else (EXAMPLE_FALLBACK_KEY)
+    )
     for source in sorted(TEMPLATE_DIR.rglob("*")):
         if source.is_dir() or "__pycache__" in source.parts:
             continue
@@ -256,7 +267,47 @@ def create_project(directory: Path) -> list[Path]:
             relative = relative.with_name(relative.name[: -len(TEMPLATE_SUFFIX)])
         target = directory / relative
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(source.read_bytes())
+        data = source.read_bytes()
+        if relative.suffix == ".md":
+            data = data.replace(EXAMPLE_KEY_MARK, key.encode("ascii"))
+        target.write_bytes(data)
         target.chmod(0o644)
         written.append(target)
     return written
+
+
+# The README's commands look up the example's record; the key is filled in at init.
+EXAMPLE_KEY_MARK = b"@EXAMPLE_KEY@"
+EXAMPLE_FALLBACK_KEY = "91110105256903617P"  # a valid record of the emulated registry
+EXAMPLE_REQUEST = "requests/example.request.json"
+
+
+def write_example(directory: Path) -> list[Path]:
+    """A genuine licence scan of the emulated registry and a request for it, in requests/.
+
+    Drawn by the scan generator (seed 7, as ``stampless fixtures serve`` runs), so
+    ``stampless verify requests/example.request.json`` works on the emulated system.
+    Returns the scan and the request, or nothing when the scan cannot be drawn (fonts).
+    """
+    import tempfile
+
+    from stampless.fixtures.scans import generate
+
+    target = directory / EXAMPLE_REQUEST
+    with tempfile.TemporaryDirectory(prefix=".stampless-init-") as tmp:
+        try:
+            scan = generate(Path(tmp), "business_license", 1, 7, "easy", 0.0, 0.0, records_seed=7)[
+                0
+            ]
+        except StamplessError:
+            return []
+        original = json.loads(scan.with_suffix(".request.json").read_text(encoding="utf-8"))
+        claim = {
+            k: original["claim"][k] for k in ("credit_code", "company_name", "legal_representative")
+        }
+        target.parent.mkdir(parents=True, exist_ok=True)
+        image = target.parent / "example.jpg"
+        image.write_bytes(scan.read_bytes())
+    request = {"id": "EXAMPLE-0001", "type": "company_licence", "claim": claim, "scan": image.name}
+    target.write_text(json.dumps(request, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    return [image, target]
