@@ -1,4 +1,11 @@
-"""``stampless doctor``: what this machine lacks for stampless, and how to get it."""
+"""``stampless doctor``: what this machine and this deployment lack, and how to get it.
+
+Three groups of checks, in the order a person fixes them: the machine (Tesseract and
+its languages, the OCR engines, Chromium, fonts, a writable var/), the deployment
+(robot.toml parses, its robots, selector maps and task modules load, every secret it
+refers to resolves, a signing key), and each department system's reachability (one
+HTTP request per system; ``--offline`` skips them).
+"""
 
 from __future__ import annotations
 
@@ -16,10 +23,22 @@ APT_HINT = "apt-get install -y {}"
 
 @dataclass(frozen=True)
 class Check:
+    """One finding; ``group`` is "machine", "robot.toml", "secrets" or "systems"."""
+
     name: str
     ok: bool
     detail: str
     fix: str = ""
+    group: str = "machine"
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "group": self.group,
+            "name": self.name,
+            "ok": self.ok,
+            "detail": self.detail,
+            "fix": self.fix,
+        }
 
 
 def _tesseract(config: Config) -> list[Check]:
@@ -155,9 +174,125 @@ def _omp() -> Check:
     )
 
 
-def run_checks(config: Config) -> list[Check]:
-    """Every check, in the order a person would fix them."""
-    return [
+def _deployment(config: Config) -> list[Check]:
+    """robot.toml's robots, selector maps and task modules load."""
+    from stampless.doctype import load_doctype
+    from stampless.errors import StamplessError
+    from stampless.robot import load_robot, load_selector_map
+
+    checks = []
+    for name, system in config.systems.items():
+        try:
+            load_selector_map(system.selectors, name)
+            load_robot(system.robot, name)
+        except StamplessError as exc:
+            checks.append(
+                Check(f"system {name}", False, str(exc), "fix the file it names", "robot.toml")
+            )
+        else:
+            detail = f"robot {system.robot.name}, selectors {system.selectors.name}"
+            checks.append(Check(f"system {name}", True, detail, group="robot.toml"))
+    for name in config.types:
+        try:
+            doctype = load_doctype(config, name)
+        except StamplessError as exc:
+            checks.append(
+                Check(f"type {name}", False, str(exc), "fix the task module", "robot.toml")
+            )
+            continue
+        if doctype.system is not None and doctype.system not in config.systems:
+            checks.append(
+                Check(
+                    f"type {name}",
+                    False,
+                    f"its system {doctype.system!r} is not in robot.toml",
+                    f"add [systems.{doctype.system}] or set [types.{name}] system",
+                    "robot.toml",
+                )
+            )
+            continue
+        detail = f"{doctype.tier.value} tier, {len(doctype.fields)} fields"
+        checks.append(Check(f"type {name}", True, detail, group="robot.toml"))
+    return checks
+
+
+def _secrets(config: Config) -> list[Check]:
+    """Every secret reference resolves; the signing key is configured."""
+    from stampless.vault import secret_references, unresolved_secrets
+
+    refs = secret_references(config)
+    missing = unresolved_secrets(config)
+    checks = []
+    for where, ref, exc in missing:
+        if ref.startswith("env:"):
+            variable = ref.removeprefix("env:")
+            detail = f"{where}: the environment variable {variable} is not set"
+            fix = f'export {variable} (the emulated systems: eval "$(stampless fixtures env)")'
+        else:
+            detail, fix = f"{where}: {exc}", ""
+        checks.append(Check(ref, False, detail, fix, "secrets"))
+    if refs and not missing:
+        checks.append(
+            Check("secrets", True, f"all {len(refs)} references resolve", group="secrets")
+        )
+    if not config.evidence.signing_key:
+        checks.append(
+            Check(
+                "signing key",
+                True,
+                "none configured: run, schedule, verify and review serve need --dev",
+                "'stampless keys init' for a real deployment (docs/evidence.md)",
+                "secrets",
+            )
+        )
+    return checks
+
+
+def _reachable(config: Config, timeout_s: float = 5.0) -> list[Check]:
+    """One HTTP request per department system: does anything answer at its URL?"""
+    import time
+
+    import httpx
+
+    checks = []
+    for name, system in config.systems.items():
+        started = time.perf_counter()
+        try:
+            response = httpx.get(system.url, timeout=timeout_s, follow_redirects=False)
+        except httpx.HTTPError as exc:
+            reason = str(exc) or exc.__class__.__name__
+            checks.append(
+                Check(
+                    f"system {name}",
+                    False,
+                    f"{system.url} does not answer ({reason})",
+                    "start it, or correct its url in robot.toml (the emulated systems: "
+                    "'stampless fixtures serve'); --offline skips this check",
+                    "systems",
+                )
+            )
+            continue
+        ms = (time.perf_counter() - started) * 1000
+        ok = response.status_code < 500
+        checks.append(
+            Check(
+                f"system {name}",
+                ok,
+                f"{system.url} answered {response.status_code} in {ms:.0f} ms",
+                "" if ok else "the system answers with a server error; try again later",
+                "systems",
+            )
+        )
+    return checks
+
+
+def run_checks(config: Config, *, deployment: bool = True, offline: bool = False) -> list[Check]:
+    """Every check, in the order a person would fix them.
+
+    ``deployment``: ``config`` comes from a robot.toml, so check it too (its modules,
+    its secrets and, unless ``offline``, its systems).
+    """
+    checks = [
         *_tesseract(config),
         _tesseract_library(config),
         _second_opinion(config),
@@ -166,3 +301,8 @@ def run_checks(config: Config) -> list[Check]:
         _writable(config.var_dir),
         _omp(),
     ]
+    if deployment:
+        checks += _deployment(config) + _secrets(config)
+        if not offline:
+            checks += _reachable(config)
+    return checks

@@ -3,6 +3,7 @@
     StamplessError                   every error the framework raises on purpose
     ├── InputError       (exit 2)    bad request, config, image or usage: fix the input
     │   ├── ConfigError              robot.toml or a file it names is wrong
+    │   │   └── SecretUnavailable        a secret robot.toml refers to does not resolve
     │   └── RequestConflict          a known request id sent with different content
     ├── BusinessError                final: the document is wrong, becomes a verdict
     │   ├── RecordNotFound           the department system has no such record
@@ -51,6 +52,14 @@ class InputError(StamplessError):
 
 class ConfigError(InputError):
     """robot.toml, or a file it refers to, is missing or invalid."""
+
+
+class SecretUnavailable(ConfigError):
+    """A secret robot.toml refers to cannot be resolved (not set, not in its vault).
+
+    Never retried: no attempt can succeed until an operator sets it. ``run``,
+    ``schedule`` and ``verify`` check every reference before they take any work.
+    """
 
 
 class RequestConflict(InputError):

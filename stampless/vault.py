@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from cryptography.fernet import Fernet, InvalidToken
 
 from stampless._files import write_atomic
-from stampless.errors import ConfigError
+from stampless.errors import ConfigError, SecretUnavailable
 
 if TYPE_CHECKING:
     from stampless.config import Config
@@ -291,31 +291,36 @@ def resolve_secret(
 ) -> Secret:
     """Resolve a reference (``env:NAME``, ``file:PATH#NAME``, ``keyring:SERVICE/NAME``).
 
-    Raises :class:`ConfigError` naming the reference, never the value, when the secret
-    is missing or the reference is malformed.
+    Raises :class:`~stampless.errors.SecretUnavailable` (a ConfigError) naming the
+    reference, never the value, when the secret is missing or the reference is malformed.
     """
     env = os.environ if environ is None else environ
     if ref.startswith("env:"):
         name = ref[len("env:") :]
         if not name:
-            raise ConfigError(f"Secret reference {ref!r} must name a variable: env:NAME.")
+            raise SecretUnavailable(f"Secret reference {ref!r} must name a variable: env:NAME.")
         value = env.get(name)
         if value is None or value == "":
-            raise ConfigError(
+            raise SecretUnavailable(
                 f"Secret {ref} is not set; export the environment variable {name} "
                 "before starting stampless."
             )
         return Secret(value)
     if ref.startswith("file:"):
-        path, name = parse_file_ref(ref, config=config)
-        if not path.is_file():
-            raise ConfigError(
-                f"Secret {ref}: the vault file {path} does not exist; create the entry "
-                f"with 'stampless vault set {name} --path {path}'."
-            )
-        entries = Vault.from_env(path, environ=dict(env))._read()
+        try:
+            path, name = parse_file_ref(ref, config=config)
+            if not path.is_file():
+                raise SecretUnavailable(
+                    f"Secret {ref}: the vault file {path} does not exist; create the entry "
+                    f"with 'stampless vault set {name} --path {path}'."
+                )
+            entries = Vault.from_env(path, environ=dict(env))._read()
+        except SecretUnavailable:
+            raise
+        except ConfigError as exc:  # no vault key, a wrong one, a damaged vault
+            raise SecretUnavailable(str(exc)) from None
         if name not in entries:
-            raise ConfigError(
+            raise SecretUnavailable(
                 f"Secret {ref} is not in the vault; add it with "
                 f"'stampless vault set {name} --path {path}'."
             )
@@ -323,29 +328,93 @@ def resolve_secret(
     if ref.startswith("keyring:"):
         service, sep, name = ref[len("keyring:") :].partition("/")
         if not sep or not service or not name:
-            raise ConfigError(f"Secret reference {ref!r} must look like keyring:SERVICE/NAME.")
+            raise SecretUnavailable(
+                f"Secret reference {ref!r} must look like keyring:SERVICE/NAME."
+            )
         try:
             import keyring  # type: ignore[import-not-found,unused-ignore]
         except ImportError:
-            raise ConfigError(
+            raise SecretUnavailable(
                 f"Secret {ref} needs the 'keyring' package; install it with "
                 "\"pip install 'stampless[keyring]'\" or use an env: or file: reference."
             ) from None
         try:
             value = keyring.get_password(service, name)
         except Exception as exc:  # keyring backends raise their own error types
-            raise ConfigError(
+            raise SecretUnavailable(
                 f"Secret {ref}: the OS keyring failed ({exc.__class__.__name__}); check "
                 "that a keyring backend is available."
             ) from None
         if value is None:
-            raise ConfigError(
+            raise SecretUnavailable(
                 f"Secret {ref} is not in the OS keyring; store it with "
                 f"'keyring set {service} {name}'."
             )
         return Secret(value)
-    raise ConfigError(
+    raise SecretUnavailable(
         # Not echoed: a value without a scheme may be the secret itself.
         "A secret reference has an unknown scheme; use env:NAME, file:PATH#NAME or "
         "keyring:SERVICE/NAME (never the secret itself)."
+    )
+
+
+# --------------------------------------------------------------------------- preflight
+
+
+def secret_references(config: Config, *, signing: bool = True) -> list[tuple[str, str]]:
+    """Every secret reference robot.toml holds, as ``(where, reference)``."""
+    refs: list[tuple[str, str]] = []
+    for name, system in config.systems.items():
+        for account in system.accounts:
+            refs.append((f"systems.{name}, account {account.name}: password", account.password))
+            if account.totp:
+                refs.append((f"systems.{name}, account {account.name}: totp", account.totp))
+    optional = {
+        "evidence.signing_key": config.evidence.signing_key if signing else None,
+        "outbox.webhook.token": config.outbox.webhook.token if config.outbox.webhook else None,
+        "intake.token": config.intake.token,
+        "review.secret_key": config.review.secret_key,
+    }
+    refs += [(where, ref) for where, ref in optional.items() if ref]
+    return refs
+
+
+def unresolved_secrets(
+    config: Config, *, signing: bool = True, environ: dict[str, str] | None = None
+) -> list[tuple[str, str, SecretUnavailable]]:
+    """The references of :func:`secret_references` that do not resolve, with the reason."""
+    missing = []
+    for where, ref in secret_references(config, signing=signing):
+        try:
+            resolve_secret(ref, config=config, environ=environ)
+        except SecretUnavailable as exc:
+            missing.append((where, ref, exc))
+    return missing
+
+
+def require_secrets(config: Config) -> None:
+    """Raise :class:`SecretUnavailable` unless every secret robot.toml names resolves.
+
+    ``run``, ``schedule`` and ``verify`` call it before taking any work, so a secret
+    that is not set stops them at once instead of failing item after item. The signing
+    key is left to :func:`stampless.signing.production_signer`, which says more.
+    """
+    missing = unresolved_secrets(config, signing=False)
+    if not missing:
+        return
+    where, _, first = missing[0]
+    others = [ref for _, ref, _ in missing[1:]]
+    more = ""
+    if others:
+        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        more = f" Not set either: {shown}."
+    hint = ""
+    if any(ref.startswith("env:") for _, ref, _ in missing):
+        hint = (
+            " For the emulated systems of 'stampless fixtures serve', "
+            'eval "$(stampless fixtures env)" sets them.'
+        )
+    raise SecretUnavailable(
+        f"{first} (robot.toml: {where}).{more}{hint} 'stampless doctor' checks them all; "
+        "nothing was started."
     )

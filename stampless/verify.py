@@ -97,9 +97,13 @@ async def verify_request(
 async def verify_file(config: Config, path: Path, *, dev: bool = False) -> Outcome:
     """``stampless verify REQUEST.json``: validate, process, deliver.
 
-    Refuses to start without a configured signing key (``dev``: the development key).
+    Refuses to start when a secret robot.toml names does not resolve, or without a
+    configured signing key (``dev``: the development key).
     """
+    from stampless.vault import require_secrets
+
     signer = production_signer(config, dev=dev)
+    require_secrets(config)
     request = Request.from_file(path)
     base_dir = path.resolve().parent
     async with Pipeline(config, signer=signer) as pipeline:

@@ -10,7 +10,12 @@ tasks keep two cores busy. Per item:
   jitter while a retry can still finish before the deadline and attempts remain;
   otherwise the item is *escalated*: robot and manual tiers go to the review store with
   what was gathered, instant-tier items get an ``error`` verdict;
-* an :class:`~stampless.errors.InputError` is final: an ``error`` verdict;
+* an :class:`~stampless.errors.InputError` is final: an ``error`` verdict (so is a
+  :class:`~stampless.errors.ConfigError` met for one item: a type or system robot.toml
+  does not define, a task module that does not load);
+* a secret that stops resolving (:class:`~stampless.errors.SecretUnavailable`) stops
+  the pool: the item goes back untouched and :meth:`WorkerPool.run` raises it, so
+  ``run`` and ``schedule`` exit 2 (they check every secret before starting, too);
 * the circuit breaker of the item's department system is consulted before, and told
   after; items of a system whose circuit is open wait in the queue, and are escalated
   when their deadline comes near (the pipeline's robot runtime asks the same breaker
@@ -46,9 +51,9 @@ from stampless.circuit import CircuitBreaker, counts_against_system
 from stampless.delivery import Delivery, backoff_s
 from stampless.errors import (
     BusinessError,
-    ConfigError,
     InputError,
     LoginRejected,
+    SecretUnavailable,
     StamplessError,
     SystemFailure,
 )
@@ -198,6 +203,7 @@ class WorkerPool:
         self._running: dict[str, Claim] = {}
         self._delivery_task: asyncio.Task[None] | None = None
         self._delivery_again = False
+        self._fatal: StamplessError | None = None  # why the pool stopped itself
         from stampless.audit import AuditLog
 
         self.audit = AuditLog(config.audit_dir, rotate_bytes=config.audit.rotate_bytes)
@@ -231,7 +237,16 @@ class WorkerPool:
             if progress is not None:
                 progress.close()
             self._log_progress()
+        if self._fatal is not None:
+            raise self._fatal
         return self.stats
+
+    def _stop_for(self, exc: StamplessError) -> None:
+        """Stop taking work because of ``exc``, which :meth:`run` raises once drained."""
+        if self._fatal is None:
+            logger.error("Stopping the workers: {}", exc)
+            self._fatal = exc
+        self.stop.set()
 
     async def _wait_until_finished(self, workers: list[asyncio.Task[None]]) -> None:
         stop_wait = asyncio.create_task(self.stop.wait())
@@ -447,15 +462,17 @@ class WorkerPool:
                 self.circuits.cancel_trial(item.system)
             await self._retry_or_give_up(claim, exc)
             return None
-        except ConfigError as exc:
-            # The deployment is wrong (a secret not set, a robot file missing), not the
-            # request: never a final verdict; wait with back-off for the operator's fix.
-            logger.error("{}: {}", item.request_id, exc)
+        except SecretUnavailable as exc:
+            # No item can succeed until an operator sets the secret, and none is to blame:
+            # give this one back untouched and stop taking work (run/schedule exit 2).
             if item.system is not None:
                 self.circuits.cancel_trial(item.system)
-            await self._retry_or_give_up(claim, SystemFailure(str(exc)))
+            self._release(claim, "a secret robot.toml names does not resolve")
+            self._stop_for(exc)
             return None
         except (InputError, BusinessError) as exc:
+            # Final, never retried as an outage: the request is wrong, or robot.toml cannot
+            # process it (an unknown type or system, a task module that does not load).
             return await self.processor.fail(
                 item.request,
                 base_dir=item.base_dir,

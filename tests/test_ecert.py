@@ -34,6 +34,7 @@ from stampless.ecert import (
     write_revocation_list,
 )
 from stampless.errors import SystemFailure
+from stampless.fixtures.accounts import fixture_env
 from stampless.fixtures.ecerts import claim_of, ecert_fields, ecert_scan, tamper
 from stampless.fixtures.records import records
 from stampless.models import FieldStatus, Request, VerdictKind, utcnow
@@ -242,6 +243,7 @@ def test_qr_on_scans_genuine_tampered_absent_unreadable(issuers: Issuers, tmp_pa
 def test_issue_ecert_cli_and_stampless_verify(tmp_path: Path) -> None:
     env = {
         **os.environ,
+        **fixture_env(),  # robot.toml's secrets: verify checks them all before it starts
         **signing_env(),
         "OMP_THREAD_LIMIT": "1",
         "STAMPLESS__PROJECT__VAR_DIR": str(tmp_path / "var"),

@@ -33,6 +33,7 @@ from deployment_keys import SIGNER, signing_env
 from test_verify_e2e import run_cli, scans  # noqa: F401 (a fixture)
 
 from stampless.errors import InputError
+from stampless.fixtures.accounts import fixture_env
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -210,8 +211,14 @@ def write_request(folder: Path, rid: str, *, raw: str | None = None, **fields: A
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
-    """The repository's robot.toml with a var/ of this test's own and a signing key."""
-    return {**os.environ, **signing_env(), "STAMPLESS__PROJECT__VAR_DIR": str(tmp_path / "var")}
+    """The repository's robot.toml with a var/ of this test's own, its secrets and a
+    signing key."""
+    return {
+        **os.environ,
+        **fixture_env(),
+        **signing_env(),
+        "STAMPLESS__PROJECT__VAR_DIR": str(tmp_path / "var"),
+    }
 
 
 @pytest.fixture
@@ -711,7 +718,7 @@ def test_row11_a_sigkilled_workers_item_finishes_before_its_deadline(tmp_path: P
 def test_row7_production_refuses_to_start_without_a_signing_key(
     tmp_path: Path, command: str
 ) -> None:
-    env = {**os.environ, "STAMPLESS__PROJECT__VAR_DIR": str(tmp_path / "var")}
+    env = {**os.environ, **fixture_env(), "STAMPLESS__PROJECT__VAR_DIR": str(tmp_path / "var")}
     env.pop("STAMPLESS__EVIDENCE__SIGNING_KEY", None)
     args = {
         "run": ["run", "--until-empty"],

@@ -38,7 +38,12 @@ from stampless.config import (
     SystemConfig,
     TiersConfig,
 )
-from stampless.errors import ConfigError, DepartmentUnavailable, InputError
+from stampless.errors import (
+    ConfigError,
+    DepartmentUnavailable,
+    InputError,
+    SecretUnavailable,
+)
 from stampless.models import Request, Tier, Verdict, VerdictKind, utcnow
 from stampless.outbox import JOURNAL_DIR, read_verdict, write_verdict
 from stampless.queue import ItemState, WorkQueue, open_queue
@@ -158,7 +163,9 @@ class HttpProcessor:
         if request.claim.get("bad"):
             raise InputError(f"Request {request.id}: the claim is unreadable.")
         if request.claim.get("unset_secret"):
-            raise ConfigError("Secret env:NOPE is not set; export NOPE before starting.")
+            raise SecretUnavailable("Secret env:NOPE is not set; export NOPE before starting.")
+        if request.claim.get("unknown_type"):
+            raise ConfigError("Unknown document type 'gone'; robot.toml defines: others.")
         params = {
             "system": request.claim.get("system", ""),
             "account": account or "",
@@ -327,8 +334,9 @@ def test_input_error_is_final_and_outbox_short_circuits(tmp_path: Path, server: 
     config = make_config(tmp_path / "var")
     queue = open_queue(config)
     enqueue(queue, config, "BAD", "civil_affairs", bad=True)
-    # A deployment problem is not the request's fault: retried, then a person decides.
-    enqueue(queue, config, "NOSECRET", "market_supervision", unset_secret=True)
+    # robot.toml cannot process this one (its type was removed): final at once, never
+    # retried as if the department system were down.
+    enqueue(queue, config, "NOTYPE", "market_supervision", unknown_type=True)
     config.queue.max_attempts = 2
     # Waited in the queue past its deadline: straight to a person, the robot never starts.
     late = Request(id="LATE", type="marriage_certificate", claim={"system": "civil_affairs"})
@@ -364,13 +372,37 @@ def test_input_error_is_final_and_outbox_short_circuits(tmp_path: Path, server: 
     assert before.verdict is VerdictKind.mismatch
     assert read_verdict(config.outbox_dir, "DONE-BEFORE") == earlier
     assert [e["id"] for e in server.entries()] == []  # none reached the department
-    nosecret = queue.get("NOSECRET")
-    assert nosecret is not None and nosecret.state is ItemState.review
-    assert nosecret.attempts == config.queue.max_attempts
-    assert "NOPE" in (nosecret.last_error or "")
+    notype = queue.get("NOTYPE")
+    assert notype is not None and notype.state is ItemState.failed and notype.attempts == 1
+    assert "Unknown document type" in (notype.last_error or "")
+    assert read_verdict(config.outbox_dir, "NOTYPE").verdict is VerdictKind.error  # type: ignore[union-attr]
     late_item = queue.get("LATE")
     assert late_item is not None and late_item.state is ItemState.review
     assert "waited in the queue" in (late_item.last_error or "")
+
+
+def test_a_secret_that_stops_resolving_stops_the_pool_and_keeps_the_item(
+    tmp_path: Path, server: Any
+) -> None:
+    """No item can succeed without the secret: the first one goes back untouched, no
+    other is claimed, and run() raises, so 'stampless run' exits 2 at once."""
+    config = make_config(tmp_path / "var")
+    queue = open_queue(config)
+    enqueue(queue, config, "NOSECRET", "market_supervision", unset_secret=True)
+    for i in range(3):
+        enqueue(queue, config, f"LATER{i}", "market_supervision", unset_secret=True)
+    pool = make_pool(config, queue, server.url, workers=1, until_empty=True)
+    started = time.monotonic()
+    with pytest.raises(SecretUnavailable, match="NOPE"):
+        run_pool(pool)
+    assert time.monotonic() - started < 10
+    processor = pool.processor
+    assert isinstance(processor, HttpProcessor) and processor.calls == 1
+    for rid in ("NOSECRET", "LATER0", "LATER1", "LATER2"):
+        item = queue.get(rid)
+        assert item is not None and item.state is ItemState.queued and item.attempts == 0, item
+        assert read_verdict(config.outbox_dir, rid) is None
+    assert ReviewStore.from_config(config).get("NOSECRET") is None
 
 
 def test_down_system_retries_then_escalates_others_keep_going(tmp_path: Path) -> None:

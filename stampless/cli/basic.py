@@ -15,7 +15,9 @@ from stampless.cli._common import DEV_HELP, console, exit_with, get_config
 from stampless.errors import ExitCode
 
 if TYPE_CHECKING:
+    from stampless.config import Config
     from stampless.demo import DemoRun, NextStep
+    from stampless.doctor import Check
 
 VERDICT_STYLE = {
     "verified": "bold green",
@@ -35,6 +37,22 @@ def _short_path(path: str | Path | None) -> str:
         return str(Path(path).absolute().relative_to(Path.cwd()))
     except ValueError:
         return str(path)
+
+
+def _robot_toml_check(config: Config) -> Check:
+    from stampless.cli._common import state
+    from stampless.doctor import Check
+
+    if not state.config_path.is_file():
+        return Check(
+            "robot.toml",
+            True,
+            f"no {state.config_path} here: machine checks only",
+            "run inside a project, pass --config PATH, or 'stampless init DIR'",
+            "robot.toml",
+        )
+    detail = f"{state.config_path}: {len(config.systems)} systems, {len(config.types)} types"
+    return Check("robot.toml", True, detail, group="robot.toml")
 
 
 def register(app: typer.Typer) -> None:
@@ -71,18 +89,42 @@ def register(app: typer.Typer) -> None:
         exit_with(outcome.exit_code)
 
     @app.command()
-    def doctor() -> None:
-        """Say what this machine is missing for stampless, and how to get it."""
-        from rich.markup import escape
+    def doctor(
+        offline: Annotated[
+            bool, typer.Option("--offline", help="Do not contact the department systems.")
+        ] = False,
+        as_json: Annotated[bool, typer.Option("--json", help="Print the checks as JSON.")] = False,
+    ) -> None:
+        """Say what this machine and this deployment lack, and how to get it: Tesseract,
+        Chromium, fonts; robot.toml, its modules and its secrets; whether each department
+        system answers (not with --offline). Exit 0 when all is well, else 4."""
+        from stampless.doctor import Check, run_checks
+        from stampless.errors import ConfigError
 
-        from stampless.doctor import run_checks
+        try:
+            config = get_config(required=False)
+        except ConfigError as exc:  # report it with the machine checks, on defaults
+            from stampless.config import Config
 
-        checks = run_checks(get_config(required=False))
-        table = Table("check", "", "detail", "how to fix", box=None, pad_edge=False)
-        for check in checks:
-            mark = "[green]ok[/]" if check.ok else "[red]missing[/]"
-            table.add_row(check.name, mark, escape(check.detail), escape(check.fix))
-        console.print(table)
+            config, found = Config(), Check("robot.toml", False, str(exc), "", "robot.toml")
+        else:
+            found = _robot_toml_check(config)
+        deployment = found.ok and bool(config.systems or config.types)
+        checks = [found, *run_checks(config, deployment=deployment, offline=offline)]
+        if as_json:
+            print(
+                json.dumps(
+                    {"ok": all(c.ok for c in checks), "checks": [c.as_dict() for c in checks]},
+                    ensure_ascii=False,
+                    indent=2,
+                )
+            )
+        else:
+            table = Table("check", "", "detail", "how to fix", box=None, pad_edge=False)
+            for check in checks:
+                mark = "[green]ok[/]" if check.ok else "[red]missing[/]"
+                table.add_row(check.name, mark, escape(check.detail), escape(check.fix))
+            console.print(table)
         if not all(c.ok for c in checks):
             exit_with(ExitCode.system_failure)
 

@@ -56,12 +56,15 @@ def register(app: typer.Typer) -> None:
         ] = None,
         dev: Annotated[bool, typer.Option("--dev", help=DEV_HELP)] = False,
     ) -> None:
-        """Process the queue with N workers sharing one browser. Refuses to start without
-        a configured signing key (evidence.signing_key) unless --dev."""
+        """Process the queue with N workers sharing one browser. Refuses to start (exit 2)
+        when a secret robot.toml names does not resolve, or without a configured signing
+        key (evidence.signing_key) unless --dev; stops at once if a secret stops resolving."""
         from stampless.signing import production_signer
+        from stampless.vault import require_secrets
 
-        # Loading robot.toml starts the log under var/log; no key, no start.
+        # Loading robot.toml starts the log under var/log; no secret or key, no start.
         signer = production_signer(get_config(), dev=dev)
+        require_secrets(get_config())
         stats = asyncio.run(_run(workers, until_empty, progress, signer))
         console.print(
             f"done {stats.done}, failed {stats.failed}, in review {stats.review}, "
@@ -79,15 +82,19 @@ def register(app: typer.Typer) -> None:
         dev: Annotated[bool, typer.Option("--dev", help=DEV_HELP)] = False,
     ) -> None:
         """Run the scheduler, the workers and the HTTP intake until SIGTERM. Refuses to
-        start without a configured signing key (evidence.signing_key) unless --dev."""
+        start (exit 2) when a secret robot.toml names does not resolve, or without a
+        configured signing key (evidence.signing_key) unless --dev."""
         from stampless.models import utcnow
         from stampless.scheduler import Daemon
         from stampless.signing import production_signer
+        from stampless.vault import require_secrets
         from stampless.worker import WorkerOptions
 
         config = get_config()
         options = WorkerOptions.from_config(config, workers=workers, progress=False)
         signer = None if list_jobs else production_signer(config, dev=dev)
+        if not list_jobs:
+            require_secrets(config)
         daemon = Daemon(config, options=options, signer=signer)
         if list_jobs:
             table = Table("job", "kind", "trigger", "next run (UTC)", box=None, pad_edge=False)
