@@ -380,3 +380,58 @@ def test_cli_verify_ls_show_export(tmp_path: Path, signer: Signer, cli) -> None:
     assert missing.returncode == 2 and "evidence ls" in missing.stderr
     sneaky = cli("evidence", "verify", "../../etc", cwd=tmp_path)
     assert sneaky.returncode == 2
+
+
+def test_json_outputs_follow_docs_json_md(tmp_path: Path, signer: Signer, cli) -> None:
+    """evidence ls|show|verify and audit verify with --json: the keys docs/json.md lists,
+    and the same exit codes as without."""
+    import re
+
+    evidence = tmp_path / "var" / "evidence"
+    build_bundle(evidence, "REQ-OK", signer)
+    build_bundle(evidence, "REQ-BAD", signer, verdict="mismatch")
+    (tmp_path / "robot.toml").write_text(
+        f'[evidence]\ntrusted_keys = ["{fingerprint(signer.public_key_b64)}"]\n', encoding="utf-8"
+    )
+    doc = (REPO / "docs" / "json.md").read_text(encoding="utf-8")
+
+    def documented(heading: str) -> set[str]:
+        """The keys of the ```json example under ``heading`` in docs/json.md."""
+        section = doc.split(f"## `{heading}`\n", 1)[1].split("\n## ", 1)[0]
+        example = json.loads(section.split("```json\n", 1)[1].split("```", 1)[0])
+        return set(example)
+
+    lines = cli("evidence", "ls", "--json", cwd=tmp_path)
+    rows = [json.loads(line) for line in lines.stdout.splitlines()]
+    assert {r["request_id"] for r in rows} == {"REQ-OK", "REQ-BAD"}
+    assert all(set(r) == documented("stampless evidence ls --json") for r in rows)
+
+    shown = json.loads(cli("evidence", "show", "REQ-OK", "--json", cwd=tmp_path).stdout)
+    assert set(shown) == documented("stampless evidence show ID --json")
+    assert shown["verdict"]["verdict"] == "verified"
+    assert any(f["caption"] == "Search form" for f in shown["files"])
+
+    ok = cli("evidence", "verify", "REQ-OK", "--json", cwd=tmp_path)
+    report = json.loads(ok.stdout)
+    assert ok.returncode == 0 and report["ok"] is True and report["problems"] == []
+    assert set(report) == documented("stampless evidence verify ID --json")
+    (evidence / "REQ-BAD" / "scan.png").write_bytes(b"not the scan")
+    bad = cli("evidence", "verify", "REQ-BAD", "--json", cwd=tmp_path)
+    failed = json.loads(bad.stdout)
+    assert bad.returncode == 1 and failed["ok"] is False
+    assert failed["problems"] == [
+        {"kind": "changed", "name": "scan.png", "detail": failed["problems"][0]["detail"]}
+    ]
+
+    audit = cli("audit", "verify", "--json", cwd=tmp_path)
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+    chain = json.loads(audit.stdout)
+    assert chain["ok"] is True and set(chain) == documented("stampless audit verify --json")
+    # Every command the page documents exists and takes --json.
+    headings = re.findall(r"^## `(stampless [^`]*--json)`", doc, flags=re.M)
+    assert len(headings) >= 8, headings
+    for heading in headings:
+        words = [w for w in heading.split()[1:] if w.isidentifier() or w == "--json"]
+        words = [w for w in words if w != "--json" and w.islower()]
+        helped = cli(*words, "--help", cwd=tmp_path)
+        assert "--json" in helped.stdout, heading

@@ -6,9 +6,12 @@ hoists them to the root callback, so each command need not declare them.
 
 from __future__ import annotations
 
+import json
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -55,3 +58,16 @@ def get_config(*, required: bool = True) -> Config:
 
 def exit_with(code: int) -> None:
     raise typer.Exit(int(code))
+
+
+def emit_json(data: Any) -> None:
+    """One JSON document on stdout for scripts (docs/json.md): indented, UTF-8 as is,
+    never wrapped at the terminal's width or marked up, whatever the console does."""
+    print(json.dumps(data, ensure_ascii=False, indent=2, default=str), flush=True)
+
+
+def emit_json_lines(rows: Iterable[Any]) -> None:
+    """JSON lines on stdout, one object per line (lists: ``queue ls``, ``evidence ls``)."""
+    for row in rows:
+        print(json.dumps(row, ensure_ascii=False, default=str))
+    sys.stdout.flush()

@@ -8,15 +8,18 @@ from typing import Annotated, Any
 
 import typer
 
-from stampless.cli._common import DEV_HELP, console, get_config
+from stampless.cli._common import DEV_HELP, console, emit_json, get_config
 from stampless.errors import ExitCode, InputError
 
 audit_app = typer.Typer(help="The audit chain (one hashed JSON line per step).")
 
 
-def _fail(message: str, advice: str) -> None:
-    console.print(f"BROKEN {message}", markup=False, soft_wrap=True)
-    console.print(advice, markup=False, soft_wrap=True)
+def _fail(message: str, advice: str, *, as_json: bool = False, **report: Any) -> None:
+    if as_json:
+        emit_json({"ok": False, **report, "broken": message, "advice": advice})
+    else:
+        console.print(f"BROKEN {message}", markup=False, soft_wrap=True)
+        console.print(advice, markup=False, soft_wrap=True)
     # SystemExit, not typer.Exit: main() runs click with standalone_mode=False, which
     # turns typer.Exit into an ignored return value.
     raise SystemExit(int(ExitCode.not_verified))
@@ -50,6 +53,7 @@ def verify_cmd(
         list[str] | None,
         typer.Option("--pubkey", help="Also trust this public key for the checkpoint."),
     ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")] = False,
 ) -> None:
     """Check that no audit line was removed, reordered or edited, and that the end of the
     chain is the one a checkpoint recorded; exit 0 only when intact."""
@@ -63,8 +67,20 @@ def verify_cmd(
         "or investigate who changed them."
     )
     report = verify_chain(config.audit_dir, since=parse_since(since) if since else None)
+    summary: dict[str, Any] = {
+        "audit_dir": str(config.audit_dir),
+        "lines": report.lines,
+        "files": len(report.files),
+        "last_seq": report.last_seq,
+        "checkpoint": None,
+    }
     if not report.ok:
-        _fail(str(report.first_broken), f"{report.lines} line(s) before it are intact. {advice}")
+        _fail(
+            str(report.first_broken),
+            f"{report.lines} line(s) before it are intact. {advice}",
+            as_json=as_json,
+            **summary,
+        )
     checkpoint = against or latest_checkpoint(config.outbox_dir)
     checked = ""
     if checkpoint is not None:
@@ -74,16 +90,22 @@ def verify_cmd(
         # One held elsewhere must carry a trusted signature; the outbox's own newest is
         # used for what it is worth (whoever could cut the chain could remove it too).
         problems = document_problems(doc, trusted if against is not None else None)
+        summary["checkpoint"] = {"name": checkpoint.name, "seq": doc["seq"]}
         if problems:
             _fail(
                 f"{checkpoint.name}: {problems[0]}",
                 "The checkpoint cannot be relied on; compare with a copy the webhook "
                 "receiver holds, signed by a pinned key (--pubkey or evidence.trusted_keys).",
+                as_json=as_json,
+                **summary,
             )
         broken = check_checkpoint(config.audit_dir, doc)
         if broken is not None:
-            _fail(str(broken), advice)
+            _fail(str(broken), advice, as_json=as_json, **summary)
         checked = f"; it still holds seq {doc['seq']} as {checkpoint.name} recorded it"
+    if as_json:
+        emit_json({"ok": True, **summary, "broken": None, "advice": None})
+        return
     console.print(
         f"OK: {report.lines} line(s) in {len(report.files)} file(s) of {config.audit_dir} "
         f"form one unbroken chain (last seq {report.last_seq}){checked}.",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -11,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from stampless.cli._common import DEV_HELP, console, exit_with, get_config
+from stampless.cli._common import DEV_HELP, console, emit_json, exit_with, get_config
 from stampless.errors import ExitCode
 
 if TYPE_CHECKING:
@@ -77,7 +76,7 @@ def register(app: typer.Typer) -> None:
         outcome = asyncio.run(verify_file(get_config(), request, dev=dev))
         verdict = outcome.verdict
         if as_json:
-            console.print_json(verdict.model_dump_json())
+            emit_json(verdict.model_dump(mode="json"))
         else:
             style = VERDICT_STYLE.get(verdict.verdict.value, "bold")
             console.print(f"[{style}]{verdict.verdict.value}[/] {verdict.request_id}")
@@ -112,13 +111,7 @@ def register(app: typer.Typer) -> None:
         deployment = found.ok and bool(config.systems or config.types)
         checks = [found, *run_checks(config, deployment=deployment, offline=offline)]
         if as_json:
-            print(
-                json.dumps(
-                    {"ok": all(c.ok for c in checks), "checks": [c.as_dict() for c in checks]},
-                    ensure_ascii=False,
-                    indent=2,
-                )
-            )
+            emit_json({"ok": all(c.ok for c in checks), "checks": [c.as_dict() for c in checks]})
         else:
             table = Table("check", "", "detail", "how to fix", box=None, pad_edge=False)
             for check in checks:
@@ -151,7 +144,7 @@ def register(app: typer.Typer) -> None:
         run = run_demo(project, difficulty=difficulty, workers=workers, config_arg=config_arg)
         steps = run.next_steps(config_arg)
         if as_json:
-            console.print_json(json.dumps(_demo_json(run, steps), ensure_ascii=False))
+            emit_json(_demo_json(run, steps))
         else:
             _print_demo(run, steps)
         if any(r.outcome is None for r in run.rows):

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from stampless.cli._common import console, get_config
+from stampless.cli._common import console, emit_json, emit_json_lines, get_config
 from stampless.errors import ExitCode, InputError
 
 evidence_app = typer.Typer(help="Sealed evidence bundles: list, show, verify, report, export.")
@@ -78,6 +78,7 @@ def ls_cmd(
         str | None,
         typer.Option("--since", help="Only bundles finished since (ISO time or 2h, 7d)."),
     ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines, one per bundle.")] = False,
 ) -> None:
     """List sealed bundles, newest first (reads verdict.json; does not hash files)."""
     from rich.table import Table
@@ -92,6 +93,19 @@ def ls_cmd(
         if (verdict is None or b.verdict == verdict)
         and (cutoff is None or (b.finished_at is not None and b.finished_at >= cutoff))
     ]
+    if as_json:
+        emit_json_lines(
+            {
+                "request_id": b.request_id,
+                "type": b.type,
+                "verdict": b.verdict,
+                "finished_at": b.finished_at.isoformat() if b.finished_at else None,
+                "size": b.size,
+                "path": str(b.path),
+            }
+            for b in rows
+        )
+        return
     table = Table(title=f"Evidence in {config.evidence_dir}", title_justify="left")
     for col in ("id", "type", "verdict", "finished", "size"):
         table.add_column(col, justify="right" if col == "size" else "left")
@@ -110,8 +124,12 @@ def ls_cmd(
 
 
 @evidence_app.command("show")
-def show_cmd(request: Annotated[str, typer.Argument(help="Request id or bundle folder.")]) -> None:
-    """A readable summary of one bundle: verdict, fields, files, signature."""
+def show_cmd(
+    request: Annotated[str, typer.Argument(help="Request id or bundle folder.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print it as JSON.")] = False,
+) -> None:
+    """A readable summary of one bundle: verdict, fields, files, signature (nothing is
+    verified here: 'evidence verify' recomputes the hashes)."""
     import json
 
     from rich.table import Table
@@ -122,6 +140,25 @@ def show_cmd(request: Annotated[str, typer.Argument(help="Request id or bundle f
     manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
     verdict_file = folder / "verdict.json"
     verdict = json.loads(verdict_file.read_text(encoding="utf-8")) if verdict_file.exists() else {}
+    if as_json:
+        sig = manifest.get("signature") or {}
+        emit_json(
+            {
+                "request_id": manifest.get("request_id"),
+                "path": str(folder),
+                "verdict": verdict or None,
+                "started_at": manifest.get("started_at"),
+                "finished_at": manifest.get("finished_at"),
+                "stampless_version": manifest.get("stampless_version"),
+                "files": [
+                    {k: f.get(k) for k in ("name", "kind", "size", "sha256", "caption")}
+                    for f in manifest.get("files", [])
+                ],
+                "meta": manifest.get("meta") or {},
+                "signature": {"key_id": sig.get("key_id"), "alg": sig.get("alg")},
+            }
+        )
+        return
     console.print(f"[bold]{manifest.get('request_id')}[/]  {folder}")
     v = verdict.get("verdict", "?")
     console.print(
@@ -179,6 +216,7 @@ def verify_cmd(
     dev: Annotated[
         bool, typer.Option("--dev", help="Also trust this deployment's development key.")
     ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")] = False,
 ) -> None:
     """Recompute every hash and check the signatures of a bundle and its outbox verdict;
     exit 0 only when all holds and the signing key is trusted.
@@ -195,6 +233,7 @@ def verify_cmd(
     trusted = trusted_keys(config, extra)
     verdict, bundle = _verdict_and_bundle(target)
     checked: list[str] = []
+    report = None
     if bundle is not None:
         report = verify_bundle(bundle, trusted_keys=trusted, verdict=verdict)
         problems = report.problems
@@ -208,12 +247,29 @@ def verify_cmd(
         name = verdict.stem
     if verdict is not None:
         checked.append(f"the verdict {verdict.name} is signed and agrees")
-    if not problems:
+    if as_json:
+        emit_json(
+            {
+                "ok": not problems,
+                "request_id": name,
+                "bundle": None if bundle is None else str(bundle),
+                "verdict": None if verdict is None else str(verdict),
+                "files_checked": 0 if report is None else report.files_checked,
+                "key_id": None if report is None else report.key_id,
+                "trusted_keys": len(trusted.fingerprints),
+                "problems": [
+                    {"kind": p.kind, "name": p.name, "detail": p.detail} for p in problems
+                ],
+            }
+        )
+    elif not problems:
         console.print(f"OK: {name}: {'; '.join(checked)}.", markup=False, soft_wrap=True)
+    else:
+        for problem in problems:
+            console.print(f"FAIL {problem}", markup=False, soft_wrap=True)
+    if not problems:
         return
-    for problem in problems:
-        console.print(f"FAIL {problem}", markup=False, soft_wrap=True)
-    if not trusted:
+    if not trusted and not as_json:
         console.print(
             "No key is trusted here: pin the deployment's key in robot.toml "
             "([evidence] trusted_keys = [\"sha256:...\"], from 'stampless keys show') or "

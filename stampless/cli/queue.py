@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from stampless.cli._common import DEV_HELP, console, get_config
+from stampless.cli._common import DEV_HELP, console, emit_json, emit_json_lines, get_config
 from stampless.errors import InputError
 
 if TYPE_CHECKING:
@@ -133,8 +132,7 @@ def register(app: typer.Typer) -> None:
         queue = open_queue(get_config())
         items = queue.list(states=states, limit=limit)
         if as_json:
-            for item in items:
-                console.print(item.model_dump_json(exclude={"request"}), markup=False)
+            emit_json_lines(item.model_dump(mode="json", exclude={"request"}) for item in items)
             return
         table = Table("id", "state", "verdict", "tries", "deadline", "SLA", "type", box=None)
         for item in items:
@@ -160,7 +158,7 @@ def register(app: typer.Typer) -> None:
         item = open_queue(get_config()).get(request_id)
         if item is None:
             raise InputError(f"No request {request_id} in the queue; check 'stampless queue ls'.")
-        console.print_json(item.model_dump_json())
+        emit_json(item.model_dump(mode="json"))
 
     @queue_app.command("retry")
     def retry(request_id: Annotated[str, typer.Argument(help="The request id.")]) -> None:
@@ -213,7 +211,7 @@ def register(app: typer.Typer) -> None:
         delivery.discover()
         delivery.redeliver(name)
         report = delivery.deliver_pending()
-        console.print(json.dumps(report.__dict__), markup=False)
+        emit_json(report.__dict__)
 
 
 async def _run(workers: int, until_empty: bool, progress: bool | None, signer: Signer) -> Stats:

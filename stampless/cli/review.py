@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from stampless.cli._common import DEV_HELP, console, get_config
+from stampless.cli._common import DEV_HELP, console, emit_json_lines, get_config
 from stampless.errors import InputError
 
 review_app = typer.Typer(help="The manual tier: reviewer console and reviewer accounts.")
@@ -99,11 +99,8 @@ def ls(
     now = utcnow()
     items = ReviewStore.from_config(get_config()).pending(now)
     if as_json:
-        for it in items:
-            print(
-                it.model_dump_json(include={"request_id", "type", "tier", "deadline", "reason"}),
-                flush=False,
-            )
+        fields = {"request_id", "type", "tier", "deadline", "reason"}
+        emit_json_lines(it.model_dump(mode="json", include=fields) for it in items)
         return
     table = Table("request", "type", "time left", "held by", "reason")
     for it in items:

@@ -18,7 +18,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from stampless.cli._common import DEV_HELP, console, exit_with, get_config
+from stampless.cli._common import DEV_HELP, console, emit_json, exit_with, get_config
 from stampless.errors import BusinessError, ExitCode, InputError, StamplessError
 
 if TYPE_CHECKING:
@@ -123,8 +123,8 @@ def lookup(
     sealed = bundle.seal(signer, verdict=outcome)
     screenshots = _files_of_kind(sealed, "screenshot")
     if as_json:
-        console.print_json(
-            data={
+        emit_json(
+            {
                 **outcome,
                 "record": None if record is None else record.model_dump(mode="json"),
                 "evidence": str(sealed.path),
