@@ -31,7 +31,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from stampless._files import write_atomic
 from stampless._version import __version__
 from stampless.errors import InputError
-from stampless.models import Priority, VerdictKind, check_request_id, describe_validation_error
+from stampless.models import (
+    Priority,
+    VerdictKind,
+    check_outbox_name,
+    check_request_id,
+    describe_validation_error,
+)
 from stampless.outbox import has_verdict, outbox_path, read_verdict, write_once
 
 if TYPE_CHECKING:
@@ -53,7 +59,7 @@ class CaseFile(BaseModel):
     @field_validator("case_id")
     @classmethod
     def _safe(cls, value: str) -> str:
-        return check_request_id(value)
+        return check_outbox_name(value)
 
 
 class CaseManifest(BaseModel):

@@ -143,9 +143,13 @@ MAX_CLAIM_CHARS = 200
 
 
 def claim_spelling(value: str) -> str:
-    """``value`` with full-width forms made ASCII and all whitespace removed: the only
-    normalization a claim gets before it must already be a canonical value."""
-    return norm.remove_spaces(value.translate(_FULL_WIDTH))
+    """``value`` with full-width forms made ASCII and spaces removed: the only
+    normalization a claim gets before it must already be a canonical value.
+
+    Spaces only: a newline, tab or other control character inside a value is noise,
+    never spacing, and is refused like any other extra character.
+    """
+    return value.translate(_FULL_WIDTH).replace(" ", "")
 
 
 # Identifiers whose letters are compared in upper case ("x" as the check digit is "X").

@@ -366,6 +366,10 @@ class Intake:
                 if not isinstance(blob, str) or not isinstance(given, str):
                     raise InputError(f"{kind}_base64 and {kind}_name are strings.")
                 check_name(given, f"{kind}_name")
+                if PurePath(given).name != given or "\\" in given:
+                    raise InputError(
+                        f"{kind}_name is a file name, not a path; send the name alone."
+                    )
                 name = f"{kind}{_suffix(given)}"
                 try:
                     raw = base64.b64decode(blob, validate=True)

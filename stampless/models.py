@@ -54,6 +54,17 @@ def check_request_id(value: str) -> str:
     return value
 
 
+def check_outbox_name(value: str) -> str:
+    """A request or case id: a safe file name (:func:`check_request_id`) that is not one
+    of the names the outbox keeps for itself (its audit checkpoints)."""
+    if value.lower().startswith(RESERVED_ID_PREFIX):
+        raise ValueError(
+            f"ids starting with {RESERVED_ID_PREFIX!r} are reserved for the outbox's audit "
+            "checkpoints; choose another id"
+        )
+    return check_request_id(value)
+
+
 RequestId = Annotated[str, Field(min_length=1, max_length=128)]
 # Strict: ``true`` is not 1, and 2**70 is refused here instead of overflowing SQLite.
 Priority = Annotated[int, Field(ge=-PRIORITY_LIMIT, le=PRIORITY_LIMIT, strict=True)]
@@ -96,17 +107,12 @@ class Request(BaseModel):
     @field_validator("id")
     @classmethod
     def _id_is_safe(cls, value: str) -> str:
-        if value.lower().startswith(RESERVED_ID_PREFIX):
-            raise ValueError(
-                f"ids starting with {RESERVED_ID_PREFIX!r} are reserved for the outbox's audit "
-                "checkpoints; choose another id"
-            )
-        return check_request_id(value)
+        return check_outbox_name(value)
 
     @field_validator("case_id")
     @classmethod
     def _case_id_is_safe(cls, value: str | None) -> str | None:
-        return None if value is None else check_request_id(value)
+        return None if value is None else check_outbox_name(value)
 
     @classmethod
     def from_file(cls, path: Path) -> Request:
