@@ -131,7 +131,7 @@ def _one(job: tuple[str, str, str]) -> dict[str, Any]:
         "expected": truth["expected_verdict"],
         "correct": correct,
         # Optional fields (the marriage certificate's birth dates, read to check the IDs)
-        # are not among DOCUMENTS.md's fields the targets speak of: counted apart.
+        # are not among the fields the targets speak of: counted apart.
         "kinds": {
             spec.name: spec.kind if spec.required else f"{spec.kind} (optional)"
             for spec in doctype.fields

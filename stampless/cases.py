@@ -7,7 +7,7 @@ A case file (``stampless submit case.json``) looks like::
      "priority": 0,
      "documents": [ {request}, {request}, ... ]}
 
-Each document is an ordinary request (DESIGN.md, "Request") with its own id; its
+Each document is an ordinary request (docs/json.md, "A request") with its own id; its
 ``case_id`` is set to the case's (a different one is an error), and relative ``scan``
 paths are relative to the case file. Submitting fans out to one queue item per document.
 When every document has a final verdict in the outbox, one case verdict is written to

@@ -1,4 +1,4 @@
-"""Check characters of Chinese identifiers (see DOCUMENTS.md).
+"""Check characters of Chinese identifiers (docs/document-types.md, "Check characters").
 
 Both functions are pure and cheap; they run on every OCR candidate, so they avoid
 regular expressions and allocation where they can.

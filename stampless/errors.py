@@ -29,7 +29,7 @@ from enum import IntEnum
 
 
 class ExitCode(IntEnum):
-    """Process exit codes of the CLI (DESIGN.md, "Exit codes")."""
+    """Process exit codes of the CLI (README.md, "Commands")."""
 
     ok = 0
     not_verified = 1

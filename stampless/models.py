@@ -1,4 +1,4 @@
-"""The typed data that flows between stages (DESIGN.md, "Data flow").
+"""The typed data that flows between stages (README.md, "What it is").
 
 Every stage takes and returns these pydantic models, so any stage can run alone and
 the formats on disk (request, verdict) are validated in one place.
@@ -92,7 +92,7 @@ class FieldStatus(StrEnum):
 
 
 class Request(BaseModel):
-    """One verification request (DESIGN.md, "Request"). ``id`` is the idempotency key."""
+    """One verification request (docs/json.md, "A request"). ``id`` is the idempotency key."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -203,7 +203,7 @@ class DocumentSignature(BaseModel):
 
 
 class Verdict(BaseModel):
-    """The outcome of one request (DESIGN.md, "Verdict"); written once to the outbox."""
+    """The outcome of one request (docs/json.md); written once to the outbox."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -1,4 +1,4 @@
-"""The orchestrator: one request in, one sealed verdict out (DESIGN.md, "Data flow").
+"""The orchestrator: one request in, one sealed verdict out (README.md, "What it is").
 
 It reads like the recipe it is::
 

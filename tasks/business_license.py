@@ -1,4 +1,4 @@
-"""营业执照 (business licence): market supervision, robot tier (DOCUMENTS.md).
+"""营业执照 (business licence): market supervision, robot tier (docs/document-types.md).
 
 Loaded by file path from robot.toml (``[types.business_license] task = ...``).
 The registering authority's seal sits over 成立日期, so that field relies on seal

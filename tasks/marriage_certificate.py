@@ -1,4 +1,4 @@
-"""结婚证 (marriage certificate): civil affairs, robot tier (DOCUMENTS.md).
+"""结婚证 (marriage certificate): civil affairs, robot tier (docs/document-types.md).
 
 Loaded by file path from robot.toml (``[types.marriage_certificate] task = ...``).
 Each person block prints 姓名 and 身份证件号; the holder's block comes first, so the

@@ -1,6 +1,7 @@
-"""参保缴费证明 (social-security payment record): manual tier, confidential (DOCUMENTS.md).
+"""参保缴费证明 (social-security payment record): manual tier, confidential.
 
-Loaded by file path from robot.toml (``[types.social_security_record] task = ...``).
+Its fields are described in docs/document-types.md. Loaded by file path from robot.toml
+(``[types.social_security_record] task = ...``).
 缴费起止年月 prints two months on one line: period_from is the first, period_to the
 second.
 """

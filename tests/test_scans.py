@@ -40,7 +40,7 @@ from stampless.models import Request
 
 TYPES = sorted(DOC_TYPES)
 
-# The labels DOCUMENTS.md says each document prints.
+# The labels docs/document-types.md says each document prints.
 LABELS = {
     "marriage_certificate": (
         "持证人",

@@ -1,4 +1,4 @@
-"""The ``stampless`` command line (DESIGN.md, "Command line").
+"""The ``stampless`` command line (README.md, "Commands").
 
 Each command group lives in its own module with a ``register(app)`` function; heavy
 imports (Playwright, Tesseract wrappers, Flask) happen inside the commands, so
