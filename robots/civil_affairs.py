@@ -45,7 +45,7 @@ class CivilAffairsRobot(Robot):
 
     async def _open_detail(self, page: RobotPage, key: str) -> RobotPage:
         await self._search(page, key)
-        cells = await page["search.result_cells"].texts()
+        cells = await page["search.result_cells"].all_inner_texts()
         if len(cells) < 5:
             raise RobotError("The marriage registry's result table has an unexpected layout.")
         await page.screenshot("search result")
@@ -59,10 +59,12 @@ class CivilAffairsRobot(Robot):
         detail = await self._open_detail(page, key)
 
         async def value(label: str) -> str:
-            return await detail.element("detail.value", label=label).text()
+            return await detail.element("detail.value", label=label).inner_text()
 
         async def person(block: str, label: str) -> str:
-            return await detail.element("detail.person_value", block=block, label=label).text()
+            return await detail.element(
+                "detail.person_value", block=block, label=label
+            ).inner_text()
 
         def as_date(text: str) -> str:
             return normalize_date(text) or text

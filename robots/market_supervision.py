@@ -67,7 +67,7 @@ class MarketSupervisionRobot(Robot):
         if await page["search.no_result"].exists():
             await page.screenshot("search result: no record")
             raise RecordNotFound(f"The enterprise registry has no business with credit code {key}.")
-        cells = await page.element("search.result_cells", code=key).texts()
+        cells = await page.element("search.result_cells", code=key).all_inner_texts()
         if len(cells) < 6:
             raise RobotError("The enterprise registry's result table has an unexpected layout.")
         await page.screenshot("search result")
@@ -79,7 +79,7 @@ class MarketSupervisionRobot(Robot):
     async def lookup(self, page: RobotPage, key: str) -> Record:
         await self._open_detail(page, key)
         fields = {
-            name: await page.element("detail.value", label=label).text()
+            name: await page.element("detail.value", label=label).inner_text()
             for name, label in FIELDS.items()
         }
         fields["established_on"] = (
@@ -111,7 +111,7 @@ class MarketSupervisionRobot(Robot):
                 await page.postback("gvResults", f"Page${number}", frame="content")
                 if await page["search.stale"].exists():
                     raise RobotError("The registry said its page state expired while paging.")
-            rows = await page["search.result_rows"].texts()
+            rows = await page["search.result_rows"].all_inner_texts()
             codes += [row.split()[1] for row in rows if len(row.split()) > 1]
         return codes
 

@@ -56,7 +56,7 @@ class SocialSecurityRobot(Robot):
         if any(NOT_FOUND_ALERT in d.message for d in page.dialogs):
             await page.screenshot("query result: no record")
             raise RecordNotFound(f"The social-security registry has no record for {mask_id(key)}.")
-        cells = await page["query.result_cells"].texts()
+        cells = await page["query.result_cells"].all_inner_texts()
         if len(cells) < 3:
             raise RobotError("The social-security result table has an unexpected layout.")
         await page.screenshot("query result")
@@ -68,12 +68,12 @@ class SocialSecurityRobot(Robot):
     async def lookup(self, page: RobotPage, key: str) -> Record:
         await self._open_detail(page, key)
         fields = {
-            name: await page.element("detail.value", label=label).text()
+            name: await page.element("detail.value", label=label).inner_text()
             for name, label in FIELDS.items()
         }
         for name in ("period_from", "period_to"):
             fields[name] = normalize_month(fields[name]) or fields[name]
-        status = await page.element("detail.value", label="记录状态").text()
+        status = await page.element("detail.value", label="记录状态").inner_text()
         await page.screenshot("record detail")
         if REVOKED in status:
             raise RecordRevoked(f"The social-security record of {mask_id(key)} is cancelled.")

@@ -25,9 +25,11 @@ from loguru import logger
 
 from stampless._files import write_atomic
 from stampless.errors import (
+    AmbiguousSelector,
     BrowserError,
     LoginRejected,
     OcrEngineError,
+    RobotBug,
     SystemFailure,
 )
 
@@ -55,9 +57,12 @@ class _Circuit:
 def counts_against_system(exc: BaseException) -> bool:
     """Whether a failure says something about the department system (not about us).
 
-    A refused login is about one account, not the system: the other accounts go on.
+    A refused login is about one account, not the system: the other accounts go on; a
+    bug in a robot or an ambiguous selector is about the robot.
     """
-    if isinstance(exc, BrowserError | OcrEngineError | LoginRejected):
+    if isinstance(
+        exc, BrowserError | OcrEngineError | LoginRejected | RobotBug | AmbiguousSelector
+    ):
         return False
     return isinstance(exc, SystemFailure)
 

@@ -14,6 +14,7 @@ references (``env:NAME``, ``file:PATH#NAME``, ``keyring:SERVICE/NAME``), resolve
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -81,8 +82,43 @@ class AccountConfig(_Section):
     _check_totp = field_validator("totp")(_secret_ref)
 
 
+class ViewportConfig(_Section):
+    width: int = Field(ge=100, le=10_000)
+    height: int = Field(ge=100, le=10_000)
+
+
+class HttpCredentialsConfig(_Section):
+    """HTTP authentication (Basic/Digest/NTLM) the system's web server asks for."""
+
+    username: str
+    password: str
+
+    _check_password = field_validator("password")(_secret_ref)
+
+
+class ProxyConfig(_Section):
+    """The proxy the system is reached through (``http://host:port``, ``socks5://…``)."""
+
+    server: str
+    bypass: str | None = None  # comma-separated hosts, e.g. ".internal, 10.0.0.1"
+    username: str | None = None
+    password: str | None = None
+
+    _check_password = field_validator("password")(_secret_ref)
+
+
+# A BCP 47 language tag as Chromium takes it: "zh-CN", "en-US", "en", "pt-BR", "sr-Latn-RS".
+_LOCALE = re.compile(r"[a-z]{2,3}(-[A-Z][a-z]{3})?(-([A-Z]{2}|[0-9]{3}))?")
+
+
 class SystemConfig(_Section):
-    """One department system: where it is, which robot drives it, which accounts it has."""
+    """One department system: where it is, which robot drives it, which accounts it has.
+
+    The browser settings (``locale`` to ``ignore_https_errors``) shape the context each
+    account's session runs in: a system serves the language of ``locale``
+    (``Accept-Language`` and ``navigator.language``), shows dates in ``timezone``, and so
+    on. The defaults are those of a Chinese department system.
+    """
 
     url: str
     robot: Path
@@ -92,6 +128,38 @@ class SystemConfig(_Section):
     relogin_backoff_s: float = Field(default=1.0, ge=0)
     circuit_failures: int = Field(default=5, ge=1)
     circuit_reset_s: float = Field(default=30.0, gt=0)
+    locale: str = "zh-CN"
+    timezone: str = "Asia/Shanghai"
+    user_agent: str | None = None  # None: Chromium's own
+    viewport: ViewportConfig | None = None  # None: [browser] viewport_width × viewport_height
+    # Sent with every request; a value may be a secret reference (an Authorization header).
+    extra_http_headers: dict[str, str] = Field(default_factory=dict)
+    http_credentials: HttpCredentialsConfig | None = None
+    proxy: ProxyConfig | None = None
+    ignore_https_errors: bool = False
+
+    @field_validator("locale")
+    @classmethod
+    def _check_locale(cls, value: str) -> str:
+        if not _LOCALE.fullmatch(value):
+            raise ValueError(
+                f'{value!r} is not a language tag; use one such as "zh-CN", "en-US" or "en"'
+            )
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f'{value!r} is not an IANA time zone; use one such as "Asia/Shanghai", '
+                '"Europe/Paris" or "UTC"'
+            ) from None
+        return value
 
 
 class TypeConfig(_Section):

@@ -26,9 +26,9 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator
 
 from stampless import normalize as norm
 from stampless.config import Config
-from stampless.errors import ConfigError
+from stampless.errors import ConfigError, RobotBug
 from stampless.loader import load_attribute
-from stampless.models import Tier
+from stampless.models import Record, Tier
 
 
 class Rule(StrEnum):
@@ -120,6 +120,21 @@ class DocumentType:
         extra = self.claim_model.model_config.get("extra")
         if extra != "forbid":
             raise ValueError(f"document type {self.name!r}: the claim model must forbid extra keys")
+
+    def check_record(self, record: Record, robot: str) -> None:
+        """RobotBug when the robot's record has a field this type does not define.
+
+        A misspelt key would otherwise leave the real field empty, and every request of
+        the type would go to a person with no word of why.
+        """
+        names = [f.name for f in self.fields]
+        unknown = sorted(set(record.fields) - set(names))
+        if unknown:
+            raise RobotBug(
+                f"The {robot} robot returned field {unknown[0]!r}, which document type "
+                f"{self.name!r} does not have; its fields are {', '.join(names)}. Fix the key "
+                "in the robot's Record(fields=...)."
+            )
 
     def field(self, name: str) -> FieldSpec:
         """The field named ``name`` (KeyError if there is none)."""

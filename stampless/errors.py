@@ -10,6 +10,8 @@
     │   └── RecordRevoked            the record exists but is revoked or cancelled
     └── SystemFailure    (exit 4)    retried with backoff, then reported
         ├── RobotError               the robot could not finish (selector, page, dialog)
+        │   └── AmbiguousSelector    a selector matched several elements (not retried)
+        ├── RobotBug                 the robot's own code raised (TypeError, …): not retried
         ├── LoginRejected            the system refused the account (never retried with it)
         │   └── AccountDisabled      the account was refused before; an operator must clear it
         ├── SessionLost              the system logged us out (re-login, then retry)
@@ -94,6 +96,30 @@ class SystemFailure(StamplessError):
 
 class RobotError(SystemFailure):
     """The robot could not complete its steps (selector not found, unexpected page)."""
+
+
+class AmbiguousSelector(RobotError):
+    """A selector matched more than one element where the robot acts on one.
+
+    Elements are strict, as Playwright's locators are: the map's choice must match one
+    element, or the robot says which with ``.first``, ``.last`` or ``.nth(i)``. Not
+    retried: the same page gives the same answer.
+    """
+
+    retryable = False
+
+
+class RobotBug(SystemFailure):
+    """The robot's own code raised an exception that is not a stampless error.
+
+    A ``TypeError``, ``AttributeError``, ``KeyError``… in a robot is a bug to fix, not a
+    failure of the department system: it is not retried, and its message names the
+    robot file and line.
+    """
+
+    retryable = False
+    #: What went wrong where: error, message, file, line, function (for the evidence meta).
+    details: dict[str, object] = {}  # noqa: RUF012 - replaced per instance, never mutated
 
 
 class LoginRejected(RobotError):

@@ -3,7 +3,10 @@
 A bundle is built in ``<evidence_dir>/.<request_id>.partial/`` and :meth:`EvidenceBundle.seal`
 renames it to ``<evidence_dir>/<request_id>/`` in one step, so a reader never sees a
 half-written bundle, and a sealed bundle is never rewritten. A crash leaves the partial
-folder; opening the same request again continues it (retries add to it).
+folder. Each bundle belongs to one run of its request (``run``: the queue item's, or one
+``stampless verify``): opening it again in the same run continues it (retries add to it),
+while another run moves the old partial folder aside to ``<evidence_dir>/.abandoned/``
+and starts afresh, so a bundle never holds the failures of an earlier run.
 
 ``manifest.json`` (format ``stampless-evidence/1``, see docs/evidence.md)::
 
@@ -171,10 +174,12 @@ class _State:
     meta: dict[str, Any] = field(default_factory=dict)
     dialogs: list[dict[str, Any]] = field(default_factory=list)
     screenshots: int = 0
+    run: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "request_id": self.request_id,
+            "run": self.run,
             "started_at": self.started_at,
             "files": {k: vars(v) for k, v in self.files.items()},
             "meta": self.meta,
@@ -191,6 +196,7 @@ class _State:
             meta=dict(data.get("meta", {})),
             dialogs=list(data.get("dialogs", [])),
             screenshots=int(data.get("screenshots", 0)),
+            run=data.get("run"),
         )
 
 
@@ -235,11 +241,19 @@ class EvidenceBundle:
 
     @classmethod
     def open(
-        cls, evidence_dir: Path, request_id: str, *, started_at: datetime | None = None
+        cls,
+        evidence_dir: Path,
+        request_id: str,
+        *,
+        started_at: datetime | None = None,
+        run: str | None = None,
     ) -> EvidenceBundle:
         """Start (or, after a crash or a retry, continue) the bundle of ``request_id``.
 
-        Raises :class:`BundleExists` when the request already has a sealed bundle.
+        ``run`` names the run the evidence belongs to: a partial bundle of another run is
+        moved to ``<evidence_dir>/.abandoned/`` and a new one started (None: continue
+        whatever partial bundle there is). Raises :class:`BundleExists` when the request
+        already has a sealed bundle.
         """
         try:
             check_request_id(request_id)
@@ -264,15 +278,45 @@ class EvidenceBundle:
         if state_file.is_file():
             try:
                 state = _State.from_json(json.loads(state_file.read_text(encoding="utf-8")))
-                logger.info("evidence: continuing the partial bundle of {}", request_id)
             except (ValueError, KeyError, TypeError):
                 logger.warning("evidence: partial state of {} unreadable; rebuilt", request_id)
+        if (
+            run is not None
+            and (state is not None or any(work.iterdir()))
+            and (state is None or state.run != run)
+        ):
+            cls._abandon(evidence_dir, request_id, work)
+            work.mkdir(parents=True, exist_ok=True)
+            state = None
+        elif state is not None:
+            logger.info("evidence: continuing the partial bundle of {}", request_id)
         if state is None:
             start = (started_at or utcnow()).isoformat()
-            state = _State(request_id=request_id, started_at=start)
+            state = _State(request_id=request_id, started_at=start, run=run)
         bundle = cls(evidence_dir, state, work)
         bundle._save_state()
         return bundle
+
+    @staticmethod
+    def abandoned_dir(evidence_dir: Path) -> Path:
+        """Where the partial bundles of earlier runs are moved (never sealed, never listed)."""
+        return Path(evidence_dir) / ".abandoned"
+
+    @classmethod
+    def _abandon(cls, evidence_dir: Path, request_id: str, work: Path) -> None:
+        stamp = utcnow().strftime("%Y%m%dT%H%M%S%f")
+        target = cls.abandoned_dir(evidence_dir) / f"{request_id}.{stamp}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            work.rename(target)
+        except OSError as exc:
+            raise BundleError(
+                f"Cannot move the partial evidence of an earlier run of {request_id} aside "
+                f"({exc.strerror}); check the permissions of {evidence_dir}."
+            ) from exc
+        logger.info(
+            "evidence: the partial bundle of an earlier run of {} moved to {}", request_id, target
+        )
 
     def _save_state(self) -> None:
         state = json.dumps(self._state.to_json(), ensure_ascii=False)

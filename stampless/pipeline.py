@@ -150,7 +150,7 @@ class Pipeline:
             doctype, claim = self.validate(request, base_dir)
             tier = self.tier_of(request)
             deadline = deadline or self.deadline_for(request, received_at)
-            bundle = self._open_bundle(request, base_dir, attempt=attempt)
+            bundle = self._open_bundle(request, base_dir, attempt=attempt, received_at=received_at)
             # An e-certificate QR code on the scan settles the request at once.
             envelope = (
                 None if tier is Tier.instant else await self._ecert_on_scan(request, base_dir)
@@ -234,8 +234,14 @@ class Pipeline:
                 self._runtime = runtime
             return self._runtime
 
-    def _open_bundle(self, request: Request, base_dir: Path, *, attempt: int) -> EvidenceBundle:
-        bundle = EvidenceBundle.open(self.config.evidence_dir, request.id)
+    def _open_bundle(
+        self, request: Request, base_dir: Path, *, attempt: int, received_at: datetime
+    ) -> EvidenceBundle:
+        """The request's bundle for this run: its reception (one queue item, or one
+        ``stampless verify``). Its retries continue it; a new run starts a new one."""
+        bundle = EvidenceBundle.open(
+            self.config.evidence_dir, request.id, run=f"received {received_at.isoformat()}"
+        )
         if not bundle.path("request.json").exists():
             bundle.add_json("request.json", request.model_dump(mode="json"), kind="request")
             for kind, source in (
@@ -310,6 +316,7 @@ class Pipeline:
             bundle.add_json("record.json", {"found": True, "revoked": str(exc)}, kind="record")
             return record
         bundle.add_json("record.json", record.model_dump(mode="json"), kind="record")
+        doctype.check_record(record, doctype.system)
         return record
 
     async def _gather_and_decide(
@@ -403,7 +410,7 @@ class Pipeline:
         event: str,
     ) -> Verdict:
         with logger.contextualize(request_id=request.id):
-            bundle = self._open_bundle(request, base_dir, attempt=attempts)
+            bundle = self._open_bundle(request, base_dir, attempt=attempts, received_at=received_at)
             self._step(
                 event, request.id, f"{event}: {decision.reasons[0]}", reason=decision.reasons[0]
             )

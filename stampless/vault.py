@@ -363,12 +363,23 @@ def resolve_secret(
 
 def secret_references(config: Config, *, signing: bool = True) -> list[tuple[str, str]]:
     """Every secret reference robot.toml holds, as ``(where, reference)``."""
+    from stampless.config import SECRET_SCHEMES
+
     refs: list[tuple[str, str]] = []
     for name, system in config.systems.items():
         for account in system.accounts:
             refs.append((f"systems.{name}, account {account.name}: password", account.password))
             if account.totp:
                 refs.append((f"systems.{name}, account {account.name}: totp", account.totp))
+        if system.http_credentials is not None:
+            refs.append((f"systems.{name}.http_credentials", system.http_credentials.password))
+        if system.proxy is not None and system.proxy.password:
+            refs.append((f"systems.{name}.proxy", system.proxy.password))
+        refs += [
+            (f"systems.{name}.extra_http_headers.{header}", value)
+            for header, value in system.extra_http_headers.items()
+            if value.startswith(SECRET_SCHEMES)
+        ]
     optional = {
         "evidence.signing_key": config.evidence.signing_key if signing else None,
         "outbox.webhook.token": config.outbox.webhook.token if config.outbox.webhook else None,

@@ -7,6 +7,7 @@ the same way whichever way it was produced.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,12 +60,18 @@ def deliver(
 
 
 async def verify_request(
-    config: Config, request: Request, base_dir: Path, *, pipeline: Pipeline
+    config: Config,
+    request: Request,
+    base_dir: Path,
+    *,
+    pipeline: Pipeline,
+    supersedes: str | None = None,
 ) -> Outcome:
     """Verify ``request`` unless its id already has a verdict (ids are idempotent).
 
     The stored verdict is given only to the same content: a known id with another claim
-    or scan raises :class:`~stampless.errors.RequestConflict`.
+    or scan raises :class:`~stampless.errors.RequestConflict`. ``supersedes``: the id
+    whose verdict this one replaces (a re-check, see :func:`recheck_request`).
     """
     digest = request_digest(request, base_dir)
     existing = read_verdict(config.outbox_dir, request.id)
@@ -91,11 +98,58 @@ async def verify_request(
     received = utcnow()
     pipeline.audit.append("received", request_id=request.id, type=request.type, via="verify")
     verdict = await pipeline.process(request, base_dir=base_dir, received_at=received)
+    if supersedes is not None:
+        verdict = verdict.model_copy(update={"supersedes": supersedes})
     return deliver(config, verdict, request, base_dir, signer=pipeline.signer)
 
 
-async def verify_file(config: Config, path: Path, *, dev: bool = False) -> Outcome:
-    """``stampless verify REQUEST.json``: validate, process, deliver.
+def recheck_request(config: Config, request_id: str) -> tuple[Request, Path]:
+    """The request of a finished ``request_id`` again, under a re-check id, from its evidence.
+
+    A verdict is never rewritten: the re-check is a new request ``<id>.recheck-<time>``
+    with the same claim and scan (read from the sealed evidence bundle, whose hashes
+    and signature are checked first), and its verdict says ``supersedes: <id>``.
+    Returns the request and the folder its scan is in.
+    """
+    from stampless.errors import InputError
+    from stampless.evidence import verify_bundle
+    from stampless.outbox import recheck_name
+
+    first = read_verdict(config.outbox_dir, request_id)
+    if first is None:
+        raise InputError(
+            f"{request_id} has no verdict in the outbox to re-check; a request waiting for a "
+            "reviewer is decided in the review console, and a new one is verified with "
+            "'stampless verify REQUEST.json'."
+        )
+    folder = Path(first.evidence) if first.evidence else config.evidence_dir / request_id
+    if not (folder / "manifest.json").is_file():
+        raise InputError(
+            f"The evidence of {request_id} is not in {folder}, so its claim and scan cannot "
+            "be read again; verify the request file under a new id instead."
+        )
+    report = verify_bundle(folder)
+    if report.problems:
+        raise InputError(
+            f"The evidence of {request_id} in {folder} does not match its manifest "
+            f"({report.problems[0]}); it is not re-checked."
+        )
+    data = json.loads((folder / "request.json").read_text(encoding="utf-8"))
+    files = (report.manifest or {}).get("files", [])
+    for entry in files:
+        name = str(entry["name"])
+        if entry["kind"] == "scan":
+            data["scan"] = name
+        elif name.startswith("ecert."):
+            data["ecert"] = name
+    data.update(id=recheck_name(request_id), case_id=None)
+    return Request.model_validate(data), folder
+
+
+async def verify_file(
+    config: Config, path: Path | None, *, dev: bool = False, recheck: str | None = None
+) -> Outcome:
+    """``stampless verify REQUEST.json`` (or ``--recheck ID``): validate, process, deliver.
 
     Refuses to start when a secret robot.toml names does not resolve, or without a
     configured signing key (``dev``: the development key).
@@ -104,8 +158,14 @@ async def verify_file(config: Config, path: Path, *, dev: bool = False) -> Outco
 
     signer = production_signer(config, dev=dev)
     require_secrets(config)
-    request = Request.from_file(path)
-    base_dir = path.resolve().parent
+    if recheck is not None:
+        request, base_dir = recheck_request(config, recheck)
+    else:
+        assert path is not None
+        request = Request.from_file(path)
+        base_dir = path.resolve().parent
     async with Pipeline(config, signer=signer) as pipeline:
         pipeline.validate(request, base_dir)
-        return await verify_request(config, request, base_dir, pipeline=pipeline)
+        return await verify_request(
+            config, request, base_dir, pipeline=pipeline, supersedes=recheck
+        )

@@ -547,6 +547,12 @@ class WorkerPool:
         opts = self.options
         delay = backoff_s(item.attempts, opts.backoff_base_s, opts.backoff_max_s)
         retry_at = utcnow() + timedelta(seconds=delay)
+        if not exc.retryable:
+            # A bug in the robot (or a selector that matches several elements) fails the
+            # same way every time: a person gets the item now, with the reason.
+            logger.error("{}: {} Not retried.", item.request_id, exc)
+            await self._give_up(claim, str(exc))
+            return
         if item.attempts >= opts.max_attempts or self._too_late(item, retry_at):
             logger.warning("{}: {} No time or attempts left; escalating.", item.request_id, exc)
             await self._give_up(claim, str(exc))

@@ -175,6 +175,7 @@ def test_fetch_command_seals_the_scan(config: Config, tmp_path: Path) -> None:
             key,
             "--out",
             str(tmp_path / "evidence"),
+            "--dev",
         ],
         capture_output=True,
         text=True,

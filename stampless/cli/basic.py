@@ -10,8 +10,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from stampless.cli._common import DEV_HELP, console, emit_json, exit_with, get_config
-from stampless.errors import ExitCode
+from stampless.cli._common import DEV_HELP, console, emit_json, err_console, exit_with, get_config
+from stampless.errors import ExitCode, StamplessError
 
 if TYPE_CHECKING:
     from stampless.config import Config
@@ -54,6 +54,27 @@ def _robot_toml_check(config: Config) -> Check:
     return Check("robot.toml", True, detail, group="robot.toml")
 
 
+def _point_at_partial(config: Config, request: Path | None) -> None:
+    """After a failed run: where its failure screenshots and trace are."""
+    from stampless.evidence import EvidenceBundle
+    from stampless.models import Request
+
+    if request is None:
+        return
+    try:
+        request_id = Request.from_file(request).id
+    except StamplessError:
+        return
+    partial = EvidenceBundle.partial_dir(config.evidence_dir, request_id)
+    if partial.is_dir():
+        err_console.print(
+            f"stampless: the failure's screenshots and trace are in {partial} (the next "
+            "run of this request moves them to .abandoned/ and starts afresh).",
+            markup=False,
+            soft_wrap=True,
+        )
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def version() -> None:
@@ -64,22 +85,54 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def verify(
-        request: Annotated[Path, typer.Argument(help="The request JSON file.")],
+        request: Annotated[
+            Path | None, typer.Argument(help="The request JSON file (not with --recheck).")
+        ] = None,
+        recheck: Annotated[
+            str | None,
+            typer.Option(
+                "--recheck",
+                metavar="ID",
+                help="Verify the finished request ID again, from its evidence, under a new "
+                "id whose verdict supersedes the first.",
+            ),
+        ] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print the verdict as JSON.")] = False,
         dev: Annotated[bool, typer.Option("--dev", help=DEV_HELP)] = False,
     ) -> None:
         """Verify one request now. Exit 0 verified, 1 not verified, 2 bad input, 3 sent to
         manual review, 4 the department system or robot failed. Refuses to start without
-        a configured signing key (evidence.signing_key) unless --dev."""
+        a configured signing key (evidence.signing_key) unless --dev. An id that already
+        has a verdict answers that verdict; --recheck ID checks it again."""
+        from stampless.errors import InputError, SystemFailure
         from stampless.verify import verify_file
 
-        outcome = asyncio.run(verify_file(get_config(), request, dev=dev))
+        if (request is None) == (recheck is None):
+            raise InputError(
+                "Give a request file to verify, or --recheck ID to check a finished one "
+                "again (not both)."
+            )
+        config = get_config()
+        try:
+            outcome = asyncio.run(verify_file(config, request, dev=dev, recheck=recheck))
+        except SystemFailure:
+            _point_at_partial(config, request)
+            raise
         verdict = outcome.verdict
         if as_json:
             emit_json(verdict.model_dump(mode="json"))
         else:
             style = VERDICT_STYLE.get(verdict.verdict.value, "bold")
             console.print(f"[{style}]{verdict.verdict.value}[/] {verdict.request_id}")
+            if outcome.already_done:
+                console.print(
+                    f"  {verdict.request_id} already had this verdict (finished "
+                    f"{verdict.finished_at:%Y-%m-%d %H:%M:%S} UTC); ids are verified once. "
+                    f"To check it again: stampless verify --recheck {verdict.request_id}",
+                    markup=False,
+                )
+            if verdict.supersedes:
+                console.print(f"  supersedes: {verdict.supersedes}", markup=False)
             for reason in verdict.reasons:
                 console.print(f"  {reason}", markup=False)
             where = outcome.destination or "the manual review queue"

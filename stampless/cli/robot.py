@@ -93,6 +93,7 @@ def lookup(
     2 bad input, 4 the system or the robot failed.
     """
     from stampless.checksums import mask_id
+    from stampless.doctype import load_doctype
     from stampless.models import Record
     from stampless.robot import RobotRuntime
     from stampless.signing import production_signer
@@ -112,8 +113,9 @@ def lookup(
     record: Record | None = None
     failure: StamplessError | None = None
     try:
-        record = asyncio.run(run())
-        outcome["found"] = True
+        found = asyncio.run(run())
+        load_doctype(config, doc_type).check_record(found, system)
+        record, outcome["found"] = found, True
     except BusinessError as exc:
         failure, outcome["found"], outcome["outcome"] = exc, False, str(exc)
     except StamplessError as exc:

@@ -20,10 +20,14 @@ When no evidence bundle is given (a plain lookup), screenshots go to
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import shutil
+import zipfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import quote, quote_plus
 
 from loguru import logger
 
@@ -72,6 +76,49 @@ def _chain(page: Page, path: tuple[str, ...]) -> Any:
     for choice in path:
         scope = scope.frame_locator(choice)
     return scope
+
+
+def _secret_patterns(value: str) -> list[re.Pattern[bytes]]:
+    """Every way a trace may hold ``value``: as typed, URL-encoded (a form POST body),
+    JSON-escaped (the action log).
+
+    A long value is replaced wherever it appears; a short one (a 6-digit TOTP code)
+    could also be part of a number, so only where it stands alone as a JSON string or a
+    form value.
+    """
+    encoded = {
+        value,
+        quote_plus(value),
+        quote(value, safe=""),
+        json.dumps(value, ensure_ascii=False)[1:-1],
+        json.dumps(value)[1:-1],
+    }
+    patterns = []
+    for form in sorted(encoded, key=len, reverse=True):
+        raw = re.escape(form.encode())
+        if len(value) < 8:
+            raw = rb'(?<=[="])' + raw + rb'(?=["&\s]|\Z)'
+        patterns.append(re.compile(raw))
+    return patterns
+
+
+def scrub_zip(path: Path, secrets: Iterable[str]) -> None:
+    """Rewrite the zip at ``path`` (a Playwright trace) with every secret value replaced.
+
+    Each member is decompressed, scrubbed and written again; the new zip replaces the
+    old one atomically.
+    """
+    patterns = [pattern for value in secrets if value for pattern in _secret_patterns(value)]
+    if not patterns:
+        return
+    temp = path.with_name(path.name + ".scrub")
+    with zipfile.ZipFile(path) as source, zipfile.ZipFile(temp, "w", zipfile.ZIP_DEFLATED) as out:
+        for info in source.infolist():
+            data = source.read(info)
+            for pattern in patterns:
+                data = pattern.sub(b"********", data)
+            out.writestr(info, data)
+    temp.replace(path)
 
 
 def sha256_file(path: Path) -> str:

@@ -14,8 +14,11 @@ Playwright's exceptions are translated into stampless errors here, at the bounda
 from __future__ import annotations
 
 import asyncio
+import os
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+import tempfile
+import warnings
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,7 +28,9 @@ from urllib.parse import urljoin
 from loguru import logger
 
 from stampless.errors import (
+    AmbiguousSelector,
     BrowserError,
+    ConfigError,
     DepartmentUnavailable,
     InputError,
     PageChanged,
@@ -38,6 +43,7 @@ from stampless.robot._navigation import Mark, NavigationWatch
 
 if TYPE_CHECKING:
     from playwright.async_api import (
+        APIResponse,
         Dialog,
         Frame,
         FrameLocator,
@@ -118,37 +124,92 @@ class SelectorUse:
     last: int | None = None  # the choice that matched last time (None: none did)
 
 
+def _deprecated(old: str, new: str) -> None:
+    warnings.warn(
+        f"Element.{old}() is deprecated; use Element.{new}() (Playwright's name).",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+
+
+def is_strict_violation(exc: BaseException) -> bool:
+    """Whether ``exc`` is Playwright's "strict mode violation" (a locator matched several)."""
+    return "strict mode violation" in str(exc)
+
+
 class Element:
     """A named element of the page; resolved through its fallbacks each time it is used.
+
+    Strict, as Playwright's locators are: an action or a single read on a choice that
+    matches several elements raises :class:`~stampless.errors.AmbiguousSelector` naming
+    the selector. Say which one with :attr:`first`, :attr:`last` or :meth:`nth`; the
+    reads of every match (:meth:`all_inner_texts`, :meth:`count`) are not strict.
+    Methods carry Playwright's names and arguments, so its documentation applies.
 
     Fast path: while the map's first choice keeps matching, an action goes straight to
     it (one browser round trip, like a hand-written script); only when it does not
     appear within :data:`FAST_MS` are all choices resolved in order (and drift noted).
     """
 
-    def __init__(self, page: RobotPage, spec: SelectorSpec) -> None:
+    def __init__(self, page: RobotPage, spec: SelectorSpec, index: int | None = None) -> None:
         self._page = page
         self.spec = spec
         self.name = spec.name
+        self.index = index  # None: strict; else the n-th match (-1: the last)
 
     def __repr__(self) -> str:
-        return f"Element({self.name!r})"
+        which = "" if self.index is None else f".nth({self.index})"
+        return f"Element({self.name!r}){which}"
+
+    # ---- which match --------------------------------------------------------------------
+
+    @property
+    def first(self) -> Element:
+        """The first of the elements the selector matches (Playwright's ``.first``)."""
+        return self.nth(0)
+
+    @property
+    def last(self) -> Element:
+        """The last of the elements the selector matches (Playwright's ``.last``)."""
+        return self.nth(-1)
+
+    def nth(self, index: int) -> Element:
+        """The ``index``-th (from 0; -1 is the last) of the elements the selector matches."""
+        return Element(self._page, self.spec, index)
+
+    def _pick(self, loc: Locator) -> Locator:
+        if self.index is None:
+            return loc
+        return loc.last if self.index == -1 else loc.nth(self.index)
 
     async def locator(self, *, timeout_ms: float | None = None) -> Locator:
-        """The Playwright locator of the first choice that matches (waits for one)."""
-        return await self._page._resolve(self.spec, timeout_ms=timeout_ms)
+        """The Playwright locator of the first choice that matches (waits for one).
+
+        With :attr:`first`/:attr:`last`/:meth:`nth`, that match of it.
+        """
+        return self._pick(await self._page._resolve(self.spec, timeout_ms=timeout_ms))
 
     async def exists(self, *, timeout_ms: float = 0) -> bool:
         """Whether any choice matches now (or within ``timeout_ms``); never raises RobotError.
 
         It is a read of the page: PageChanged if the page navigated since the last action
-        (see :meth:`text`).
+        (see :meth:`inner_text`).
         """
         page = self._page
         page._check_read(f"looking for {self.name!r}")
         found = await page._present(self.spec, timeout_ms=timeout_ms)
         page._check_read(f"looking for {self.name!r}")
         return found
+
+    def _ambiguous(self, exc: BaseException) -> AmbiguousSelector:
+        match = re.search(r"resolved to (\d+) elements", str(exc))
+        many = f"{match.group(1)} elements" if match else "several elements"
+        path = self._page.selectors.path.name
+        return AmbiguousSelector(
+            f"Selector {self.name!r} of {self._page.system} matched {many} where the robot "
+            f"acts on one; make its choices in {path} match one element, or say which in "
+            f"the robot: page[{self.name!r}].first, .last or .nth(i)."
+        )
 
     async def _act(
         self,
@@ -157,26 +218,34 @@ class Element:
         *,
         every: bool = False,
     ) -> Any:
-        """``action(locator, timeout_ms)`` on the first match (``every``: on all matches)."""
+        """``action(locator, timeout_ms)`` on the element (``every``: on all its matches)."""
         from playwright.async_api import TimeoutError as PlaywrightTimeout
 
         page = self._page
         fast = page._fast_locator(self.spec)
         if fast is not None:
             try:
-                result = await action(fast if every else fast.first, FAST_MS)
+                result = await action(fast if every else self._pick(fast), FAST_MS)
             except PlaywrightTimeout:
                 pass  # not there (yet): resolve every choice, with the full timeout
             except Exception as exc:
-                raise page._explain(exc, f"{doing} {self.name!r}") from exc
+                raise self._failure(exc, doing) from exc
             else:
                 page._note_match(self.spec.name, self.spec.choices, 0)
+                await page._remember(self.spec, fast, self.index, every=every)
                 return result
-        loc = await self.locator()
+        loc = await page._resolve(self.spec, timeout_ms=None)
         try:
-            return await action(loc if every else loc.first, page.config.timeout_ms)
+            result = await action(loc if every else self._pick(loc), page.config.timeout_ms)
         except Exception as exc:
-            raise page._explain(exc, f"{doing} {self.name!r}") from exc
+            raise self._failure(exc, doing) from exc
+        await page._remember(self.spec, loc, self.index, every=every)
+        return result
+
+    def _failure(self, exc: BaseException, doing: str) -> StamplessError:
+        if is_strict_violation(exc):
+            return self._ambiguous(exc)
+        return self._page._explain(exc, f"{doing} {self.name!r}")
 
     async def _do(self, doing: str, action: Callable[[Locator, float], Awaitable[Any]]) -> None:
         """An action on the element, then a wait for what it caused (RobotPage.settle)."""
@@ -192,6 +261,8 @@ class Element:
         result = await self._act("reading", action, every=every)
         page._check_read(f"reading {self.name!r}")
         return result
+
+    # ---- actions ------------------------------------------------------------------------
 
     async def click(self) -> None:
         """Click the element, then wait for what the click caused.
@@ -254,20 +325,23 @@ class Element:
     async def fill_secret(self, secret: Secret | str) -> None:
         """Type a secret (password, TOTP code). Never logged; masked in screenshots.
 
-        Only call this from ``login``: the runtime runs login outside any trace and
-        empties password inputs afterwards, so the value is in no trace or snapshot.
-        Waits afterwards as :meth:`fill` does.
+        Only call this from ``login``: the runtime scrubs the values it typed from the
+        login's trace and empties password inputs afterwards, so the value is in no
+        trace or snapshot. Waits afterwards as :meth:`fill` does.
         """
         value = secret if isinstance(secret, str) else secret.reveal()
         page = self._page
+        page._typed_secrets.add(value)
         async with page._acting(f"typing into {self.name!r}"):
             loc = await self.locator()
-            failed = False
+            failed: BaseException | None = None
             try:
-                await loc.first.fill(value)
-            except Exception:
-                failed = True
-            if failed:
+                await loc.fill(value)
+            except Exception as exc:
+                failed = exc
+            if failed is not None:
+                if is_strict_violation(failed):
+                    raise self._ambiguous(failed) from None
                 # The Playwright message may echo the typed value: neither chain nor quote it.
                 raise RobotError(f"Could not type into {self.name!r}; check the selector map.")
 
@@ -275,57 +349,117 @@ class Element:
         """Press ``key`` in the element ("Enter" submits a form), then wait as :meth:`click`."""
         await self._do("pressing a key in", lambda loc, t: loc.press(key, timeout=t))
 
-    async def select(self, value: str) -> None:
-        """Choose an ``<option>`` by value or label (fires ``change``), then wait as after
+    async def hover(self) -> None:
+        """Move the mouse over the element (menus that open on hover), then wait."""
+        await self._do("hovering over", lambda loc, t: loc.hover(timeout=t))
+
+    async def select_option(self, value: str | list[str]) -> None:
+        """Choose options by value or label (fires ``change``), then wait as after
         :meth:`click`: an ASP.NET AutoPostBack list posts back from a ``setTimeout``."""
         await self._do("selecting in", lambda loc, t: loc.select_option(value, timeout=t))
 
-    async def check(self, checked: bool = True) -> None:
-        """Tick (or untick) a checkbox or radio button, then wait as after :meth:`click`."""
+    async def set_checked(self, checked: bool) -> None:
+        """Tick or untick a checkbox or radio button, then wait as after :meth:`click`."""
         await self._do("checking", lambda loc, t: loc.set_checked(checked, timeout=t))
 
-    async def text(self) -> str:
-        """The element's visible text, stripped.
+    async def check(self, checked: bool = True) -> None:
+        """Tick a checkbox or radio button, then wait as after :meth:`click`.
 
-        Every read (``text``, ``value``, ``attribute``, ``texts``, ``count``, ``exists``)
-        waits for the element (Playwright's auto-wait) but never for a navigation: the
-        reads since the last action are those of one record, and if the page loaded
-        another document since they began (or is loading one) the read raises
-        PageChanged, which the runtime retries, so a record is never assembled from two
-        versions of a page.
+        ``check(False)`` is deprecated: use :meth:`uncheck` or :meth:`set_checked`.
         """
-        return str(await self._read(lambda loc, t: loc.inner_text(timeout=t))).strip()
+        if not checked:
+            _deprecated("check(False)", "uncheck")
+        await self.set_checked(checked)
 
-    async def value(self) -> str:
-        """The value of an input (a read, see :meth:`text`)."""
+    async def uncheck(self) -> None:
+        """Untick a checkbox, then wait as after :meth:`click`."""
+        await self.set_checked(False)
+
+    # ---- reads --------------------------------------------------------------------------
+
+    async def inner_text(self) -> str:
+        """The element's rendered text (Playwright's ``inner_text``).
+
+        Every read (``inner_text``, ``text_content``, ``input_value``, ``get_attribute``,
+        ``all_inner_texts``, ``count``, ``is_visible``, ``is_checked``, ``exists``) waits
+        for the element (Playwright's auto-wait) but never for a navigation: the reads
+        since the last action are those of one record, and if the page loaded another
+        document since they began (or is loading one) the read raises PageChanged, which
+        the runtime retries, so a record is never assembled from two versions of a page.
+        """
+        return str(await self._read(lambda loc, t: loc.inner_text(timeout=t)))
+
+    async def text_content(self) -> str | None:
+        """The element's ``textContent``, hidden text included (a read, see :meth:`inner_text`)."""
+        result = await self._read(lambda loc, t: loc.text_content(timeout=t))
+        return None if result is None else str(result)
+
+    async def input_value(self) -> str:
+        """The value of an input, textarea or select (a read, see :meth:`inner_text`)."""
         return str(await self._read(lambda loc, t: loc.input_value(timeout=t)))
 
-    async def attribute(self, name: str) -> str | None:
-        """The attribute ``name`` of the element, or None (a read, see :meth:`text`)."""
+    async def get_attribute(self, name: str) -> str | None:
+        """The attribute ``name`` of the element, or None (a read, see :meth:`inner_text`)."""
         result = await self._read(lambda loc, t: loc.get_attribute(name, timeout=t))
         return None if result is None else str(result)
 
-    async def texts(self) -> list[str]:
-        """The texts of every element the matching choice finds (table rows, cells).
+    async def is_visible(self) -> bool:
+        """Whether the element is visible now (does not wait; a read)."""
+        return bool(await self._read(lambda loc, t: loc.is_visible(timeout=t)))
 
-        A read (see :meth:`text`): waits for the first of them, not for a navigation.
+    async def is_checked(self) -> bool:
+        """Whether the checkbox or radio button is ticked (a read)."""
+        return bool(await self._read(lambda loc, t: loc.is_checked(timeout=t)))
+
+    async def all_inner_texts(self) -> list[str]:
+        """The rendered texts of every element the matching choice finds (rows, cells).
+
+        A read (see :meth:`inner_text`) of all matches, so not strict; it waits for the
+        first of them, not for a navigation.
         """
 
         async def read(loc: Locator, timeout: float) -> list[str]:
             await loc.first.wait_for(state="attached", timeout=timeout)
-            return [t.strip() for t in await loc.all_inner_texts()]
+            return [str(t) for t in await loc.all_inner_texts()]
 
         found: list[str] = await self._read(read, every=True)
         return found
 
     async def count(self) -> int:
-        """How many elements match now (0 when none; does not wait; a read, see :meth:`text`)."""
+        """How many elements match now (0 when none; does not wait; a read)."""
         if not await self.exists():
             return 0
-        loc = await self.locator()
+        loc = await self._page._resolve(self.spec, timeout_ms=None)
         found = await loc.count()
         self._page._check_read(f"counting {self.name!r}")
         return found
+
+    # ---- the names of stampless before 0.2, kept for robots written against them ---------
+
+    async def text(self) -> str:
+        """Deprecated: ``(await inner_text()).strip()``."""
+        _deprecated("text", "inner_text")
+        return (await self.inner_text()).strip()
+
+    async def texts(self) -> list[str]:
+        """Deprecated: :meth:`all_inner_texts`, each stripped."""
+        _deprecated("texts", "all_inner_texts")
+        return [t.strip() for t in await self.all_inner_texts()]
+
+    async def value(self) -> str:
+        """Deprecated: :meth:`input_value`."""
+        _deprecated("value", "input_value")
+        return await self.input_value()
+
+    async def attribute(self, name: str) -> str | None:
+        """Deprecated: :meth:`get_attribute`."""
+        _deprecated("attribute", "get_attribute")
+        return await self.get_attribute(name)
+
+    async def select(self, value: str) -> None:
+        """Deprecated: :meth:`select_option`."""
+        _deprecated("select", "select_option")
+        await self.select_option(value)
 
 
 class RobotPage:
@@ -366,6 +500,7 @@ class RobotPage:
         self._watch = NavigationWatch(raw)
         self._quiet = 0  # inside the runtime's logout probe: its looks are not record reads
         self._probed: Mark | None = None  # the documents the last logout probe looked at
+        self._typed_secrets: set[str] = set()  # what fill_secret typed (scrubbed from traces)
         raw.on("dialog", self._on_dialog)
         if health is None:
             # Watch the whole context, so an error page in a popup counts too (its first
@@ -407,6 +542,12 @@ class RobotPage:
     def _raise_if_unhealthy(self) -> None:
         if self._server_error is not None:
             problem, self._server_error = self._server_error, None
+            if problem.startswith("net::ERR_INVALID_AUTH_CREDENTIALS"):
+                raise ConfigError(
+                    f"The {self.system} system's web server asks for HTTP authentication, and "
+                    "refused what it got; set http_credentials under "
+                    f"[systems.{self.system}] in robot.toml (docs/robots.md)."
+                )
             if problem.startswith("net::"):
                 raise DepartmentUnavailable(
                     f"The {self.system} system could not be reached ({problem}); "
@@ -537,23 +678,48 @@ class RobotPage:
     # ---- selectors ----------------------------------------------------------------------
 
     def __getitem__(self, name: str) -> Element:
-        return Element(self, self.selectors[name])
+        spec = self.selectors[name]
+        if spec.placeholders:
+            raise TypeError(
+                f"Selector {name!r} has placeholders {_listing(spec.placeholders)}; fill them "
+                f"with page.element({name!r}, {spec.placeholders[0]}=...)."
+            )
+        return Element(self, spec)
 
-    def element(self, name: str, **params: str) -> Element:
-        """A named selector whose choices hold ``{placeholders}``, filled from ``params``.
+    def element(
+        self, name: str, params: Mapping[str, str] | None = None, /, **placeholders: str
+    ) -> Element:
+        """A named selector whose choices hold ``{placeholders}``, filled in.
 
         ``page.element("detail.value", label="登记日期")`` for a map entry such as
-        ``any = ["xpath=//td[normalize-space(.)='{label}']/following-sibling::td[1]"]``.
+        ``any = ["xpath=//td[normalize-space(.)='{label}']/following-sibling::td[1]"]``;
+        or with a mapping, ``page.element("detail.value", {"label": "登记日期"})``.
+        ``name`` is positional-only, so a placeholder may be called ``name`` too. A
+        placeholder missing or unknown is a TypeError naming the selector's placeholders.
         """
         spec = self.selectors[name]
+        values = {**(params or {}), **placeholders}
+        wanted = set(spec.placeholders)
+        if set(values) != wanted:
+            unknown = sorted(set(values) - wanted)
+            missing = sorted(wanted - set(values))
+            problem = (
+                f"has no placeholder {_listing(unknown)}"
+                if unknown
+                else f"needs {_listing(missing)} too"
+            )
+            raise TypeError(
+                f"Selector {name!r} of {self.selectors.path.name} {problem}; its placeholders "
+                f"are {_listing(spec.placeholders) if spec.placeholders else 'none'}."
+            )
         choices = []
         for choice in spec.choices:
-            for key, value in params.items():
+            for key, value in values.items():
                 if "'" in value or '"' in value:
                     raise InputError(f"A value for selector {name!r} may not contain quotes.")
                 choice = choice.replace("{" + key + "}", value)
             choices.append(choice)
-        return Element(self, replace(spec, choices=tuple(choices)))
+        return Element(self, replace(spec, choices=tuple(choices), placeholders=()))
 
     def __contains__(self, name: str) -> bool:
         return name in self.selectors
@@ -699,6 +865,11 @@ class RobotPage:
                     f"Selector {name!r} of {self.system} matched none of its {len(choices)} "
                     f"choice(s) within {total_s:g} s; update {self.selectors.path.name}."
                 )
+
+    async def _remember(
+        self, spec: SelectorSpec, loc: Locator, index: int | None, *, every: bool
+    ) -> None:
+        """Keep what the matched element looks like, for repair proposals."""
 
     def _note_match(self, name: str, choices: tuple[str, ...], index: int) -> None:
         use = self.usage.setdefault(name, SelectorUse())
@@ -891,13 +1062,61 @@ class RobotPage:
         suggested = filename or safe_filename(download.suggested_filename)
         staged = Path(str(temp) + ".part")
         await download.save_as(staged)
-        stored = self.evidence.add_file(staged, suggested, kind="download")
+        return self._keep_download(staged, suggested)
+
+    def _keep_download(self, staged: Path, name: str) -> Path:
+        """Move a fetched file into the evidence; its SHA-256 goes into the meta."""
+        stored = self.evidence.add_file(staged, name, kind="download")
         digest = sha256_file(stored)
         self.evidence.set_meta(download_file=stored.name, download_sha256=digest)
         logger.info(
             "downloaded {} ({} bytes, sha256 {}…)", stored.name, stored.stat().st_size, digest[:12]
         )
         return stored
+
+    async def save(
+        self, target: str | Element, *, filename: str | None = None, attribute: str | None = None
+    ) -> Path:
+        """Fetch a file the page links to or shows, and keep it like :meth:`download`.
+
+        For attachments a server sends *inline* (an image or PDF opened in the browser,
+        no download event): ``await page.save(page["detail.scan"])`` takes the element's
+        ``href`` (or ``src``, or ``attribute``), ``await page.save("/files/1.png")`` a URL
+        relative to the current page. The body is fetched with the session's cookies
+        (at most ``browser.download_timeout_ms``), stored in the evidence (kind
+        ``download``) and its SHA-256 recorded; returns the stored path. 5xx raises
+        DepartmentUnavailable; another error status, RobotError.
+        """
+        if isinstance(target, Element):
+            names = (attribute,) if attribute else ("href", "src", "data")
+            url = None
+            for name in names:
+                assert name is not None
+                url = await target.get_attribute(name)
+                if url:
+                    break
+            if not url:
+                raise RobotError(
+                    f"Element {target.name!r} has no {' or '.join(str(n) for n in names)} "
+                    "to save; point the selector at the link or the image."
+                )
+        else:
+            url = target
+        absolute = urljoin(self.raw.url, url) if "://" not in url else url
+        response, body = await self._get(absolute, "saving", self.config.download_timeout_ms)
+        if response.status >= 400:
+            raise RobotError(
+                f"The {self.system} system answered HTTP {response.status} for "
+                f"{_path_of(absolute)}; check the link the robot saves."
+            )
+        disposition = response.headers.get("content-disposition", "")
+        match = re.search(r'filename\*?=(?:UTF-8\'\')?"?([^";]+)', disposition, re.IGNORECASE)
+        suggested = match.group(1) if match else _path_of(absolute).rstrip("/").rsplit("/", 1)[-1]
+        handle, temp = tempfile.mkstemp(suffix=".part")
+        with os.fdopen(handle, "wb") as out:
+            out.write(body)
+        staged = Path(temp)
+        return self._keep_download(staged, filename or safe_filename(suggested))
 
     # ---- legacy helpers -----------------------------------------------------------------
 
@@ -907,18 +1126,24 @@ class RobotPage:
         The charset comes from ``encoding``, else the Content-Type header, else a
         ``<meta charset>`` in the bytes, else GB18030 (a superset of GBK and GB2312).
         """
+        response, body = await self._get(
+            self.absolute(url), "fetching", self.config.navigation_timeout_ms
+        )
+        return decode_legacy(body, response.headers.get("content-type"), encoding)
+
+    async def _get(self, url: str, doing: str, timeout_ms: float) -> tuple[APIResponse, bytes]:
+        """GET ``url`` with the session's cookies; 5xx is DepartmentUnavailable."""
         try:
-            response = await self.raw.context.request.get(
-                self.absolute(url), timeout=self.config.navigation_timeout_ms
-            )
+            response = await self.raw.context.request.get(url, timeout=timeout_ms)
             body = await response.body()
         except Exception as exc:
-            raise self._explain(exc, f"fetching {_path_of(self.absolute(url))}") from exc
+            raise self._explain(exc, f"{doing} {_path_of(url)}") from exc
         if response.status >= 500:
             raise DepartmentUnavailable(
-                f"The {self.system} system answered HTTP {response.status}; it is retried."
+                f"The {self.system} system answered HTTP {response.status} for "
+                f"{_path_of(url)}; it is retried."
             )
-        return decode_legacy(body, response.headers.get("content-type"), encoding)
+        return response, body
 
     async def viewstate(self) -> str | None:
         """The ASP.NET ``__VIEWSTATE`` of the page's main document, if it has one (a read)."""
@@ -1061,6 +1286,10 @@ def _either(locs: list[Locator]) -> Locator:
     for loc in locs[1:]:
         combined = combined.or_(loc)
     return combined
+
+
+def _listing(names: Iterable[str]) -> str:
+    return ", ".join(f"{{{n}}}" for n in names)
 
 
 def _path_of(url: str) -> str:

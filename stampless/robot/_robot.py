@@ -160,7 +160,7 @@ class Robot:
         """
         if not await page[self.login_marker].exists():
             return
-        error = await page[message].text() if await page[message].exists() else ""
+        error = (await page[message].inner_text()).strip() if await page[message].exists() else ""
         if any(hint in error for hint in retryable):
             raise RobotError(f"The {self.system} login was refused ({error}); retrying.")
         raise LoginRejected(

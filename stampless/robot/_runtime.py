@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -37,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from loguru import logger
 
+from stampless._logging import scrub
 from stampless.checksums import mask_id
 from stampless.circuit import CircuitBreaker, counts_against_system
 from stampless.errors import (
@@ -48,13 +50,14 @@ from stampless.errors import (
     InputError,
     RecordNotFound,
     RecordRevoked,
+    RobotBug,
     SessionLost,
     StamplessError,
 )
 from stampless.loader import load_attribute
 from stampless.models import Record, utcnow
 from stampless.robot._browser import launch_browser
-from stampless.robot._evidence import Evidence
+from stampless.robot._evidence import Evidence, scrub_zip
 from stampless.robot._page import RobotPage, SelectorUse, translate_error
 from stampless.robot._robot import Credentials, LoginRejected, Robot
 from stampless.robot._selectors import DriftLog, SelectorMap, load_selector_map
@@ -67,6 +70,7 @@ from stampless.robot._sessions import (
     state_path,
 )
 from stampless.robot._watchdog import ReloginRefused, Watchdog
+from stampless.vault import known_secret_values
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser, Playwright
@@ -99,6 +103,7 @@ class _System:
     watchdog: Watchdog
     sessions: dict[str, Session]
     usage: dict[str, SelectorUse] = field(default_factory=dict)
+    robot_file: Path | None = None
 
 
 def load_robot(path: Path, system: str) -> Robot:
@@ -232,7 +237,9 @@ class RobotRuntime:
             acc.name: Session(name, acc, state_path(self.config.var_dir, name, acc.name))
             for acc in cfg.accounts
         }
-        found = _System(name, cfg, robot, selectors, Watchdog(name, cfg), sessions)
+        found = _System(
+            name, cfg, robot, selectors, Watchdog(name, cfg), sessions, robot_file=robot_path
+        )
         self._systems[name] = found
         return found
 
@@ -263,6 +270,37 @@ class RobotRuntime:
                 "it must return a stampless.Record."
             )
         return record
+
+    @contextlib.asynccontextmanager
+    async def page(
+        self, system: str, *, account: str | None = None, evidence: BundleLike | None = None
+    ) -> AsyncIterator[RobotPage]:
+        """The logged-in page of ``account`` (None: the first usable) on ``system``.
+
+        ``async with rt.page("civil_affairs") as page: ...`` holds the account for the
+        block, as a lookup does, and logs in first when the account has no live session
+        (through the robot's own ``login``). What ``stampless shell`` and the pytest
+        plugin's ``robot_page`` fixture use; screenshots go to ``evidence`` when given,
+        else under ``<var_dir>/screenshots``.
+        """
+        found = self.system(system)
+        session = self._session(found, account)
+        self._gate(found)
+        async with session.lock:
+            page = await self._ready(found, session, self._evidence(found, evidence), None)
+            try:
+                yield page
+            finally:
+                await page.close_popups()
+
+    def _evidence(self, system: _System, bundle: BundleLike | None) -> Evidence:
+        return Evidence(
+            bundle,
+            var_dir=self.config.var_dir,
+            selectors=system.selectors,
+            request_id=getattr(bundle, "request_id", None),
+            audit=self._audit,
+        )
 
     def account_for(self, system: str, account: str | None = None) -> str:
         """The account a call with ``account`` would use (None: the first usable one).
@@ -434,13 +472,11 @@ class RobotRuntime:
                 attempt += 1
                 if attempt > 1:
                     self._gate(system)  # opened meanwhile (by another request): stop here
-                evidence = Evidence(
-                    bundle,
-                    var_dir=self.config.var_dir,
-                    selectors=system.selectors,
-                    request_id=request_id,
-                    audit=self._audit,
-                )
+                if bundle is not None:
+                    # Every attempt whose evidence the bundle holds, this run's retries too.
+                    done = getattr(bundle, "meta", {}).get(f"{op}_attempts", 0)
+                    bundle.set_meta(**{f"{op}_attempts": int(done) + 1})
+                evidence = self._evidence(system, bundle)
                 page: RobotPage | None = None
                 started = time.perf_counter()
                 try:
@@ -450,7 +486,7 @@ class RobotRuntime:
                             await self._start_trace(session, f"{op} {system.name} #{attempt}")
                         result = await step(system.robot, page)
                 except Exception as exc:
-                    error = exc if isinstance(exc, StamplessError) else translate_error(exc, op)
+                    error = self._classify(system, exc, op)
                     if isinstance(error, BusinessError):
                         await self._end_trace(session, evidence, failed=False)
                         self._succeeded(system, session)
@@ -512,6 +548,19 @@ class RobotRuntime:
                 await self._maybe_recycle(session)
                 return result
 
+    def _classify(self, system: _System, exc: BaseException, op: str) -> StamplessError:
+        """The stampless error an exception from a robot step means.
+
+        Stampless errors are what they say; an exception raised in the robot's own code
+        that is no Playwright error (TypeError, AttributeError, …) is a RobotBug, final,
+        with its message and the robot's file and line; anything else is translated at
+        the Playwright boundary (:func:`translate_error`).
+        """
+        if isinstance(exc, StamplessError):
+            return exc
+        bug = robot_bug(exc, system.name, system.robot_file, self.config.root)
+        return bug if bug is not None else translate_error(exc, op)
+
     def _final_failure(
         self, system: _System, error: StamplessError, deadline: datetime | None
     ) -> None:
@@ -542,6 +591,8 @@ class RobotRuntime:
     ) -> None:
         """Evidence of a failed attempt: a screenshot and the trace; a crashed browser reset."""
         logger.warning("{} ({}): {}", system.name, session.name, error)
+        if isinstance(error, RobotBug):
+            evidence.set_meta(robot_bug=error.details)
         if page is not None and not isinstance(error, BrowserError):
             # The window the robot was in when it failed: the newest open popup, if any.
             windows = [p.raw for p in page.popups if not p.raw.is_closed()]
@@ -560,7 +611,9 @@ class RobotRuntime:
         if session.context is None or session.page is None or session.page.raw.is_closed():
             if session.context is not None:
                 await close_context(session, keep_state=False)
-            context = await open_context(browser, session, self.config.browser)
+            context = await open_context(
+                browser, session, self.config.browser, system.config, self.config
+            )
             raw = await context.new_page()
             session.page = RobotPage(
                 raw,
@@ -604,6 +657,8 @@ class RobotRuntime:
             await asyncio.sleep(delay)
         creds = Credentials(session.account, self.config)
         page.probing = False
+        page._typed_secrets.clear()
+        tracing = await self._start_login_trace(session, system.name)
         try:
             await system.robot.login(page, creds)
             page._raise_if_unhealthy()
@@ -613,9 +668,23 @@ class RobotRuntime:
                     f"{session.name!r}; check its password in the vault (not retried, so the "
                     "account does not lock)."
                 )
-        except LoginRejected as exc:
-            self._reject(system, session, exc)
-            raise
+        except Exception as exc:
+            # What the robot author needs to see: the page as the login left it, and the
+            # login's trace with every value it typed taken out.
+            error = self._classify(system, exc, "logging in")
+            await page.evidence.failure_screenshot(
+                f"login failed - {type(error).__name__} - {str(error)[:80]}", page.raw
+            )
+            if tracing:
+                await self._stop_login_trace(session, page, keep=True)
+            if isinstance(error, LoginRejected):
+                self._reject(system, session, error)
+            if error is exc:
+                raise
+            raise error from exc
+        else:
+            if tracing:
+                await self._stop_login_trace(session, page, keep=False)
         finally:
             page.probing = True
             await page.clear_passwords()
@@ -639,6 +708,59 @@ class RobotRuntime:
             logger.debug("{}: context of {} recycled", session.system, session.name)
 
     # ---- traces -------------------------------------------------------------------------
+
+    async def _start_login_trace(self, session: Session, system: str) -> bool:
+        """Record the login, to keep only if it fails (then with its secrets scrubbed)."""
+        if not session.tracing or session.context is None or session.recording:
+            return False
+        try:
+            await session.context.tracing.start(
+                title=f"login {system} {session.name}",
+                snapshots=True,
+                screenshots=False,
+                sources=False,
+            )
+        except Exception as exc:  # a trace is evidence, never a reason to fail a login
+            logger.debug("login trace not started: {}", type(exc).__name__)
+            return False
+        return True
+
+    async def _stop_login_trace(self, session: Session, page: RobotPage, *, keep: bool) -> None:
+        """Stop the login's trace; a failed login's is kept, every typed secret removed.
+
+        The trace holds what the login typed (the action log, the DOM snapshots, the
+        POST body): each value ``fill_secret`` typed, and every secret the vault resolved
+        in this process, is replaced in every file of the zip before it is kept.
+        """
+        secrets = page._typed_secrets | known_secret_values()
+        await self._stop_trace(session, page.evidence, "login-trace.zip" if keep else None, secrets)
+
+    async def _stop_trace(
+        self,
+        session: Session,
+        evidence: Evidence,
+        name: str | None,
+        secrets: frozenset[str] | set[str] = frozenset(),
+    ) -> None:
+        """Stop the context's recording; keep it in the evidence as ``name`` unless None."""
+        if session.context is None:
+            return
+        try:
+            if name is None:
+                await session.context.tracing.stop()
+                return
+            target = evidence.file_path(name)
+            await session.context.tracing.stop(path=str(target))
+            if secrets:
+                await asyncio.to_thread(scrub_zip, target, secrets)
+        except Exception as exc:
+            # No recording was running (the attempt failed before it started) or the
+            # browser is gone: there is no trace to keep.
+            logger.debug("trace {} not kept: {}", name, type(exc).__name__)
+            return
+        if evidence.bundle is not None:
+            evidence.bundle.note_file(evidence._bundle_name(target), kind="trace")
+        logger.info("trace kept: {} (open with 'playwright show-trace')", target.name)
 
     def _traced(self, attempt: int) -> bool:
         """Whether this attempt is recorded as a Playwright trace.
@@ -677,20 +799,7 @@ class RobotRuntime:
             or mode == "always"
             or self.config.evidence.keep_trace_on_success
         )
-        try:
-            if not keep:
-                await session.context.tracing.stop()
-                return
-            target = evidence.file_path("trace.zip")
-            await session.context.tracing.stop(path=str(target))
-        except Exception as exc:
-            # No chunk was running (the attempt failed before it started) or the browser
-            # is gone: there is no trace to keep.
-            logger.debug("trace chunk not kept: {}", type(exc).__name__)
-            return
-        if evidence.bundle is not None:
-            evidence.bundle.note_file(evidence._bundle_name(target), kind="trace")
-        logger.info("trace kept: {} (open with 'playwright show-trace')", target.name)
+        await self._stop_trace(session, evidence, "trace.zip" if keep else None)
 
 
 def _outcome(error: BaseException) -> str:
@@ -717,3 +826,43 @@ async def _time_limit(deadline: datetime | None) -> AsyncIterator[None]:
         raise DepartmentUnavailable(
             "The robot did not finish before the request's deadline; it is reported as failed."
         ) from exc
+
+
+def robot_bug(
+    exc: BaseException, system: str, robot_file: Path | None, root: Path | None = None
+) -> RobotBug | None:
+    """A :class:`RobotBug` for an exception raised in the robot's own code, else None.
+
+    Robot code is the robot file and the files beside it (helpers it imports); Playwright
+    errors and timeouts are not bugs, they are translated at the boundary instead.
+    """
+    from playwright.async_api import Error as PlaywrightError
+
+    if robot_file is None or isinstance(exc, PlaywrightError | TimeoutError):
+        return None
+    folder = Path(robot_file).resolve().parent
+    frames = [
+        frame
+        for frame in traceback.extract_tb(exc.__traceback__)
+        if Path(frame.filename).resolve().parent == folder
+    ]
+    if not frames:
+        return None
+    where = frames[-1]
+    path = Path(where.filename).resolve()
+    shown = path
+    if root is not None and path.is_relative_to(Path(root).resolve()):
+        shown = path.relative_to(Path(root).resolve())
+    text = scrub(" ".join(str(exc).split()))[:300] or "(no message)"
+    bug = RobotBug(
+        f"The {system} robot has a bug: {type(exc).__name__}: {text} ({shown}, line "
+        f"{where.lineno}, in {where.name}); fix the robot (a bug is not retried)."
+    )
+    bug.details = {
+        "error": type(exc).__name__,
+        "message": text,
+        "file": str(shown),
+        "line": where.lineno,
+        "function": where.name,
+    }
+    return bug

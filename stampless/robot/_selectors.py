@@ -26,6 +26,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -47,6 +48,8 @@ class SelectorSpec:
     choices: tuple[str, ...]
     frame: str | None = None
     mask: bool = False
+    # The {placeholders} of its choices, in order of appearance (page.element fills them).
+    placeholders: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,22 @@ def _choices(raw: Any, where: str) -> tuple[str, ...]:
     return tuple(raw)
 
 
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+
+
+def _placeholders(choices: tuple[str, ...]) -> tuple[str, ...]:
+    """The ``{name}`` placeholders of a selector's choices (CSS braces are not ones)."""
+    found: list[str] = []
+    for choice in choices:
+        for match in _PLACEHOLDER.finditer(choice):
+            name = match.group(1)
+            if not name.isidentifier():
+                continue  # a CSS block or an XPath predicate, not a placeholder
+            if name not in found:
+                found.append(name)
+    return tuple(found)
+
+
 def load_selector_map(path: Path, system: str) -> SelectorMap:
     """Load and validate ``path``; errors name the file and the key that is wrong."""
     path = Path(path)
@@ -179,7 +198,8 @@ def load_selector_map(path: Path, system: str) -> SelectorMap:
         mask = raw.get("mask", False)
         if not isinstance(mask, bool):
             raise ConfigError(f"{where}.mask: expected true or false.")
-        selectors[name] = SelectorSpec(name, _choices(raw.get("any"), where + ".any"), frame, mask)
+        choices = _choices(raw.get("any"), where + ".any")
+        selectors[name] = SelectorSpec(name, choices, frame, mask, _placeholders(choices))
 
     return SelectorMap(
         system=system,

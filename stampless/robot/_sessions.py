@@ -23,7 +23,7 @@ from stampless._files import write_atomic
 if TYPE_CHECKING:
     from playwright.async_api import Browser, BrowserContext
 
-    from stampless.config import AccountConfig, BrowserConfig
+    from stampless.config import AccountConfig, BrowserConfig, Config, SystemConfig
     from stampless.robot._page import RobotPage
 
 
@@ -62,17 +62,68 @@ class Session:
         return self.account.name
 
 
-async def open_context(browser: Browser, session: Session, config: BrowserConfig) -> BrowserContext:
+def context_options(
+    system: SystemConfig, config: BrowserConfig, root: Config | None = None
+) -> dict[str, Any]:
+    """The options of ``browser.new_context`` for a system, from its robot.toml settings.
+
+    Secret references (the HTTP and proxy passwords, header values written as
+    ``env:…``/``file:…``/``keyring:…``) are resolved here, when the context opens.
+    """
+    from stampless.config import SECRET_SCHEMES
+    from stampless.vault import resolve_secret
+
+    def reveal(ref: str) -> str:
+        return resolve_secret(ref, config=root).reveal()
+
+    viewport = system.viewport
+    options: dict[str, Any] = {
+        "viewport": {
+            "width": viewport.width if viewport else config.viewport_width,
+            "height": viewport.height if viewport else config.viewport_height,
+        },
+        "accept_downloads": True,
+        "locale": system.locale,
+        "timezone_id": system.timezone,
+        "ignore_https_errors": system.ignore_https_errors,
+    }
+    if system.user_agent:
+        options["user_agent"] = system.user_agent
+    if system.extra_http_headers:
+        options["extra_http_headers"] = {
+            name: reveal(value) if value.startswith(SECRET_SCHEMES) else value
+            for name, value in system.extra_http_headers.items()
+        }
+    if system.http_credentials is not None:
+        options["http_credentials"] = {
+            "username": system.http_credentials.username,
+            "password": reveal(system.http_credentials.password),
+        }
+    if system.proxy is not None:
+        proxy: dict[str, str] = {"server": system.proxy.server}
+        if system.proxy.bypass:
+            proxy["bypass"] = system.proxy.bypass
+        if system.proxy.username:
+            proxy["username"] = system.proxy.username
+        if system.proxy.password:
+            proxy["password"] = reveal(system.proxy.password)
+        options["proxy"] = proxy
+    return options
+
+
+async def open_context(
+    browser: Browser,
+    session: Session,
+    config: BrowserConfig,
+    system: SystemConfig,
+    root: Config | None = None,
+) -> BrowserContext:
     """A new context for ``session``, restored from its storage state when there is one."""
     storage: str | None = None
     if session.state_file.is_file():
         storage = str(session.state_file)
     context = await browser.new_context(
-        storage_state=storage,
-        viewport={"width": config.viewport_width, "height": config.viewport_height},
-        accept_downloads=True,
-        locale="zh-CN",
-        timezone_id="Asia/Shanghai",
+        storage_state=storage, **context_options(system, config, root)
     )
     context.set_default_timeout(config.timeout_ms)
     context.set_default_navigation_timeout(config.navigation_timeout_ms)
