@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,6 +26,16 @@ from stampless.errors import ConfigError
 from stampless.models import Tier
 
 SECRET_SCHEMES = ("env:", "file:", "keyring:")
+_DURATION = re.compile(r"^(\d+)\s*([smhdw])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_duration(text: str) -> timedelta | None:
+    """``30m``, ``2h``, ``90d``, ``12w`` as a timedelta; None when ``text`` is not one."""
+    m = _DURATION.match(text.strip())
+    return timedelta(**{_UNITS[m.group(2)]: int(m.group(1))}) if m else None
+
+
 ENV_PREFIX = "STAMPLESS__"
 
 
@@ -242,6 +253,24 @@ class EvidenceConfig(_Section):
     path: Path | None = None  # default: <var_dir>/evidence
     signing_key: str | None = None
     keep_trace_on_success: bool = False
+    # Every preprocessing step of the scan, in every bundle; by default only where the
+    # machine doubted (a mismatch, a review): the image OCR read is always kept.
+    keep_steps: bool = False
+    # How long sealed bundles are kept ("90d", "12w", "2160h"); `stampless evidence prune`
+    # removes older ones and leaves a signed tombstone. None: kept for ever.
+    retention: str | None = None
+
+    @field_validator("retention")
+    @classmethod
+    def _check_retention(cls, value: str | None) -> str | None:
+        if value is not None and not parse_duration(value):
+            raise ValueError("must be a duration such as 90d, 12w or 2160h")
+        return value
+
+    @property
+    def retention_delta(self) -> timedelta | None:
+        return parse_duration(self.retention) if self.retention else None
+
     # The public keys verifiers trust, as "sha256:<hex>" fingerprints (stampless keys
     # show), and/or a file of base64 public keys, one a line, outside var/.
     trusted_keys: list[str] = Field(default_factory=list)
@@ -269,6 +298,7 @@ class JobConfig(_Section):
         "sweep_deadlines",
         "deliver_outbox",
         "audit_checkpoint",
+        "prune_evidence",
     ]
     every_s: float | None = Field(default=None, gt=0)
     cron: str | None = None

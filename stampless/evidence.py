@@ -22,6 +22,10 @@ zip made by :func:`export_bundle`, and names each file that differs.
 What a bundle keeps: what a reviewer needs to judge the verdict (the scan, the record,
 full field values). What it never keeps: passwords, TOTP seeds, keys (``set_meta``
 refuses keys that name them and values that are known secrets).
+
+Size: the scan is kept byte for byte; screenshots are stored as lossless WebP, the image
+OCR read as WebP at quality :data:`PAGE_QUALITY`, and the intermediate preprocessing
+steps only where they explain a doubt (:meth:`EvidenceBundle.compact_images`).
 """
 
 from __future__ import annotations
@@ -83,6 +87,11 @@ KINDS: frozenset[str] = frozenset(Kind.__args__)  # type: ignore[attr-defined]
 _PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _SECRET_META = re.compile(r"password|passwd|secret|token|totp|private|api_?key", re.IGNORECASE)
 _HASH_CHUNK = 1 << 20
+# The image OCR read, whose coordinates the word boxes are in (any image suffix).
+OCR_INPUT_STEM = "ocr-input"
+# Lossy WebP quality of page images: at 80 the scan's print stays legible at 1:1
+# (docs/evidence.md, "Size").
+PAGE_QUALITY = 80
 
 
 class BundleExists(InputError):
@@ -209,6 +218,15 @@ def _kind_by_folder(name: str) -> str:
         "trace": "trace",
         "traces": "trace",
     }.get(top, "trace" if name.endswith("trace.zip") else "other")
+
+
+def _webp_supported() -> bool:
+    from PIL import features
+
+    if features.check("webp"):
+        return True
+    logger.warning("evidence: this Pillow cannot write WebP; images are kept as PNG")
+    return False
 
 
 class EvidenceBundle:
@@ -388,7 +406,11 @@ class EvidenceBundle:
         self._check_open()
         folder = self.work_dir / "screenshots"
         # After a crash that lost the state file, continue after the shots on disk.
-        on_disk = len(list(folder.glob("*.png"))) if folder.is_dir() else 0
+        on_disk = (
+            len([p for p in folder.iterdir() if p.suffix in (".png", ".webp")])
+            if (folder.is_dir())
+            else 0
+        )
         self._state.screenshots = max(self._state.screenshots, on_disk) + 1
         name = f"screenshots/{self._state.screenshots:02d}-{slugify(caption)}.png"
         path = self.path(name)
@@ -426,6 +448,57 @@ class EvidenceBundle:
     def meta(self) -> dict[str, Any]:
         return dict(self._state.meta)
 
+    # ------------------------------------------------------------------ size
+
+    def compact_images(self, *, keep_steps: bool) -> None:
+        """Re-encode the bundle's PNG images smaller, before sealing.
+
+        Screenshots become lossless WebP (the same pixels, a third of the size); the
+        image OCR read becomes WebP at :data:`PAGE_QUALITY`; the other preprocessing
+        steps are removed unless ``keep_steps`` (a mismatch, a review, or
+        ``evidence.keep_steps``), when they are kept as WebP too. The scan itself and
+        every other file are left as they are. CPU-bound: call it off the event loop.
+        """
+        self._check_open()
+        if not _webp_supported():
+            return
+        for name in list(self._walk()):
+            if not name.lower().endswith(".png"):
+                continue
+            entry = self._state.files.get(name)
+            kind = entry.kind if entry is not None else _kind_by_folder(name)
+            if kind == "screenshot":
+                self._reencode(name, lossless=True)
+            elif kind == "preprocessed":
+                if keep_steps or PurePosixPath(name).stem == OCR_INPUT_STEM:
+                    self._reencode(name, lossless=False)
+                else:
+                    (self.work_dir / name).unlink()
+                    self._state.files.pop(name, None)
+        self._save_state()
+
+    def _reencode(self, name: str, *, lossless: bool) -> None:
+        """``name`` (a PNG) as WebP under the same name with ``.webp``; kind and caption kept."""
+        import io
+
+        from PIL import Image
+
+        source = self.work_dir / name
+        target = str(PurePosixPath(name).with_suffix(".webp"))
+        out = io.BytesIO()
+        with Image.open(source) as image:
+            if lossless:
+                # method 4, effort 0: as small as the slowest setting, in a tenth of its time
+                image.save(out, format="WEBP", lossless=True, method=4, quality=0)
+            else:
+                image.save(out, format="WEBP", quality=PAGE_QUALITY, method=0)
+        write_atomic(self.work_dir / target, out.getvalue(), durable=False)
+        source.unlink()
+        entry = self._state.files.pop(name, None)
+        self._state.files[target] = entry or _FileEntry(
+            _kind_by_folder(name), None, utcnow().isoformat()
+        )
+
     # ------------------------------------------------------------------ sealing
 
     def _walk(self) -> Iterator[str]:
@@ -448,6 +521,9 @@ class EvidenceBundle:
         """
         if self._sealed is not None:
             return self._sealed
+        # The pipeline compacts before (off the event loop, choosing keep_steps); for
+        # other sealers this is where PNG screenshots become WebP.
+        self.compact_images(keep_steps=True)
         if verdict is not None:
             self.add_json("verdict.json", verdict, kind="verdict")
         final = self.final_dir(self.evidence_dir, self.request_id)

@@ -162,9 +162,12 @@ class Pipeline:
                 decision = await self._gather_and_decide(
                     request, base_dir, doctype, claim, bundle, account, deadline
                 )
-                if tier is Tier.manual:
-                    decision = _to_review(decision, MANUAL_REASON)
-            return self._seal(
+            # The preprocessing steps explain a machine's doubt; a clear answer needs only
+            # the image OCR read (docs/evidence.md, "Size").
+            doubt = decision.verdict in (VerdictKind.mismatch, VerdictKind.needs_review)
+            if tier is Tier.manual:
+                decision = _to_review(decision, MANUAL_REASON)
+            return await self._seal(
                 request,
                 base_dir,
                 bundle,
@@ -173,6 +176,7 @@ class Pipeline:
                 received_at=received_at,
                 deadline=deadline,
                 attempts=attempt,
+                keep_steps=doubt,
             )
 
     async def escalate(
@@ -187,7 +191,7 @@ class Pipeline:
     ) -> Verdict:
         """Seal what earlier attempts gathered as a needs_review verdict for a person."""
         decision = Decision(verdict=VerdictKind.needs_review, fields=[], reasons=[reason])
-        return self._finish_without_decision(
+        return await self._finish_without_decision(
             request, base_dir, decision, received_at, deadline, attempts, event="escalated"
         )
 
@@ -203,7 +207,7 @@ class Pipeline:
     ) -> Verdict:
         """Seal an ``error`` verdict (bad input found late, or a type that cannot go to review)."""
         decision = Decision(verdict=VerdictKind.error, fields=[], reasons=[reason])
-        return self._finish_without_decision(
+        return await self._finish_without_decision(
             request, base_dir, decision, received_at, deadline, attempts, event="failed"
         )
 
@@ -398,7 +402,7 @@ class Pipeline:
         )
         return decision
 
-    def _finish_without_decision(
+    async def _finish_without_decision(
         self,
         request: Request,
         base_dir: Path,
@@ -418,7 +422,7 @@ class Pipeline:
                 tier = self.tier_of(request)
             except InputError:
                 tier = Tier.robot
-            return self._seal(
+            return await self._seal(
                 request,
                 base_dir,
                 bundle,
@@ -427,9 +431,10 @@ class Pipeline:
                 received_at=received_at,
                 deadline=deadline,
                 attempts=attempts,
+                keep_steps=True,  # a person takes over: keep all that explains the page
             )
 
-    def _seal(
+    async def _seal(
         self,
         request: Request,
         base_dir: Path,
@@ -440,7 +445,13 @@ class Pipeline:
         received_at: datetime,
         deadline: datetime | None,
         attempts: int,
+        keep_steps: bool,
     ) -> Verdict:
+        """Seal the bundle with the verdict; ``keep_steps``: keep every preprocessing step."""
+        # Re-encoding images is CPU work: off the event loop the other workers' pages use.
+        await asyncio.to_thread(
+            bundle.compact_images, keep_steps=keep_steps or self.config.evidence.keep_steps
+        )
         finished = utcnow()
         verdict = Verdict(
             request_id=request.id,

@@ -27,7 +27,8 @@ from stampless.evidence import MANIFEST, verify_bundle
 from stampless.models import FieldResult, OcrResult, Record, Verdict
 
 TEMPLATE = "report.html.j2"
-OCR_INPUT = "preprocessed/ocr-input.png"
+# The image OCR read (the word boxes are in its coordinates), as sealed now and before.
+OCR_INPUT = ("preprocessed/ocr-input.webp", "preprocessed/ocr-input.png")
 _MIME = {
     ".png": "image/png",
     ".jpg": "image/jpeg",
@@ -194,7 +195,7 @@ def render_report(bundle_dir: Path, *, audit_dir: Path | None = None) -> str:
     field_boxes: list[_Box] = []
     if ocr is not None:
         steps = sorted((f["name"] for f in files if f.get("kind") == "preprocessed"), reverse=True)
-        candidates = [OCR_INPUT, *steps, *(s.name for s in scans)]
+        candidates = [*OCR_INPUT, *steps, *(s.name for s in scans)]
         for name in candidates:
             path = bundle_dir / name
             size = _image_size(path)

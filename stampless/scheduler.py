@@ -10,8 +10,9 @@ removed from the store.
 
 Job kinds: ``poll_inbox``, ``recheck`` (re-verify finished items of ``type`` whose last
 check is older than ``older_than_days``; the new result supersedes the first),
-``sweep_leases``, ``sweep_deadlines`` (overdue flags, reviewed items, case verdicts) and
-``deliver_outbox``.
+``sweep_leases``, ``sweep_deadlines`` (overdue flags, reviewed items, case verdicts),
+``deliver_outbox``, ``audit_checkpoint`` and ``prune_evidence`` (bundles past
+``[evidence] retention`` give way to signed tombstones, :mod:`stampless.retention`).
 
 SIGTERM or SIGINT stops the daemon gracefully: no new claims, running items get the
 grace period to finish or are released, the scheduler waits for running jobs.
@@ -278,6 +279,18 @@ class Daemon:
     def job_recheck(self, job: JobConfig) -> list[str]:
         return recheck(self.queue, self.config, job.type or "", job.older_than_days or 0.0)
 
+    def job_prune_evidence(self, job: JobConfig) -> list[str]:
+        """Bundles past ``[evidence] retention`` give way to signed tombstones."""
+        from stampless.retention import prune
+
+        retention = self.config.evidence.retention
+        delta = self.config.evidence.retention_delta
+        if self.signer is None or retention is None or delta is None:
+            logger.warning("Job prune_evidence skipped: no [evidence] retention or no signer.")
+            return []
+        pruned = prune(self.config, self.signer, older_than=delta, reason=f"retention {retention}")
+        return [p.request_id for p in pruned]
+
     # -- running -------------------------------------------------------------------------
 
     async def serve(self) -> None:
@@ -352,6 +365,7 @@ def recheck(queue: WorkQueue, config: Config, type_name: str, older_than_days: f
     """
     from stampless.outbox import recheck_name
     from stampless.queue import ItemState
+    from stampless.retention import read_tombstone
 
     now = utcnow()
     cutoff = now - timedelta(days=older_than_days)
@@ -368,6 +382,8 @@ def recheck(queue: WorkQueue, config: Config, type_name: str, older_than_days: f
     for item in items:
         if item.supersedes is not None or latest[item.request_id] > cutoff:
             continue
+        if read_tombstone(config.evidence_dir / item.request_id) is not None:
+            continue  # its spooled request went with its evidence (retention)
         new_id = recheck_name(item.request_id, stamp)
         request = item.request.model_copy(update={"id": new_id, "case_id": None})
         tier = item.tier

@@ -197,12 +197,12 @@ def test_sealed_bundle_verifies_and_lists_every_file(sealed, signer: Signer) -> 
     names = [f["name"] for f in manifest["files"]]
     assert names == [
         "dialogs.json",
-        "preprocessed/ocr-input.png",
+        "preprocessed/ocr-input.webp",
         "record.json",
         "request.json",
-        "scan.png",
-        "screenshots/01-search-form.png",
-        "screenshots/02-search-result.png",
+        "scan.png",  # the applicant's scan is kept byte for byte
+        "screenshots/01-search-form.webp",
+        "screenshots/02-search-result.webp",
         "verdict.json",
     ]
     shots = [f for f in manifest["files"] if f["kind"] == "screenshot"]
@@ -242,8 +242,8 @@ def test_a_partial_bundle_is_continued_after_a_crash(tmp_path: Path, signer: Sig
     assert kinds == {
         "downloads/archive.pdf": "download",
         "ocr.json": "ocr",
-        "screenshots/01-login.png": "screenshot",
-        "screenshots/02-result.png": "screenshot",
+        "screenshots/01-login.webp": "screenshot",
+        "screenshots/02-result.webp": "screenshot",
     }
     assert verify_bundle(sealed.path).ok
 
@@ -293,11 +293,11 @@ def test_flipping_one_byte_in_any_file_is_named(sealed) -> None:
 
 
 def test_deleted_and_added_files_are_named(sealed) -> None:
-    (sealed.path / "screenshots" / "02-search-result.png").unlink()
+    (sealed.path / "screenshots" / "02-search-result.webp").unlink()
     (sealed.path / "screenshots" / "03-forged.png").write_bytes(_png("forged"))
     report = verify_bundle(sealed.path)
     assert {(p.kind, p.name) for p in report.problems} == {
-        ("missing", "screenshots/02-search-result.png"),
+        ("missing", "screenshots/02-search-result.webp"),
         ("extra", "screenshots/03-forged.png"),
     }
 
@@ -435,3 +435,38 @@ def test_json_outputs_follow_docs_json_md(tmp_path: Path, signer: Signer, cli) -
         words = [w for w in words if w != "--json" and w.islower()]
         helped = cli(*words, "--help", cwd=tmp_path)
         assert "--json" in helped.stdout, heading
+
+
+@pytest.mark.parametrize("keep_steps", [False, True])
+def test_images_are_compacted_and_steps_kept_only_when_asked(
+    tmp_path: Path, signer: Signer, keep_steps: bool
+) -> None:
+    """Screenshots become lossless WebP (the same pixels), the image OCR read lossy WebP
+    of the same size, the intermediate steps go unless kept; the scan is untouched."""
+    from PIL import Image, ImageChops
+
+    bundle = EvidenceBundle.open(tmp_path, "REQ-SMALL")
+    page = _png("a page of print " * 4, size=(1600, 1100))
+    bundle.add_bytes("scan.png", page, kind="scan")
+    for name in ("01-perspective.png", "02-illumination.png", "ocr-input.png"):
+        bundle.add_bytes(f"preprocessed/{name}", page, kind="preprocessed")
+    shot = bundle.screenshot_path("record detail")
+    shot.write_bytes(_png("查询结果 detail", size=(1280, 900)))
+    bundle.compact_images(keep_steps=keep_steps)
+    sealed = bundle.seal(signer)
+    files = {f["name"]: f for f in json.loads((sealed.path / "manifest.json").read_text())["files"]}
+    steps = {"preprocessed/01-perspective.webp", "preprocessed/02-illumination.webp"}
+    expected = {"scan.png", "preprocessed/ocr-input.webp", "screenshots/01-record-detail.webp"}
+    assert set(files) == expected | (steps if keep_steps else set())
+    assert (sealed.path / "scan.png").read_bytes() == page
+    assert files["screenshots/01-record-detail.webp"]["caption"] == "record detail"
+    with Image.open(sealed.path / "screenshots/01-record-detail.webp") as webp:
+        same = ImageChops.difference(
+            webp.convert("RGB"),
+            Image.open(io.BytesIO(_png("查询结果 detail", size=(1280, 900)))).convert("RGB"),
+        )
+        assert same.getbbox() is None  # lossless
+    with Image.open(sealed.path / "preprocessed/ocr-input.webp") as webp:
+        assert webp.size == (1600, 1100)  # the word boxes' coordinates still hold
+    assert files["preprocessed/ocr-input.webp"]["size"] < len(page)
+    assert verify_bundle(sealed.path, trusted_keys=[signer.public_key_b64]).ok

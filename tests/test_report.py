@@ -190,7 +190,9 @@ def test_report_is_self_contained(report_bundle) -> None:
     html = render_report(bundle, audit_dir=audit_dir)
     assert not re.search(r"""(?:src|href)\s*=\s*["']?(?:https?:)?//""", html)
     assert "@import" not in html and "<script src" not in html
-    assert html.count('src="data:image/png;base64,') >= 4  # overlay, scan, two screenshots
+    images = re.findall(r'src="data:image/(png|webp);base64,', html)
+    assert len(images) >= 4  # overlay, scan, two screenshots
+    assert images.count("webp") >= 3  # the overlay and the screenshots, as sealed
     assert "OTHER-REQUEST" not in html  # only this request's audit entries
     assert "seal intact" in html
 

@@ -97,6 +97,10 @@ def test_genuine_certificate_is_verified_with_sealed_evidence(deployment, scans)
     assert any(n.startswith("screenshots/") for n in names)
     assert {"request.json", "record.json", "ocr.json", "verdict.json"} <= names
     assert any(n.startswith("scan") for n in names)
+    # A clear answer keeps the image OCR read, and no intermediate preprocessing step;
+    # screenshots are WebP (docs/evidence.md, "Size").
+    assert [n for n in names if n.startswith("preprocessed/")] == ["preprocessed/ocr-input.webp"]
+    assert all(n.endswith(".webp") for n in names if n.startswith("screenshots/"))
     for entry in manifest["files"]:
         data = (bundle / entry["name"]).read_bytes()
         assert hashlib.sha256(data).hexdigest() == entry["sha256"], entry["name"]
@@ -128,6 +132,9 @@ def test_wrong_certificate_number_is_a_mismatch_naming_the_field(deployment, sca
     assert verdict["verdict"] == "mismatch"
     statuses = {f["name"]: f["status"] for f in verdict["fields"]}
     assert statuses["cert_no"] == "mismatch"
+    # A mismatch keeps every preprocessing step: they explain what the machine saw.
+    steps = list((Path(verdict["evidence"]) / "preprocessed").glob("0*.webp"))
+    assert len(steps) >= 2, steps
 
 
 def test_missing_record_is_not_found(deployment, scans):

@@ -2,28 +2,27 @@
 
 from __future__ import annotations
 
-import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from stampless.cli._common import console, emit_json, emit_json_lines, get_config
+from stampless.cli._common import DEV_HELP, console, emit_json, emit_json_lines, get_config
+from stampless.config import parse_duration
 from stampless.errors import ExitCode, InputError
 
-evidence_app = typer.Typer(help="Sealed evidence bundles: list, show, verify, report, export.")
+if TYPE_CHECKING:
+    from stampless.signing import TrustedKeys
 
-_RELATIVE = re.compile(r"^(\d+)\s*([smhdw])$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+evidence_app = typer.Typer(help="Sealed evidence bundles: list, show, verify, report, export.")
 
 
 def parse_since(text: str, *, now: datetime | None = None) -> datetime:
     """A time: ISO date/time (UTC if no zone) or a duration ago (``30m``, ``2h``, ``7d``)."""
     text = text.strip()
-    m = _RELATIVE.match(text)
-    if m:
-        delta = timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
+    delta = parse_duration(text)
+    if delta is not None:
         return (now or datetime.now(UTC)) - delta
     try:
         when = datetime.fromisoformat(text)
@@ -58,6 +57,19 @@ def _bundle_dir(id_or_path: str) -> Path:
             "'stampless evidence ls'."
         )
     raise InputError(f"{id_or_path} is neither a request id nor a bundle folder or zip.")
+
+
+def _refuse_pruned(folder: Path) -> None:
+    """InputError naming the tombstone when ``folder``'s bundle was pruned."""
+    from stampless.retention import TOMBSTONE, read_tombstone
+
+    tomb = read_tombstone(folder)
+    if tomb is not None:
+        raise InputError(
+            f"The evidence of {folder.name} was removed at {tomb.get('removed_at')} "
+            f"({tomb.get('reason')}); {folder / TOMBSTONE} says what it held, and "
+            f"'stampless evidence verify {folder.name}' checks it."
+        )
 
 
 def _size(n: int) -> str:
@@ -137,6 +149,7 @@ def show_cmd(
     folder = _bundle_dir(request)
     if folder.is_file():
         raise InputError("'evidence show' reads a bundle folder; use 'evidence verify' for a zip.")
+    _refuse_pruned(folder)
     manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
     verdict_file = folder / "verdict.json"
     verdict = json.loads(verdict_file.read_text(encoding="utf-8")) if verdict_file.exists() else {}
@@ -232,6 +245,9 @@ def verify_cmd(
         extra.append(key)
     trusted = trusted_keys(config, extra)
     verdict, bundle = _verdict_and_bundle(target)
+    if bundle is not None and bundle.is_dir() and not (bundle / "manifest.json").exists():
+        _verify_pruned(bundle, verdict, trusted, as_json=as_json)
+        return
     checked: list[str] = []
     report = None
     if bundle is not None:
@@ -260,6 +276,7 @@ def verify_cmd(
                 "problems": [
                     {"kind": p.kind, "name": p.name, "detail": p.detail} for p in problems
                 ],
+                "pruned": None,
             }
         )
     elif not problems:
@@ -280,6 +297,55 @@ def verify_cmd(
     # SystemExit, not typer.Exit: main() runs click with standalone_mode=False, which
     # turns typer.Exit into an ignored return value.
     raise SystemExit(int(ExitCode.not_verified))
+
+
+def _verify_pruned(
+    folder: Path, verdict: Path | None, trusted: TrustedKeys, *, as_json: bool
+) -> None:
+    """A pruned bundle: its tombstone is signed by a trusted key and names the bundle the
+    outbox verdict was sealed with (exit 0), or not (exit 1)."""
+    import json
+
+    from stampless.evidence import verdict_problems
+    from stampless.retention import read_tombstone, tombstone_problems
+
+    tomb = read_tombstone(folder)
+    if tomb is None:
+        raise InputError(f"{folder} holds neither a sealed bundle nor a tombstone.")
+    sealed_with = None
+    problems: list[str] = []
+    if verdict is not None:
+        problems += [str(p) for p in verdict_problems(verdict, trusted)]
+        sealed_with = json.loads(verdict.read_text(encoding="utf-8")).get("manifest_sha256")
+    problems += [
+        f"tombstone: {p}" for p in tombstone_problems(tomb, trusted, manifest_sha256=sealed_with)
+    ]
+    summary = (
+        f"{folder.name}: its evidence was removed at {tomb.get('removed_at')} "
+        f"({tomb.get('reason')}); the signed tombstone names its {len(tomb.get('files', []))} "
+        "files"
+    )
+    if as_json:
+        emit_json(
+            {
+                "ok": not problems,
+                "request_id": folder.name,
+                "bundle": str(folder),
+                "verdict": None if verdict is None else str(verdict),
+                "files_checked": 0,
+                "key_id": (tomb.get("signature") or {}).get("key_id"),
+                "trusted_keys": len(trusted.fingerprints),
+                "problems": [{"kind": "tombstone", "name": None, "detail": p} for p in problems],
+                "pruned": {k: tomb.get(k) for k in ("removed_at", "reason", "manifest_sha256")},
+            }
+        )
+    elif not problems:
+        console.print(f"PRUNED {summary}; it and the verdict hold.", markup=False, soft_wrap=True)
+    else:
+        for problem in problems:
+            console.print(f"FAIL {problem}", markup=False, soft_wrap=True)
+    if problems:
+        raise SystemExit(int(ExitCode.not_verified))
 
 
 def _verdict_and_bundle(target: str) -> tuple[Path | None, Path | None]:
@@ -312,6 +378,7 @@ def report_cmd(
     folder = _bundle_dir(request)
     if folder.is_file():
         raise InputError("'evidence report' reads a bundle folder, not a zip; unzip it first.")
+    _refuse_pruned(folder)
     config = get_config(required=False)
     target = out or (config.var_dir / "reports" / f"{folder.name}.html")
     path = write_report(folder, target, audit_dir=config.audit_dir)
@@ -358,6 +425,60 @@ def export_cmd(
         raise InputError(f"{folder} is already a file; export takes a request id or folder.")
     path = export_bundle(folder, out)
     console.print(str(path), markup=False, soft_wrap=True)
+
+
+@evidence_app.command("prune")
+def prune_cmd(
+    older_than: Annotated[
+        str | None,
+        typer.Option(
+            "--older-than",
+            help="Remove bundles finished longer ago than this (90d, 12w); default: "
+            "[evidence] retention.",
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only list what would be removed.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines, one per bundle.")] = False,
+    dev: Annotated[bool, typer.Option("--dev", help=DEV_HELP)] = False,
+) -> None:
+    """Remove sealed bundles past their retention, leaving a signed tombstone in each
+    folder and an audit entry; the audit chain and the outbox verdicts stay verifiable.
+
+    Bundles whose request still waits for a reviewer are kept. Signs with the configured
+    key (evidence.signing_key), or with --dev the development key."""
+    from stampless.retention import prune
+    from stampless.signing import production_signer
+
+    config = get_config()
+    text = older_than or config.evidence.retention
+    if text is None:
+        raise InputError(
+            'No retention is set; add retention = "90d" under [evidence] in robot.toml, or '
+            "pass --older-than 90d."
+        )
+    delta = parse_duration(text)
+    if delta is None:
+        raise InputError(f"--older-than {text!r} is not a duration; give one such as 90d or 12w.")
+    signer = None if dry_run else production_signer(config, dev=dev)
+    pruned = prune(config, signer, older_than=delta, reason=f"retention {text}", dry_run=dry_run)
+    if as_json:
+        emit_json_lines(p.as_dict() for p in pruned)
+        return
+    verb = "would remove" if dry_run else "removed"
+    for p in pruned:
+        when = p.finished_at.strftime("%Y-%m-%d") if p.finished_at else "?"
+        console.print(
+            f"{verb} {p.request_id} ({p.verdict or '?'}, finished {when}, {_size(p.size)})",
+            markup=False,
+        )
+    freed = sum(p.size for p in pruned)
+    console.print(
+        f"{len(pruned)} bundle(s) older than {text} {verb}, {_size(freed)}"
+        + ("" if dry_run else "; each folder holds its signed tombstone.json"),
+        markup=False,
+    )
 
 
 def register(app: typer.Typer) -> None:

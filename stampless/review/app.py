@@ -21,7 +21,7 @@ import os
 import secrets
 from datetime import UTC, datetime, timedelta
 from functools import cache, wraps
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from flask import (
@@ -43,6 +43,7 @@ from PIL import Image
 
 from stampless.audit import AuditLog
 from stampless.errors import InputError, StamplessError
+from stampless.evidence import OCR_INPUT_STEM
 from stampless.models import Tier, VerdictKind, utcnow
 from stampless.review.charts import format_seconds, read_verdicts, sla_chart_svg, sla_figures
 from stampless.review.store import ReviewConflict, ReviewItem, ReviewStore
@@ -229,7 +230,7 @@ class ItemView:
             return None
         preprocessed = sorted(
             (f["name"] for f in self._by_kind("preprocessed")),
-            key=lambda n: (not n.endswith("ocr-input.png"), n),
+            key=lambda n: (PurePosixPath(n).stem != OCR_INPUT_STEM, n),
         )
         for name in [f["name"] for f in self._by_kind("scan")] + preprocessed:
             path = _inside(self.bundle, name)
