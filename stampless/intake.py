@@ -30,6 +30,7 @@ import shutil
 import tempfile
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -44,6 +45,7 @@ from stampless.boundary import check_name, parse_json, request_files
 from stampless.cases import CaseManifest, CaseStore, is_case, parse_case
 from stampless.errors import InputError, RequestConflict
 from stampless.idempotency import check_digest, check_verdict, request_digest
+from stampless.metrics import HEALTH_PATHS, answer
 from stampless.models import Request, Tier, VerdictKind, describe_validation_error, utcnow
 
 if TYPE_CHECKING:
@@ -488,14 +490,31 @@ def _reject(path: Path, inbox_dir: Path, why: str, report: InboxReport) -> None:
 # -- HTTP endpoint -------------------------------------------------------------------------
 
 
-class IntakeServer:
-    """The daemon's token-protected HTTP intake, in a background thread."""
+INTAKE_OFF = "This HTTP intake takes no requests: set [intake] token in robot.toml."
 
-    def __init__(self, intake: Intake, token: str, host: str = "127.0.0.1", port: int = 0) -> None:
-        if not token:
+
+class IntakeServer:
+    """The token-protected HTTP intake, in a background thread.
+
+    It also answers ``/healthz``, ``/readyz`` and ``/metrics`` (:mod:`stampless.metrics`),
+    without a token; with ``token`` None it answers only those (a daemon's health port).
+    ``ready_checks`` are the process's own readiness checks (a running worker pool).
+    """
+
+    def __init__(
+        self,
+        intake: Intake,
+        token: str | None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        ready_checks: dict[str, Callable[[], bool]] | None = None,
+    ) -> None:
+        if token is not None and not token:
             raise InputError("The HTTP intake needs a token; set [intake] token in robot.toml.")
         self.intake = intake
-        self._token = token.encode()
+        self._token = token.encode() if token is not None else None
+        self.ready_checks = dict(ready_checks or {})
         self.read_timeout_s = intake.config.intake.read_timeout_s
         # Submissions touch one SQLite file and the spool; serialize them so two posts of
         # the same id cannot both spool at once.
@@ -506,15 +525,20 @@ class IntakeServer:
         self._thread: threading.Thread | None = None
 
     @classmethod
-    def from_config(cls, intake: Intake) -> IntakeServer | None:
-        """The configured server, or None when ``[intake] token`` is not set."""
+    def from_config(
+        cls, intake: Intake, *, ready_checks: dict[str, Callable[[], bool]] | None = None
+    ) -> IntakeServer | None:
+        """The configured server: with ``[intake] token`` the intake; without one but with
+        ``[intake] port``, the health and metrics paths alone; else None."""
         cfg = intake.config.intake
         if not cfg.token:
-            return None
+            if not cfg.port:
+                return None
+            return cls(intake, None, cfg.host, cfg.port, ready_checks=ready_checks)
         from stampless.vault import resolve_secret
 
         token = resolve_secret(cfg.token, config=intake.config).reveal()
-        return cls(intake, token, cfg.host, cfg.port)
+        return cls(intake, token, cfg.host, cfg.port, ready_checks=ready_checks)
 
     @property
     def url(self) -> str:
@@ -536,7 +560,7 @@ class IntakeServer:
             self._thread.join(timeout=10)
 
     def _authorized(self, header: str | None) -> bool:
-        if not header or not header.startswith("Bearer "):
+        if self._token is None or not header or not header.startswith("Bearer "):
             return False
         return hmac.compare_digest(header[len("Bearer ") :].strip().encode(), self._token)
 
@@ -589,8 +613,21 @@ class IntakeServer:
                 return body
 
             def do_GET(self) -> None:
-                if self.path == "/health":
+                if self.path.split("?", 1)[0] in HEALTH_PATHS:
+                    status, content_type, body = answer(
+                        self.path, server.intake.config, server.ready_checks
+                    )
+                    self.send_response(status)
+                    self.send_header("Content-Type", content_type)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
+                if self.path == "/health":  # the older name of /healthz
                     self._send(200, {"ok": True})
+                    return
+                if server._token is None:
+                    self._send(404, {"error": INTAKE_OFF})
                     return
                 if not server._authorized(self.headers.get("Authorization")):
                     self._send(401, {"error": "Send 'Authorization: Bearer <token>'."})
@@ -615,6 +652,9 @@ class IntakeServer:
                 )
 
             def do_POST(self) -> None:
+                if server._token is None:
+                    self._send(404, {"error": INTAKE_OFF})
+                    return
                 if not server._authorized(self.headers.get("Authorization")):
                     self._send(401, {"error": "Send 'Authorization: Bearer <token>'."})
                     return

@@ -16,6 +16,7 @@ one browser (through :class:`stampless.robot.RobotRuntime`), started on first us
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import datetime, timedelta
 from functools import cached_property
 from pathlib import Path
@@ -32,6 +33,7 @@ from stampless.doctype import DocumentType, load_doctype
 from stampless.errors import InputError, RecordNotFound, RecordRevoked
 from stampless.evidence import EvidenceBundle
 from stampless.idempotency import request_digest
+from stampless.metrics import DECISIONS, STAGE_SECONDS
 from stampless.models import (
     FieldResult,
     OcrResult,
@@ -146,6 +148,7 @@ class Pipeline:
         InputError for a bad request (final) and SystemFailure when the department
         system or the robot failed (the caller retries).
         """
+        started = time.perf_counter()
         with logger.contextualize(request_id=request.id):
             doctype, claim = self.validate(request, base_dir)
             tier = self.tier_of(request)
@@ -165,9 +168,10 @@ class Pipeline:
             # The preprocessing steps explain a machine's doubt; a clear answer needs only
             # the image OCR read (docs/evidence.md, "Size").
             doubt = decision.verdict in (VerdictKind.mismatch, VerdictKind.needs_review)
+            DECISIONS.labels(tier.value, decision.verdict.value).inc()
             if tier is Tier.manual:
                 decision = _to_review(decision, MANUAL_REASON)
-            return await self._seal(
+            verdict = await self._seal(
                 request,
                 base_dir,
                 bundle,
@@ -178,6 +182,8 @@ class Pipeline:
                 attempts=attempt,
                 keep_steps=doubt,
             )
+            STAGE_SECONDS.labels("total").observe(time.perf_counter() - started)
+            return verdict
 
     async def escalate(
         self,
@@ -283,6 +289,7 @@ class Pipeline:
         for step in sorted(steps_dir.glob("*.png")) if steps_dir.is_dir() else []:
             bundle.note_file(f"preprocessed/{step.name}", kind="preprocessed")
         bundle.add_json("ocr.json", result.model_dump(mode="json"), kind="ocr")
+        STAGE_SECONDS.labels("ocr").observe(result.seconds)
         self._step(
             "ocr",
             request.id,
@@ -306,10 +313,12 @@ class Pipeline:
             return None
         key = str(getattr(claim, doctype.key_field))
         runtime = await self.runtime()
+        started = time.perf_counter()
         try:
             record = await runtime.lookup(
                 doctype.system, key, account=account, evidence=bundle, deadline=deadline
             )
+            STAGE_SECONDS.labels("lookup").observe(time.perf_counter() - started)
         except RecordNotFound:
             bundle.add_json(
                 "record.json", {"found": False, "system": doctype.system}, kind="record"
@@ -448,6 +457,7 @@ class Pipeline:
         keep_steps: bool,
     ) -> Verdict:
         """Seal the bundle with the verdict; ``keep_steps``: keep every preprocessing step."""
+        started = time.perf_counter()
         # Re-encoding images is CPU work: off the event loop the other workers' pages use.
         await asyncio.to_thread(
             bundle.compact_images, keep_steps=keep_steps or self.config.evidence.keep_steps
@@ -480,6 +490,7 @@ class Pipeline:
         sealed = bundle.seal(self.signer, verdict=verdict_json)
         verdict.evidence = str(sealed.path)
         verdict.manifest_sha256 = sealed.manifest_sha256
+        STAGE_SECONDS.labels("seal").observe(time.perf_counter() - started)
         self._step(
             "verdict",
             request.id,

@@ -133,7 +133,9 @@ class Daemon:
         processor: Processor | None = None,
         options: WorkerOptions | None = None,
         signer: Signer | None = None,
+        http: bool = True,
     ) -> None:
+        """``http``: serve the HTTP intake (or, without a token, the health port) here."""
         from stampless.cases import CaseStore
         from stampless.delivery import Delivery
         from stampless.intake import Intake
@@ -146,6 +148,7 @@ class Daemon:
         self.options = options
         # Signs outbox verdicts and audit checkpoints; the CLI refuses to start without.
         self.signer = signer
+        self.http = http
         self.intake: Intake = Intake(config, self.queue)
         self.delivery: Delivery | None = Delivery.from_config(config)
         self.cases = CaseStore.from_config(config)
@@ -325,7 +328,18 @@ class Daemon:
             loop.add_signal_handler(sig, self._stop_soon, sig)
         with _ACTIVE_LOCK:
             _ACTIVE = self
-        server = IntakeServer.from_config(self.intake)
+        pool = self.pool
+        server = (
+            IntakeServer.from_config(
+                self.intake,
+                ready_checks={
+                    "the scheduler": lambda: bool(self.scheduler.running),
+                    "the worker pool": lambda: not pool.stop.is_set(),
+                },
+            )
+            if self.http
+            else None
+        )
         self.scheduler.start()
         try:
             self.sync_jobs()
@@ -337,7 +351,10 @@ class Daemon:
                 len(self.jobs),
             )
             print("ready", flush=True)  # for supervisors and tests waiting on startup
-            await self.pool.run()
+            if options.workers > 0:
+                await self.pool.run()
+            else:  # the scheduler alone: workers run as their own processes (`run`)
+                await self.pool.stop.wait()
         finally:
             if server is not None:
                 server.stop()

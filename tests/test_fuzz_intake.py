@@ -582,12 +582,15 @@ def time_limit(seconds: int) -> Iterator[None]:
 
 @pytest.fixture
 def deployment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    """The repository's robot.toml with a var/ of its own, a signing key and an issuer."""
+    """The repository's robot.toml with a var/ of its own, its secrets, a signing key and
+    an issuer."""
     from stampless.demo import DEMO_ISSUER, make_ecerts
+    from stampless.fixtures.accounts import fixture_env
 
     var = tmp_path / "var"
     items, issuer_key = make_ecerts(tmp_path / "ecerts", tmp_path / "issuer-keys")
     env = {
+        **fixture_env(),  # verify checks every secret robot.toml names before it starts
         **signing_env(),
         "STAMPLESS__PROJECT__VAR_DIR": str(var),
         f"STAMPLESS__ISSUERS__{DEMO_ISSUER.upper()}__PUBLIC_KEY": issuer_key,

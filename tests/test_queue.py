@@ -88,6 +88,25 @@ def test_account_lock_held_for_lease(queue: WorkQueue) -> None:
     assert c is not None and c.item.account == a.item.account
 
 
+def test_tally_counts_by_state_and_tier_with_sla_outcomes(queue: WorkQueue) -> None:
+    for rid in ("A", "B", "C"):
+        add(queue, rid)
+    add(queue, "E", system=None, tier=Tier.instant)
+    for met in (True, False):
+        claim = queue.claim("w", lease_s=30)
+        assert claim is not None
+        queue.complete(
+            claim, state=ItemState.done, verdict=VerdictKind.verified, sla_met=met,
+            finished_at=utcnow(),
+        )  # fmt: skip
+    rows = {(t.state, t.tier): t for t in queue.tally()}
+    done = [t for (state, _), t in rows.items() if state is ItemState.done]
+    assert sum(t.items for t in done) == 2
+    assert sum(t.sla_met for t in done) == 1 and sum(t.sla_missed for t in done) == 1
+    assert sum(t.items for t in rows.values()) == 4
+    assert sum(t.items for t in rows.values() if t.state is ItemState.queued) == 2
+
+
 def test_expired_lease_returns_item_and_fences_old_worker(queue: WorkQueue) -> None:
     add(queue, "A", system="market_supervision")
     first = queue.claim("dead", lease_s=30)

@@ -434,7 +434,7 @@ def prune_cmd(
         typer.Option(
             "--older-than",
             help="Remove bundles finished longer ago than this (90d, 12w); default: "
-            "[evidence] retention.",
+            "evidence.retention of robot.toml.",
         ),
     ] = None,
     dry_run: Annotated[
@@ -443,8 +443,9 @@ def prune_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines, one per bundle.")] = False,
     dev: Annotated[bool, typer.Option("--dev", help=DEV_HELP)] = False,
 ) -> None:
-    """Remove sealed bundles past their retention, leaving a signed tombstone in each
-    folder and an audit entry; the audit chain and the outbox verdicts stay verifiable.
+    """Remove sealed bundles past their retention (evidence.retention), leaving a signed
+    tombstone in each folder and an audit entry; the audit chain and the outbox verdicts
+    stay verifiable.
 
     Bundles whose request still waits for a reviewer are kept. Signs with the configured
     key (evidence.signing_key), or with --dev the development key."""

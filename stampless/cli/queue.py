@@ -1,4 +1,4 @@
-"""Queue commands: ``submit``, ``run``, ``schedule`` and ``queue ls|show|retry|redeliver``."""
+"""Queue commands: ``submit``, ``run``, ``schedule``, ``intake serve``, ``queue ...``."""
 
 from __future__ import annotations
 
@@ -19,8 +19,54 @@ if TYPE_CHECKING:
 queue_app = typer.Typer(help="Look into the work queue and act on items.")
 
 
+intake_app = typer.Typer(help="The HTTP intake: POST /requests, GET /requests/ID.")
+
+
+@intake_app.command("serve")
+def intake_serve(
+    host: Annotated[
+        str | None, typer.Option(help="Address (default: intake.host of robot.toml).")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port (default: intake.port of robot.toml).")
+    ] = None,
+) -> None:
+    """Serve the HTTP intake alone until SIGTERM; print 'ready URL'. Needs intake.token.
+
+    Requests go into the queue for the workers ('stampless run'); the server also answers
+    /healthz, /readyz and /metrics (docs/operations.md)."""
+    import signal
+    import threading
+
+    from stampless.intake import Intake, IntakeServer
+    from stampless.queue import open_queue
+    from stampless.vault import require_secrets
+
+    config = get_config()
+    if not config.intake.token:
+        raise InputError(
+            'The HTTP intake needs a token; set [intake] token = "env:NAME" in robot.toml.'
+        )
+    require_secrets(config)
+    overrides = {"intake.host": host, "intake.port": port}
+    config = config.with_overrides({k: v for k, v in overrides.items() if v is not None})
+    server = IntakeServer.from_config(Intake(config, open_queue(config)))
+    assert server is not None  # a token is set
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    server.start()
+    print(f"ready {server.url}", flush=True)
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        server.stop()
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(queue_app, name="queue")
+    app.add_typer(intake_app, name="intake")
 
     @app.command()
     def submit(
@@ -53,6 +99,12 @@ def register(app: typer.Typer) -> None:
                 help="Live display (default: when stdout is a terminal).",
             ),
         ] = None,
+        port: Annotated[
+            int | None,
+            typer.Option(
+                help="Serve /healthz, /readyz and /metrics on this port (at intake.host)."
+            ),
+        ] = None,
         dev: Annotated[bool, typer.Option("--dev", help=DEV_HELP)] = False,
     ) -> None:
         """Process the queue with N workers sharing one browser. Refuses to start (exit 2)
@@ -64,7 +116,7 @@ def register(app: typer.Typer) -> None:
         # Loading robot.toml starts the log under var/log; no secret or key, no start.
         signer = production_signer(get_config(), dev=dev)
         require_secrets(get_config())
-        stats = asyncio.run(_run(workers, until_empty, progress, signer))
+        stats = asyncio.run(_run(workers, until_empty, progress, signer, port))
         console.print(
             f"done {stats.done}, failed {stats.failed}, in review {stats.review}, "
             f"retried {stats.retried}, escalated {stats.escalated}; "
@@ -77,7 +129,19 @@ def register(app: typer.Typer) -> None:
         list_jobs: Annotated[
             bool, typer.Option("--list", help="Print the jobs and their next run times.")
         ] = False,
-        workers: Annotated[int, typer.Option(min=1, max=64, help="Concurrent workers.")] = 2,
+        workers: Annotated[
+            int,
+            typer.Option(
+                min=0, max=64, help="Concurrent workers; 0: none here (they run as 'run')."
+            ),
+        ] = 2,
+        http: Annotated[
+            bool,
+            typer.Option(
+                "--http/--no-http",
+                help="Serve the HTTP intake (intake.token and intake.port) in this process.",
+            ),
+        ] = True,
         dev: Annotated[bool, typer.Option("--dev", help=DEV_HELP)] = False,
     ) -> None:
         """Run the scheduler, the workers and the HTTP intake until SIGTERM. Refuses to
@@ -94,7 +158,7 @@ def register(app: typer.Typer) -> None:
         signer = None if list_jobs else production_signer(config, dev=dev)
         if not list_jobs:
             require_secrets(config)
-        daemon = Daemon(config, options=options, signer=signer)
+        daemon = Daemon(config, options=options, signer=signer, http=http)
         if list_jobs:
             table = Table("job", "kind", "trigger", "next run (UTC)", box=None, pad_edge=False)
             now = utcnow()
@@ -214,11 +278,14 @@ def register(app: typer.Typer) -> None:
         emit_json(report.__dict__)
 
 
-async def _run(workers: int, until_empty: bool, progress: bool | None, signer: Signer) -> Stats:
+async def _run(
+    workers: int, until_empty: bool, progress: bool | None, signer: Signer, port: int | None
+) -> Stats:
     import signal
 
     from stampless.circuit import CircuitBreaker
     from stampless.delivery import Delivery
+    from stampless.intake import Intake, IntakeServer
     from stampless.pipeline import Pipeline
     from stampless.queue import open_queue
     from stampless.worker import WorkerOptions, WorkerPool
@@ -243,7 +310,20 @@ async def _run(workers: int, until_empty: bool, progress: bool | None, signer: S
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, pool.stop.set)
-        stats = await pool.run()
+        health = None
+        if port is not None:
+            health = IntakeServer(
+                Intake(config, queue),
+                None,
+                config.intake.host,
+                port,
+                ready_checks={"the worker pool": lambda: not pool.stop.is_set()},
+            ).start()
+        try:
+            stats = await pool.run()
+        finally:
+            if health is not None:
+                health.stop()
     from stampless.audit import write_checkpoint
 
     # What this run appended to the audit chain gets a signed end in the outbox.

@@ -32,41 +32,50 @@ def _read_password(name: str) -> str:
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port (0 picks a free one).")] = 8080,
+    threads: Annotated[int, typer.Option(min=1, max=64, help="Requests served at once.")] = 8,
     dev: Annotated[bool, typer.Option("--dev", help=DEV_HELP)] = False,
 ) -> None:
-    """Serve the reviewer console; prints 'ready URL' once it accepts connections.
+    """Serve the reviewer console on waitress (a production WSGI server) until SIGTERM;
+    prints 'ready URL' once it accepts connections. Also answers /healthz, /readyz and
+    /metrics (docs/operations.md).
 
     Decisions are signed: refuses to start without a configured key unless --dev."""
     import logging
+    import signal
 
-    from werkzeug.serving import make_server
+    from waitress.server import create_server
 
     from stampless.review.app import create_app, is_loopback
     from stampless.signing import production_signer
 
     config = get_config()
     app = create_app(config, host=host, signer=production_signer(config, dev=dev))
-    # The app logs each request through loguru; werkzeug's own lines would repeat them.
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    # The app logs each request through loguru; waitress's own lines would repeat them.
+    logging.getLogger("waitress").setLevel(logging.WARNING)
     if not is_loopback(host) and config.review.secure_cookies is False:
         console.print(
             "[yellow]warning:[/] session cookies are not Secure on a non-loopback address; "
             "put the console behind HTTPS."
         )
     try:
-        server = make_server(host, port, app, threaded=True)
+        server = create_server(app, host=host, port=port, threads=threads, ident="stampless")
     except OSError as exc:
         raise InputError(
             f"Cannot listen on {host}:{port} ({exc.strerror}); choose another --port."
         ) from exc
-    url = f"http://{host}:{server.server_port}/"
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    url = f"http://{host}:{server.effective_port}/"
     print(f"ready {url}", flush=True)
     try:
-        server.serve_forever()
+        server.run()
     except KeyboardInterrupt:
         pass
     finally:
-        server.server_close()
+        server.close()
 
 
 @review_app.command("add-user")

@@ -15,6 +15,7 @@ from stampless.queue.abc import (
     ItemState,
     LeaseLost,
     QueueItem,
+    Tally,
     WorkQueue,
 )
 
@@ -29,6 +30,7 @@ __all__ = [
     "ItemState",
     "LeaseLost",
     "QueueItem",
+    "Tally",
     "WorkQueue",
     "open_queue",
 ]

@@ -112,6 +112,16 @@ class AccountState(BaseModel):
     held_by: str | None = None  # the request whose claim holds the account now
 
 
+class Tally(BaseModel):
+    """How many items of one tier are in one state; of those finished, the SLA outcomes."""
+
+    state: ItemState
+    tier: Tier
+    items: int
+    sla_met: int = 0
+    sla_missed: int = 0
+
+
 class EnqueueResult(BaseModel):
     """What ``enqueue`` did: ``added`` is False when the id was already known."""
 
@@ -245,6 +255,11 @@ class WorkQueue(ABC):
     @abstractmethod
     def counts(self) -> dict[ItemState, int]:
         """How many items are in each state (every state present, zero if none)."""
+
+    @abstractmethod
+    def tally(self) -> builtins.list[Tally]:
+        """Items counted by state and tier (only pairs that occur), each with how many
+        finished within their promised time and how many did not (for /metrics)."""
 
     @abstractmethod
     def sweep_leases(self, *, now: datetime | None = None) -> builtins.list[str]:

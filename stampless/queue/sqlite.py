@@ -29,6 +29,7 @@ from stampless.queue.abc import (
     ItemState,
     LeaseLost,
     QueueItem,
+    Tally,
     WorkQueue,
 )
 
@@ -499,6 +500,17 @@ class SqliteQueue(WorkQueue):
         for state, n in self._db().execute("SELECT state, COUNT(*) FROM items GROUP BY state"):
             out[ItemState(state)] = n
         return out
+
+    def tally(self) -> builtins.list[Tally]:
+        rows = self._db().execute(
+            """SELECT state, tier, COUNT(*), COALESCE(SUM(sla_met = 1), 0),
+                      COALESCE(SUM(sla_met = 0), 0)
+               FROM items GROUP BY state, tier ORDER BY state, tier"""
+        )
+        return [
+            Tally(state=ItemState(s), tier=Tier(t), items=n, sla_met=met, sla_missed=missed)
+            for s, t, n, met, missed in rows
+        ]
 
     def sweep_leases(self, *, now: datetime | None = None) -> builtins.list[str]:
         with self._tx() as db:

@@ -44,6 +44,7 @@ from PIL import Image
 from stampless.audit import AuditLog
 from stampless.errors import InputError, StamplessError
 from stampless.evidence import OCR_INPUT_STEM
+from stampless.metrics import HEALTH_PATHS, answer
 from stampless.models import Tier, VerdictKind, utcnow
 from stampless.review.charts import format_seconds, read_verdicts, sla_chart_svg, sla_figures
 from stampless.review.store import ReviewConflict, ReviewItem, ReviewStore
@@ -369,6 +370,20 @@ def create_app(config: Config, *, host: str = "127.0.0.1", signer: Signer | None
             title="Not found",
             message="No such page or item; go back to the queue.",
         ), 404
+
+    # -- operations: health, readiness, metrics (no login: no personal data) -------------
+
+    ready_checks = {
+        "the review store": lambda: store.pending() is not None,
+        "a reviewer account": lambda: bool(users.all()),
+    }
+
+    def operations() -> Response:
+        status, content_type, body = answer(request.path, config, ready_checks)
+        return Response(body, status=status, content_type=content_type)
+
+    for path in HEALTH_PATHS:
+        app.add_url_rule(path, path.strip("/"), operations)
 
     # -- login ----------------------------------------------------------------------------
 
