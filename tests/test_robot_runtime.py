@@ -75,11 +75,12 @@ class LoopThread:
 def write_project(
     root: Path, urls: dict[str, str], *, extra_browser: str = "", accounts_per_system: int = 3
 ) -> Path:
-    """A robot.toml in ``root`` for the three bundled robots against ``urls``."""
+    """A robot.toml in ``root`` for the bundled robots against ``urls``."""
     prefixes = {
         "civil_affairs": "civil",
         "market_supervision": "market",
         "social_security": "social",
+        "exit_entry": "exit",
     }
     parts = [
         f'[project]\nvar_dir = "{root / "var"}"\n',
@@ -103,6 +104,7 @@ def write_project(
         "marriage_certificate": "civil_affairs",
         "business_license": "market_supervision",
         "social_security_record": "social_security",
+        "work_permit": "exit_entry",
     }
     for doc_type, system in types.items():
         parts.append(

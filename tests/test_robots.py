@@ -1,4 +1,4 @@
-"""The three bundled robots against the shared emulated systems (seed 7), real Chromium.
+"""The bundled robots against the shared emulated systems (seed 7), real Chromium.
 
 Each robot reads a record exactly as the fixture holds it, turns "no such record" and
 "revoked" into business errors, and fetches the archived scan byte for byte. The
@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_robot_runtime import LoopThread, write_project
@@ -58,6 +59,20 @@ CASES = {
         "social_security_record",
         "png",
         ("person_name", "person_id", "employer", "period_from", "period_to", "months_paid"),
+    ),
+    "exit_entry": (
+        "work_permit",
+        "png",
+        (
+            "permit_no",
+            "holder_name",
+            "birth_date",
+            "nationality",
+            "passport_no",
+            "employer",
+            "issued_on",
+            "valid_until",
+        ),
     ),
 }
 
@@ -157,6 +172,35 @@ def test_market_paging_with_postbacks(runtime: RobotRuntime, loop: LoopThread) -
 
     codes = loop.run(search())
     assert codes == expected[:30]
+
+
+@pytest.mark.slow
+def test_exit_entry_robot_reads_latin_fields_through_a_changed_ui(
+    fixture_servers_factory: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The number field and the query button renamed: the selector fallbacks still find
+    them, the query-type list is still set, and the Latin name comes back as printed."""
+    servers = fixture_servers_factory(ui_variant="changed")
+    for name, value in fixture_env().items():
+        monkeypatch.setenv(name, value)
+    config = load_config(write_project(tmp_path, servers.urls))
+    wanted = next(
+        r for r in records("work_permit", 7) if r["status"] == "valid" and " " in r["nationality"]
+    )
+    loop = LoopThread()
+    runtime = RobotRuntime(config, attempts=2, backoff_s=0.05)
+    try:
+        record = loop.run(runtime.lookup("exit_entry", wanted["permit_no"], account="exit03"))
+    finally:
+        loop.run(runtime.close())
+        loop.close()
+    assert record.fields["holder_name"] == wanted["holder_name"]
+    assert " " in record.fields["holder_name"]  # Latin words keep their space
+    assert record.fields["nationality"] == wanted["nationality"]
+    assert record.fields["valid_until"] == wanted["valid_until"]
+    used = runtime.stats()["selectors"]["exit_entry"]
+    assert "choice1" not in used["query.number"] and "choice1" not in used["query.submit"]
+    assert used["query.type"].get("choice1") == 1
 
 
 @pytest.mark.slow

@@ -22,8 +22,8 @@ def serve_command(
     base_port: Annotated[
         int,
         typer.Option(
-            help="Civil affairs listens here, market supervision +1, social security +2; "
-            "0 picks free ports."
+            help="Civil affairs listens here, market supervision +1, social security +2, "
+            "exit-entry +3; 0 picks free ports."
         ),
     ] = 8700,
     latency_ms: Annotated[int, typer.Option(help="Delay added to every request.")] = 0,
@@ -55,7 +55,7 @@ def serve_command(
         ),
     ] = 0,
 ) -> None:
-    """Serve the three emulated department systems until interrupted; print `ready`."""
+    """Serve the emulated department systems until interrupted; print `ready`."""
     from stampless.fixtures.serve import serve
     from stampless.fixtures.servers._base import FAULT_KINDS, UI_VARIANTS, ServerOptions
 
