@@ -333,8 +333,26 @@ class ReviewConfig(_Section):
     # None: Secure cookies unless the console listens on loopback (plain HTTP in tests).
     secure_cookies: bool | None = None
     session_hours: float = Field(default=8, gt=0)
+    # The console's language (a reviewer may switch) and the zone its times are shown in
+    # (an IANA name such as "Asia/Shanghai"; None: the machine's).
+    language: Literal["zh-CN", "en"] = "zh-CN"
+    timezone: str | None = None
 
     _check_key = field_validator("secret_key")(_secret_ref)
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(
+                    "must be a time zone name such as Asia/Shanghai (IANA tz database)"
+                ) from None
+        return value
 
 
 class IssuerConfig(_Section):

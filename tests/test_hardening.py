@@ -958,7 +958,9 @@ def console_url(tmp_path: Path, env: dict[str, str]) -> Any:
     from stampless.review.app import create_app
     from stampless.review.users import UserStore
 
-    config = load_config(REPO / "robot.toml", environ=unpinned(env))
+    # The English texts are asserted below (the console speaks Chinese by default).
+    english = {**unpinned(env), "STAMPLESS__REVIEW__LANGUAGE": "en"}
+    config = load_config(REPO / "robot.toml", environ=english)
     users = UserStore.from_config(config)
     for name, password in ACCOUNTS.items():
         users.add(name, password, "reviewer")

@@ -9,6 +9,7 @@ Playwright.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import queue
@@ -51,6 +52,9 @@ def _env(var_dir: Path) -> dict[str, str]:
     env["STAMPLESS__REVIEW__CLIENT_FREE_FAILURES"] = "1000"
     env["STAMPLESS__REVIEW__CLIENT_MAX_USERNAMES"] = "1000"
     env["OMP_THREAD_LIMIT"] = "1"
+    # These tests read the console's English texts; the Chinese default has its own tests.
+    env["STAMPLESS__REVIEW__LANGUAGE"] = "en"
+    env["STAMPLESS__REVIEW__TIMEZONE"] = "Asia/Shanghai"
     return env
 
 
@@ -675,3 +679,103 @@ def test_review_ls_lists_the_queue_overdue_first(console: Console) -> None:
     rows = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
     assert rows and rows[0]["request_id"] == console.items["late"].request.id
     assert all(r["type"] == "social_security_record" for r in rows)
+
+
+# -- the console in Chinese (zh-CN by default), English on request ---------------------------
+
+
+def test_console_speaks_chinese_by_default_and_english_on_request(tmp_path: Path) -> None:
+    from stampless.review.app import create_app
+
+    env = {k: v for k, v in _env(tmp_path / "var").items() if k != "STAMPLESS__REVIEW__LANGUAGE"}
+    client = create_app(load_config(ROOT / "robot.toml", environ=env)).test_client()
+    page = client.get("/login").get_data(as_text=True)
+    assert '<html lang="zh-CN">' in page and "审核人员登录" in page and "Reviewer login" not in page
+    english = client.get("/login?lang=en")
+    assert "Reviewer login" in english.get_data(as_text=True)
+    assert "stampless_lang=en" in english.headers["Set-Cookie"]
+    assert "Reviewer login" in client.get("/login").get_data(as_text=True)  # remembered
+    assert "审核人员登录" in client.get("/login?lang=zh-CN").get_data(as_text=True)
+    assert "审核人员登录" in client.get("/login?lang=klingon").get_data(as_text=True)
+
+
+def test_every_console_message_has_its_chinese_translation() -> None:
+    """What the templates and the console's code mark for translation, and the Chinese
+    of it with the same placeholders (a missing one would show in English)."""
+    import re
+
+    from babel.messages.extract import extract_from_dir
+
+    from stampless.review.i18n import translations
+
+    catalog = translations("zh-CN")
+    found = []
+    sources = (
+        (ROOT / "stampless" / "templates" / "review", [("**.html", "jinja2")]),
+        (ROOT / "stampless" / "review", [("app.py", "python"), ("i18n.py", "python")]),
+    )
+    keywords = {"_": None, "gettext": None, "ngettext": (1, 2), "N_": None}
+    for folder, method in sources:
+        for _file, _line, message, *_ in extract_from_dir(str(folder), method, keywords=keywords):
+            found.append(message)
+    assert len(found) > 100
+    for message in found:
+        singular = message[0] if isinstance(message, tuple) else message
+        text = (
+            catalog.ngettext(message[0], message[1], 2)
+            if isinstance(message, tuple)
+            else catalog.gettext(message)
+        )
+        if singular in ("OCR",):
+            continue  # the same in both languages
+        assert text != (message[1] if isinstance(message, tuple) else message), message
+        placeholders = re.compile(r"%\((\w+)\)[sd]")
+        assert sorted(placeholders.findall(text)) == sorted(placeholders.findall(singular))
+
+
+def test_item_page_in_chinese_shows_labels_local_times_whole_ids_and_full_screenshots(
+    browser: Any, console: Console
+) -> None:
+    main = console.items["main"]
+    page = browser.new_page()
+    built = _build_item(
+        console.config,
+        main.scan,
+        deadline_in=timedelta(minutes=7),
+        page=page,
+        ocr=None,
+        request_id="SS-ZH-1",
+    )
+    page.close()
+    rid = built.request.id
+    person_id = built.request.claim["person_id"]
+    reviewer = _login(browser, console, "carol")  # dave is locked out by an earlier test
+    reviewer.set_viewport_size({"width": 900, "height": 1000})  # narrow: IDs must not wrap
+    reviewer.goto(f"{console.url}/item/{rid}?lang=zh-CN")
+    fields = reviewer.locator("#fields")
+    # The labels printed on the document, the field's name beside it in small print.
+    assert "社会保障号码" in fields.inner_text() and "姓名" in fields.inner_text()
+    assert reviewer.locator("#btn-verified").inner_text() == "核验通过"
+    # Times in robot.toml's zone (Asia/Shanghai here), not UTC.
+    assert "CST" in reviewer.locator("p.meta").inner_text()
+    assert "UTC" not in reviewer.locator("p.meta").inner_text()
+    # The 18-digit ID is on one line wherever it is shown.
+    cell = reviewer.locator("#fields td.value", has_text=person_id).first
+    lines = cell.evaluate(
+        """td => { const r = document.createRange(); r.selectNodeContents(td);
+                   const tops = new Set([...r.getClientRects()].map(x => Math.round(x.top)));
+                   return tops.size; }"""
+    )
+    assert lines == 1
+    # A screenshot opens in a new tab at its full size.
+    link = reviewer.locator(".shots a.full-size").first
+    assert link.get_attribute("target") == "_blank"
+    full = reviewer.request.get(console.url + str(link.get_attribute("href")))
+    assert full.ok and full.headers["content-type"] == "image/webp"
+    from PIL import Image
+
+    with Image.open(io.BytesIO(full.body())) as shot:
+        thumb = reviewer.locator(".shots img").first.bounding_box()
+        assert thumb is not None and shot.width > thumb["width"]
+    reviewer.click("#btn-release")
+    reviewer.context.close()

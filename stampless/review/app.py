@@ -20,7 +20,7 @@ import math
 import os
 import secrets
 from datetime import UTC, datetime, timedelta
-from functools import cache, wraps
+from functools import cache, partial, wraps
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +47,16 @@ from stampless.evidence import OCR_INPUT_STEM
 from stampless.metrics import HEALTH_PATHS, answer
 from stampless.models import Tier, VerdictKind, utcnow
 from stampless.review.charts import format_seconds, read_verdicts, sla_chart_svg, sla_figures
+from stampless.review.i18n import (
+    LANG_COOKIE,
+    LANGUAGES,
+    field_label,
+    localtime,
+    translations,
+    type_label,
+    word,
+    zone_of,
+)
 from stampless.review.store import ReviewConflict, ReviewItem, ReviewStore
 from stampless.review.users import LoginFailed, LoginLimiter, Role, UserStore
 from stampless.signing import Signer, production_signer
@@ -302,10 +312,49 @@ def create_app(config: Config, *, host: str = "127.0.0.1", signer: Signer | None
         return str(token)
 
     app.jinja_env.globals["csrf_token"] = csrf_token
-    app.jinja_env.globals["format_seconds"] = format_seconds
+
+    # -- languages, times and labels (stampless.review.i18n) ------------------------------
+
+    zone = zone_of(config)
+
+    def _word(kind: str, value: str) -> str:
+        return word(g.lang, kind, value)
+
+    def _(message: str, **values: Any) -> str:
+        """``message`` in the request's language, ``%(name)s`` filled from ``values``."""
+        text = translations(g.lang).gettext(message)
+        return text % values if values else text
+
+    app.jinja_env.add_extension("jinja2.ext.i18n")
+    app.jinja_env.install_gettext_callables(  # type: ignore[attr-defined]
+        lambda message: translations(g.lang).gettext(message),
+        lambda singular, plural, n: translations(g.lang).ngettext(singular, plural, n),
+        newstyle=True,
+    )
+    app.jinja_env.globals.update(
+        languages=list(LANGUAGES.items()),
+        localtime=lambda value, fmt="%Y-%m-%d %H:%M:%S": localtime(value, zone, fmt),
+        field_label=lambda type_name, name: field_label(config, type_name, name),
+        type_label=lambda type_name: type_label(config, type_name),
+        format_seconds=lambda value: format_seconds(value, (_("s"), _("min"), _("h"))),
+        **{
+            f"{kind}_label": partial(_word, kind)
+            for kind in ("verdict", "status", "tier", "role", "circuit")
+        },
+    )
+
+    @app.context_processor
+    def _language() -> dict[str, Any]:
+        return {"lang": g.lang}
 
     @app.before_request
     def _check() -> Any:
+        chosen = request.args.get("lang")
+        g.lang_chosen = chosen if chosen in LANGUAGES else None
+        remembered = request.cookies.get(LANG_COOKIE)
+        g.lang = g.lang_chosen or (
+            remembered if remembered in LANGUAGES else config.review.language
+        )
         g.user = None
         name = session.get("user")
         if name:
@@ -321,9 +370,11 @@ def create_app(config: Config, *, host: str = "127.0.0.1", signer: Signer | None
                 logger.warning("review: POST {} refused: CSRF token missing or wrong", request.path)
                 return render_template(
                     "review/error.html",
-                    title="Form expired",
-                    message="The form was missing its security token or it expired; "
-                    "reload the page and submit again.",
+                    title=_("Form expired"),
+                    message=_(
+                        "The form was missing its security token or it expired; "
+                        "reload the page and submit again."
+                    ),
                 ), 400
         return None
 
@@ -336,6 +387,11 @@ def create_app(config: Config, *, host: str = "127.0.0.1", signer: Signer | None
         response.headers["Referrer-Policy"] = "no-referrer"
         if not request.path.startswith("/static/"):
             response.headers["Cache-Control"] = "no-store"
+        if getattr(g, "lang_chosen", None):
+            response.set_cookie(
+                LANG_COOKIE, g.lang_chosen, max_age=365 * 24 * 3600, samesite="Strict",
+                httponly=True, secure=bool(app.config["SESSION_COOKIE_SECURE"]),
+            )  # fmt: skip
         return response
 
     def login_required(view: Callable[..., Any]) -> Callable[..., Any]:
@@ -358,17 +414,19 @@ def create_app(config: Config, *, host: str = "127.0.0.1", signer: Signer | None
         return wrapper
 
     @app.errorhandler(403)
-    def _forbidden(_: Exception) -> Any:
+    def _forbidden(error: Exception) -> Any:
         return render_template(
-            "review/error.html", title="Not allowed", message="This page is for administrators."
+            "review/error.html",
+            title=_("Not allowed"),
+            message=_("This page is for administrators."),
         ), 403
 
     @app.errorhandler(404)
-    def _not_found(_: Exception) -> Any:
+    def _not_found(error: Exception) -> Any:
         return render_template(
             "review/error.html",
-            title="Not found",
-            message="No such page or item; go back to the queue.",
+            title=_("Not found"),
+            message=_("No such page or item; go back to the queue."),
         ), 404
 
     # -- operations: health, readiness, metrics (no login: no personal data) -------------
@@ -401,13 +459,16 @@ def create_app(config: Config, *, host: str = "127.0.0.1", signer: Signer | None
                 # guesser down, and a blocked address learns nothing more.
                 page = render_template(
                     "review/login.html",
-                    error=f"Too many failed logins from this address; try again in {wait} s.",
+                    error=_(
+                        "Too many failed logins from this address; try again in %(wait)s s.",
+                        wait=wait,
+                    ),
                 )
                 return page, 429, {"Retry-After": str(wait)}
             try:
                 user = users.authenticate(name, password)
             except LoginFailed as exc:
-                error, status = str(exc), 401
+                error, status = _(str(exc)), 401  # one message for every refusal
                 limiter.failed(client, name)
                 logger.info("review: failed login for {!r} from {}", name[:64], client)
             else:
@@ -456,9 +517,11 @@ def create_app(config: Config, *, host: str = "127.0.0.1", signer: Signer | None
             holder = current.held_by() if current else None
             return render_template(
                 "review/error.html",
-                title="Taken",
-                message=f"{holder or 'Another reviewer'} is reviewing this item; pick another "
-                "one from the queue.",
+                title=_("Taken"),
+                message=_(
+                    "%(holder)s is reviewing this item; pick another one from the queue.",
+                    holder=holder or _("Another reviewer"),
+                ),
             ), 409
         taken = store.get(request_id)
         assert taken is not None
@@ -488,7 +551,7 @@ def create_app(config: Config, *, host: str = "127.0.0.1", signer: Signer | None
         action = request.form.get("action", "")
         reason = request.form.get("reason", "").strip()
         if not reason:
-            flash("Write a reason before deciding.", "error")
+            flash(_("Write a reason before deciding."), "error")
             return redirect(url_for("item", request_id=request_id))
         try:
             if action == "more":
@@ -500,7 +563,13 @@ def create_app(config: Config, *, host: str = "127.0.0.1", signer: Signer | None
                     decision="more_info",
                     reason=reason,
                 )
-                flash(f"{request_id}: more information requested; the item stays queued.", "ok")
+                flash(
+                    _(
+                        "%(id)s: more information requested; the item stays queued.",
+                        id=request_id,
+                    ),
+                    "ok",
+                )
             elif action in DECISIONS:
                 final = store.decide(
                     request_id,
@@ -512,9 +581,10 @@ def create_app(config: Config, *, host: str = "127.0.0.1", signer: Signer | None
                     evidence_dir=config.evidence_dir,
                     signer=decision_signer(),
                 )
-                flash(f"{request_id}: decided {final.verdict.value}.", "ok")
+                verdict = word(g.lang, "verdict", final.verdict.value)
+                flash(_("%(id)s: decided %(verdict)s.", id=request_id, verdict=verdict), "ok")
             else:
-                flash("Choose verify, reject, not found or ask for more.", "error")
+                flash(_("Choose verify, reject, not found or ask for more."), "error")
                 return redirect(url_for("item", request_id=request_id))
         except ReviewConflict as exc:
             flash(str(exc), "error")

@@ -131,12 +131,14 @@ def sla_chart_svg(figures: SlaFigures, tier: Tier, *, width: int = 560, height: 
     return "".join(parts)
 
 
-def format_seconds(value: float | None) -> str:
-    """A duration for people: 4.2 s, 3 min 05 s, 1 h 02 min."""
+def format_seconds(value: float | None, units: tuple[str, str, str] = ("s", "min", "h")) -> str:
+    """A duration for people: 4.2 s, 3 min 05 s, 1 h 02 min (``units``: seconds, minutes,
+    hours, as the reader's language writes them)."""
+    s, m, h = units
     if value is None:
         return "–"
     if value < 60:
-        return f"{value:.1f} s"
+        return f"{value:.1f} {s}"
     if value < 3600:
-        return f"{int(value // 60)} min {int(value % 60):02d} s"
-    return f"{int(value // 3600)} h {int(value % 3600 // 60):02d} min"
+        return f"{int(value // 60)} {m} {int(value % 60):02d} {s}"
+    return f"{int(value // 3600)} {h} {int(value % 3600 // 60):02d} {m}"
