@@ -135,3 +135,35 @@ def test_doctor_checks_the_deployment_and_its_systems(env: dict[str, str], tmp_p
     bad = stampless("doctor", env=env, cwd=project)
     assert bad.returncode == 4 and "Traceback" not in bad.stderr
     assert "not valid TOML" in bad.stdout
+
+
+@pytest.mark.slow
+def test_a_system_that_refuses_every_account_is_not_retried_item_by_item(
+    fixture_servers_factory: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Wrong passwords for all of a system's accounts: one login POST per account, the
+    accounts are marked unusable, and no item is retried; the items wait for the operator
+    ('stampless accounts enable') or, near their deadline, go to a person."""
+    import asyncio
+
+    from test_accounts import SYSTEM, _config, _enqueue, _login_posts, _run
+
+    servers = fixture_servers_factory()
+    for name, value in fixture_env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("MARKET01_PASSWORD", "not-the-password")
+    monkeypatch.setenv("MARKET02_PASSWORD", "not-this-one-either")
+    config = _config(tmp_path, servers.urls)
+    queue = open_queue(config)
+    _enqueue(queue, range(6))
+
+    async def stop_soon(pool: Any) -> None:
+        await asyncio.sleep(15)
+        pool.stop.set()
+
+    _run(config, queue, stop_after=stop_soon)
+    assert _login_posts(servers, "market01") == 1 and _login_posts(servers, "market02") == 1
+    for item in queue.list():
+        assert item.attempts <= 1 and item.state in (ItemState.queued, ItemState.review), item
+    unusable = {s.account for s in queue.account_states() if s.system == SYSTEM and not s.usable}
+    assert unusable == {"market01", "market02"}
