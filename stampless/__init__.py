@@ -51,9 +51,12 @@ from stampless.robot import (
     Credentials,
     DialogInfo,
     Element,
+    JobContext,
     Robot,
     RobotPage,
     RobotRuntime,
+    Submission,
+    operation,
 )
 
 __all__ = [
@@ -76,6 +79,7 @@ __all__ = [
     "FieldStatus",
     "InputError",
     "IsoDate",
+    "JobContext",
     "LoginRejected",
     "OcrEngineError",
     "OcrField",
@@ -94,6 +98,7 @@ __all__ = [
     "Rule",
     "SessionLost",
     "StamplessError",
+    "Submission",
     "SystemFailure",
     "Text",
     "Tier",
@@ -101,4 +106,5 @@ __all__ = [
     "VerdictKind",
     "YearMonth",
     "__version__",
+    "operation",
 ]

@@ -289,7 +289,12 @@ class InboxConfig(_Section):
 
 
 class JobConfig(_Section):
-    """A scheduled job: ``kind`` names what it does, ``every_s`` or ``cron`` when."""
+    """A scheduled job: ``kind`` names what it does, ``every_s`` or ``cron`` when.
+
+    ``kind = "robot"`` runs the deployment's own robot operation ``operation`` of
+    ``system`` (a method the robot marks with ``@operation``), on a logged-in page of
+    ``account`` (None: the first usable one), for at most ``timeout_s`` seconds.
+    """
 
     kind: Literal[
         "poll_inbox",
@@ -299,11 +304,16 @@ class JobConfig(_Section):
         "deliver_outbox",
         "audit_checkpoint",
         "prune_evidence",
+        "robot",
     ]
     every_s: float | None = Field(default=None, gt=0)
     cron: str | None = None
     type: str | None = None
     older_than_days: float | None = None
+    system: str | None = None
+    operation: str | None = None
+    account: str | None = None
+    timeout_s: float = Field(default=600, gt=0)
 
 
 class IntakeConfig(_Section):

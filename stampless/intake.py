@@ -185,13 +185,17 @@ class Intake:
                 ids[request.id] = p.source
         return [o for p in prepared for o in self.submit_prepared(p)]
 
-    def submit_prepared(self, prepared: Prepared) -> list[SubmitOutcome]:
+    def submit_prepared(
+        self, prepared: Prepared, *, received_at: datetime | None = None
+    ) -> list[SubmitOutcome]:
         """Spool and enqueue a prepared submission; one outcome per request (and case).
 
         A case's manifest is recorded before its documents are queued, so a crash in
         between leaves a case that a second submit of the same file completes.
+        ``received_at`` starts the SLA clock (default: now); a scheduled job that takes
+        an application from another system passes the application's own time.
         """
-        received_at = utcnow()
+        received_at = received_at or utcnow()
         case_added = False
         if prepared.case is not None:
             case_added = self.cases.record(prepared.case)

@@ -12,7 +12,12 @@ Job kinds: ``poll_inbox``, ``recheck`` (re-verify finished items of ``type`` who
 check is older than ``older_than_days``; the new result supersedes the first),
 ``sweep_leases``, ``sweep_deadlines`` (overdue flags, reviewed items, case verdicts),
 ``deliver_outbox``, ``audit_checkpoint`` and ``prune_evidence`` (bundles past
-``[evidence] retention`` give way to signed tombstones, :mod:`stampless.retention`).
+``[evidence] retention`` give way to signed tombstones, :mod:`stampless.retention`),
+and ``robot``: the deployment's own robot operation (``system``, ``operation``), run by
+:class:`stampless.jobs.RobotJob` on a logged-in page of one of the system's accounts.
+
+Every run takes the job's lease in :class:`stampless.jobs.JobLedger` first: one run at a
+time per job and deployment, and each run's outcome kept for ``schedule --list``.
 
 SIGTERM or SIGINT stops the daemon gracefully: no new claims, running items get the
 grace period to finish or are released, the scheduler waits for running jobs.
@@ -30,9 +35,11 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
+from stampless._logging import scrub
 from stampless.circuit import CircuitBreaker
 from stampless.config import JobConfig
-from stampless.errors import ConfigError
+from stampless.errors import ConfigError, StamplessError
+from stampless.jobs import JobLedger, JobRun, summarize
 from stampless.models import utcnow
 
 if TYPE_CHECKING:
@@ -42,7 +49,9 @@ if TYPE_CHECKING:
     from stampless.config import Config
     from stampless.delivery import Delivery
     from stampless.intake import Intake
+    from stampless.jobs import RobotJob, RobotJobReport
     from stampless.queue import WorkQueue
+    from stampless.robot import RobotRuntime
     from stampless.signing import Signer
     from stampless.worker import Processor, WorkerOptions, WorkerPool
 
@@ -66,6 +75,7 @@ class JobInfo:
     kind: str
     trigger: str
     next_run: datetime | None
+    last_run: JobRun | None = None
 
 
 def configured_jobs(config: Config) -> dict[str, JobConfig]:
@@ -82,6 +92,18 @@ def configured_jobs(config: Config) -> dict[str, JobConfig]:
             )
         if job.type is not None:
             config.type_config(job.type)
+        if job.kind == "robot":
+            if not job.system or not job.operation:
+                raise ConfigError(
+                    f"robot.toml: [jobs.{name}] is a robot job; set 'system' and 'operation' "
+                    "(a method of that system's robot marked @operation)."
+                )
+            config.system_config(job.system)
+        elif job.system or job.operation or job.account:
+            raise ConfigError(
+                f"robot.toml: [jobs.{name}] sets system/operation/account, which only "
+                'kind = "robot" jobs take; remove them or change the kind.'
+            )
     return jobs
 
 
@@ -154,6 +176,12 @@ class Daemon:
         self.cases = CaseStore.from_config(config)
         self._review: Any = None
         self.pool: WorkerPool | None = None
+        self.ledger = JobLedger.from_config(config)
+        # Robot jobs run their coroutines on the serving loop, in the pipeline's browser.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runtime: RobotRuntime | None = None
+        self._runtime_owned = False
+        self._serving: Processor | None = None
         self.scheduler = self._make_scheduler()
 
     @property
@@ -225,6 +253,7 @@ class Daemon:
                         kind=self.jobs[j.id].kind if j.id in self.jobs else "?",
                         trigger=_describe(self.jobs.get(j.id), j.trigger),
                         next_run=j.next_run_time,
+                        last_run=self.ledger.last(j.id),
                     )
                     for j in sorted(scheduler.get_jobs(), key=lambda j: j.id)
                 ]
@@ -236,18 +265,65 @@ class Daemon:
     # -- jobs ----------------------------------------------------------------------------
 
     def run_job(self, name: str) -> Any:
-        """Run job ``name`` now, in the calling thread; returns what it did."""
+        """Run job ``name`` now, in the calling thread; returns what it did.
+
+        Nothing runs while another run of the job holds its lease (here or in another
+        process); the run's outcome is kept in the job ledger either way.
+        """
         job = self.jobs.get(name)
         if job is None:
             logger.warning("Job {} is not in robot.toml any more; skipped.", name)
             return None
-        try:
-            result = getattr(self, f"job_{job.kind}")(job)
-        except Exception as exc:
-            logger.exception("Job {} ({}) failed: {}", name, job.kind, exc)
+        run_id = self.ledger.begin(name, lease_s=job.timeout_s + 60)
+        if run_id is None:
+            logger.info("Job {}: the previous run is still going; this run is skipped.", name)
             return None
+        try:
+            if job.kind == "robot":
+                result = self.job_robot(name, job)
+            else:
+                result = getattr(self, f"job_{job.kind}")(job)
+        except Exception as exc:
+            logger.opt(exception=not isinstance(exc, StamplessError)).error(
+                "Job {} ({}) failed: {}", name, job.kind, exc
+            )
+            self.ledger.end(name, run_id, "failed", scrub(str(exc)))
+            return None
+        self.ledger.end(name, run_id, "ok", summarize(result))
         logger.debug("Job {} ({}) done: {}", name, job.kind, result)
         return result
+
+    def job_robot(self, name: str, job: JobConfig) -> RobotJobReport:
+        """The deployment's robot operation: on the serving loop's browser when the daemon
+        runs, else (a one-off run) in a browser of its own, closed afterwards."""
+        from stampless.jobs import RobotJob
+
+        runner = RobotJob(self.config, name, job, self.intake, self.signer)
+        loop = self._loop
+        if loop is not None and loop.is_running():
+            future = asyncio.run_coroutine_threadsafe(self._run_robot_job(runner), loop)
+            return future.result(timeout=job.timeout_s + 60)
+
+        async def once() -> RobotJobReport:
+            from stampless.robot import RobotRuntime
+
+            async with RobotRuntime(self.config, accounts=self.queue) as runtime:
+                return await runner.run(runtime)
+
+        return asyncio.run(once())
+
+    async def _run_robot_job(self, runner: RobotJob) -> RobotJobReport:
+        if self._runtime is None:
+            from stampless.pipeline import Pipeline
+
+            if isinstance(self._serving, Pipeline):
+                self._runtime = await self._serving.runtime()
+            else:
+                from stampless.robot import RobotRuntime
+
+                self._runtime = RobotRuntime(self.config, accounts=self.queue)
+                self._runtime_owned = True
+        return await runner.run(self._runtime)
 
     def job_poll_inbox(self, job: JobConfig) -> Any:
         from stampless.intake import poll_inbox
@@ -326,6 +402,8 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop_soon, sig)
+        self._serving = processor
+        self._loop = loop
         with _ACTIVE_LOCK:
             _ACTIVE = self
         pool = self.pool
@@ -362,6 +440,10 @@ class Daemon:
             await asyncio.to_thread(self.scheduler.shutdown, True)
             with _ACTIVE_LOCK:
                 _ACTIVE = None
+            self._loop = None
+            if self._runtime is not None and self._runtime_owned:
+                await self._runtime.close()  # its own browser, not the pipeline's
+            self._runtime, self._runtime_owned, self._serving = None, False, None
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
             if owned is not None:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from stampless.cli._common import DEV_HELP, console, emit_json, emit_json_lines, get_config
 from stampless.errors import InputError
@@ -160,13 +161,28 @@ def register(app: typer.Typer) -> None:
             require_secrets(config)
         daemon = Daemon(config, options=options, signer=signer, http=http)
         if list_jobs:
-            table = Table("job", "kind", "trigger", "next run (UTC)", box=None, pad_edge=False)
+            table = Table(
+                "job",
+                "kind",
+                "trigger",
+                "next run (UTC)",
+                "last run (UTC)",
+                "outcome",
+                box=None,
+                pad_edge=False,
+            )
             now = utcnow()
             for job in daemon.list_jobs():
                 when = f"{job.next_run:%Y-%m-%d %H:%M:%S}" if job.next_run else "-"
                 if job.next_run is not None and job.next_run < now:
                     when += " (due)"
-                table.add_row(job.name, job.kind, job.trigger, when)
+                last, outcome = "-", "-"
+                if job.last_run is not None:
+                    last = f"{job.last_run.started:%Y-%m-%d %H:%M:%S}"
+                    outcome = job.last_run.outcome or "running"
+                    if job.last_run.detail:
+                        outcome += f": {job.last_run.detail}"
+                table.add_row(job.name, job.kind, job.trigger, when, last, Text(outcome))
             console.print(table)
             return
         asyncio.run(daemon.serve())

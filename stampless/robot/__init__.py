@@ -8,7 +8,14 @@ Robot authors use :class:`Robot`, :class:`RobotPage` (with :class:`Element`),
 from stampless.robot._browser import find_chromium
 from stampless.robot._evidence import Evidence
 from stampless.robot._page import DialogInfo, Element, RobotPage, decode_legacy, translate_error
-from stampless.robot._robot import Credentials, LoginRejected, Robot
+from stampless.robot._robot import (
+    Credentials,
+    JobContext,
+    LoginRejected,
+    Robot,
+    Submission,
+    operation,
+)
 from stampless.robot._runtime import RobotRuntime, load_robot
 from stampless.robot._selectors import (
     DriftRow,
@@ -25,6 +32,7 @@ __all__ = [
     "DriftRow",
     "Element",
     "Evidence",
+    "JobContext",
     "LoginRejected",
     "ReloginRefused",
     "Robot",
@@ -32,11 +40,13 @@ __all__ = [
     "RobotRuntime",
     "SelectorMap",
     "SelectorSpec",
+    "Submission",
     "Watchdog",
     "decode_legacy",
     "drift_summary",
     "find_chromium",
     "load_robot",
     "load_selector_map",
+    "operation",
     "translate_error",
 ]

@@ -9,12 +9,88 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, TypeVar
+
+from pydantic import BaseModel, ConfigDict
 
 from stampless.errors import ConfigError, InputError, LoginRejected, RobotError
+from stampless.models import Request
 
-__all__ = ["Credentials", "LoginRejected", "Robot"]
+__all__ = [
+    "Credentials",
+    "JobContext",
+    "LoginRejected",
+    "Returns",
+    "Robot",
+    "Submission",
+    "declared_returns",
+    "operation",
+]
+
+#: What a robot operation run by a scheduled job returns: a list of
+#: :class:`Submission` (queued through intake, idempotent by request id), a list of
+#: :class:`~stampless.Record` (kept as the job's records file), or nothing.
+Returns = Literal["requests", "records", "nothing"]
+RETURNS: tuple[str, ...] = ("requests", "records", "nothing")
+_MARK = "__stampless_returns__"
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def operation(*, returns: Returns) -> Callable[[F], F]:
+    """Mark a robot coroutine as an operation a ``[jobs.X] kind = "robot"`` job may run.
+
+    ``returns`` declares what it gives back; the runtime checks the value against it.
+    The method is called as ``await robot.NAME(page, job)`` with the account's
+    logged-in page and a :class:`JobContext`.
+    """
+    if returns not in RETURNS:
+        raise ValueError(f"returns must be one of {list(RETURNS)}, not {returns!r}")
+
+    def mark(fn: F) -> F:
+        setattr(fn, _MARK, returns)
+        return fn
+
+    return mark
+
+
+def declared_returns(robot: Robot, name: str) -> str | None:
+    """What operation ``name`` of ``robot`` declares it returns; None if it is no operation."""
+    method = getattr(robot, name, None)
+    found = getattr(method, _MARK, None)
+    return str(found) if found is not None else None
+
+
+class Submission(BaseModel):
+    """One request an operation hands to intake (``@operation(returns="requests")``).
+
+    ``scan`` is a file the robot downloaded (it is copied out of the evidence and
+    becomes the request's scan); ``received_at`` starts the SLA clock (default: when
+    intake takes it), e.g. the application's own time on the system it came from.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    request: Request
+    scan: Path | None = None
+    received_at: datetime | None = None
+
+
+class JobContext(Protocol):
+    """What a scheduled job tells the operation it runs."""
+
+    @property
+    def name(self) -> str:
+        """The job's name in robot.toml (``[jobs.NAME]``)."""
+        ...
+
+    def known(self, request_id: str) -> bool:
+        """True when a request with this id was already taken in (queued or finished);
+        an operation skips the work of submitting it again (downloads included)."""
+        ...
+
 
 if TYPE_CHECKING:
     from stampless.config import AccountConfig, Config

@@ -59,7 +59,14 @@ from stampless.models import Record, utcnow
 from stampless.robot._browser import launch_browser
 from stampless.robot._evidence import Evidence, scrub_zip
 from stampless.robot._page import RobotPage, SelectorUse, translate_error
-from stampless.robot._robot import Credentials, LoginRejected, Robot
+from stampless.robot._robot import (
+    Credentials,
+    JobContext,
+    LoginRejected,
+    Robot,
+    Submission,
+    declared_returns,
+)
 from stampless.robot._selectors import DriftLog, SelectorMap, load_selector_map
 from stampless.robot._sessions import (
     Session,
@@ -159,6 +166,7 @@ class RobotRuntime:
         self._counts: dict[str, int] = {
             "lookups": 0,
             "fetches": 0,
+            "operations": 0,
             "business_outcomes": 0,
             "failures": 0,
             "retries": 0,
@@ -344,6 +352,41 @@ class RobotRuntime:
             return await robot.fetch(page, key)
 
         return await self._run(system, key, "fetch", step, account, evidence, deadline)
+
+    async def operate(
+        self,
+        system: str,
+        name: str,
+        job: JobContext,
+        *,
+        account: str | None = None,
+        evidence: BundleLike | None = None,
+        deadline: datetime | None = None,
+    ) -> list[Submission] | list[Record] | None:
+        """Run robot operation ``name`` of ``system`` (a scheduled job's), as a lookup runs.
+
+        The same account lock, login, watchdog, retries, evidence and audit; the value is
+        checked against what the operation declares (``@operation(returns=...)``).
+        """
+        returns = self.require_operation(system, name)
+        self._counts["operations"] += 1
+
+        async def step(robot: Robot, page: RobotPage) -> Any:
+            return await getattr(robot, name)(page, job)
+
+        result = await self._run(system, name, "operation", step, account, evidence, deadline)
+        return _checked_result(system, name, returns, result)
+
+    def require_operation(self, system: str, name: str) -> str:
+        """What operation ``name`` of ``system``'s robot returns; ConfigError if it has none."""
+        robot = self.system(system).robot
+        returns = declared_returns(robot, name)
+        if returns is None:
+            raise ConfigError(
+                f"The {system} robot ({type(robot).__name__}) has no operation {name!r}; mark "
+                f"an async method {name}(self, page, job) with @operation(returns=...)."
+            )
+        return returns
 
     def stats(self) -> dict[str, Any]:
         """Counters of this runtime: logins per account, lookups, retries, recycles, selectors."""
@@ -537,7 +580,7 @@ class RobotRuntime:
                 await self._end_trace(session, evidence, failed=False)
                 self._succeeded(system, session)
                 self._audit_event(
-                    "looked_up" if op == "lookup" else "fetched",
+                    _EVENTS.get(op, "operated"),
                     request_id,
                     system=system.name,
                     account=session.name,
@@ -802,6 +845,10 @@ class RobotRuntime:
         await self._stop_trace(session, evidence, "trace.zip" if keep else None)
 
 
+# The audit event of a successful step; a scheduled job's operation is "operated".
+_EVENTS = {"lookup": "looked_up", "fetch": "fetched"}
+
+
 def _outcome(error: BaseException) -> str:
     if isinstance(error, RecordNotFound):
         return "not_found"
@@ -826,6 +873,30 @@ async def _time_limit(deadline: datetime | None) -> AsyncIterator[None]:
         raise DepartmentUnavailable(
             "The robot did not finish before the request's deadline; it is reported as failed."
         ) from exc
+
+
+def _checked_result(
+    system: str, name: str, returns: str, result: Any
+) -> list[Submission] | list[Record] | None:
+    """The operation's value if it is what it declared, else a ConfigError that says so."""
+    wanted: type[Submission] | type[Record]
+    if returns == "requests":
+        wanted = Submission
+    elif returns == "records":
+        wanted = Record
+    else:
+        if result is not None:
+            raise ConfigError(
+                f"The {system} robot's operation {name} declares returns='nothing' but returned "
+                f"{type(result).__name__}; return None or declare what it returns."
+            )
+        return None
+    if not isinstance(result, list | tuple) or not all(isinstance(r, wanted) for r in result):
+        raise ConfigError(
+            f"The {system} robot's operation {name} declares returns={returns!r}, so it must "
+            f"return a list of stampless.{wanted.__name__}; it returned {type(result).__name__}."
+        )
+    return list(result)
 
 
 def robot_bug(
