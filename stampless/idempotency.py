@@ -17,11 +17,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stampless.errors import RequestConflict
 from stampless.models import Request, Verdict
+
+if TYPE_CHECKING:
+    from stampless.config import Config
+    from stampless.queue import QueueItem
 
 # Keys of a request that are not its content (see the module docstring).
 _NOT_CONTENT = frozenset({"scan", "ecert", "priority"})
@@ -95,6 +100,68 @@ def check_verdict(
     stored = _bundle_request(evidence_dir, request.id)
     if stored is None or not same_claim(stored, request):
         raise refuse_conflict(request.id, where)
+
+
+def check_item(request: Request, digest: str, item: QueueItem) -> None:
+    """Raise :class:`RequestConflict` unless the queue ``item`` holds this very request."""
+    # Items queued before digests were kept: their spooled request is the content.
+    stored = item.content_sha256 or request_digest(item.request, item.base_dir)
+    check_digest(request.id, stored, digest, f"queued, state {item.state.value}")
+
+
+@dataclass(frozen=True)
+class Answered:
+    """The verdict an id already has, and whether it is final (in the outbox)."""
+
+    verdict: Verdict
+    in_outbox: bool
+
+
+def check_answered(config: Config, request: Request, digest: str) -> Answered | None:
+    """The verdict this request's id already has, in the outbox or waiting for a reviewer.
+
+    Raises :class:`RequestConflict` when that verdict answers other content: every door
+    (verify, submit, HTTP, the inbox) asks both places, since a reviewer's decision on
+    another request would otherwise settle this one under the shared id.
+    """
+    from stampless.outbox import read_verdict
+    from stampless.review.store import ReviewStore
+
+    final = read_verdict(config.outbox_dir, request.id)
+    if final is not None:
+        check_verdict(
+            request, digest, final, evidence_dir=config.evidence_dir, where="in the outbox"
+        )
+        return Answered(final, in_outbox=True)
+    if not ReviewStore.path_for(config).exists():
+        return None
+    waiting = ReviewStore.from_config(config).get(request.id)
+    if waiting is None:
+        return None
+    check_verdict(
+        request,
+        digest,
+        waiting.verdict,
+        evidence_dir=config.evidence_dir,
+        where="waiting for a reviewer",
+    )
+    return Answered(waiting.verdict, in_outbox=False)
+
+
+def check_queued(config: Config, request: Request, digest: str) -> None:
+    """Raise :class:`RequestConflict` when the deployment's queue holds this id for other
+    content (``stampless verify`` of an id that ``submit`` or HTTP queued)."""
+    if not config.queue_path.exists():
+        return
+    from stampless.queue import open_queue
+
+    queue = open_queue(config)
+    try:
+        item = queue.get(request.id)
+    finally:
+        queue.close()
+    if item is not None:
+        check_item(request, digest, item)
 
 
 def _bundle_request(evidence_dir: Path, request_id: str) -> Request | None:

@@ -44,7 +44,7 @@ from stampless._files import fsync_dir, read_json_file, write_atomic
 from stampless.boundary import check_name, parse_json, request_files
 from stampless.cases import CaseManifest, CaseStore, is_case, parse_case
 from stampless.errors import InputError, RequestConflict
-from stampless.idempotency import check_digest, check_verdict, request_digest
+from stampless.idempotency import check_answered, check_item, request_digest
 from stampless.metrics import HEALTH_PATHS, answer
 from stampless.models import Request, Tier, VerdictKind, describe_validation_error, utcnow
 
@@ -272,24 +272,13 @@ class Intake:
 
     def _known(self, request: Request, digest: str, known: QueueItem) -> SubmitOutcome:
         """The outcome for an id the queue knows: the stored state, if the content is the same."""
-        # Items queued before digests were kept: their spooled request is the content.
-        stored = known.content_sha256 or request_digest(known.request, known.base_dir)
-        check_digest(request.id, stored, digest, f"queued, state {known.state.value}")
+        check_item(request, digest, known)
         return _duplicate(request.id, known.state.value, known.verdict)
 
     def _check_finished(self, request: Request, digest: str) -> None:
-        """Refuse an id that ``stampless verify`` answered for other content."""
-        from stampless.outbox import read_verdict
-
-        verdict = read_verdict(self.config.outbox_dir, request.id)
-        if verdict is not None:
-            check_verdict(
-                request,
-                digest,
-                verdict,
-                evidence_dir=self.config.evidence_dir,
-                where="in the outbox",
-            )
+        """Refuse an id that ``stampless verify`` answered, or sent to a reviewer, for other
+        content."""
+        check_answered(self.config, request, digest)
 
     def _drop_stale_spool(self, request_id: str, digest: str) -> None:
         """Remove a spool folder a crash left for other content under this (unqueued) id."""

@@ -15,7 +15,7 @@ from loguru import logger
 
 from stampless.config import Config
 from stampless.errors import ExitCode
-from stampless.idempotency import check_verdict, request_digest
+from stampless.idempotency import check_answered, check_queued, request_digest
 from stampless.models import Request, Verdict, VerdictKind, utcnow
 from stampless.outbox import FINAL_VERDICTS, read_verdict, sign_verdict, write_verdict
 from stampless.pipeline import Pipeline
@@ -74,27 +74,14 @@ async def verify_request(
     whose verdict this one replaces (a re-check, see :func:`recheck_request`).
     """
     digest = request_digest(request, base_dir)
-    existing = read_verdict(config.outbox_dir, request.id)
-    if existing is not None:
-        check_verdict(
-            request, digest, existing, evidence_dir=config.evidence_dir, where="in the outbox"
-        )
+    known = check_answered(config, request, digest)
+    if known is not None and known.in_outbox:
         logger.info("{} already has a verdict in the outbox; nothing to do", request.id)
-        return Outcome(existing, config.outbox_dir / f"{request.id}.json", already_done=True)
-    from stampless.review.store import ReviewStore
-
-    review = ReviewStore.from_config(config) if ReviewStore.path_for(config).exists() else None
-    waiting = review.get(request.id) if review is not None else None
-    if waiting is not None:
-        check_verdict(
-            request,
-            digest,
-            waiting.verdict,
-            evidence_dir=config.evidence_dir,
-            where="waiting for a reviewer",
-        )
+        return Outcome(known.verdict, config.outbox_dir / f"{request.id}.json", already_done=True)
+    if known is not None:
         logger.info("{} is already waiting for a reviewer; nothing to do", request.id)
-        return Outcome(waiting.verdict, None, already_done=True)
+        return Outcome(known.verdict, None, already_done=True)
+    check_queued(config, request, digest)
     received = utcnow()
     pipeline.audit.append("received", request_id=request.id, type=request.type, via="verify")
     verdict = await pipeline.process(request, base_dir=base_dir, received_at=received)

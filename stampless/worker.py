@@ -366,22 +366,17 @@ class WorkerPool:
         existing = read_verdict(self.outbox_dir, item.request_id)
         if existing is not None:
             if not _answers(existing, item):
-                # `stampless verify` answered this id for other content: that verdict is
-                # not this request's, and the outbox never holds two under one id.
-                self.queue.complete(
-                    claim,
-                    state=ItemState.failed,
-                    verdict=VerdictKind.error,
-                    sla_met=None,
-                    finished_at=utcnow(),
-                    error=str(refuse_conflict(item.request_id, "in the outbox")),
-                )
-                self.stats.failed += 1
+                self._refuse_conflict(claim, "in the outbox")
                 return
             logger.info("{} already has a verdict in the outbox; not run again.", item.request_id)
             self._complete(claim, existing)
             return
-        if self.review.get(item.request_id) is not None:
+        waiting = self.review.get(item.request_id)
+        if waiting is not None:
+            if not _answers(waiting.verdict, item):
+                # The reviewer's decision would settle this item: it must be for this content.
+                self._refuse_conflict(claim, "waiting for a reviewer")
+                return
             self.queue.complete(
                 claim, state=ItemState.review, verdict=None, sla_met=None, finished_at=utcnow()
             )
@@ -622,8 +617,24 @@ class WorkerPool:
             existing = read_verdict(self.outbox_dir, item.request_id)
             if existing is None:
                 raise
+            if not _answers(existing, item):  # `stampless verify` raced it with other content
+                self._refuse_conflict(claim, "in the outbox")
+                return
             verdict = existing
         self._complete(claim, verdict, error=error)
+
+    def _refuse_conflict(self, claim: Claim, where: str) -> None:
+        """Fail an item whose id `stampless verify` answered (``where``) for other content:
+        that verdict is not this request's, and one id never holds two."""
+        self.queue.complete(
+            claim,
+            state=ItemState.failed,
+            verdict=VerdictKind.error,
+            sla_met=None,
+            finished_at=utcnow(),
+            error=str(refuse_conflict(claim.item.request_id, where)),
+        )
+        self.stats.failed += 1
 
     def _complete(self, claim: Claim, verdict: Verdict, *, error: str | None = None) -> None:
         item = claim.item
@@ -740,7 +751,14 @@ def sweep_deadlines(
     settled: list[str] = []
     for item in queue.list(states=[ItemState.review], limit=5000):
         final = read_verdict(outbox_dir, item.request_id)
-        if final is not None:
+        if final is not None and not _answers(final, item):
+            # A decision on other content under this id (a race the worker's check missed):
+            # never report it as this request's verdict.
+            logger.error("{}", refuse_conflict(item.request_id, "in the outbox"))
+            queue.settle(
+                item.request_id, verdict=VerdictKind.error, sla_met=None, finished_at=utcnow()
+            )
+        elif final is not None:
             met = final.finished_at <= item.deadline
             if queue.settle(
                 item.request_id, verdict=final.verdict, sla_met=met, finished_at=final.finished_at

@@ -323,29 +323,36 @@ def test_row1_known_id_with_other_content_is_refused_at_every_door(
     assert item.request.claim["holder_name"] == "张三"
 
 
-@pytest.mark.issue14(1)
-def test_row1_submit_of_an_id_verify_answered_for_other_content_is_refused(
-    intake: Any, tmp_path: Path
-) -> None:
+def _verdict_for(path: Path, kind: str = "needs_review") -> tuple[Any, Any]:
+    """The request in ``path`` and a verdict of ``kind`` made for its very content."""
     from stampless._version import __version__
-    from stampless.errors import RequestConflict
     from stampless.idempotency import request_digest
     from stampless.models import Request, Tier, Verdict, VerdictKind, utcnow
-    from stampless.outbox import write_verdict
 
-    path = write_request(tmp_path / "a", "ONCE-1")
     request = Request.model_validate_json(path.read_bytes())
     now = utcnow()
     verdict = Verdict(
-        request_id="ONCE-1",
+        request_id=request.id,
         type=request.type,
         tier=Tier.robot,
-        verdict=VerdictKind.verified,
+        verdict=VerdictKind(kind),
         received_at=now,
         finished_at=now,
         stampless_version=__version__,
         request_sha256=request_digest(request, path.parent),
     )
+    return request, verdict
+
+
+@pytest.mark.issue14(1)
+def test_row1_submit_of_an_id_verify_answered_for_other_content_is_refused(
+    intake: Any, tmp_path: Path
+) -> None:
+    from stampless.errors import RequestConflict
+    from stampless.outbox import write_verdict
+
+    path = write_request(tmp_path / "a", "ONCE-1")
+    _, verdict = _verdict_for(path, "verified")
     write_verdict(intake.config.outbox_dir, verdict)
     other = write_request(tmp_path / "b", "ONCE-1", claim={**CLAIM, "holder_name": "王五"})
     with pytest.raises(RequestConflict, match="in the outbox"):
@@ -353,6 +360,102 @@ def test_row1_submit_of_an_id_verify_answered_for_other_content_is_refused(
     assert intake.queue.get("ONCE-1") is None
     [same] = intake.submit_files([path])
     assert same.added  # the worker then completes it from the outbox, unchanged
+
+
+@pytest.mark.issue14(1)
+def test_row1_an_id_waiting_for_a_reviewer_is_refused_for_other_content(
+    intake: Any, tmp_path: Path
+) -> None:
+    """`stampless verify` sent B to a reviewer; A under the same id must not be queued, or
+    the reviewer's decision on B would settle A (GET /requests/<id> answered B's verdict)."""
+    from stampless.errors import RequestConflict
+    from stampless.review.store import ReviewStore
+
+    path = write_request(tmp_path / "b", "REV-1")
+    request, verdict = _verdict_for(path)
+    review = ReviewStore.from_config(intake.config)
+    review.add(verdict, request=request, base_dir=path.parent, reason="A person must decide.")
+    forged = write_request(tmp_path / "a", "REV-1", claim={**CLAIM, "holder_name": "王五"})
+    with pytest.raises(RequestConflict, match="waiting for a reviewer"):
+        intake.submit_files([forged])
+    assert intake.queue.get("REV-1") is None and spool_entries(intake) == []
+    [same] = intake.submit_files([path])  # the same content is taken, and waits with it
+    assert same.added
+
+
+@pytest.mark.issue14(1)
+def test_row1_verify_of_an_id_queued_for_other_content_is_refused(
+    intake: Any, env: dict[str, str], tmp_path: Path
+) -> None:
+    [queued] = intake.submit_files([write_request(tmp_path / "a", "Q-1")])
+    assert queued.added
+    forged = write_request(tmp_path / "b", "Q-1", claim={**CLAIM, "holder_name": "王五"})
+    proc = run_cli("verify", str(forged), env=env, timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Q-1 is already known (queued, state queued)" in one_error_line(proc)
+    assert not (intake.config.outbox_dir / "Q-1.json").exists()
+
+
+@pytest.mark.issue14(1)
+def test_row1_a_worker_never_takes_another_contents_verdict_for_its_item(
+    intake: Any, tmp_path: Path
+) -> None:
+    """Queued A, while B under the same id waits for a reviewer or has a final verdict:
+    the worker fails A naming the conflict, and a sweep never settles A with B's verdict."""
+    import asyncio
+
+    from stampless.cases import CaseStore
+    from stampless.circuit import CircuitBreaker
+    from stampless.models import VerdictKind
+    from stampless.outbox import write_verdict
+    from stampless.queue import ItemState
+    from stampless.review.store import ReviewStore
+    from stampless.worker import WorkerOptions, WorkerPool, sweep_deadlines
+
+    config, queue = intake.config, intake.queue
+    review = ReviewStore.from_config(config)
+    for rid, other_in in (("W-REVIEW", "review"), ("W-OUTBOX", "outbox")):
+        intake.submit_files([write_request(tmp_path / rid / "a", rid)])
+        path = write_request(tmp_path / rid / "b", rid, claim={**CLAIM, "holder_name": "王五"})
+        if other_in == "review":
+            other, verdict = _verdict_for(path)
+            review.add(verdict, request=other, base_dir=path.parent, reason="A person decides.")
+        else:
+            write_verdict(config.outbox_dir, _verdict_for(path, "verified")[1])
+
+    class NeverRuns:
+        async def process(self, *args: Any, **kwargs: Any) -> Any:
+            raise AssertionError("a conflicting item must not be processed")
+
+    options = WorkerOptions.from_config(
+        config, progress=False, poll_s=0.05, workers=1, until_empty=True
+    )
+    pool = WorkerPool(
+        config,
+        queue,
+        NeverRuns(),
+        options=options,
+        review=review,
+        circuits=CircuitBreaker.from_config(config),
+    )
+    asyncio.run(asyncio.wait_for(pool.run(), timeout=60))
+    for rid, where in (("W-REVIEW", "waiting for a reviewer"), ("W-OUTBOX", "in the outbox")):
+        item = queue.get(rid)
+        assert item.state is ItemState.failed and item.verdict is VerdictKind.error
+        assert f"{rid} is already known ({where})" in item.last_error
+    # An item that reached review (a race with `stampless verify`) whose id's final verdict
+    # answers other content is settled as an error, never as that verdict.
+    intake.submit_files([write_request(tmp_path / "race", "W-RACE")])
+    claim = queue.claim(worker="t", lease_s=30)
+    assert claim is not None and claim.item.request_id == "W-RACE"
+    queue.complete(
+        claim, state=ItemState.review, verdict=None, sla_met=None, finished_at=claim.expires
+    )
+    path = write_request(tmp_path / "race-b", "W-RACE", claim={**CLAIM, "holder_name": "王五"})
+    write_verdict(config.outbox_dir, _verdict_for(path, "verified")[1])
+    sweep_deadlines(queue, review, CaseStore.from_config(config), config.outbox_dir)
+    item = queue.get("W-RACE")
+    assert item.state is ItemState.done and item.verdict is VerdictKind.error
 
 
 # -- row 3: one bad file never blocks the inbox --------------------------------------------
