@@ -6,8 +6,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 # The fonts-* packages are the faces the scan generator prints certificates in
 # (stampless/fixtures/fonts.py): Noto Serif/Sans CJK, LXGW WenKai, AR PL UKai, WenQuanYi Zen Hei.
+# postgresql: the tests of the shared store start their own server with its initdb and
+# pg_ctl (stampless/fixtures/postgres.py); nothing runs it as a service.
 APT_PACKAGES := chromium tesseract-ocr tesseract-ocr-chi-sim tesseract-ocr-eng \
-	fonts-noto-cjk fonts-lxgw-wenkai fonts-arphic-ukai fonts-wqy-zenhei
+	fonts-noto-cjk fonts-lxgw-wenkai fonts-arphic-ukai fonts-wqy-zenhei postgresql
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Tesseract's own threads fight each other on small machines; stampless runs one per core.
@@ -36,11 +38,12 @@ system-packages:
 # The RapidOCR extra (onnxruntime, OpenCV, PP-OCR models: about 170 MB from PyPI) stays
 # optional for `pip install stampless`, but the demo and the tests run with it: it is the
 # second opinion that reads names Tesseract's chi_sim model gets wrong (docs/ocr.md), and
-# the tests exercise the real engine rather than a stand-in.
+# the tests exercise the real engine rather than a stand-in. The postgres extra (psycopg)
+# likewise: the tests run the shared store on a real server.
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,rapidocr]'
+	$(BIN)/pip install -q -e '.[dev,rapidocr,postgres]'
 	@touch $@
 
 lint: install

@@ -20,7 +20,14 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from stampless.errors import ConfigError
 from stampless.models import Tier
@@ -224,9 +231,36 @@ class TiersConfig(_Section):
         return float(getattr(self, Tier(tier).value))
 
 
+class StoreConfig(_Section):
+    """Where the deployment's shared state lives (docs/store.md).
+
+    ``sqlite`` (the default): files under var/, for one machine. ``postgres``: one
+    PostgreSQL database that every machine of the deployment uses; ``url`` is a secret
+    reference to its libpq URL (``env:STAMPLESS_DATABASE_URL``; a Unix socket is
+    ``postgresql:///stampless?host=/run/postgresql``), since a URL may carry a password.
+    ``shared_dir``: a folder every machine reaches (a shared mount) for what is still
+    kept in files; None: var/.
+    """
+
+    backend: Literal["sqlite", "postgres"] = "sqlite"
+    url: str | None = None
+    shared_dir: Path | None = None
+
+    _check_url = field_validator("url")(_secret_ref)
+
+    @model_validator(mode="after")
+    def _url_for_postgres(self) -> StoreConfig:
+        if self.backend == "postgres" and self.url is None:
+            raise ValueError(
+                'backend "postgres" needs url, a reference to the database URL such as '
+                '"env:STAMPLESS_DATABASE_URL"'
+            )
+        return self
+
+
 class QueueConfig(_Section):
     backend: Literal["sqlite"] = "sqlite"
-    path: Path | None = None  # default: <var_dir>/queue.db
+    path: Path | None = None  # default: <var_dir>/queue.db (backend sqlite only)
     # Short, and renewed by the worker's heartbeat every third of it: a killed worker's
     # item is back in the queue within seconds, not minutes.
     lease_s: float = Field(default=15, gt=0)
@@ -387,6 +421,7 @@ class Config(_Section):
     types: dict[str, TypeConfig] = Field(default_factory=dict)
     ocr: OcrConfig = Field(default_factory=OcrConfig)
     tiers: TiersConfig = Field(default_factory=TiersConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
     queue: QueueConfig = Field(default_factory=QueueConfig)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     evidence: EvidenceConfig = Field(default_factory=EvidenceConfig)

@@ -32,6 +32,19 @@ A :class:`FixtureServers` offers::
 
 Service-account credentials come from ``stampless.fixtures.accounts.fixture_env()``.
 
+``cli`` (function scope)
+    ``cli(*args, cwd=PATH, env=None, bare=False)`` runs the stampless CLI in this
+    process (a subprocess per call costs a second) and returns a CompletedProcess with
+    the exit code, stdout and stderr; ``env`` is set for the call, ``bare`` first drops
+    every ``STAMPLESS__`` variable.
+``postgres_server`` (session scope)
+    One real PostgreSQL server (:class:`stampless.fixtures.postgres.PostgresServer`:
+    initdb and pg_ctl in a temp dir, on a Unix socket), started the first time a test
+    asks for it and stopped at the end of the run.
+``postgres_url`` (function scope)
+    The URL of a fresh, migrated schema of its own on ``postgres_server`` (the schema
+    is the URL's ``search_path``), for one test.
+
 ``deployment`` (module scope)
     The environment for running ``stampless`` on the repository's robot.toml against
     ``fixture_servers`` with a var/ of the module's own
@@ -43,6 +56,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -54,6 +68,7 @@ from deployment_keys import signing_env
 
 from stampless.fixtures.accounts import fixture_env
 from stampless.fixtures.harness import FixtureProcess
+from stampless.fixtures.postgres import PostgresServer
 from stampless.fixtures.records import SYSTEMS
 
 
@@ -213,3 +228,60 @@ def deployment(
     for system in SYSTEMS:
         env[f"STAMPLESS__SYSTEMS__{system.upper()}__URL"] = fixture_servers.url(system)
     return env
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server for the whole session (started on first use)."""
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer, request: pytest.FixtureRequest) -> str:
+    """A libpq URL whose search_path is a new schema, migrated to the current version."""
+    import re
+    from urllib.parse import quote
+
+    import psycopg
+
+    from stampless._postgres import migrate
+
+    schema = re.sub(r"[^a-z0-9_]", "_", request.node.name.lower())[:40]
+    schema = f"t{len(_SCHEMAS)}_{schema}"
+    _SCHEMAS.append(schema)
+    url = postgres_server.url + "&options=" + quote(f"-csearch_path={schema}", safe="")
+    with psycopg.connect(postgres_server.url, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    with psycopg.connect(url, autocommit=True) as conn:
+        migrate(conn)
+    return url
+
+
+_SCHEMAS: list[str] = []
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
+    """Run the stampless CLI in this process (a subprocess per call costs a second)."""
+    from stampless.cli import main
+    from stampless.cli._common import state
+
+    def run(*args: str, cwd: Path, env: dict[str, str] | None = None, bare: bool = False):
+        monkeypatch.chdir(cwd)
+        if bare:  # a machine without this deployment's configuration
+            for key in [k for k in os.environ if k.startswith("STAMPLESS__")]:
+                monkeypatch.delenv(key)
+        for key, value in (env or {}).items():
+            monkeypatch.setenv(key, value)
+        state._config = None  # loaded once per process normally; each call here is a "process"
+        capsys.readouterr()
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(list(args), code, out, err)
+
+    return run

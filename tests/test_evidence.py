@@ -85,32 +85,6 @@ def build_bundle(evidence_dir: Path, request_id: str, signer: Signer, verdict: s
 
 
 @pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
-    """Run the stampless CLI in this process (a subprocess per call costs a second)."""
-    from stampless.cli import main
-    from stampless.cli._common import state
-
-    def run(*args: str, cwd: Path, env: dict[str, str] | None = None, bare: bool = False):
-        monkeypatch.chdir(cwd)
-        if bare:  # a machine without this deployment's configuration
-            for key in [k for k in os.environ if k.startswith("STAMPLESS__")]:
-                monkeypatch.delenv(key)
-        for key, value in (env or {}).items():
-            monkeypatch.setenv(key, value)
-        state._config = None  # loaded once per process normally; each call here is a "process"
-        capsys.readouterr()
-        try:
-            main(list(args))
-            code = 0
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-        out, err = capsys.readouterr()
-        return subprocess.CompletedProcess(list(args), code, out, err)
-
-    return run
-
-
-@pytest.fixture
 def signer() -> Signer:
     return Signer.generate()
 

@@ -1,4 +1,7 @@
-"""Contract tests of the work queue, run against every backend (today: SQLite)."""
+"""Contract tests of the work queue, run against every backend: SQLite and PostgreSQL.
+
+The PostgreSQL runs use a real server (conftest's ``postgres_url``: a schema of their own).
+"""
 
 from __future__ import annotations
 
@@ -14,23 +17,44 @@ import pytest
 from stampless.errors import InputError
 from stampless.models import Request, Tier, VerdictKind, utcnow
 from stampless.queue import ItemState, LeaseLost, WorkQueue
+from stampless.queue.postgres import PostgresQueue
 from stampless.queue.sqlite import SqliteQueue
 
 ACCOUNTS = {"civil_affairs": ["ca1", "ca2"], "market_supervision": ["ms1"]}
 
 
-def sqlite_backend(path: Path) -> WorkQueue:
-    return SqliteQueue(path / "queue.db", ACCOUNTS)
+def open_backend(backend: str, where: str) -> WorkQueue:
+    """Open the store at ``where`` (a file, or a database URL) on ``backend``."""
+    if backend == "postgres":
+        return PostgresQueue(where, ACCOUNTS)
+    return SqliteQueue(Path(where), ACCOUNTS)
 
 
-BACKENDS: dict[str, Callable[[Path], WorkQueue]] = {"sqlite": sqlite_backend}
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
+    """The backend under test and where its store is: every contract test runs on both."""
+    if request.param == "postgres":
+        return "postgres", request.getfixturevalue("postgres_url")
+    return "sqlite", str(tmp_path / "queue.db")
 
 
-@pytest.fixture(params=sorted(BACKENDS))
-def queue(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[WorkQueue]:
-    q = BACKENDS[request.param](tmp_path)
-    yield q
-    q.close()
+@pytest.fixture
+def reopen(store: tuple[str, str]) -> Iterator[Callable[[], WorkQueue]]:
+    """Open the test's store once more, as another process would."""
+    opened: list[WorkQueue] = []
+
+    def open_again() -> WorkQueue:
+        opened.append(open_backend(*store))
+        return opened[-1]
+
+    yield open_again
+    for q in opened:
+        q.close()
+
+
+@pytest.fixture
+def queue(reopen: Callable[[], WorkQueue]) -> WorkQueue:
+    return reopen()
 
 
 def add(
@@ -172,7 +196,7 @@ def test_skip_systems_unless_due(queue: WorkQueue) -> None:
 
 
 def test_a_disabled_account_is_never_handed_out_until_enabled(
-    queue: WorkQueue, tmp_path: Path
+    queue: WorkQueue, reopen: Callable[[], WorkQueue]
 ) -> None:
     add(queue, "A")
     add(queue, "B")
@@ -183,7 +207,7 @@ def test_a_disabled_account_is_never_handed_out_until_enabled(
     # ca1 is free but disabled, ca2 is busy: nothing to claim.
     assert queue.claim("w", lease_s=30) is None
     # Every process reads the same table.
-    other = BACKENDS[sorted(BACKENDS)[0]](tmp_path)
+    other = reopen()
     assert other.disabled_accounts("civil_affairs") == {"ca1": "The system refused the login."}
     states = {(s.system, s.account): s for s in other.account_states()}
     assert set(states) == {
@@ -229,8 +253,8 @@ def test_overdue_and_settle(queue: WorkQueue) -> None:
         queue.retry("M")
 
 
-def _claimer(path: str, n: int, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
-    q = SqliteQueue(Path(path), ACCOUNTS)
+def _claimer(store: tuple[str, str], n: int, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    q = open_backend(*store)
     got = []
     for _ in range(n):
         c = q.claim(f"p{multiprocessing.current_process().pid}", lease_s=60)
@@ -239,15 +263,14 @@ def _claimer(path: str, n: int, out: multiprocessing.Queue) -> None:  # type: ig
     out.put(got)
 
 
-def test_concurrent_processes_never_share_an_account(tmp_path: Path) -> None:
-    q = sqlite_backend(tmp_path)
+def test_concurrent_processes_never_share_an_account(
+    queue: WorkQueue, store: tuple[str, str]
+) -> None:
     for i in range(20):
-        add(q, f"R{i}")
+        add(queue, f"R{i}")
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
-    procs = [
-        ctx.Process(target=_claimer, args=(str(tmp_path / "queue.db"), 10, out)) for _ in range(3)
-    ]
+    procs = [ctx.Process(target=_claimer, args=(store, 10, out)) for _ in range(3)]
     for p in procs:
         p.start()
     try:

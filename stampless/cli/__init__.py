@@ -40,6 +40,7 @@ COMMAND_MODULES = (
     "robot",
     "accounts",
     "ocr",
+    "db",
 )
 
 

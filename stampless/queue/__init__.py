@@ -37,8 +37,13 @@ __all__ = [
 
 
 def open_queue(config: Config) -> WorkQueue:
-    """The deployment's queue (``[queue] backend`` in robot.toml; default SQLite)."""
+    """The deployment's queue: ``[store] backend`` in robot.toml, SQLite by default."""
+    accounts = {name: [a.name for a in system.accounts] for name, system in config.systems.items()}
+    if config.store.backend == "postgres":
+        from stampless._postgres import database_url
+        from stampless.queue.postgres import PostgresQueue
+
+        return PostgresQueue(database_url(config), accounts)
     from stampless.queue.sqlite import SqliteQueue
 
-    accounts = {name: [a.name for a in system.accounts] for name, system in config.systems.items()}
     return SqliteQueue(config.queue_path, accounts)

@@ -1,9 +1,9 @@
 """The work queue's interface: what a backend must do, written on each method.
 
-Workers talk only to :class:`WorkQueue`, so a distributed backend (Procrastinate on
-PostgreSQL, whose per-job lock would serve as the account lock) can replace the embedded
-SQLite one without touching them. Every backend must pass the contract tests in
-``tests/test_queue.py``.
+Workers talk only to :class:`WorkQueue`, so the shared PostgreSQL backend
+(``queue/postgres.py``, ``[store] backend = "postgres"``) replaces the embedded SQLite one
+(``queue/sqlite.py``) without touching them. Every backend must pass the contract tests
+in ``tests/test_queue.py``.
 
 Life of an item::
 
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import builtins
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
@@ -282,6 +282,16 @@ class WorkQueue(ABC):
         Raises InputError for an unknown id or an item that is not queued (a finished
         item's verdict is never changed; re-check it under a new id instead).
         """
+
+    def listen(self, wake: Callable[[], None]) -> Callable[[], None] | None:
+        """Call ``wake``, from another thread, whenever an item may have become claimable
+        (queued, given back, an account freed or enabled); return a function that stops
+        listening. None (the default): the backend has no such events, and workers poll.
+
+        A wake is a hint, not a promise: the claim that follows may find nothing, and an
+        item whose back-off ends sends no event, so workers still claim now and then.
+        """
+        return None
 
     def close(self) -> None:  # noqa: B027 - optional for backends without resources
         """Release the backend's resources."""
