@@ -453,7 +453,7 @@ def create_app(config: Config, *, host: str = "127.0.0.1", signer: Signer | None
             name = request.form.get("name", "").strip()
             password = request.form.get("password", "")
             client = request.remote_addr or "unknown"
-            wait = math.ceil(limiter.retry_after(client))
+            wait = math.ceil(limiter.admit(client))
             if wait > 0:
                 # Refused before the password is looked at: the wait is what slows a
                 # guesser down, and a blocked address learns nothing more.

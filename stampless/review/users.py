@@ -226,7 +226,8 @@ class LoginLimiter:
     After ``free_failures`` failures within ``window_s``, the next attempt waits 1 s
     after the last failure, then 2, 4, ... up to ``backoff_max_s``. An address that fails
     on ``max_names`` different names within the window is blocked for ``block_s``. A
-    successful login clears the address's failures. Thread-safe.
+    successful login clears the address's failures. Thread-safe; an attempt counts from
+    the moment it is admitted (:meth:`admit`), so parallel attempts share the limit.
     """
 
     MAX_CLIENTS = 10_000  # addresses remembered; the idlest are forgotten first
@@ -277,8 +278,15 @@ class LoginLimiter:
         client.names = {n: t for n, t in client.names.items() if t >= horizon}
         return client
 
-    def retry_after(self, address: str) -> float:
-        """Seconds ``address`` must wait before its next attempt (0: it may try now)."""
+    def admit(self, address: str) -> float:
+        """Let one login attempt from ``address`` through, or say how long to wait.
+
+        Returns 0 when the attempt may go on; it is then counted as a failure already,
+        in the same locked step as the check, so attempts sent at once cannot all pass
+        while the first ones' passwords are still being checked (report its outcome with
+        :meth:`failed` or :meth:`succeeded`). Otherwise returns the seconds to wait, and
+        nothing is counted.
+        """
         with self._lock:
             now = self._clock()
             client = self._client(address, now)
@@ -287,14 +295,16 @@ class LoginLimiter:
             if over >= 0:
                 backoff = min(self.backoff_max_s, 2.0**over)
                 wait = max(wait, client.failures[-1] + backoff - now)
-            return max(wait, 0.0)
+            if wait > 0:
+                return wait
+            client.failures.append(now)
+            return 0.0
 
     def failed(self, address: str, name: str) -> None:
-        """Count a failed login of ``name`` from ``address``."""
+        """An admitted attempt on ``name`` from ``address`` failed (already counted)."""
         with self._lock:
             now = self._clock()
             client = self._client(address, now)
-            client.failures.append(now)
             client.names[name[:64]] = now
             if len(client.names) >= self.max_names and client.blocked_until <= now:
                 client.blocked_until = now + self.block_s
