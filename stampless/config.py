@@ -373,6 +373,9 @@ class ReviewConfig(_Section):
     client_free_failures: int = Field(default=5, ge=1)
     client_max_usernames: int = Field(default=5, ge=2)
     client_backoff_max_s: float = Field(default=300, gt=0)
+    # Reverse proxies in front of the console whose X-Forwarded-For is believed for the
+    # client address (0: the connection's address; a client can forge the header).
+    trusted_proxies: int = Field(default=0, ge=0, le=5)
     secret_key: str | None = None
     # None: Secure cookies unless the console listens on loopback (plain HTTP in tests).
     secure_cookies: bool | None = None

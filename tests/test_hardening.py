@@ -22,9 +22,11 @@ The fuzz suite over every intake door is tests/test_fuzz_intake.py.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -1050,9 +1052,10 @@ def test_row9_a_forged_checkpoint_is_not_relied_on(
 ACCOUNTS = {f"user{n}": f"correct-horse-{n}" for n in range(6)}
 
 
-@pytest.fixture
-def console_url(tmp_path: Path, env: dict[str, str]) -> Any:
-    """The reviewer console on a free port of 127.0.0.1, with six accounts."""
+@contextlib.contextmanager
+def _console(env: dict[str, str], **settings: str) -> Iterator[str]:
+    """The reviewer console on a free port of 127.0.0.1, with six accounts; ``settings``
+    are extra environment entries (``STAMPLESS__REVIEW__...``)."""
     import threading
 
     from werkzeug.serving import make_server
@@ -1062,7 +1065,7 @@ def console_url(tmp_path: Path, env: dict[str, str]) -> Any:
     from stampless.review.users import UserStore
 
     # The English texts are asserted below (the console speaks Chinese by default).
-    english = {**unpinned(env), "STAMPLESS__REVIEW__LANGUAGE": "en"}
+    english = {**unpinned(env), "STAMPLESS__REVIEW__LANGUAGE": "en", **settings}
     config = load_config(REPO / "robot.toml", environ=english)
     users = UserStore.from_config(config)
     for name, password in ACCOUNTS.items():
@@ -1070,9 +1073,18 @@ def console_url(tmp_path: Path, env: dict[str, str]) -> Any:
     server = make_server("127.0.0.1", 0, create_app(config), threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def console_url(env: dict[str, str]) -> Iterator[str]:
+    """The reviewer console as shipped (no proxy trusted)."""
+    with _console(env) as url:
+        yield url
 
 
 def _login_form(url: str) -> tuple[Any, str]:
@@ -1087,11 +1099,14 @@ def _login_form(url: str) -> tuple[Any, str]:
     return client, token.group(1)
 
 
-def _attempt(url: str, name: str, password: str) -> Any:
-    """One login through the form, as a browser sends it (CSRF token included)."""
+def _attempt(url: str, name: str, password: str, forwarded: str | None = None) -> Any:
+    """One login through the form, as a browser sends it (CSRF token included), with
+    ``forwarded`` as its X-Forwarded-For header (as a proxy, or a forger, writes it)."""
     client, token = _login_form(url)
+    data = {"name": name, "password": password, "csrf_token": token}
+    headers = {} if forwarded is None else {"X-Forwarded-For": forwarded}
     try:
-        return client.post("/login", data={"name": name, "password": password, "csrf_token": token})
+        return client.post("/login", data=data, headers=headers)
     finally:
         client.close()
 
@@ -1127,10 +1142,12 @@ def test_row12_parallel_guesses_get_no_more_looks_than_sequential_ones(console_u
 def test_row12_spraying_passwords_over_every_account_blocks_the_address(
     console_url: str,
 ) -> None:
+    # Each guess claims another X-Forwarded-For: with no proxy trusted, it is ignored.
     answers = [
-        _attempt(console_url, name, guess).status_code
-        for guess in ("123456", "password", "qwerty", "letmein")
-        for name in ACCOUNTS
+        _attempt(console_url, name, guess, forwarded=f"198.51.100.{n}").status_code
+        for n, (guess, name) in enumerate(
+            (g, a) for g in ("123456", "password", "qwerty", "letmein") for a in ACCOUNTS
+        )
     ]
     assert 429 in answers
     refused = answers.index(429)
@@ -1139,6 +1156,26 @@ def test_row12_spraying_passwords_over_every_account_blocks_the_address(
     right = _attempt(console_url, "user5", ACCOUNTS["user5"])
     assert right.status_code == 429 and int(right.headers["Retry-After"]) > 0
     assert "Too many failed logins from this address" in right.text
+
+
+@pytest.mark.issue14(12)
+def test_row12_behind_a_proxy_one_sprayer_does_not_lock_everyone_out(
+    env: dict[str, str],
+) -> None:
+    """Both shipped deployments put the console behind the hall's proxy, so every login
+    came from the proxy's address: one client spraying five names blocked all reviewers.
+    With review.trusted_proxies = 1 the address is the one the proxy saw."""
+    with _console(env, STAMPLESS__REVIEW__TRUSTED_PROXIES="1") as url:
+        sprayer = "203.0.113.7"
+        for name in list(ACCOUNTS)[:5]:
+            assert _attempt(url, name, "123456", forwarded=sprayer).status_code == 401
+        right = ACCOUNTS["user5"]
+        assert _attempt(url, "user5", right, forwarded=sprayer).status_code == 429
+        # What the sprayer writes in front of the proxy's entry changes nothing.
+        forged = f"198.51.100.9, {sprayer}"
+        assert _attempt(url, "user5", right, forwarded=forged).status_code == 429
+        # Another reviewer behind the same proxy logs in.
+        assert _attempt(url, "user5", right, forwarded="198.51.100.9").status_code == 302
 
 
 @pytest.mark.issue14(12)

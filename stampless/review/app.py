@@ -286,6 +286,13 @@ def create_app(config: Config, *, host: str = "127.0.0.1", signer: Signer | None
         MAX_CONTENT_LENGTH=64 * 1024,
         TEMPLATES_AUTO_RELOAD=False,
     )
+    if config.review.trusted_proxies:
+        # Behind the hall's proxy every connection comes from the proxy: the limit per
+        # client address needs the address the proxy saw, the last N X-Forwarded-For
+        # entries (what a client writes into the header itself comes before them).
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=config.review.trusted_proxies)  # type: ignore[method-assign]
     store = ReviewStore.from_config(config)
     users = UserStore.from_config(config)
     limiter = LoginLimiter.from_config(config)
