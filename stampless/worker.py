@@ -114,6 +114,9 @@ class WorkerOptions:
     workers: int = 2
     until_empty: bool = False
     poll_s: float = 0.2
+    # With a queue that sends events (PostgreSQL's NOTIFY), workers claim when woken and
+    # otherwise only this often: an item whose back-off ends sends no event.
+    event_poll_s: float = 1.0
     lease_s: float = 15.0
     max_attempts: int = 5
     backoff_base_s: float = 1.0
@@ -204,6 +207,8 @@ class WorkerPool:
         self._delivery_task: asyncio.Task[None] | None = None
         self._delivery_again = False
         self._fatal: StamplessError | None = None  # why the pool stopped itself
+        self._wake = asyncio.Event()  # set when the queue says an item may be claimable
+        self._idle_s = self.options.poll_s
         from stampless.audit import AuditLog
 
         self.audit = AuditLog(config.audit_dir, rotate_bytes=config.audit.rotate_bytes)
@@ -213,6 +218,15 @@ class WorkerPool:
     async def run(self) -> Stats:
         """Run until ``self.stop`` is set (or the queue is empty with ``until_empty``)."""
         opts = self.options
+        loop = asyncio.get_running_loop()
+
+        def wake() -> None:  # from the queue's listener thread
+            with contextlib.suppress(RuntimeError):  # the loop already closed
+                loop.call_soon_threadsafe(self._wake.set)
+
+        stop_listening = self.queue.listen(wake)
+        if stop_listening is not None:
+            self._idle_s = max(opts.poll_s, opts.event_poll_s)
         workers = [
             asyncio.create_task(self._worker(n), name=f"worker-{n}")
             for n in range(max(opts.workers, 1))
@@ -236,6 +250,8 @@ class WorkerPool:
                     await asyncio.wait_for(self._delivery_task, timeout=opts.grace_s)
             if progress is not None:
                 progress.close()
+            if stop_listening is not None:
+                await asyncio.to_thread(stop_listening)
             self._log_progress()
         if self._fatal is not None:
             raise self._fatal
@@ -271,6 +287,8 @@ class WorkerPool:
         name = worker_name(n)
         opts = self.options
         while not self.stop.is_set():
+            # Cleared before the claim, so a wake that comes during it is not lost.
+            self._wake.clear()
             # In a thread: a claim is a write transaction, and its fsync must not stall
             # the other workers' browser pages on the event loop.
             claim = await asyncio.to_thread(self._claim, name)
@@ -278,8 +296,7 @@ class WorkerPool:
                 if opts.until_empty and self._queue_empty():
                     self.stop.set()
                     return
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stop.wait(), timeout=opts.poll_s)
+                await self._idle()
                 continue
             if self.stop.is_set():  # shutdown began while claiming: hand it straight back
                 self._release(claim, "shutdown")
@@ -300,6 +317,15 @@ class WorkerPool:
                 self._fail_internal(claim, exc)
             finally:
                 self._running.pop(claim.request_id, None)
+
+    async def _idle(self) -> None:
+        """Wait until the queue wakes us, the pool stops, or the idle time has passed."""
+        waits = [asyncio.create_task(self.stop.wait()), asyncio.create_task(self._wake.wait())]
+        try:
+            await asyncio.wait(waits, timeout=self._idle_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
 
     def _queue_empty(self) -> bool:
         counts = self.queue.counts()

@@ -193,3 +193,128 @@ def test_commands_read_the_shared_store(
     assert no_secret.returncode == 2
     assert "STAMPLESS_DATABASE_URL" in no_secret.stderr
     assert not (tmp_path / "var" / "queue.db").exists()  # nothing fell back to SQLite
+
+
+# -- many machines: worker processes with their own var/, one shared store ---------------
+
+
+@pytest.mark.slow
+def test_three_machines_share_the_queue_through_sigkills(
+    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """3 worker processes, each with a var/ of its own (a "machine"), share the queue in
+    PostgreSQL and an outbox folder; one is SIGKILLed twice mid-run and restarted.
+    Every request ends with exactly one verdict, no account ever serves two lookups at
+    once (the server's access log says so), and each machine's audit chain verifies."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from test_worker import (
+        LookupServer,
+        _wait_for,
+        enqueue,
+        make_config,
+        no_overlap_per_account,
+    )
+
+    from stampless.audit import verify_chain
+    from stampless.outbox import JOURNAL_DIR, read_verdict
+    from stampless.queue import ItemState, open_queue
+
+    count, accounts = 300, 3
+    monkeypatch.setenv("STAMPLESS_DATABASE_URL", postgres_url)
+    shared = tmp_path / "shared" / "outbox"
+    config = make_config(tmp_path / "intake", accounts=accounts, postgres=True, outbox=shared)
+    queue = open_queue(config)
+    for i in range(count):
+        system = "civil_affairs" if i % 2 else "market_supervision"
+        enqueue(queue, config, f"S{i:03}", system, sleep=0.02)
+    server = LookupServer(tmp_path)
+    script = Path(__file__).with_name("test_worker.py")
+
+    def start(n: int) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, str(script), "worker", str(tmp_path / f"machine{n}"), server.url,
+             "--until-empty", "--postgres", "--outbox", str(shared),
+             "--accounts", str(accounts), "--workers", "3"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
+            env={**os.environ, "OMP_THREAD_LIMIT": "1"},
+        )  # fmt: skip
+
+    def finished() -> int:
+        counts = queue.counts()
+        return sum(counts[s] for s in (ItemState.done, ItemState.review, ItemState.failed))
+
+    procs = [start(n) for n in range(3)]
+    try:
+        for threshold in (count // 4, count // 2):
+            _wait_for(lambda t=threshold: finished() >= t, 120, f"{threshold} verdicts")
+            procs[0].send_signal(signal.SIGKILL)
+            procs[0].wait(timeout=10)
+            procs[0] = start(0)
+        for p in procs:
+            p.wait(timeout=180)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=10)
+        server.stop()
+    items = queue.list(limit=count + 1)
+    assert len(items) == count
+    assert {i.state for i in items} == {ItemState.done}
+    files = sorted(p.name for p in shared.iterdir() if p.name != JOURNAL_DIR)
+    assert files == [f"S{i:03}.json" for i in range(count)]
+    verdicts = [read_verdict(shared, f"S{i:03}") for i in range(count)]
+    assert all(v is not None and v.verdict == "verified" for v in verdicts)
+    entries = server.entries()
+    assert {e["id"] for e in entries} == {f"S{i:03}" for i in range(count)}
+    no_overlap_per_account(entries)
+    for n in range(3):
+        assert verify_chain(tmp_path / f"machine{n}" / "audit").ok
+    queue.close()
+
+
+def test_idle_workers_wake_on_notify_not_on_a_timer(
+    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With 60 s timers, only the NOTIFY can get an item claimed at once."""
+    import asyncio
+
+    from test_worker import HttpProcessor, LookupServer, enqueue, make_config, make_pool
+
+    from stampless.queue import ItemState, open_queue
+
+    monkeypatch.setenv("STAMPLESS_DATABASE_URL", postgres_url)
+    config = make_config(tmp_path / "var", postgres=True)
+    server = LookupServer(tmp_path)
+    queue = open_queue(config)
+    pool = make_pool(config, queue, server.url, workers=2, poll_s=60, event_poll_s=60)
+    intake = open_queue(config)  # another machine's intake
+    waited: list[float] = []
+
+    async def main() -> None:
+        run = asyncio.create_task(pool.run())
+        await asyncio.sleep(1.0)  # both workers found nothing and are idle
+        for rid in ("W1", "W2"):
+            start = time.monotonic()
+            await asyncio.to_thread(enqueue, intake, config, rid, "civil_affairs", sleep=0)
+            while (item := queue.get(rid)) is None or item.state is not ItemState.done:
+                await asyncio.sleep(0.02)
+                assert time.monotonic() - start < 20, "the idle workers were not woken"
+            waited.append(time.monotonic() - start)
+        pool.stop.set()
+        await run
+        processor = pool.processor
+        assert isinstance(processor, HttpProcessor)
+        await processor.aclose()
+
+    try:
+        asyncio.run(main())
+    finally:
+        server.stop()
+        intake.close()
+        queue.close()
+    assert max(waited) < 10  # far below the 60 s timer, even on a loaded machine

@@ -33,8 +33,10 @@ from stampless.circuit import CircuitBreaker
 from stampless.config import (
     AccountConfig,
     Config,
+    OutboxConfig,
     ProjectConfig,
     QueueConfig,
+    StoreConfig,
     SystemConfig,
     TiersConfig,
 )
@@ -222,23 +224,43 @@ class FileRouter:
 SYSTEMS = {"civil_affairs": ["civil01", "civil02"], "market_supervision": ["market01", "market02"]}
 
 
-def make_config(var: Path, *, robot_sla: float = 180, lease_s: float = 30) -> Config:
+def make_config(
+    var: Path,
+    *,
+    robot_sla: float = 180,
+    lease_s: float = 30,
+    accounts: int | None = None,
+    postgres: bool = False,
+    outbox: Path | None = None,
+) -> Config:
+    """The test deployment: SYSTEMS' accounts (or ``accounts`` per system), its queue in
+    var/ (or, with ``postgres``, the database of $STAMPLESS_DATABASE_URL), its outbox in
+    var/ (or ``outbox``, a folder several machines share)."""
+    names = SYSTEMS
+    if accounts is not None:
+        names = {name: [f"{name}{i:02}" for i in range(accounts)] for name in SYSTEMS}
     systems = {
         name: SystemConfig(
             url="http://127.0.0.1:1",
             robot=Path("robots/x.py"),
             selectors=Path("selectors/x.toml"),
-            accounts=[AccountConfig(name=a, username=a, password="env:NOPE") for a in accounts],
+            accounts=[
+                AccountConfig(name=a, username=a, password="env:NOPE") for a in system_accounts
+            ],
             circuit_failures=3,
             circuit_reset_s=60,
         )
-        for name, accounts in SYSTEMS.items()
+        for name, system_accounts in names.items()
     }
     cfg = Config(
         project=ProjectConfig(var_dir=var),
         systems=systems,
         tiers=TiersConfig(robot=robot_sla),
         queue=QueueConfig(lease_s=lease_s, backoff_base_s=0.2, backoff_max_s=1.0),
+        store=StoreConfig(backend="postgres", url="env:STAMPLESS_DATABASE_URL")
+        if postgres
+        else StoreConfig(),
+        outbox=OutboxConfig(path=outbox),
     )
     cfg.root = var
     return cfg
@@ -269,7 +291,7 @@ def enqueue(
 
 
 def make_pool(config: Config, queue: WorkQueue, url: str, **opts: Any) -> WorkerPool:
-    options = WorkerOptions.from_config(config, progress=False, poll_s=0.05, **opts)
+    options = WorkerOptions.from_config(config, **{"progress": False, "poll_s": 0.05, **opts})
     return WorkerPool(
         config,
         queue,
@@ -545,16 +567,33 @@ def test_sigkill_mid_item_finishes_once_later(tmp_path: Path, server: Any) -> No
 
 
 def _worker_main(argv: list[str]) -> int:
-    """``worker VAR URL [--until-empty] [--default-lease]``: a pool with the HTTP processor.
+    """``worker VAR URL [--until-empty] [--default-lease] [--postgres] [--outbox DIR]
+    [--accounts K] [--workers N]``: a pool with the HTTP processor.
 
-    The lease is 1.5 s, or robot.toml's default with ``--default-lease``.
+    The lease is 1.5 s, or robot.toml's default with ``--default-lease``. ``--postgres``:
+    the queue is the database of $STAMPLESS_DATABASE_URL (make_config tells the rest).
     """
-    var, url = Path(argv[0]), argv[1]
-    until_empty = "--until-empty" in argv
-    lease_s = QueueConfig().lease_s if "--default-lease" in argv else 1.5
-    config = make_config(var, lease_s=lease_s)
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("var", type=Path)
+    ap.add_argument("url")
+    ap.add_argument("--until-empty", action="store_true")
+    ap.add_argument("--default-lease", action="store_true")
+    ap.add_argument("--postgres", action="store_true")
+    ap.add_argument("--outbox", type=Path)
+    ap.add_argument("--accounts", type=int)
+    ap.add_argument("--workers", type=int, default=2)
+    args = ap.parse_args(argv)
+    config = make_config(
+        args.var,
+        lease_s=QueueConfig().lease_s if args.default_lease else 1.5,
+        accounts=args.accounts,
+        postgres=args.postgres,
+        outbox=args.outbox,
+    )
     queue = open_queue(config)
-    pool = make_pool(config, queue, url, workers=2, until_empty=until_empty)
+    pool = make_pool(config, queue, args.url, workers=args.workers, until_empty=args.until_empty)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
