@@ -141,8 +141,14 @@ class DemoRun:
 
 
 # (doc type, how many, seed of the scan set, altered share, absent share, note)
+# The demo shows each outcome once, so its genuine scans are ones the machine reads
+# cleanly (with the rapidocr extra, as `make` installs it): seed 101's second scan went
+# to a person (a spouse name the two engines read differently), which is right for it
+# but not what the demo's table says a genuine certificate gives. How often a genuine
+# scan goes to review over hundreds of scans is bench/ocr_accuracy.py's figure
+# (bench/RESULTS.md).
 DEMO_SETS = (
-    ("marriage_certificate", 3, 101, 0.0, 0.0, "marriage certificate, genuine"),
+    ("marriage_certificate", 3, 107, 0.0, 0.0, "marriage certificate, genuine"),
     ("marriage_certificate", 1, 102, 1.0, 0.0, "marriage certificate, forged"),
     ("marriage_certificate", 1, 103, 0.0, 1.0, "marriage certificate, no such record"),
     ("business_license", 1, 104, 0.0, 0.0, "business licence, genuine"),
