@@ -456,8 +456,10 @@ class EvidenceBundle:
         Screenshots become lossless WebP (the same pixels, a third of the size); the
         image OCR read becomes WebP at :data:`PAGE_QUALITY`; the other preprocessing
         steps are removed unless ``keep_steps`` (a mismatch, a review, or
-        ``evidence.keep_steps``), when they are kept as WebP too. The scan itself and
-        every other file are left as they are. CPU-bound: call it off the event loop.
+        ``evidence.keep_steps``), when they are kept as WebP too, except a step that is
+        the very image OCR read (the last step, unless the page was turned): it would be
+        the same file twice. The scan itself and every other file are left as they
+        are. CPU-bound: call it off the event loop.
         """
         self._check_open()
         if not _webp_supported():
@@ -473,9 +475,26 @@ class EvidenceBundle:
                 if keep_steps or PurePosixPath(name).stem == OCR_INPUT_STEM:
                     self._reencode(name, lossless=False)
                 else:
-                    (self.work_dir / name).unlink()
-                    self._state.files.pop(name, None)
+                    self._remove(name)
+        if keep_steps:
+            self._remove_copies_of_ocr_input()
         self._save_state()
+
+    def _remove(self, name: str) -> None:
+        (self.work_dir / name).unlink()
+        self._state.files.pop(name, None)
+
+    def _remove_copies_of_ocr_input(self) -> None:
+        steps = [n for n in self._walk() if _kind_by_folder(n) == "preprocessed"]
+        read = [n for n in steps if PurePosixPath(n).stem == OCR_INPUT_STEM]
+        if len(read) != 1:
+            return
+        content = (self.work_dir / read[0]).read_bytes()
+        for name in steps:
+            path = self.work_dir / name
+            same_size = path.stat().st_size == len(content)
+            if name != read[0] and same_size and path.read_bytes() == content:
+                self._remove(name)
 
     def _reencode(self, name: str, *, lossless: bool) -> None:
         """``name`` (a PNG) as WebP under the same name with ``.webp``; kind and caption kept."""
