@@ -66,8 +66,14 @@ def test_readme_commands_work_first_to_last(tmp_path: Path) -> None:
         "robots/licence_registry.py",
         "selectors/licence_registry.toml",
         "tasks/company_licence.py",
+        "tests/conftest.py",
         "tests/test_example.py",
     ]
+    # The project's tests use the stampless pytest plugin's fixtures and the public API
+    # only: no import from a module of stampless.
+    for test_file in (project / "tests").glob("*.py"):
+        source = test_file.read_text(encoding="utf-8")
+        assert "from stampless." not in source and "import stampless." not in source
     assert "env:LICENCE01_PASSWORD" in (project / "robot.toml").read_text(encoding="utf-8")
     readme = (project / "README.md").read_text(encoding="utf-8")
     example = json.loads((project / "requests/example.request.json").read_text(encoding="utf-8"))

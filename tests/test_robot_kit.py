@@ -400,3 +400,119 @@ def test_each_verify_run_has_its_own_evidence_and_a_recheck_supersedes(
     assert (outbox / "SR-1.json").is_file() and (outbox / f"{verdict['request_id']}.json").is_file()
     both = _stampless(project, tracker, "verify", str(request), "--recheck", "SR-1", "--dev")
     assert both.returncode == 2 and "not both" in both.stderr
+
+
+# ---- stampless shell and stampless record ----------------------------------------------------
+
+
+def test_shell_runs_code_on_a_logged_in_page(project: Path, tracker: str) -> None:
+    count = _stampless(
+        project,
+        tracker,
+        "shell",
+        "tracker",
+        "--url",
+        "/issues",
+        "-c",
+        "await page['search.ticket'].count()",
+    )
+    assert count.returncode == 0, count.stderr
+    assert count.stdout.strip().splitlines()[-1] == "1"
+    shown = _stampless(
+        project,
+        tracker,
+        "shell",
+        "tracker",
+        "--url",
+        "/issues?q=TRK-100",
+        "-c",
+        "await show('search.ticket')",
+    )
+    assert "1 match(es) of '#search-q' in the page" in shown.stdout, shown.stdout
+    assert "0 match(es) of" not in shown.stdout.split("'#search-q'")[0]
+    (shot,) = (project / "var" / "shell").glob("*-search-ticket.png")
+    assert shot.read_bytes().startswith(b"\x89PNG")
+    failing = _stampless(
+        project,
+        tracker,
+        "shell",
+        "tracker",
+        "-c",
+        "x = 1\nawait page['search.ticket'].count() + 'a'",
+    )
+    assert failing.returncode == 2
+    assert "the code raised TypeError (line 2): unsupported operand" in failing.stderr
+    console = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stampless",
+            "--config",
+            str(project / "robot.toml"),
+            "shell",
+            "tracker",
+            "--url",
+            "/issues",
+        ],
+        input='n = await page["search.ticket"].count()\nprint("found", n)\nshelp()\n',
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=project_env(tracker, project / "var"),
+    )
+    assert console.returncode == 0, console.stderr
+    assert "logged in as agent" in console.stderr and "found 1" in console.stdout
+    assert 'await show("name" or "css=...")' in console.stdout
+
+
+RECORDING = Path(__file__).parent / "recordings" / "tracker_search.py"
+
+
+def test_record_drafts_a_selector_map_from_a_recorded_script(project: Path, tracker: str) -> None:
+    from stampless.robot import load_selector_map
+
+    result = _stampless(project, tracker, "record", "tracker", "--script", str(RECORDING))
+    assert result.returncode == 0, result.stderr
+    draft = project / "selectors" / "tracker.draft.toml"
+    assert f"drafted in {draft}" in result.stdout
+    drafted = load_selector_map(draft, "tracker")
+    search = drafted["issues.search_q"].choices
+    # The recorded locators first (two recordings of one box merged), then fallbacks
+    # found on the element, each finding it alone.
+    assert search[:2] == ('role=textbox[name="Ticket" i]', 'internal:label="Ticket"i')
+    assert {"#search-q", "input[name='q']"} <= set(search)
+    assert drafted["issues.attachment"].choices[1] == "#attachment"
+    assert drafted["issues.search_btn"].choices[:2] == (
+        'role=button[name="Search" i]',
+        "#search-btn",
+    )
+    text = draft.read_text(encoding="utf-8")
+    assert "TRK-1003" not in text  # a typed value is never written into the map
+    assert '# recorded: await page.get_by_role("button", name="Search").click()' in text
+    # Every choice of the draft finds its element alone, on the page it was recorded on.
+    checks = " ; ".join(
+        f"assert await page.raw.locator({c!r}).count() == 1, {c!r}"
+        for c in search + drafted["issues.search_btn"].choices
+    )
+    checked = _stampless(project, tracker, "shell", "tracker", "--url", "/issues", "-c", checks)
+    assert checked.returncode == 0, checked.stderr
+
+
+def test_record_runs_codegen_on_the_accounts_session(project: Path, tracker: str) -> None:
+    # No display here: the command says what to do instead, and starts nothing.
+    refused = _stampless(project, tracker, "record", "tracker")
+    assert refused.returncode == 2 and "has no display" in refused.stderr
+    assert "--script FILE" in refused.stderr
+    # Playwright's own test switches run codegen headless for 3 s (nothing is recorded).
+    hooks = {
+        "PWTEST_CLI_IS_UNDER_TEST": "1",
+        "PWTEST_CLI_HEADLESS": "1",
+        "PWTEST_CLI_EXIT_AFTER_TIMEOUT": "3000",
+    }
+    result = _stampless(project, tracker, "record", "tracker", "--url", "/issues", **hooks)
+    assert result.returncode == 2 and "holds no action" in result.stderr
+    (script,) = (project / "var" / "record").glob("tracker-*.py")
+    text = script.read_text(encoding="utf-8")
+    assert 'locale="en-GB"' in text and 'timezone_id="UTC"' in text
+    assert "sessions/tracker/agent.json" in text  # the session the account's login saved
+    assert f'await page.goto("{tracker}/issues")' in text

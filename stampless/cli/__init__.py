@@ -38,6 +38,7 @@ COMMAND_MODULES = (
     "review",
     "ecert",
     "robot",
+    "kit",
     "accounts",
     "ocr",
     "db",

@@ -208,27 +208,45 @@ def fetch(
 
 
 def selectors_report() -> None:
-    """List selectors whose first choice failed (drift), newest first; always exits 0."""
+    """List selectors whose first choice failed (drift), newest first, each with the
+    first choice proposed for it (see 'stampless selectors proposals'); always exits 0."""
     from stampless.robot import drift_summary
+    from stampless.robot._repair import read_proposals
 
     config = get_config(required=False)
     rows = drift_summary(config.var_dir)
     if not rows:
         console.print(f"No selector drift recorded in {config.var_dir / 'selectors'}.")
         return
+    proposed = {(p.system, p.selector): p for p in read_proposals(config.var_dir)}
     table = Table(title="Selectors whose first choice failed")
-    for column in ("system", "selector", "times", "fallback used", "last seen"):
+    for column in (
+        "system",
+        "selector",
+        "times",
+        "fallback used",
+        "proposed first choice",
+        "last seen",
+    ):
         table.add_column(column)
     for row in rows:
+        proposal = proposed.get((row.system, row.selector))
+        suggestion = "(none yet)"
+        if proposal is not None and proposal.choice is not None:
+            suggestion = proposal.choice + ("" if proposal.certain else " (uncertain)")
         # Text, not markup: selectors are full of [brackets] that rich would swallow.
         table.add_row(
             Text(row.system),
             Text(row.selector),
             str(row.times),
             Text(row.fallback or "(none matched)"),
+            Text(suggestion),
             row.last_seen.strftime("%Y-%m-%d %H:%M:%S"),
         )
     console.print(table)
+    console.print(
+        "Approve a proposed choice with 'stampless selectors approve SYSTEM NAME'.", markup=False
+    )
 
 
 def init(

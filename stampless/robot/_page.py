@@ -38,8 +38,19 @@ from stampless.errors import (
     SessionLost,
     StamplessError,
 )
+from stampless.models import utcnow
 from stampless.robot._evidence import CLEAR_PASSWORDS_JS, Evidence, safe_filename, sha256_file
 from stampless.robot._navigation import Mark, NavigationWatch
+from stampless.robot._repair import (
+    CANDIDATES_JS,
+    FINGERPRINT_JS,
+    FingerprintStore,
+    Proposal,
+    checked_choices,
+    judge,
+    rank,
+    record_proposal,
+)
 
 if TYPE_CHECKING:
     from playwright.async_api import (
@@ -115,6 +126,21 @@ class _Health:
     error: str | None = None
 
 
+class NoMatch(RobotError):
+    """No choice of a selector matched within the timeout (a RobotError, retried)."""
+
+
+@dataclass
+class Repairs:
+    """Where a page keeps fingerprints and proposals (stampless.robot._repair)."""
+
+    store: FingerprintStore
+    var_dir: Path
+
+
+_OUTLINE_JS = "(e, on) => { e.style.outline = on ? '4px solid #e0218a' : ''; }"
+
+
 @dataclass
 class SelectorUse:
     """How often each choice of a named selector matched (reported in ``rt.stats()``)."""
@@ -122,6 +148,9 @@ class SelectorUse:
     by_index: dict[int, int] = field(default_factory=dict)
     failures: int = 0
     last: int | None = None  # the choice that matched last time (None: none did)
+    remembered: bool = False  # its element's fingerprint was kept in this process
+    proposed: bool = False  # a first choice was proposed in this process (a fallback matched)
+    repaired: str | None = None  # the certain proposal this process goes on with (self_repair)
 
 
 def _deprecated(old: str, new: str) -> None:
@@ -224,6 +253,8 @@ class Element:
         page = self._page
         fast = page._fast_locator(self.spec)
         if fast is not None:
+            if not every:
+                await page._remember(self.spec, self._pick(fast))
             try:
                 result = await action(fast if every else self._pick(fast), FAST_MS)
             except PlaywrightTimeout:
@@ -232,15 +263,14 @@ class Element:
                 raise self._failure(exc, doing) from exc
             else:
                 page._note_match(self.spec.name, self.spec.choices, 0)
-                await page._remember(self.spec, fast, self.index, every=every)
                 return result
         loc = await page._resolve(self.spec, timeout_ms=None)
+        if not every:
+            await page._remember(self.spec, self._pick(loc))
         try:
-            result = await action(loc if every else self._pick(loc), page.config.timeout_ms)
+            return await action(loc if every else self._pick(loc), page.config.timeout_ms)
         except Exception as exc:
             raise self._failure(exc, doing) from exc
-        await page._remember(self.spec, loc, self.index, every=every)
-        return result
 
     def _failure(self, exc: BaseException, doing: str) -> StamplessError:
         if is_strict_violation(exc):
@@ -482,8 +512,10 @@ class RobotPage:
         evidence: Evidence,
         usage: dict[str, SelectorUse] | None = None,
         health: _Health | None = None,
+        repairs: Repairs | None = None,
     ) -> None:
         self.raw = raw
+        self.repairs = repairs
         self.system = system
         self.base_url = base_url.rstrip("/") + "/"
         self.selectors = selectors
@@ -719,7 +751,7 @@ class RobotPage:
                     raise InputError(f"A value for selector {name!r} may not contain quotes.")
                 choice = choice.replace("{" + key + "}", value)
             choices.append(choice)
-        return Element(self, replace(spec, choices=tuple(choices), placeholders=()))
+        return Element(self, replace(spec, choices=tuple(choices)))
 
     def __contains__(self, name: str) -> bool:
         return name in self.selectors
@@ -767,7 +799,8 @@ class RobotPage:
             scope = self._fast_frame(spec.frame)
             if scope is None:
                 return None
-        loc: Locator = scope.locator(spec.choices[0])
+        first = use.repaired if use is not None and use.repaired else spec.choices[0]
+        loc: Locator = scope.locator(first)
         return loc
 
     def _fast_frame(self, name: str) -> FrameLocator | None:
@@ -790,9 +823,164 @@ class RobotPage:
         return [scope.locator(choice) for choice in spec.choices]
 
     async def _resolve(self, spec: SelectorSpec, *, timeout_ms: float | None) -> Locator:
+        use = self.usage.get(spec.name)
+        if use is not None and use.repaired is not None:
+            spec = replace(spec, choices=(use.repaired, *spec.choices))
         locs = await self._scope_locators(spec, timeout_ms)
-        index = await self._first_match(spec.name, spec.choices, locs, timeout_ms)
+        try:
+            index = await self._first_match(spec.name, spec.choices, locs, timeout_ms)
+        except NoMatch as exc:
+            repaired = await self._repair(spec, exc)
+            if repaired is None:
+                raise
+            return repaired
+        if index > 0:
+            await self._propose_from_fallback(spec, locs[index])
         return locs[index]
+
+    # ---- selector repair (stampless.robot._repair) ----------------------------------------
+
+    async def _remember(self, spec: SelectorSpec, loc: Locator) -> None:
+        """Keep a fingerprint of the element a selector finds, once per selector and process.
+
+        Taken before the action (a click may take the element away), only when it is
+        there at once and alone: it costs one round trip, the first time.
+        """
+        use = self.usage.get(spec.name)
+        if self.repairs is None or spec.placeholders or (use is not None and use.remembered):
+            return
+        try:
+            if await loc.count() != 1:
+                return
+            fingerprint = await loc.evaluate(FINGERPRINT_JS, timeout=FAST_MS)
+        except Exception as exc:  # a fingerprint is a help for later, never a failure now
+            logger.debug("no fingerprint of {!r}: {}", spec.name, type(exc).__name__)
+            return
+        self.usage.setdefault(spec.name, SelectorUse()).remembered = True
+        choice = spec.choices[use.last or 0] if use is not None else spec.choices[0]
+        await asyncio.to_thread(self.repairs.store.put, self.system, spec.name, fingerprint, choice)
+
+    async def _propose_from_fallback(self, spec: SelectorSpec, loc: Locator) -> None:
+        """A fallback matched: propose a stable first choice for the element it found."""
+        use = self.usage.setdefault(spec.name, SelectorUse())
+        if self.repairs is None or spec.placeholders or use.proposed:
+            return
+        use.proposed = True
+        try:
+            found = await loc.first.evaluate(FINGERPRINT_JS, timeout=FAST_MS)
+            scope = await self._scope(spec)
+            choices = await checked_choices(scope, found, exclude=spec.choices)
+        except Exception as exc:
+            logger.debug("no proposal for {!r}: {}", spec.name, type(exc).__name__)
+            return
+        proposal = Proposal(
+            self.system,
+            spec.name,
+            choices[0] if choices else None,
+            choices[1:],
+            certain=bool(choices),
+            score=1.0,
+            source="fallback",
+            failed=[spec.choices[0]],
+            why="the fallback's element, found again by these choices alone",
+            url=_path_of(self.raw.url),
+            map_file=str(self.selectors.path),
+        )
+        await self._keep_proposal(proposal, scope, choices)
+
+    async def _repair(self, spec: SelectorSpec, failure: NoMatch) -> Locator | None:
+        """Nothing matched: find the element most like the last one, and propose it.
+
+        Returns its locator when the proposal is certain and the map allows self-repair;
+        else None, after making ``failure``'s message name the proposal.
+        """
+        if self.repairs is None or spec.placeholders:
+            return None
+        old = await asyncio.to_thread(self.repairs.store.get, self.system, spec.name)
+        if old is None:
+            return None
+        try:
+            scope = await self._scope(spec)
+            candidates = await scope.locator(":root").evaluate(CANDIDATES_JS, old["kind"])
+            ranked = rank(old, candidates)
+            certain, why = judge(ranked)
+            choices = await checked_choices(scope, ranked[0][2], exclude=()) if ranked else []
+        except StamplessError:
+            raise
+        except Exception as exc:
+            logger.debug("no repair for {!r}: {}", spec.name, type(exc).__name__)
+            return None
+        if ranked and not choices:
+            certain, why = False, "no selector finds the closest element alone"
+        proposal = Proposal(
+            self.system,
+            spec.name,
+            choices[0] if choices else None,
+            choices[1:],
+            certain=certain,
+            score=round(ranked[0][0], 3) if ranked else 0.0,
+            runner_up=round(ranked[1][0], 3) if len(ranked) > 1 else 0.0,
+            failed=list(spec.choices),
+            why=why,
+            url=_path_of(self.raw.url),
+            map_file=str(self.selectors.path),
+        )
+        await self._keep_proposal(proposal, scope, choices)
+        if proposal.choice is not None and certain and self.selectors.self_repair:
+            self.usage.setdefault(spec.name, SelectorUse()).repaired = proposal.choice
+            logger.warning(
+                "selector {!r} of {}: repaired with {!r} ({})",
+                spec.name,
+                self.system,
+                proposal.choice,
+                why,
+            )
+            if self.drift is not None:
+                self.drift.record(
+                    self.system,
+                    spec.name,
+                    used=None,
+                    choice=proposal.choice,
+                    failed=list(spec.choices),
+                    version=self.selectors.version,
+                )
+            located: Locator = scope.locator(proposal.choice)
+            return located
+        failure.args = (
+            f"{failure} {proposal.describe().capitalize()}; see 'stampless selectors "
+            f"proposals', and approve it with 'stampless selectors approve {self.system} "
+            f"{spec.name}'.",
+        )
+        return None
+
+    async def _scope(self, spec: SelectorSpec) -> Any:
+        """The page, or the frame the map puts the selector in."""
+        if spec.frame is None:
+            return self.raw
+        return await self._frame_scope(spec.frame, timeout_ms=FAST_MS)
+
+    async def _keep_proposal(self, proposal: Proposal, scope: Any, choices: list[str]) -> None:
+        """Record ``proposal`` with a screenshot of the page, the element outlined."""
+        assert self.repairs is not None
+        folder = self.repairs.var_dir / "selectors" / "proposals"
+        folder.mkdir(parents=True, exist_ok=True)
+        slug = re.sub(r"[^A-Za-z0-9]+", "-", f"{proposal.system}-{proposal.selector}")
+        shot = folder / f"{utcnow():%Y%m%dT%H%M%S%f}-{slug.strip('-')}.png"
+        target = scope.locator(choices[0]) if choices else None
+        try:
+            if target is not None:
+                await target.evaluate(_OUTLINE_JS, True)
+            await self.raw.screenshot(
+                path=str(shot), full_page=True, mask=self.evidence._mask_locators(self.raw)
+            )
+            proposal.screenshot = str(shot)
+            if target is not None:
+                await self.evidence.screenshot(f"repair proposed for {proposal.selector}")
+                await target.evaluate(_OUTLINE_JS, False)
+        except Exception as exc:
+            logger.debug("proposal screenshot not taken: {}", type(exc).__name__)
+        await asyncio.to_thread(record_proposal, self.repairs.var_dir, proposal)
+        logger.warning("{}: {}", self.system, proposal.describe())
 
     async def _present(self, spec: SelectorSpec, *, timeout_ms: float) -> bool:
         """Whether a choice matches, in any frame the map allows; polls up to ``timeout_ms``."""
@@ -861,15 +1049,10 @@ class RobotPage:
             await self._check_logged_out()
             if loop.time() >= deadline:
                 self._note_miss(name, choices)
-                raise RobotError(
+                raise NoMatch(
                     f"Selector {name!r} of {self.system} matched none of its {len(choices)} "
                     f"choice(s) within {total_s:g} s; update {self.selectors.path.name}."
                 )
-
-    async def _remember(
-        self, spec: SelectorSpec, loc: Locator, index: int | None, *, every: bool
-    ) -> None:
-        """Keep what the matched element looks like, for repair proposals."""
 
     def _note_match(self, name: str, choices: tuple[str, ...], index: int) -> None:
         use = self.usage.setdefault(name, SelectorUse())
@@ -998,6 +1181,7 @@ class RobotPage:
             evidence=self.evidence,
             usage=self.usage,
             health=self._health,
+            repairs=self.repairs,
         )
         child.logout_probe = None  # the popup has no login form of its own to look for
         child.opener = self

@@ -58,7 +58,8 @@ from stampless.loader import load_attribute
 from stampless.models import Record, utcnow
 from stampless.robot._browser import launch_browser
 from stampless.robot._evidence import Evidence, scrub_zip
-from stampless.robot._page import RobotPage, SelectorUse, translate_error
+from stampless.robot._page import Repairs, RobotPage, SelectorUse, translate_error
+from stampless.robot._repair import FingerprintStore
 from stampless.robot._robot import (
     Credentials,
     JobContext,
@@ -153,6 +154,7 @@ class RobotRuntime:
         self._browser: Browser | None = None
         self._browser_lock = asyncio.Lock()
         self._drift = DriftLog(config.var_dir)
+        self._repairs = Repairs(FingerprintStore(config.var_dir), config.var_dir)
         # A worker pool's breaker is its own to keep (it counts one failure per item);
         # without one, an in-process breaker guards one-off runs and the retry loop.
         self._own_circuits = circuits is None
@@ -667,6 +669,7 @@ class RobotRuntime:
                 drift=self._drift,
                 evidence=evidence,
                 usage=system.usage,
+                repairs=self._repairs,
             )
             robot, page_ref = system.robot, session.page
             session.page.logout_probe = lambda: robot.is_logged_out(page_ref)

@@ -71,6 +71,8 @@ class SelectorMap:
     sha256: str
     selectors: dict[str, SelectorSpec]
     frames: dict[str, FrameSpec] = field(default_factory=dict)
+    # Continue on a certain repair proposal when nothing matches (stampless.robot._repair).
+    self_repair: bool = False
 
     def __getitem__(self, name: str) -> SelectorSpec:
         try:
@@ -154,12 +156,15 @@ def load_selector_map(path: Path, system: str) -> SelectorMap:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc}).") from None
 
-    unknown = set(data) - {"version", "system", "frames", "selectors"}
+    unknown = set(data) - {"version", "system", "frames", "selectors", "self_repair"}
     if unknown:
         raise ConfigError(f"{path}: unknown key {sorted(unknown)[0]!r}; remove it.")
     version = data.get("version")
     if not isinstance(version, str) or not version:
         raise ConfigError(f"{path}: key 'version' is required (a string such as a date).")
+    self_repair = data.get("self_repair", False)
+    if not isinstance(self_repair, bool):
+        raise ConfigError(f"{path}: key 'self_repair' is true or false.")
 
     frames: dict[str, FrameSpec] = {}
     for name, raw in dict(data.get("frames", {})).items():
@@ -208,6 +213,7 @@ def load_selector_map(path: Path, system: str) -> SelectorMap:
         sha256=hashlib.sha256(raw_bytes).hexdigest(),
         selectors=selectors,
         frames=frames,
+        self_repair=self_repair,
     )
 
 
