@@ -47,6 +47,7 @@ from stampless.models import (
     Verdict,
     VerdictKind,
 )
+from stampless.push import PushContext
 from stampless.robot import (
     Credentials,
     DialogInfo,
@@ -86,6 +87,7 @@ __all__ = [
     "OcrResult",
     "PageChanged",
     "PersonName",
+    "PushContext",
     "Record",
     "RecordNotFound",
     "RecordRevoked",

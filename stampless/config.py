@@ -322,6 +322,20 @@ class InboxConfig(_Section):
     path: Path | None = None  # default: <var_dir>/inbox
 
 
+class DeliveryConfig(_Section):
+    """Delivery targets beside the webhook.
+
+    ``push``: a system whose robot takes final verdicts back (the service hall's approval
+    system): its ``operation`` runs for each final verdict of a request a job of that
+    system took in, every ``push_every_s`` seconds (the ``push_outbox`` job).
+    """
+
+    push: str | None = None
+    operation: str = "push"
+    push_every_s: float = Field(default=10, gt=0)
+    max_attempts: int = Field(default=8, ge=1)
+
+
 class JobConfig(_Section):
     """A scheduled job: ``kind`` names what it does, ``every_s`` or ``cron`` when.
 
@@ -339,6 +353,7 @@ class JobConfig(_Section):
         "audit_checkpoint",
         "prune_evidence",
         "robot",
+        "push_outbox",
     ]
     every_s: float | None = Field(default=None, gt=0)
     cron: str | None = None
@@ -427,6 +442,7 @@ class Config(_Section):
     store: StoreConfig = Field(default_factory=StoreConfig)
     queue: QueueConfig = Field(default_factory=QueueConfig)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
     evidence: EvidenceConfig = Field(default_factory=EvidenceConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
     inbox: InboxConfig = Field(default_factory=InboxConfig)

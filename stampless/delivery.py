@@ -174,17 +174,7 @@ class Delivery:
         """One pass: register new outbox files, POST those due, record the outcomes."""
         report = DeliveryReport()
         with self._pass_lock:
-            self.discover(full=full_scan)
-            now = utcnow().timestamp()
-            with self._db() as db:
-                due = [
-                    (r["name"], r["attempts"])
-                    for r in db.execute(
-                        """SELECT name, attempts FROM deliveries WHERE status = 'pending'
-                           AND next_at <= ? ORDER BY next_at LIMIT ?""",
-                        (now, limit),
-                    )
-                ]
+            due = self.due(limit=limit, full_scan=full_scan)
             if not due:
                 return report
             with httpx.Client(timeout=self.timeout_s) as client:
@@ -192,12 +182,26 @@ class Delivery:
                     self._post(client, name, attempts + 1, report)
         return report
 
+    def due(self, *, limit: int = 200, full_scan: bool = False) -> list[tuple[str, int]]:
+        """Register new outbox files, then the pending ones due now: (name, attempts so far)."""
+        self.discover(full=full_scan)
+        now = utcnow().timestamp()
+        with self._db() as db:
+            return [
+                (r["name"], r["attempts"])
+                for r in db.execute(
+                    """SELECT name, attempts FROM deliveries WHERE status = 'pending'
+                       AND next_at <= ? ORDER BY next_at LIMIT ?""",
+                    (now, limit),
+                )
+            ]
+
     def _post(self, client: httpx.Client, name: str, attempt: int, report: DeliveryReport) -> None:
         path = self.outbox_dir / f"{name}.json"
         try:
             body = path.read_bytes()
         except FileNotFoundError:
-            self._record(name, attempt, None, ok=False, error="outbox file missing", final=True)
+            self.record(name, attempt, None, ok=False, error="outbox file missing", final=True)
             report.gave_up.append(name)
             return
         headers = {"Content-Type": "application/json", "Idempotency-Key": name}
@@ -215,7 +219,7 @@ class Delivery:
             ok = False
             error = exc.__class__.__name__
         final = not ok and attempt >= self.max_attempts
-        self._record(name, attempt, status, ok=ok, error=error, final=final)
+        self.record(name, attempt, status, ok=ok, error=error, final=final)
         if ok:
             report.delivered.append(name)
             if self.audit is not None:
@@ -232,7 +236,7 @@ class Delivery:
         else:
             report.failed.append(name)
 
-    def _record(
+    def record(
         self,
         name: str,
         attempt: int,

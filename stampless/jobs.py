@@ -56,6 +56,14 @@ CREATE TABLE IF NOT EXISTS job_runs (
     detail TEXT
 );
 CREATE INDEX IF NOT EXISTS job_runs_by_job ON job_runs (job, id);
+-- Requests a robot job took in, by the system they came from (where a push takes the
+-- verdict back to).
+CREATE TABLE IF NOT EXISTS taken_in (
+    request_id TEXT PRIMARY KEY,
+    job TEXT NOT NULL,
+    system TEXT NOT NULL,
+    at TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS job_leases (
     job TEXT PRIMARY KEY,
     run_id INTEGER NOT NULL,
@@ -169,6 +177,25 @@ class JobLedger:
 
         retry_locked(attempt)
 
+    def note_taken_in(self, request_id: str, job: str, system: str) -> None:
+        """Remember that job ``job`` took ``request_id`` in from ``system``."""
+        with self._conn() as conn:
+            retry_locked(
+                lambda: conn.execute(
+                    "INSERT OR IGNORE INTO taken_in (request_id, job, system, at) "
+                    "VALUES (?, ?, ?, ?)",
+                    (request_id, job, system, utcnow().isoformat()),
+                )
+            )
+
+    def taken_from(self, request_id: str) -> str | None:
+        """The system a robot job took ``request_id`` in from, or None."""
+        with self._conn() as conn:
+            row = conn.execute(
+                "SELECT system FROM taken_in WHERE request_id = ?", (request_id,)
+            ).fetchone()
+        return None if row is None else str(row["system"])
+
     def runs(self, job: str, *, limit: int = 20) -> list[JobRun]:
         """The newest runs of ``job`` first (a running one included)."""
         with self._conn() as conn:
@@ -250,9 +277,16 @@ class RobotJob:
     """Runs one ``kind = "robot"`` job on a robot runtime (see the module docstring)."""
 
     def __init__(
-        self, config: Config, name: str, job: JobConfig, intake: Intake, signer: Signer | None
+        self,
+        config: Config,
+        name: str,
+        job: JobConfig,
+        intake: Intake,
+        signer: Signer | None,
+        ledger: JobLedger,
     ) -> None:
         self.config = config
+        self.ledger = ledger
         self.name = name
         self.job = job
         self.intake = intake
@@ -320,6 +354,8 @@ class RobotJob:
                 continue
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
+            assert self.job.system is not None
+            self.ledger.note_taken_in(rid, self.name, self.job.system)
             (report.queued if outcome.added else report.known).append(rid)
 
     def _keep_records(self, records: list[Record], report: RobotJobReport) -> None:

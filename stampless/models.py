@@ -101,6 +101,9 @@ class Request(BaseModel):
     claim: dict[str, Any]
     scan: str | None = Field(default=None, min_length=1, max_length=MAX_PATH_CHARS)
     ecert: str | None = Field(default=None, min_length=1, max_length=MAX_PATH_CHARS)
+    # No scan: the department's archived certificate is fetched and verified instead (the
+    # materials exemption: the applicant need not bring what a department holds).
+    fetch: bool = False
     priority: Priority = 0
     case_id: str | None = None
 

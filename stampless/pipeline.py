@@ -127,9 +127,18 @@ class Pipeline:
             ) from None
         files = request_files(request, base_dir, self.config)
         if request.ecert is None:
-            if "scan" not in files:
-                raise InputError(f"Request {request.id}: 'scan' is required for {request.type}.")
-            open_image(files["scan"], self.config.ocr).close()
+            if "scan" in files:
+                open_image(files["scan"], self.config.ocr).close()
+            elif not request.fetch or doctype.system is None:
+                raise InputError(
+                    f"Request {request.id}: 'scan' is required for {request.type}"
+                    + (
+                        "."
+                        if doctype.system is None
+                        else ', or "fetch": true to fetch the '
+                        "archived certificate from the department instead."
+                    )
+                )
         return doctype, claim
 
     async def process(
@@ -267,8 +276,27 @@ class Pipeline:
         bundle.set_meta(stampless_version=__version__, type=request.type, attempts=attempt)
         return bundle
 
+    async def _fetched_scan(
+        self, request_id: str, where: tuple[str, str], bundle: EvidenceBundle, **limits: Any
+    ) -> Path:
+        """The department's archived certificate (``where``: system, key), fetched into
+        the evidence for a request with ``fetch`` and no scan; ``limits``: the account and
+        deadline. An earlier attempt's download is reused."""
+        kept = bundle.meta.get("download_file")
+        if kept and bundle.path(str(kept)).exists():
+            return bundle.path(str(kept))
+        runtime = await self.runtime()
+        path = await runtime.fetch(*where, evidence=bundle, **limits)
+        self._step("fetched", request_id, f"archived certificate fetched: {path.name}")
+        return path
+
     async def _read_scan(
-        self, request: Request, base_dir: Path, doctype: DocumentType, bundle: EvidenceBundle
+        self,
+        request: Request,
+        base_dir: Path,
+        doctype: DocumentType,
+        bundle: EvidenceBundle,
+        scan: Path | None = None,
     ) -> OcrResult:
         """OCR in a worker thread (Tesseract releases the GIL, so threads use both cores).
 
@@ -280,7 +308,7 @@ class Pipeline:
         cached = bundle.path("ocr.json")
         if cached.exists():
             return OcrResult.model_validate_json(cached.read_bytes())
-        scan = request.scan_path(base_dir)
+        scan = scan or request.scan_path(base_dir)
         assert scan is not None  # validate() made sure
         steps_dir = bundle.path("preprocessed")
         result = await asyncio.to_thread(
@@ -343,10 +371,24 @@ class Pipeline:
         deadline: datetime,
     ) -> Decision:
         """Robot lookup and OCR at the same time, then the field-by-field comparison."""
-        ocr, record = await asyncio.gather(
-            self._read_scan(request, base_dir, doctype, bundle),
-            self._lookup(request, doctype, claim, bundle, account, deadline),
-        )
+        fetched = None
+        if request.scan is None and request.fetch and doctype.system is not None:
+            where = (doctype.system, str(getattr(claim, doctype.key_field)))
+            try:
+                fetched = await self._fetched_scan(
+                    request.id, where, bundle, account=account, deadline=deadline
+                )
+            except (RecordNotFound, RecordRevoked):
+                # Nothing archived to read: the lookup below says why, as for any scan.
+                fetched = None
+        if request.scan is None and fetched is None:
+            record = await self._lookup(request, doctype, claim, bundle, account, deadline)
+            ocr = OcrResult(type=request.type, fields={})
+        else:
+            ocr, record = await asyncio.gather(
+                self._read_scan(request, base_dir, doctype, bundle, fetched),
+                self._lookup(request, doctype, claim, bundle, account, deadline),
+            )
         decision = decide(
             doctype,
             claim,

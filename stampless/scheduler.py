@@ -11,7 +11,8 @@ removed from the store.
 Job kinds: ``poll_inbox``, ``recheck`` (re-verify finished items of ``type`` whose last
 check is older than ``older_than_days``; the new result supersedes the first),
 ``sweep_leases``, ``sweep_deadlines`` (overdue flags, reviewed items, case verdicts),
-``deliver_outbox``, ``audit_checkpoint`` and ``prune_evidence`` (bundles past
+``deliver_outbox``, ``push_outbox`` (:mod:`stampless.push`; added by itself when
+``[delivery] push`` is set), ``audit_checkpoint`` and ``prune_evidence`` (bundles past
 ``[evidence] retention`` give way to signed tombstones, :mod:`stampless.retention`),
 and ``robot``: the deployment's own robot operation (``system``, ``operation``), run by
 :class:`stampless.jobs.RobotJob` on a logged-in page of one of the system's accounts.
@@ -28,10 +29,11 @@ from __future__ import annotations
 import asyncio
 import signal
 import threading
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from loguru import logger
 
@@ -47,9 +49,10 @@ if TYPE_CHECKING:
     from apscheduler.schedulers.base import BaseScheduler
 
     from stampless.config import Config
-    from stampless.delivery import Delivery
+    from stampless.delivery import Delivery, DeliveryReport
     from stampless.intake import Intake
-    from stampless.jobs import RobotJob, RobotJobReport
+    from stampless.jobs import RobotJobReport
+    from stampless.push import Pusher
     from stampless.queue import WorkQueue
     from stampless.robot import RobotRuntime
     from stampless.signing import Signer
@@ -62,6 +65,7 @@ DEFAULT_JOBS: dict[str, JobConfig] = {
     "deliver_outbox": JobConfig(kind="deliver_outbox", every_s=20),
     "audit_checkpoint": JobConfig(kind="audit_checkpoint", every_s=300),
 }
+T = TypeVar("T")
 RECHECK_BATCH = 500
 # A run missed while the daemon was down happens once when it is back (within an hour).
 JOB_DEFAULTS = {"coalesce": True, "max_instances": 1, "misfire_grace_time": 3600}
@@ -80,7 +84,10 @@ class JobInfo:
 
 def configured_jobs(config: Config) -> dict[str, JobConfig]:
     """robot.toml's jobs (or the defaults), each checked to have exactly one trigger."""
-    jobs = config.jobs or DEFAULT_JOBS
+    jobs = dict(config.jobs or DEFAULT_JOBS)
+    if config.delivery.push is not None and not any(j.kind == "push_outbox" for j in jobs.values()):
+        config.system_config(config.delivery.push)
+        jobs["push_outbox"] = JobConfig(kind="push_outbox", every_s=config.delivery.push_every_s)
     for name, job in jobs.items():
         if (job.every_s is None) == (job.cron is None):
             raise ConfigError(
@@ -182,6 +189,7 @@ class Daemon:
         self._runtime: RobotRuntime | None = None
         self._runtime_owned = False
         self._serving: Processor | None = None
+        self.pusher: Pusher | None = None
         self.scheduler = self._make_scheduler()
 
     @property
@@ -294,25 +302,43 @@ class Daemon:
         return result
 
     def job_robot(self, name: str, job: JobConfig) -> RobotJobReport:
-        """The deployment's robot operation: on the serving loop's browser when the daemon
-        runs, else (a one-off run) in a browser of its own, closed afterwards."""
+        """The deployment's robot operation (:class:`stampless.jobs.RobotJob`)."""
         from stampless.jobs import RobotJob
 
-        runner = RobotJob(self.config, name, job, self.intake, self.signer)
+        runner = RobotJob(self.config, name, job, self.intake, self.signer, self.ledger)
+        return self._with_runtime(runner.run, job.timeout_s)
+
+    def job_push_outbox(self, job: JobConfig) -> DeliveryReport | None:
+        """Final verdicts pushed back to ``[delivery] push`` (:mod:`stampless.push`)."""
+        from stampless.push import Pusher
+
+        if self.pusher is None:
+            self.pusher = Pusher.for_config(self.config, self.ledger)
+        pusher = self.pusher
+        if pusher is None:
+            return None
+        return self._with_runtime(lambda rt: pusher.push_pending(rt, self.signer), job.timeout_s)
+
+    def _with_runtime(self, step: Callable[[RobotRuntime], Awaitable[T]], timeout_s: float) -> T:
+        """Run ``step`` on the serving loop's browser when the daemon runs, else (a
+        one-off run) in a browser of its own, closed afterwards."""
         loop = self._loop
         if loop is not None and loop.is_running():
-            future = asyncio.run_coroutine_threadsafe(self._run_robot_job(runner), loop)
-            return future.result(timeout=job.timeout_s + 60)
 
-        async def once() -> RobotJobReport:
+            async def shared() -> T:
+                return await step(await self._shared_runtime())
+
+            return asyncio.run_coroutine_threadsafe(shared(), loop).result(timeout=timeout_s + 60)
+
+        async def once() -> T:
             from stampless.robot import RobotRuntime
 
             async with RobotRuntime(self.config, accounts=self.queue) as runtime:
-                return await runner.run(runtime)
+                return await step(runtime)
 
         return asyncio.run(once())
 
-    async def _run_robot_job(self, runner: RobotJob) -> RobotJobReport:
+    async def _shared_runtime(self) -> RobotRuntime:
         if self._runtime is None:
             from stampless.pipeline import Pipeline
 
@@ -323,7 +349,7 @@ class Daemon:
 
                 self._runtime = RobotRuntime(self.config, accounts=self.queue)
                 self._runtime_owned = True
-        return await runner.run(self._runtime)
+        return self._runtime
 
     def job_poll_inbox(self, job: JobConfig) -> Any:
         from stampless.intake import poll_inbox

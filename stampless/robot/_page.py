@@ -388,6 +388,11 @@ class Element:
         :meth:`click`: an ASP.NET AutoPostBack list posts back from a ``setTimeout``."""
         await self._do("selecting in", lambda loc, t: loc.select_option(value, timeout=t))
 
+    async def set_input_files(self, files: Path | list[Path]) -> None:
+        """Put ``files`` into a file input (an upload form's), then wait as after :meth:`click`."""
+        paths = [str(p) for p in (files if isinstance(files, list) else [files])]
+        await self._do("choosing files for", lambda loc, t: loc.set_input_files(paths, timeout=t))
+
     async def set_checked(self, checked: bool) -> None:
         """Tick or untick a checkbox or radio button, then wait as after :meth:`click`."""
         await self._do("checking", lambda loc, t: loc.set_checked(checked, timeout=t))
