@@ -8,8 +8,8 @@ trip. So the rules are:
 * ``mismatch`` when the claim disagrees with the record, or a field read with
   confidence at or above its threshold disagrees with the record.
 * ``needs_review`` when a required field is unreadable, invalid, read with low
-  confidence, nearly but not exactly equal (OCR noise or a one-character forgery look
-  the same), or missing from the record. Never a silent accept.
+  confidence, a near miss (nearly but not exactly equal: OCR noise or a one-character
+  forgery look the same), or missing from the record. Never a silent accept.
 * ``verified`` only when every required field agrees among claim (when claimed), OCR
   (when a scan was read) and record, each read above its threshold.
 
@@ -122,7 +122,9 @@ def _compare_field(
         return None  # nothing to compare this field with
     confidence = 1.0 if not have_ocr else (0.0 if read is None else read.confidence)
 
-    def result(status: FieldStatus) -> FieldResult:
+    def result(status: FieldStatus, reason: str | None = None) -> FieldResult:
+        if reason is not None:
+            reasons.append(reason)
         return FieldResult(
             name=spec.name,
             claimed=claimed,
@@ -130,45 +132,66 @@ def _compare_field(
             record=record,
             status=status,
             confidence=round(min(1.0, max(0.0, confidence)), 3),
+            reason=reason,
         )
 
     if record is None:
-        reasons.append(f"The department record has no {label}.")
-        return result(FieldStatus.missing)
+        return result(FieldStatus.missing, f"The department record has no {label}.")
     if claimed is not None:
         verdict = agree(spec, claimed, record)
         if verdict is False:
-            reasons.append(f"The claimed {label} {claimed} differs from the record's {record}.")
-            return result(FieldStatus.mismatch)
+            return result(
+                FieldStatus.mismatch,
+                f"The claimed {label} {claimed} differs from the record's {record}.",
+            )
         if verdict is None:
-            reasons.append(f"The claimed {label} {claimed} nearly matches the record's {record}.")
-            return result(FieldStatus.unreadable)
+            return result(
+                FieldStatus.near_miss,
+                f"The claimed {label} {claimed} nearly matches the record's {record}: check "
+                "with the applicant or the certificate which is right (a typing slip and "
+                "another value look alike).",
+            )
     if not have_ocr:
         return result(FieldStatus.match)
     if read is None or ocr_value is None:
-        reasons.append(f"The {label} could not be read on the scan.")
-        return result(FieldStatus.unreadable)
+        return result(FieldStatus.unreadable, f"The {label} could not be read on the scan.")
     if not read.valid:
         # An invalid reading (bad check digit, impossible date) is a reading problem,
         # never proof of forgery: a reviewer looks at it.
-        reasons.append(f"The {label} read on the scan ({ocr_value}) fails its format check.")
-        return result(FieldStatus.unreadable)
+        return result(
+            FieldStatus.unreadable,
+            f"The {label} read on the scan ({ocr_value}) fails its format check.",
+        )
     verdict = agree(spec, ocr_value, record, read=True)
+    confident = read.confidence >= threshold
     if verdict is True:
-        if read.confidence < threshold:
-            reasons.append(
+        if not confident:
+            return result(
+                FieldStatus.unreadable,
                 f"The {label} was read with confidence {read.confidence:.2f}, "
-                f"below the threshold {threshold:.2f}."
+                f"below the threshold {threshold:.2f}.",
             )
-            return result(FieldStatus.unreadable)
         return result(FieldStatus.match)
-    if verdict is False and read.confidence >= threshold:
-        reasons.append(f"The {label} on the scan ({ocr_value}) differs from the record's {record}.")
-        return result(FieldStatus.mismatch)
-    reasons.append(
-        f"The {label} on the scan ({ocr_value}) does not clearly match the record's {record}."
+    if verdict is False and confident:
+        return result(
+            FieldStatus.mismatch,
+            f"The {label} on the scan ({ocr_value}) differs from the record's {record}.",
+        )
+    if verdict is None and confident:
+        # Read clearly, yet one slip from the record: an OCR slip and an altered
+        # character look the same to the machine, so a person compares them.
+        return result(
+            FieldStatus.near_miss,
+            f"The {label} on the scan ({ocr_value}), read with confidence "
+            f"{read.confidence:.2f}, nearly matches the record's {record}: compare the "
+            "scan with the record by eye (an OCR slip and an altered character look alike).",
+        )
+    return result(
+        FieldStatus.unreadable,
+        f"The {label} on the scan ({ocr_value}) does not clearly match the record's {record} "
+        f"and was read with confidence {read.confidence:.2f}, below the threshold "
+        f"{threshold:.2f}: read it on the scan.",
     )
-    return result(FieldStatus.unreadable)
 
 
 def decide(
@@ -226,7 +249,8 @@ def decide(
     doubtful = [
         spec
         for spec, status in statuses
-        if spec.required and status in (FieldStatus.unreadable, FieldStatus.missing)
+        if spec.required
+        and status in (FieldStatus.unreadable, FieldStatus.near_miss, FieldStatus.missing)
     ]
     if doubtful:
         return Decision(verdict=VerdictKind.needs_review, fields=fields, reasons=reasons)

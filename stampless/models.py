@@ -88,6 +88,9 @@ class FieldStatus(StrEnum):
     match = "match"
     mismatch = "mismatch"
     unreadable = "unreadable"
+    # Read confidently (or typed) and one slip away from the record: an OCR slip and an
+    # altered character look the same, so a person decides; never "unreadable".
+    near_miss = "near_miss"
     missing = "missing"
 
 
@@ -191,6 +194,8 @@ class FieldResult(BaseModel):
     record: str | None
     status: FieldStatus
     confidence: float = Field(ge=0.0, le=1.0)
+    # Why the field is not a match, in a sentence that says what the reviewer checks.
+    reason: str | None = None
     # The claim's value exactly as the request sent it, beside its normalized ``claimed``.
     claimed_as_received: str | int | float | None = None
 

@@ -210,3 +210,22 @@ def test_claim_model_errors_are_clear() -> None:
     text = str(info.value)
     assert "check digit" in text
     assert "Extra inputs are not permitted" in text
+
+
+def test_a_confident_one_character_difference_is_a_near_miss_not_unreadable() -> None:
+    decision = decide(MC, {}, ocr(holder_name="张山"), record())
+    assert decision.verdict is VerdictKind.needs_review
+    name = next(f for f in decision.fields if f.name == "holder_name")
+    assert name.status is FieldStatus.near_miss
+    assert name.reason is not None and "compare the scan with the record by eye" in name.reason
+    assert name.reason in decision.reasons
+    # The same slip read below the threshold is a reading problem: unreadable.
+    unsure = decide(MC, {}, ocr(confidence=0.5, holder_name="张山"), record())
+    low = next(f for f in unsure.fields if f.name == "holder_name")
+    assert low.status is FieldStatus.unreadable
+    assert low.reason is not None and "below the threshold" in low.reason
+    # A typed claim one character off is a near miss too; a match carries no reason.
+    claimed = decide(MC, {**CLAIM, "holder_name": "张山"}, None, record())
+    statuses = {f.name: (f.status, f.reason) for f in claimed.fields}
+    assert statuses["holder_name"][0] is FieldStatus.near_miss
+    assert statuses["cert_no"] == (FieldStatus.match, None)

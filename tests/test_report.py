@@ -284,3 +284,22 @@ def test_minimal_and_tampered_bundles_still_render(tmp_path: Path) -> None:
     (sealed.path / "request.json").write_text("{}")
     html = render_report(sealed.path)
     assert "seal broken" in html and "request.json" in html
+
+
+def test_a_near_miss_is_shown_as_one_with_its_reason(tmp_path: Path) -> None:
+    bundle = EvidenceBundle.open(tmp_path / "evidence", "REQ-NEAR")
+    reason = "The holder name on the scan (张山) nearly matches the record's 张三: compare."
+    field = FieldResult(
+        name="holder_name", claimed=None, ocr="张山", record="张三",
+        status=FieldStatus.near_miss, confidence=0.97, reason=reason,
+    )  # fmt: skip
+    now = utcnow()
+    verdict = Verdict(
+        request_id="REQ-NEAR", type="marriage_certificate", tier=Tier.robot,
+        verdict=VerdictKind.needs_review, fields=[field], reasons=[reason],
+        received_at=now, finished_at=now, stampless_version="test",
+    )  # fmt: skip
+    html = render_report(bundle.seal(Signer.generate(), verdict=verdict).path)
+    assert '<tr class="st-near_miss">' in html
+    assert f'title="{reason}">near miss</span>' in html.replace("&#39;", "'")
+    assert "unreadable</span>" not in html

@@ -46,6 +46,7 @@ WORDS = {
         "match": N_("match"),
         "mismatch": N_("mismatch"),
         "unreadable": N_("unreadable"),
+        "near_miss": N_("near miss"),
         "missing": N_("missing"),
     },
     "tier": {"instant": N_("instant tier"), "robot": N_("robot tier"), "manual": N_("manual tier")},
