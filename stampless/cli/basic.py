@@ -228,6 +228,7 @@ def _demo_json(run: DemoRun, steps: list[NextStep]) -> dict[str, object]:
             for r in run.rows
         ],
         "next": [{"what": s.what, "command": s.command} for s in steps],
+        "advice": run.advice,
     }
 
 
@@ -267,6 +268,8 @@ def _print_demo(run: DemoRun, steps: list[NextStep]) -> None:
                 markup=False,
                 soft_wrap=True,
             )
+    if run.advice:
+        console.print(f"  {run.advice}", markup=False, soft_wrap=True)
     console.print(
         f"The run's deployment and all it kept: {escape(_short_path(run.run_dir))}/ "
         f"(newest run: {escape(_short_path(run.run_dir.parent / 'latest'))}/). Try next:",
