@@ -58,6 +58,10 @@ def _item(row: Mapping[str, Any]) -> QueueItem:
     return QueueItem.model_validate(data)
 
 
+class _SecondHolder(Exception):
+    """The database refused a claim that would have held an account twice."""
+
+
 def _lost(request_id: str) -> LeaseLost:
     return LeaseLost(f"The lease on {request_id} expired and the item went back to the queue.")
 
@@ -117,15 +121,6 @@ class PostgresQueue(WorkQueue):
     def _notify(db: psycopg.Connection[DictRow], system: str | None) -> None:
         db.execute("SELECT pg_notify(%s, %s)", (CHANNEL, system or ""))
 
-    @staticmethod
-    def _now(db: psycopg.Connection[DictRow], now: datetime | None) -> datetime:
-        row = db.execute(
-            "SELECT COALESCE(%s::timestamptz, clock_timestamp()) AS t", (now,)
-        ).fetchone()
-        assert row is not None
-        t: datetime = row["t"]
-        return t
-
     def _get(self, db: psycopg.Connection[DictRow], request_id: str) -> QueueItem | None:
         row = db.execute("SELECT * FROM items WHERE request_id = %s", (request_id,)).fetchone()
         return None if row is None else _item(row)
@@ -173,52 +168,25 @@ class PostgresQueue(WorkQueue):
         assert item is not None
         return EnqueueResult(added=added == 1, item=item)
 
-    def _expire(self, db: psycopg.Connection[DictRow], now: datetime) -> builtins.list[str]:
+    def _expire(self, db: psycopg.Connection[DictRow], now: datetime | None) -> builtins.list[str]:
         # SKIP LOCKED: a row another claimer is expiring (or its holder renewing) is left
-        # to it rather than waited for.
+        # to it rather than waited for. One statement, NOTIFY included: a claim's round
+        # trips are most of its time.
         rows = db.execute(
-            f"""UPDATE items SET state = 'queued', {_CLEAR_LEASE}, account = NULL,
-                last_error = COALESCE(last_error, 'The worker holding it stopped.'),
-                updated_at = clock_timestamp()
-                WHERE request_id IN (
-                    SELECT request_id FROM items
-                    WHERE state = 'claimed' AND lease_expires < %s
-                    FOR UPDATE SKIP LOCKED)
-                RETURNING request_id, system""",  # noqa: S608 - a constant fragment only
-            (now,),
+            f"""WITH expired AS (
+                    UPDATE items SET state = 'queued', {_CLEAR_LEASE}, account = NULL,
+                    last_error = COALESCE(last_error, 'The worker holding it stopped.'),
+                    updated_at = clock_timestamp()
+                    WHERE request_id IN (
+                        SELECT request_id FROM items
+                        WHERE state = 'claimed'
+                          AND lease_expires < COALESCE(%(now)s::timestamptz, now())
+                        FOR UPDATE SKIP LOCKED)
+                    RETURNING request_id, system)
+                SELECT request_id, pg_notify(%(channel)s, COALESCE(system, '')) FROM expired""",  # noqa: S608
+            {"now": now, "channel": CHANNEL},
         ).fetchall()
-        for row in rows:
-            self._notify(db, row["system"])
         return [row["request_id"] for row in rows]
-
-    def _lock_free_account(
-        self, db: psycopg.Connection[DictRow], system: str, usable: Sequence[str]
-    ) -> str | None:
-        tried: builtins.list[str] = []
-        while True:
-            row = db.execute(
-                """SELECT a.account FROM accounts a
-                   WHERE a.system = %(system)s AND a.account = ANY(%(usable)s)
-                     AND NOT a.disabled AND a.account <> ALL(%(tried)s)
-                     AND NOT EXISTS (SELECT 1 FROM items c WHERE c.state = 'claimed'
-                                     AND c.system = a.system AND c.account = a.account)
-                   ORDER BY array_position(%(usable)s, a.account)
-                   LIMIT 1 FOR UPDATE OF a SKIP LOCKED""",
-                {"system": system, "usable": list(usable), "tried": tried},
-            ).fetchone()
-            if row is None:
-                return None
-            account: str = row["account"]
-            # The query's snapshot may predate a claim committed just before we locked
-            # the row; a fresh statement sees it.
-            held = db.execute(
-                """SELECT 1 FROM items WHERE state = 'claimed' AND system = %s
-                   AND account = %s""",
-                (system, account),
-            ).fetchone()
-            if held is None:
-                return account
-            tried.append(account)
 
     def claim(
         self,
@@ -229,20 +197,39 @@ class PostgresQueue(WorkQueue):
         due_by: datetime | None = None,
         now: datetime | None = None,
     ) -> Claim | None:
+        for _ in range(3):
+            try:
+                return self._claim(worker, lease_s, skip_systems, due_by, now)
+            except _SecondHolder:
+                continue
+        return None
+
+    def _claim(
+        self,
+        worker: str,
+        lease_s: float,
+        skip_systems: Collection[str],
+        due_by: datetime | None,
+        now: datetime | None,
+    ) -> Claim | None:
         import psycopg
 
         with self._tx("claiming an item") as db:
-            t = self._now(db, now)
-            self._expire(db, t)
-            disabled = {
-                (r["system"], r["account"])
-                for r in db.execute("SELECT system, account FROM accounts WHERE disabled")
-            }
+            self._expire(db, now)
+            # Lease times count from the transaction's start on the database's clock
+            # (now()), unless the caller gives its own.
             candidates = db.execute(
-                """SELECT request_id, system, deadline FROM items
-                   WHERE state = 'queued' AND (not_before IS NULL OR not_before <= %s)
-                   ORDER BY deadline, priority DESC, received_at LIMIT %s""",
-                (t, _CLAIM_SCAN),
+                """WITH off AS (SELECT system, array_agg(account) AS accounts
+                                FROM accounts WHERE disabled GROUP BY system)
+                   SELECT i.request_id, i.system, i.deadline,
+                          COALESCE(off.accounts, '{}') AS disabled,
+                          COALESCE(%(now)s::timestamptz, now()) AS t
+                   FROM items i LEFT JOIN off ON off.system = i.system
+                   WHERE i.state = 'queued'
+                     AND (i.not_before IS NULL
+                          OR i.not_before <= COALESCE(%(now)s::timestamptz, now()))
+                   ORDER BY i.deadline, i.priority DESC, i.received_at LIMIT %(scan)s""",
+                {"now": now, "scan": _CLAIM_SCAN},
             ).fetchall()
             no_free: set[str] = set()
             for row in candidates:
@@ -252,7 +239,7 @@ class PostgresQueue(WorkQueue):
                     continue
                 usable: builtins.list[str] = []
                 if system is not None and system in self.accounts:
-                    usable = [a for a in self.accounts[system] if (system, a) not in disabled]
+                    usable = [a for a in self.accounts[system] if a not in row["disabled"]]
                     if (not usable and not_due) or system in no_free:
                         continue  # every account refused (waits for an operator) or busy
                 locked = db.execute(
@@ -262,30 +249,16 @@ class PostgresQueue(WorkQueue):
                 ).fetchone()
                 if locked is None:
                     continue  # another claimer has it
-                account = None
-                if usable:
-                    assert system is not None
-                    account = self._lock_free_account(db, system, usable)
-                    if account is None:
-                        no_free.add(system)
-                        continue
                 try:
-                    with db.transaction():
-                        claimed = db.execute(
-                            """UPDATE items SET state = 'claimed', attempts = attempts + 1,
-                               account = %s, lease_token = nextval('lease_fence'),
-                               lease_owner = %s, lease_expires = %s::timestamptz
-                                   + make_interval(secs => %s),
-                               updated_at = clock_timestamp()
-                               WHERE request_id = %s RETURNING *""",
-                            (account, worker, t, lease_s, row["request_id"]),
-                        ).fetchone()
+                    claimed = self._take(db, row, usable, worker, lease_s)
                 except psycopg.errors.UniqueViolation:
-                    # The constraint caught a second holder of the account: never hand
-                    # it out; try the next candidate.
-                    no_free.add(str(system))
+                    # The constraint caught a second holder of an account: the whole
+                    # transaction is void, so the claim starts again.
+                    raise _SecondHolder from None
+                if claimed is None:
+                    assert system is not None
+                    no_free.add(system)
                     continue
-                assert claimed is not None
                 item = _item(claimed)
                 assert item.lease_expires is not None
                 return Claim(
@@ -295,6 +268,58 @@ class PostgresQueue(WorkQueue):
                     expires=item.lease_expires,
                 )
         return None
+
+    def _take(
+        self,
+        db: psycopg.Connection[DictRow],
+        row: Mapping[str, Any],
+        usable: Sequence[str],
+        worker: str,
+        lease_s: float,
+    ) -> dict[str, Any] | None:
+        """Claim the locked item ``row`` with one free account of ``usable`` (none when
+        empty); None when every usable account is busy."""
+        tried: builtins.list[str] = []
+        while True:
+            account = None
+            if usable:
+                free = db.execute(
+                    """SELECT a.account FROM accounts a
+                       WHERE a.system = %(system)s AND a.account = ANY(%(usable)s)
+                         AND NOT a.disabled AND a.account <> ALL(%(tried)s)
+                         AND NOT EXISTS (SELECT 1 FROM items c WHERE c.state = 'claimed'
+                                         AND c.system = a.system AND c.account = a.account)
+                       ORDER BY array_position(%(usable)s, a.account)
+                       LIMIT 1 FOR UPDATE OF a SKIP LOCKED""",
+                    {"system": row["system"], "usable": list(usable), "tried": tried},
+                ).fetchone()
+                if free is None:
+                    return None
+                account = free["account"]
+            # The NOT EXISTS runs on a fresh snapshot: the account query's may predate a
+            # claim committed just before we locked the account's row.
+            claimed = db.execute(
+                """UPDATE items SET state = 'claimed', attempts = attempts + 1,
+                   account = %(account)s, lease_token = nextval('lease_fence'),
+                   lease_owner = %(worker)s,
+                   lease_expires = %(t)s::timestamptz + make_interval(secs => %(lease_s)s),
+                   updated_at = clock_timestamp()
+                   WHERE request_id = %(rid)s
+                     AND NOT EXISTS (SELECT 1 FROM items c WHERE c.state = 'claimed'
+                                     AND c.system = %(system)s AND c.account = %(account)s)
+                   RETURNING *""",
+                {
+                    "account": account,
+                    "worker": worker,
+                    "t": row["t"],
+                    "lease_s": lease_s,
+                    "rid": row["request_id"],
+                    "system": row["system"],
+                },
+            ).fetchone()
+            if claimed is not None or account is None:
+                return claimed
+            tried.append(account)
 
     @staticmethod
     def _token(claim: Claim) -> int:
@@ -489,16 +514,16 @@ class PostgresQueue(WorkQueue):
 
     def sweep_leases(self, *, now: datetime | None = None) -> builtins.list[str]:
         with self._tx("sweeping expired leases") as db:
-            return self._expire(db, self._now(db, now))
+            return self._expire(db, now)
 
     def mark_overdue(self, *, now: datetime | None = None) -> builtins.list[str]:
         with self._tx("marking overdue items") as db:
             rows = db.execute(
                 """UPDATE items SET overdue = true, updated_at = clock_timestamp()
-                   WHERE NOT overdue AND deadline < %s
+                   WHERE NOT overdue AND deadline < COALESCE(%s::timestamptz, now())
                      AND state IN ('queued', 'claimed', 'review')
                    RETURNING request_id""",
-                (self._now(db, now),),
+                (now,),
             ).fetchall()
         return [r["request_id"] for r in rows]
 
