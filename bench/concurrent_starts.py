@@ -1,19 +1,27 @@
 """Processes started together on one var/: how many fail to open the stores (not a test).
 
     .venv/bin/python bench/concurrent_starts.py [--processes 20] [--rounds 30]
+    .venv/bin/python bench/concurrent_starts.py --real [--dev] [--processes 20]
 
 Forks ``--processes`` processes that, ``--rounds`` times each, wait at a barrier, sleep
 0-30 ms (processes started together reach this point at slightly different moments),
 and open what `stampless run` opens first on a fresh var/: the queue, the review store
 and the delivery store. Prints how many opens failed and with what. Issue 14 measured
 4 of 20 simultaneous `stampless run` starts lost to "database is locked".
+
+With ``--real``: ``--processes`` real ``stampless run --until-empty`` processes started at
+once on one fresh var/ (the repository's robot.toml, the emulated systems' secrets, a
+signing key from the environment, or the development key with ``--dev``, which they then
+all create at once); prints how many did not exit 0 and their last error line.
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import random
+import subprocess
 import sys
 import tempfile
 import time
@@ -46,11 +54,57 @@ def _opener(var: str, rounds: int, barrier: Any, out: Any) -> None:
     out.put(errors)
 
 
+def real_starts(processes: int, dev: bool) -> None:
+    """``processes`` real `stampless run` processes at once on one fresh var/."""
+    from stampless.fixtures.accounts import fixture_env
+    from stampless.signing import Signer
+
+    with tempfile.TemporaryDirectory(prefix="stampless-runs-") as tmp:
+        env = {
+            **os.environ,
+            **fixture_env(),
+            "OMP_THREAD_LIMIT": "1",
+            "STAMPLESS__PROJECT__VAR_DIR": str(Path(tmp) / "var"),
+        }
+        command = [sys.executable, "-m", "stampless", "--config", str(REPO / "robot.toml")]
+        command += ["run", "--until-empty", "--workers", "1", "--no-progress"]
+        if dev:
+            command.append("--dev")
+        else:
+            key = Signer.generate().private_b64().reveal()
+            env["BENCH_SIGNING_KEY"] = key
+            env["STAMPLESS__EVIDENCE__SIGNING_KEY"] = "env:BENCH_SIGNING_KEY"
+        started = time.perf_counter()
+        procs = [
+            subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            for _ in range(processes)
+        ]
+        failed: list[str] = []
+        for proc in procs:
+            _, err = proc.communicate(timeout=600)
+            if proc.returncode != 0:
+                lines = err.decode(errors="replace").strip().splitlines() or ["(no output)"]
+                failed.append(f"exit {proc.returncode}: {lines[-1][:100]}")
+        seconds = time.perf_counter() - started
+    key = "the development key (--dev)" if dev else "a configured key"
+    print(
+        f"{processes} `stampless run` started at once on one var/, {key}: "
+        f"{len(failed)} failed ({seconds:.1f} s)"
+    )
+    for what, n in Counter(failed).most_common():
+        print(f"  {n:4d}  {what}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--processes", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--real", action="store_true", help="start real `stampless run` processes")
+    ap.add_argument("--dev", action="store_true", help="with --real: the development key")
     args = ap.parse_args(argv)
+    if args.real:
+        real_starts(args.processes, args.dev)
+        return 0
     ctx = multiprocessing.get_context("fork")
     barrier = ctx.Barrier(args.processes)
     out = ctx.Queue()
