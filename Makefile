@@ -61,6 +61,8 @@ bench: install
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/instant.py
 	$(BIN)/python bench/delivery_discover.py
+	$(BIN)/python bench/scale.py
+	$(BIN)/python bench/pg_claim.py
 
 clean:
 	rm -rf var bench/out .pytest_cache .mypy_cache .ruff_cache

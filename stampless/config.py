@@ -238,8 +238,8 @@ class StoreConfig(_Section):
     PostgreSQL database that every machine of the deployment uses; ``url`` is a secret
     reference to its libpq URL (``env:STAMPLESS_DATABASE_URL``; a Unix socket is
     ``postgresql:///stampless?host=/run/postgresql``), since a URL may carry a password.
-    ``shared_dir``: a folder every machine reaches (a shared mount) for what is still
-    kept in files; None: var/.
+    ``shared_dir``: a folder every machine reaches (a shared mount), where ``evidence/``
+    and ``outbox/`` go unless their own paths are set; None: var/.
     """
 
     backend: Literal["sqlite", "postgres"] = "sqlite"
@@ -464,6 +464,14 @@ class Config(_Section):
         """Resolve a configured path against the project root, or ``var_dir/default``."""
         return self.var_dir / default if value is None else self.resolve(value)
 
+    def shared_path(self, value: Path | str | None, default: str) -> Path:
+        """Like :meth:`path`, but under ``[store] shared_dir`` (the folder every machine
+        of the deployment reaches) when it is set: for what all machines must see."""
+        shared = self.store.shared_dir
+        if value is None and shared is not None:
+            return self.resolve(shared) / default
+        return self.path(value, default)
+
     @property
     def var_dir(self) -> Path:
         v = self.project.var_dir
@@ -475,11 +483,11 @@ class Config(_Section):
 
     @property
     def outbox_dir(self) -> Path:
-        return self.path(self.outbox.path, "outbox")
+        return self.shared_path(self.outbox.path, "outbox")
 
     @property
     def evidence_dir(self) -> Path:
-        return self.path(self.evidence.path, "evidence")
+        return self.shared_path(self.evidence.path, "evidence")
 
     @property
     def audit_dir(self) -> Path:

@@ -155,6 +155,12 @@ def test_store_settings_are_checked(tmp_path: Path) -> None:
         environ={"STAMPLESS__STORE__SHARED_DIR": "/mnt/shared"},
     )
     assert config.store.backend == "postgres" and config.store.shared_dir == Path("/mnt/shared")
+    # What every machine must see goes to the shared folder; a path of its own still wins.
+    assert config.evidence_dir == Path("/mnt/shared/evidence")
+    assert config.outbox_dir == Path("/mnt/shared/outbox")
+    assert config.audit_dir == config.var_dir / "audit"
+    own = config.with_overrides({"outbox.path": "/srv/outbox"})
+    assert own.outbox_dir == Path("/srv/outbox") and own.evidence_dir == config.evidence_dir
 
 
 def test_commands_read_the_shared_store(
