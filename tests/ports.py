@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 
@@ -40,3 +42,65 @@ def env_after(script: str, cwd: Path, env: dict[str, str]) -> dict[str, str]:
     )
     assert done.returncode == 0, done.stderr
     return dict(item.split("=", 1) for item in done.stdout.split("\0") if "=" in item)
+
+
+def readme_commands(readme: str) -> list[str]:
+    """The command lines of a README's first ``sh`` block, comments cut off."""
+    block = readme.split("```sh\n", 1)[1].split("```", 1)[0]
+    return [line.split("  #", 1)[0].strip() for line in block.splitlines() if line.strip()]
+
+
+def new_shell_env() -> dict[str, str]:
+    """The environment of a new shell: this Python's stampless first on PATH, no stampless
+    setting inherited."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STAMPLESS")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env["COLUMNS"] = "200"
+    return env
+
+
+def run_as_written(commands: list[str], cwd: Path, env: dict[str, str]) -> dict[str, str]:
+    """Run a README's commands in order in ``cwd``, as a user types them in one shell.
+
+    Only the emulated systems' port differs (a free block, not 8700, so that no two tests
+    meet). A line ending in ``&`` runs in the background until all are done; an ``eval``
+    line changes the environment of those after it. Each other line must exit 0 without
+    a traceback. Returns the environment after the last.
+    """
+    port = free_port_block(4)
+    server: subprocess.Popen[str] | None = None
+    try:
+        for command in commands:
+            line = command.replace(
+                "stampless fixtures serve", f"stampless fixtures serve --base-port {port}"
+            ).replace("stampless fixtures env", f"stampless fixtures env --base-port {port}")
+            if line.endswith("&"):
+                server = subprocess.Popen(
+                    ["bash", "-c", f"exec {line[:-1]}"],
+                    cwd=cwd,
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL,
+                    text=True,
+                )
+                assert server.stdout is not None
+                printed = [next(server.stdout) for _ in range(2)]
+                assert printed[1].strip() == "ready", printed
+            elif line.startswith("eval "):
+                env = env_after(line, cwd, env)
+            else:
+                done = subprocess.run(
+                    ["bash", "-c", line],
+                    cwd=cwd,
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=240,
+                )
+                assert done.returncode == 0, (line, done.stdout[-2000:], done.stderr[-3000:])
+                assert "Traceback" not in done.stderr, (line, done.stderr[-3000:])
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=20)
+    return env

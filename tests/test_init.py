@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from ports import env_after, free_port_block
+from ports import new_shell_env, readme_commands, run_as_written
 
 from stampless.fixtures.accounts import fixture_env
 
@@ -42,12 +42,6 @@ def test_init_refuses_a_folder_that_is_not_empty(tmp_path: Path) -> None:
     assert len(result.stderr.strip().splitlines()) == 1
     assert "not an empty folder" in result.stderr
     assert sorted(p.name for p in (tmp_path / "proj").iterdir()) == ["notes.txt"]
-
-
-def readme_commands(readme: str) -> list[str]:
-    """The command lines of the README's first ``sh`` block, comments cut off."""
-    block = readme.split("```sh\n", 1)[1].split("```", 1)[0]
-    return [line.split("  #", 1)[0].strip() for line in block.splitlines() if line.strip()]
 
 
 @pytest.mark.slow
@@ -82,57 +76,9 @@ def test_readme_commands_work_first_to_last(tmp_path: Path) -> None:
     assert commands[0] == "stampless fixtures serve &"
     assert f"stampless lookup --type company_licence {key} --dev" in commands
 
-    port = free_port_block(4)
-    # The environment of a new shell: this Python's stampless and python first on PATH,
-    # no secret set and no stampless setting inherited.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STAMPLESS")}
-    env.pop("LICENCE01_PASSWORD", None)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    env["COLUMNS"] = "200"
-    server: subprocess.Popen[str] | None = None
-    ran: list[str] = []
-    try:
-        for line in commands:
-            line = line.replace(
-                "stampless fixtures serve", f"stampless fixtures serve --base-port {port}"
-            )
-            line = line.replace(
-                "stampless fixtures env", f"stampless fixtures env --base-port {port}"
-            )
-            if line.endswith("&"):
-                server = subprocess.Popen(
-                    ["bash", "-c", f"exec {line[:-1]}"],
-                    cwd=project,
-                    env=env,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.DEVNULL,
-                    text=True,
-                )
-                assert server.stdout is not None
-                printed = [next(server.stdout) for _ in range(2)]
-                assert printed[1].strip() == "ready", printed
-                ran.append(line)
-                continue
-            if line.startswith("eval "):
-                env = env_after(line, project, env)
-                ran.append(line)
-                continue
-            done = subprocess.run(
-                ["bash", "-c", line],
-                cwd=project,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=240,
-            )
-            ran.append(line)
-            assert done.returncode == 0, (line, done.stdout[-2000:], done.stderr[-3000:])
-            assert "Traceback" not in done.stderr, (line, done.stderr[-3000:])
-    finally:
-        if server is not None:
-            server.terminate()
-            server.wait(timeout=20)
-    assert len(ran) == len(commands)
+    env = new_shell_env()
+    env.pop("LICENCE01_PASSWORD", None)  # no secret set
+    env = run_as_written(commands, project, env)
     assert env["LICENCE01_PASSWORD"] == fixture_env()["MARKET01_PASSWORD"]
     verdict = json.loads((project / "var/outbox/EXAMPLE-0001.json").read_text(encoding="utf-8"))
     assert verdict["verdict"] == "verified" and verdict["type"] == "company_licence"
