@@ -511,12 +511,20 @@ def check_checkpoint(audit_dir: Path, checkpoint: dict[str, Any]) -> BrokenLink 
     return None
 
 
-def write_checkpoint(audit_dir: Path, outbox_dir: Path, signer: Signer) -> Path | None:
+def _checkpoint_stem(writer: str | None) -> str:
+    # Machines sharing one outbox each checkpoint their own chain: the writer is named.
+    return f"{CHECKPOINT_PREFIX}{writer}-" if writer else CHECKPOINT_PREFIX
+
+
+def write_checkpoint(
+    audit_dir: Path, outbox_dir: Path, signer: Signer, *, writer: str | None = None
+) -> Path | None:
     """Sign the chain's current end and write it to the outbox; None if nothing is new.
 
-    ``<outbox>/audit-checkpoint-<seq>.json`` is journaled like a verdict, so the webhook
-    delivers it: a party outside the machine then holds the end of the chain, which
-    ``audit verify --against`` compares with (docs/evidence.md).
+    ``<outbox>/audit-checkpoint-<seq>.json`` (``audit-checkpoint-<writer>-<seq>.json``
+    for one machine's chain among several, ``Config.audit_writer``) is journaled like a
+    verdict, so the webhook delivers it: a party outside the machine then holds the end
+    of the chain, which ``audit verify --against`` compares with (docs/evidence.md).
     """
     from stampless._version import __version__
     from stampless.outbox import outbox_path, write_once
@@ -525,9 +533,11 @@ def write_checkpoint(audit_dir: Path, outbox_dir: Path, signer: Signer) -> Path 
     doc = checkpoint_document(audit_dir)
     if doc is None:
         return None
-    name = f"{CHECKPOINT_PREFIX}{doc['seq']:012d}"
+    name = f"{_checkpoint_stem(writer)}{doc['seq']:012d}"
     if outbox_path(outbox_dir, name).exists():
         return None
+    if writer:
+        doc["writer"] = writer
     doc["stampless_version"] = __version__
     doc["signature"] = sign_document(signer, doc)
     data = (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
@@ -536,7 +546,11 @@ def write_checkpoint(audit_dir: Path, outbox_dir: Path, signer: Signer) -> Path 
     return path
 
 
-def latest_checkpoint(outbox_dir: Path) -> Path | None:
-    """The newest checkpoint file in the outbox, if any (names sort by seq)."""
-    found = sorted(Path(outbox_dir).glob(f"{CHECKPOINT_PREFIX}*.json"))
+def latest_checkpoint(outbox_dir: Path, *, writer: str | None = None) -> Path | None:
+    """The newest checkpoint of ``writer``'s chain in the outbox, if any (names sort by
+    seq)."""
+    name = re.compile(re.escape(_checkpoint_stem(writer)) + r"\d{12}\.json")
+    found = sorted(
+        p for p in Path(outbox_dir).glob(f"{CHECKPOINT_PREFIX}*.json") if name.fullmatch(p.name)
+    )
     return found[-1] if found else None

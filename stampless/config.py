@@ -231,6 +231,15 @@ class TiersConfig(_Section):
         return float(getattr(self, Tier(tier).value))
 
 
+_MACHINE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,62}")
+
+
+def machine_name(hostname: str) -> str:
+    """A host name as a machine name (:data:`_MACHINE`): odd characters become '-'."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", hostname)[:63] or "machine"
+    return name if name[0].isalpha() else f"m-{name}"[:63]
+
+
 class StoreConfig(_Section):
     """Where the deployment's shared state lives (docs/store.md).
 
@@ -239,14 +248,28 @@ class StoreConfig(_Section):
     reference to its libpq URL (``env:STAMPLESS_DATABASE_URL``; a Unix socket is
     ``postgresql:///stampless?host=/run/postgresql``), since a URL may carry a password.
     ``shared_dir``: a folder every machine reaches (a shared mount), where ``evidence/``
-    and ``outbox/`` go unless their own paths are set; None: var/.
+    and ``outbox/`` go unless their own paths are set, and where each machine keeps its
+    own audit chain (``audit/<machine>``); None: var/.
     """
 
     backend: Literal["sqlite", "postgres"] = "sqlite"
     url: str | None = None
     shared_dir: Path | None = None
+    # This machine's name in shared_dir (its audit chain: shared_dir/audit/<machine>);
+    # None: the host name. Two machines must never share one.
+    machine: str | None = None
 
     _check_url = field_validator("url")(_secret_ref)
+
+    @field_validator("machine")
+    @classmethod
+    def _check_machine(cls, value: str | None) -> str | None:
+        if value is not None and not _MACHINE.fullmatch(value):
+            raise ValueError(
+                "must be a name of letters, digits, '.', '_' or '-', starting with a letter "
+                "(at most 63 characters)"
+            )
+        return value
 
     @model_validator(mode="after")
     def _url_for_postgres(self) -> StoreConfig:
@@ -490,8 +513,32 @@ class Config(_Section):
         return self.shared_path(self.evidence.path, "evidence")
 
     @property
+    def audit_writer(self) -> str | None:
+        """This machine's name among the deployment's audit chains; None when the chain
+        is not in ``[store] shared_dir`` (one machine, or ``[audit] path`` set)."""
+        if self.audit.path is not None or self.store.shared_dir is None:
+            return None
+        import socket
+
+        return self.store.machine or machine_name(socket.gethostname())
+
+    @property
     def audit_dir(self) -> Path:
-        return self.path(self.audit.path, "audit")
+        writer = self.audit_writer
+        if writer is None:
+            return self.path(self.audit.path, "audit")
+        return self.shared_path(None, "audit") / writer
+
+    def audit_chains(self) -> dict[str | None, Path]:
+        """Every audit chain of the deployment by writer: each machine's under ``[store]
+        shared_dir``, else this machine's alone (writer None)."""
+        if self.audit_writer is None:
+            return {None: self.audit_dir}
+        root = self.shared_path(None, "audit")
+        chains: dict[str | None, Path] = {self.audit_writer: self.audit_dir}
+        if root.is_dir():
+            chains.update({p.name: p for p in root.iterdir() if p.is_dir()})
+        return dict(sorted(chains.items(), key=lambda kv: kv[0] or ""))
 
     @property
     def log_dir(self) -> Path:

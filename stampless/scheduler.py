@@ -379,7 +379,12 @@ class Daemon:
         if self.signer is None:
             logger.warning("Job audit_checkpoint skipped: the daemon runs without a signer.")
             return None
-        return write_checkpoint(self.config.audit_dir, self.config.outbox_dir, self.signer)
+        return write_checkpoint(
+            self.config.audit_dir,
+            self.config.outbox_dir,
+            self.signer,
+            writer=self.config.audit_writer,
+        )
 
     def job_recheck(self, job: JobConfig) -> list[str]:
         return recheck(self.queue, self.config, job.type or "", job.older_than_days or 0.0)

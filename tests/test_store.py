@@ -328,3 +328,55 @@ def test_idle_workers_wake_on_notify_not_on_a_timer(
         intake.close()
         queue.close()
     assert max(waited) < 10  # far below the 60 s timer, even on a loaded machine
+
+
+def test_audit_verify_checks_every_machines_chain(cli, tmp_path: Path) -> None:
+    """Under [store] shared_dir each machine writes its own chain and checkpoints it into
+    the shared outbox under its name; `audit verify` checks them all, each against its
+    own checkpoint, and names the machine whose chain was cut."""
+    from stampless.audit import AuditLog, write_checkpoint
+    from stampless.signing import Signer
+
+    shared = tmp_path / "shared"
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "robot.toml").write_text(
+        f'[store]\nshared_dir = "{shared}"\n\n[project]\nvar_dir = "{tmp_path / "var"}"\n',
+        encoding="utf-8",
+    )
+    signer = Signer.generate()
+    for machine, lines in (("m1", 3), ("m2", 5)):
+        config = load_config(project / "robot.toml", environ={"STAMPLESS__STORE__MACHINE": machine})
+        assert config.audit_dir == shared / "audit" / machine
+        log = AuditLog(config.audit_dir)
+        for n in range(lines):
+            log.append("queued", request_id=f"{machine}-R{n}")
+        path = write_checkpoint(
+            config.audit_dir, config.outbox_dir, signer, writer=config.audit_writer
+        )
+        assert path is not None and path.parent == shared / "outbox"
+    names = sorted(p.name for p in (shared / "outbox").glob("audit-checkpoint-*.json"))
+    assert names == [
+        "audit-checkpoint-m1-000000000003.json",
+        "audit-checkpoint-m2-000000000005.json",
+    ]
+
+    env = {"STAMPLESS__STORE__MACHINE": "m1"}
+    ok = cli("audit", "verify", "--json", cwd=project, env=env)
+    assert ok.returncode == 0, ok.stderr
+    report = json.loads(ok.stdout)
+    assert report["ok"] and [c["writer"] for c in report["chains"]] == ["m1", "m2"]
+    assert [c["checkpoint"]["seq"] for c in report["chains"]] == [3, 5]
+
+    # Cut the last two lines of m2's chain and rewrite its HEAD to match: only the
+    # checkpoint in the shared outbox still knows, and says so for m2.
+    from stampless.audit import _write_head, line_hash
+
+    [chain] = (shared / "audit" / "m2").glob("audit-*.jsonl")
+    kept = chain.read_bytes().splitlines(keepends=True)[:3]
+    chain.write_bytes(b"".join(kept))
+    _write_head(shared / "audit" / "m2", 3, line_hash(kept[-1].rstrip(b"\n")))
+    cut = cli("audit", "verify", cwd=project, env=env)
+    assert cut.returncode == 1
+    assert cut.stdout.startswith("BROKEN m2: ") and "seq 5" in cut.stdout
+    assert "cut off" in cut.stdout

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from stampless.cli._common import DEV_HELP, console, emit_json, get_config
 from stampless.errors import ExitCode, InputError
+
+if TYPE_CHECKING:
+    from stampless.config import Config
 
 audit_app = typer.Typer(help="The audit chain (one hashed JSON line per step).")
 
@@ -56,32 +59,68 @@ def verify_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")] = False,
 ) -> None:
     """Check that no audit line was removed, reordered or edited, and that the end of the
-    chain is the one a checkpoint recorded; exit 0 only when intact."""
+    chain is the one a checkpoint recorded; exit 0 only when intact. With ``[store]
+    shared_dir`` every machine's chain in it is checked."""
+    config = get_config(required=False)
+    chains = config.audit_chains()
+    if against is not None and len(chains) > 1:
+        writer = _read_checkpoint(against).get("writer")
+        if writer not in chains:
+            raise InputError(
+                f"{against} names no machine whose chain is in the shared folder "
+                f"({', '.join(str(w) for w in chains)}); check the file."
+            )
+        chains = {writer: chains[writer]}
+    summaries = [
+        _verify_chain(writer, folder, config, since, against, pubkey, as_json)
+        for writer, folder in chains.items()
+    ]
+    if as_json:
+        if len(summaries) == 1:
+            emit_json({"ok": True, **summaries[0], "broken": None, "advice": None})
+        else:
+            emit_json({"ok": True, "chains": summaries, "broken": None, "advice": None})
+        return
+    for summary in summaries:
+        console.print(summary.pop("_line"), markup=False, soft_wrap=True)
+
+
+def _verify_chain(
+    writer: str | None,
+    audit_dir: Path,
+    config: Config,
+    since: str | None,
+    against: Path | None,
+    pubkey: list[str] | None,
+    as_json: bool,
+) -> dict[str, Any]:
+    """Verify one chain (and its newest checkpoint); exit at the first problem."""
     from stampless.audit import check_checkpoint, latest_checkpoint, verify_chain
     from stampless.cli.evidence import parse_since
     from stampless.signing import document_problems, read_public_keys, trusted_keys
 
-    config = get_config(required=False)
     advice = (
         "Everything from there on cannot be trusted. Restore the audit files from a backup "
         "or investigate who changed them."
     )
-    report = verify_chain(config.audit_dir, since=parse_since(since) if since else None)
+    report = verify_chain(audit_dir, since=parse_since(since) if since else None)
     summary: dict[str, Any] = {
-        "audit_dir": str(config.audit_dir),
+        **({"writer": writer} if writer else {}),
+        "audit_dir": str(audit_dir),
         "lines": report.lines,
         "files": len(report.files),
         "last_seq": report.last_seq,
         "checkpoint": None,
     }
+    machine = f"{writer}: " if writer else ""
     if not report.ok:
         _fail(
-            str(report.first_broken),
+            f"{machine}{report.first_broken}",
             f"{report.lines} line(s) before it are intact. {advice}",
             as_json=as_json,
             **summary,
         )
-    checkpoint = against or latest_checkpoint(config.outbox_dir)
+    checkpoint = against or latest_checkpoint(config.outbox_dir, writer=writer)
     checked = ""
     if checkpoint is not None:
         doc = _read_checkpoint(checkpoint)
@@ -93,25 +132,23 @@ def verify_cmd(
         summary["checkpoint"] = {"name": checkpoint.name, "seq": doc["seq"]}
         if problems:
             _fail(
-                f"{checkpoint.name}: {problems[0]}",
+                f"{machine}{checkpoint.name}: {problems[0]}",
                 "The checkpoint cannot be relied on; compare with a copy the webhook "
                 "receiver holds, signed by a pinned key (--pubkey or evidence.trusted_keys).",
                 as_json=as_json,
                 **summary,
             )
-        broken = check_checkpoint(config.audit_dir, doc)
+        broken = check_checkpoint(audit_dir, doc)
         if broken is not None:
-            _fail(str(broken), advice, as_json=as_json, **summary)
+            _fail(f"{machine}{broken}", advice, as_json=as_json, **summary)
         checked = f"; it still holds seq {doc['seq']} as {checkpoint.name} recorded it"
-    if as_json:
-        emit_json({"ok": True, **summary, "broken": None, "advice": None})
-        return
-    console.print(
-        f"OK: {report.lines} line(s) in {len(report.files)} file(s) of {config.audit_dir} "
-        f"form one unbroken chain (last seq {report.last_seq}){checked}.",
-        markup=False,
-        soft_wrap=True,
+    summary["_line"] = (
+        f"OK: {report.lines} line(s) in {len(report.files)} file(s) of {audit_dir} "
+        f"form one unbroken chain (last seq {report.last_seq}){checked}."
     )
+    if as_json:
+        del summary["_line"]
+    return summary
 
 
 @audit_app.command("checkpoint")
@@ -124,9 +161,14 @@ def checkpoint_cmd(
     from stampless.signing import production_signer
 
     config = get_config()
-    path = write_checkpoint(config.audit_dir, config.outbox_dir, production_signer(config, dev=dev))
+    path = write_checkpoint(
+        config.audit_dir,
+        config.outbox_dir,
+        production_signer(config, dev=dev),
+        writer=config.audit_writer,
+    )
     if path is None:
-        newest = latest_checkpoint(config.outbox_dir)
+        newest = latest_checkpoint(config.outbox_dir, writer=config.audit_writer)
         where = f" ({newest.name})" if newest is not None else ""
         console.print(f"Nothing new since the last checkpoint{where}.", markup=False)
         return

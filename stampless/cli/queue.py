@@ -343,5 +343,5 @@ async def _run(
     from stampless.audit import write_checkpoint
 
     # What this run appended to the audit chain gets a signed end in the outbox.
-    write_checkpoint(config.audit_dir, config.outbox_dir, signer)
+    write_checkpoint(config.audit_dir, config.outbox_dir, signer, writer=config.audit_writer)
     return stats
