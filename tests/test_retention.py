@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_evidence import build_bundle, cli  # noqa: F401 (cli is a fixture)
+from test_evidence import build_bundle
 
 from stampless.audit import AuditLog, verify_chain
 from stampless.config import load_config
@@ -57,7 +57,7 @@ def _deployment(tmp_path: Path, signer: Signer) -> Path:
 
 def test_prune_leaves_signed_tombstones_and_everything_verifies(
     tmp_path: Path,
-    cli,  # noqa: F811
+    cli,
 ) -> None:
     signer = Signer.generate()
     var = _deployment(tmp_path, signer)
