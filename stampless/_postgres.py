@@ -13,7 +13,8 @@ with messages that never hold the URL, which may carry a password.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -201,3 +202,77 @@ def check_schema(conn: psycopg.Connection[Any]) -> None:
             f"The PostgreSQL store's schema is at version {found}, newer than this "
             f"stampless knows ({SCHEMA_VERSION}); upgrade stampless on this machine."
         )
+
+
+# The advisory lock whose holder runs the deployment's schedule (see Leadership).
+SCHEDULE_LOCK_KEY = 0x5354414D51
+
+
+class Leadership:
+    """Holds a session-level advisory lock so that one process of the deployment leads.
+
+    ``stampless schedule`` on several machines: the one holding the lock runs the jobs
+    (``on_gain``), the others wait and try again every ``retry_s``. The lock lives as
+    long as the leader's connection, so a leader that dies (SIGKILL, a lost machine)
+    frees it at once and another takes over within ``retry_s``. A leader whose
+    connection breaks while it lives stops leading (``on_loss``) at its next check,
+    within ``retry_s``: for that long two machines may both run jobs, which is why every
+    job run still takes its lease in the job ledger and every job is safe to repeat.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        on_gain: Callable[[], None],
+        on_loss: Callable[[], None],
+        *,
+        key: int = SCHEDULE_LOCK_KEY,
+        retry_s: float = 5.0,
+    ) -> None:
+        self._url = url
+        self._on_gain, self._on_loss = on_gain, on_loss
+        self._key = key
+        self.retry_s = retry_s
+        self.leading = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="leadership", daemon=True)
+
+    def start(self) -> Leadership:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop trying; a leader gives the lock up (its connection closes)."""
+        self._stop.set()
+        self._thread.join(timeout=self.retry_s + 10)
+
+    def _run(self) -> None:
+        import psycopg
+
+        conn: psycopg.Connection[DictRow] | None = None
+        while not self._stop.is_set():
+            try:
+                if conn is None or conn.closed or conn.broken:
+                    conn = connect(self._url)
+                if not self.leading:
+                    row = conn.execute(
+                        "SELECT pg_try_advisory_lock(%s) AS got", (self._key,)
+                    ).fetchone()
+                    if row is not None and row["got"]:
+                        self.leading = True
+                        self._on_gain()
+                else:
+                    conn.execute("SELECT 1")  # still connected, so still holding the lock
+            except (psycopg.Error, SystemFailure):
+                if self.leading:
+                    self.leading = False
+                    self._on_loss()
+                if conn is not None:
+                    conn.close()
+                conn = None
+            self._stop.wait(self.retry_s)
+        if self.leading:
+            self.leading = False
+            self._on_loss()
+        if conn is not None:
+            conn.close()

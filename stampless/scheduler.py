@@ -20,6 +20,11 @@ and ``robot``: the deployment's own robot operation (``system``, ``operation``),
 Every run takes the job's lease in :class:`stampless.jobs.JobLedger` first: one run at a
 time per job and deployment, and each run's outcome kept for ``schedule --list``.
 
+With ``[store] backend = "postgres"`` several machines may run ``stampless schedule``;
+only the one holding the schedule's advisory lock (:class:`stampless._postgres.Leadership`)
+runs the jobs, so each fires once per deployment, and another takes over within
+seconds when it stops or dies.
+
 SIGTERM or SIGINT stops the daemon gracefully: no new claims, running items get the
 grace period to finish or are released, the scheduler waits for running jobs.
 """
@@ -449,7 +454,17 @@ class Daemon:
             if self.http
             else None
         )
-        self.scheduler.start()
+        leadership = None
+        if self.config.store.backend == "postgres":
+            # Many machines, one schedule: jobs run only where the lock is held.
+            from stampless._postgres import Leadership, database_url
+
+            self.scheduler.start(paused=True)
+            leadership = Leadership(
+                database_url(self.config), on_gain=self._lead, on_loss=self._follow
+            ).start()
+        else:
+            self.scheduler.start()
         try:
             self.sync_jobs()
             if server is not None:
@@ -467,6 +482,8 @@ class Daemon:
         finally:
             if server is not None:
                 server.stop()
+            if leadership is not None:
+                await asyncio.to_thread(leadership.stop)
             # Let running jobs finish: a delivery or sweep is never cut in half.
             await asyncio.to_thread(self.scheduler.shutdown, True)
             with _ACTIVE_LOCK:
@@ -480,6 +497,17 @@ class Daemon:
             if owned is not None:
                 await owned.__aexit__(None, None, None)
             logger.info("stampless schedule stopped.")
+
+    def _lead(self) -> None:
+        logger.info("This machine now runs the deployment's schedule.")
+        self.scheduler.resume()
+
+    def _follow(self) -> None:
+        logger.warning(
+            "This machine no longer runs the deployment's schedule (its database "
+            "connection failed); it will take it again when it can."
+        )
+        self.scheduler.pause()
 
     def _stop_soon(self, sig: signal.Signals) -> None:
         logger.info("{} received; finishing running items, then stopping.", sig.name)

@@ -380,3 +380,105 @@ def test_audit_verify_checks_every_machines_chain(cli, tmp_path: Path) -> None:
     assert cut.returncode == 1
     assert cut.stdout.startswith("BROKEN m2: ") and "seq 5" in cut.stdout
     assert "cut off" in cut.stdout
+
+
+def test_one_machine_leads_the_schedule_and_another_takes_over(postgres_url: str) -> None:
+    """The schedule's lock: one holder; a stopped leader hands over; a leader whose
+    connection the server cuts stops leading, then leads again once it can."""
+    from stampless._postgres import Leadership
+
+    key = 4242  # not the schedule's own: tests share one database
+    events: list[str] = []
+
+    def leader(name: str) -> Leadership:
+        return Leadership(
+            postgres_url,
+            on_gain=lambda: events.append(f"{name}+"),
+            on_loss=lambda: events.append(f"{name}-"),
+            key=key,
+            retry_s=0.1,
+        ).start()
+
+    def wait_for(what: list[str]) -> None:
+        end = time.monotonic() + 10
+        while events != what:
+            assert time.monotonic() < end, f"{events} never became {what}"
+            time.sleep(0.02)
+
+    a = leader("a")
+    wait_for(["a+"])
+    b = leader("b")
+    time.sleep(0.5)  # b tried several times meanwhile
+    assert events == ["a+"] and a.leading and not b.leading
+    a.stop()
+    wait_for(["a+", "a-", "b+"])
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(
+            """SELECT pg_terminate_backend(pid) FROM pg_locks
+               WHERE locktype = 'advisory' AND granted AND objid = %s""",
+            (key,),
+        )
+    wait_for(["a+", "a-", "b+", "b-", "b+"])
+    b.stop()
+    assert events[-1] == "b-" and not b.leading
+
+
+@pytest.mark.slow
+def test_the_schedule_fires_on_one_machine_and_moves_when_it_dies(
+    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two `stampless schedule` daemons on one PostgreSQL store: a 1 s job runs only on
+    the first; SIGKILLed, the second takes the schedule over."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from test_worker import LookupServer
+
+    from stampless.jobs import JobLedger
+
+    monkeypatch.setenv("STAMPLESS_DATABASE_URL", postgres_url)
+    server = LookupServer(tmp_path)
+    script = Path(__file__).with_name("test_worker.py")
+
+    def start(machine: str) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [sys.executable, str(script), "daemon", str(tmp_path / machine), server.url, "5",
+             "--postgres"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            env={**os.environ, "OMP_THREAD_LIMIT": "1"},
+        )  # fmt: skip
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        return proc
+
+    def runs(machine: str) -> int:
+        path = tmp_path / machine / "jobs.db"
+        return len(JobLedger(path).runs("sweep", limit=1000)) if path.exists() else 0
+
+    def wait_until(check: object, what: str) -> None:
+        end = time.monotonic() + 30
+        while not check():  # type: ignore[operator]
+            assert time.monotonic() < end, f"timed out waiting for {what}"
+            time.sleep(0.1)
+
+    a = start("a")
+    b = None
+    try:
+        wait_until(lambda: runs("a") >= 1, "the first daemon to run the job")
+        b = start("b")
+        time.sleep(3)  # the job is due every second: only a runs it
+        assert runs("a") >= 3 and runs("b") == 0
+        a.send_signal(signal.SIGKILL)
+        a.wait(timeout=10)
+        wait_until(lambda: runs("b") >= 2, "the second daemon to take the schedule over")
+    finally:
+        for proc in (a, b):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=10)
+        server.stop()

@@ -611,11 +611,16 @@ def _worker_main(argv: list[str]) -> int:
 
 
 def _daemon_main(argv: list[str]) -> int:
-    """``daemon VAR URL GRACE_S``: ``stampless schedule`` with the HTTP processor."""
+    """``daemon VAR URL GRACE_S [--postgres]``: ``stampless schedule`` with the HTTP
+    processor. ``--postgres``: the queue of $STAMPLESS_DATABASE_URL, and one job,
+    ``sweep`` (sweep_leases every second), whose runs the job ledger in VAR records."""
+    from stampless.config import JobConfig
     from stampless.scheduler import Daemon
 
     var, url, grace = Path(argv[0]), argv[1], float(argv[2])
-    config = make_config(var, lease_s=5)
+    config = make_config(var, lease_s=5, postgres="--postgres" in argv[3:])
+    if "--postgres" in argv[3:]:
+        config.jobs = {"sweep": JobConfig(kind="sweep_leases", every_s=1)}
     options = WorkerOptions.from_config(config, workers=2, progress=False, grace_s=grace)
     processor = HttpProcessor(url)
     daemon = Daemon(config, processor=processor, options=options)
