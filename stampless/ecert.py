@@ -449,17 +449,20 @@ def verify_ecert(
     verdict = VerdictKind.verified
     for name, claimed in claim.items():
         signed = cert.fields.get(name)
+        reason: str | None = None
         if signed is None:
             status = FieldStatus.missing
-            reasons.append(f"{name} is not on the e-certificate; a person must check it.")
+            reason = f"{name} is not on the e-certificate; a person must check it."
             if verdict is VerdictKind.verified:
                 verdict = VerdictKind.needs_review
         elif _norm(signed) == _norm(claimed):
             status = FieldStatus.match
         else:
             status = FieldStatus.mismatch
-            reasons.append(f"{name} differs from the signed e-certificate.")
+            reason = f"{name} differs from the signed e-certificate."
             verdict = VerdictKind.mismatch
+        if reason is not None:
+            reasons.append(reason)
         fields.append(
             FieldResult(
                 name=name,
@@ -468,6 +471,7 @@ def verify_ecert(
                 record=signed,
                 status=status,
                 confidence=1.0,
+                reason=reason,
             )
         )
     if verdict is VerdictKind.verified:

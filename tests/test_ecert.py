@@ -183,6 +183,9 @@ def test_claim_that_differs_from_the_certificate(issuers: Issuers) -> None:
     status = {f.name: f.status for f in decision.fields}
     assert status["holder_name"] is FieldStatus.mismatch
     assert status["cert_no"] is FieldStatus.match
+    reason = {f.name: f.reason for f in decision.fields}
+    assert reason["holder_name"] == "holder_name differs from the signed e-certificate."
+    assert reason["cert_no"] is None
     # A date claimed as printed on paper compares equal to the ISO date signed.
     claim = claim_of(MC, record)
     y, m, d = claim["registered_on"].split("-")
