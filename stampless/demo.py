@@ -8,6 +8,12 @@ certificates (one genuine, one tampered with), runs them all through the real pi
 writes a summary page. Every tier shows: instant, robot, and manual (the social-security
 record waits in the review queue for a person).
 
+Then the loop the service hall runs (:func:`run_hall_loop`): applications appear in the
+emulated hall, its harvest job takes each material in (the applicant's scan, or a fetch
+from the department when the material is exempt), workers verify them, the confidential
+one waits in the review console, and the push job puts every final verdict back on the
+application. The hall's own state says which applications were served end to end.
+
 The demo runs the deployment that ships with stampless (:func:`demo_project`: the
 repository's robot.toml, robots/, tasks/ and selectors/, which the wheel carries as
 ``stampless/demo_project/``), whatever project it is started in. Each run gets its own
@@ -29,6 +35,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from loguru import logger
@@ -85,6 +92,27 @@ class DemoRow:
 
 
 @dataclass(frozen=True)
+class HallMaterial:
+    """One material of a hall application, as the loop left it."""
+
+    request_id: str
+    document: str
+    verdict: str | None  # None: not decided yet (a person decides the confidential one)
+    pushed_at: float | None  # when the hall got its status back (epoch seconds)
+
+
+@dataclass(frozen=True)
+class HallApplication:
+    app_id: str
+    materials: list[HallMaterial]
+
+    @property
+    def served(self) -> bool:
+        """Every material's verdict is back on the application."""
+        return all(m.pushed_at is not None for m in self.materials)
+
+
+@dataclass(frozen=True)
 class NextStep:
     """A command to try after the demo, and what it shows."""
 
@@ -102,7 +130,13 @@ class DemoRun:
     summary: Path
     seconds: float
     reviewer_password: str
+    hall: list[HallApplication]
     second_opinion: str | None = None  # the OCR engine asked about names, if any
+
+    @property
+    def served(self) -> int:
+        """Applications of the hall served end to end (all materials pushed back)."""
+        return sum(a.served for a in self.hall)
 
     @property
     def as_expected(self) -> int:
@@ -346,6 +380,56 @@ async def _run_items(config: Config, items: list[DemoItem], workers: int) -> lis
         return list(await asyncio.gather(*(one(item, pipeline) for item in items)))
 
 
+HALL_APPLICATIONS = 3  # the second one carries a confidential record (fixtures' pattern)
+
+
+def run_hall_loop(config: Config, hall_url: str, workers: int) -> list[HallApplication]:
+    """Applications appear in the hall; harvest, verify, push; what the hall then holds."""
+    import httpx
+
+    from stampless.queue import open_queue
+    from stampless.scheduler import Daemon
+    from stampless.signing import ensure_dev_key
+
+    def hall(body: dict[str, object] | None = None) -> list[dict[str, Any]]:
+        if body is None:
+            return list(httpx.get(hall_url + "/_fixture/hall", timeout=30).json())
+        httpx.post(hall_url + "/_fixture/hall", json=body, timeout=30).raise_for_status()
+        return []
+
+    signer = ensure_dev_key(config)
+    hall({"clear": True})
+    hall({"add": 1, "ago_s": 20, "exempt": True})  # its marriage record is fetched
+    hall({"add": HALL_APPLICATIONS - 1, "ago_s": 20})
+    queue = open_queue(config)
+    daemon = Daemon(config, queue=queue, signer=signer, http=False)
+    logger.info("the service hall: {} applications; harvesting", HALL_APPLICATIONS)
+    daemon.run_job("hall_harvest")
+    asyncio.run(_drain(config, queue, signer, workers))
+    daemon.run_job("push_outbox")
+    states = {i.request_id: i for i in queue.list(limit=1000)}
+    out = []
+    for app in hall():
+        materials = []
+        for m in app["materials"]:
+            rid = f"{app['app_id']}.{m['mid']}"
+            item = states.get(rid)
+            verdict = item.verdict.value if item is not None and item.verdict else None
+            if item is not None and item.state.value == "review":
+                verdict = VerdictKind.needs_review.value
+            materials.append(HallMaterial(rid, m["doc_type"], verdict, m["decided_at"]))
+        out.append(HallApplication(app["app_id"], materials))
+    return out
+
+
+async def _drain(config: Config, queue: Any, signer: Any, workers: int) -> None:
+    from stampless.worker import WorkerOptions, WorkerPool
+
+    options = WorkerOptions.from_config(config, workers=workers, until_empty=True, progress=False)
+    async with Pipeline(config, signer=signer) as pipeline:
+        await WorkerPool(config, queue, pipeline, options=options, signer=signer).run()
+
+
 def write_summary(run: DemoRun, config_arg: str) -> Path:
     """A summary page linking each request's evidence report."""
     env = Environment(
@@ -356,6 +440,7 @@ def write_summary(run: DemoRun, config_arg: str) -> Path:
         rows=run.rows,
         next_steps=run.next_steps(config_arg, password=False),
         VerdictKind=VerdictKind,
+        pushed=lambda epoch: time.strftime("%H:%M:%S", time.localtime(epoch)),
     )
     write_atomic(run.summary, html)
     return run.summary
@@ -402,6 +487,7 @@ def run_demo(
         cfg = demo_config(config_path, run_dir, fixtures.urls, project)
         setup_logging(cfg, console_level=console_level)  # the run's JSON log in its folder
         rows = asyncio.run(_run_items(cfg, items, workers))
+        hall = run_hall_loop(cfg, fixtures.urls["service_hall"], workers)
     run = DemoRun(
         rows=rows,
         run_dir=run_dir,
@@ -410,6 +496,7 @@ def run_demo(
         seconds=time.monotonic() - started,
         reviewer_password=_add_reviewer(cfg),
         second_opinion=second_opinion(cfg.ocr),
+        hall=hall,
     )
     link_latest(run_dir)
     write_summary(run, config_arg or str(config_path))

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +29,7 @@ from stampless.fixtures.accounts import accounts, fixture_env
 from stampless.models import VerdictKind
 from stampless.outbox import write_verdict
 from stampless.pipeline import Pipeline
+from stampless.queue import ItemState, open_queue
 from stampless.scheduler import Daemon
 
 
@@ -127,7 +133,7 @@ def project(hall: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Itera
 
 
 def test_harvest_fetch_and_push_close_the_loop_once(hall: Any, project: Config) -> None:
-    added = hall_control(hall, add=3, ago_s=90)["added"]
+    added = hall_control(hall, add=1, ago_s=90, exempt=True)["added"]
     daemon = Daemon(project, signer=SIGNER, http=False)
     report = daemon.run_job("harvest")
     state = {a["app_id"]: a for a in hall_state(hall)}
@@ -194,3 +200,51 @@ def test_harvest_fetch_and_push_close_the_loop_once(hall: Any, project: Config) 
 
 def _scan_downloads(servers: Any) -> list[dict[str, Any]]:
     return [e for e in servers.access_log("service_hall") if "/scan/" in e["path"]]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_loses_no_application_and_uploads_nothing_twice(
+    hall: Any, project: Config
+) -> None:
+    """The scheduler and its worker SIGKILLed while an item is being verified, then
+    started again: every material still reaches the hall, each uploaded exactly once."""
+    toml = project.root / "robot.toml"
+    text = toml.read_text(encoding="utf-8").replace("every_s = 30", "every_s = 2")
+    toml.write_text(text + "push_every_s = 2\n", encoding="utf-8")
+    hall_control(hall, add=1, ago_s=10)
+    env = {**os.environ, "OMP_THREAD_LIMIT": "1"}
+    command = [sys.executable, "-m", "stampless", "--config", str(toml), "schedule"]
+    command += ["--workers", "1", "--no-http", "--dev"]
+    log = (project.root / "schedule.log").open("a")
+    queue = open_queue(project)
+
+    def start() -> subprocess.Popen[str]:
+        return subprocess.Popen(command, stdout=log, stderr=log, text=True, env=env)
+
+    daemon = start()
+    try:
+        deadline = time.monotonic() + 180
+        while not queue.list(states=[ItemState.claimed]) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert queue.list(states=[ItemState.claimed]), "no item was claimed"
+        daemon.kill()  # mid-run: an item claimed, its browser open
+        daemon.wait(timeout=30)
+        daemon = start()
+        deadline = time.monotonic() + 420
+        while time.monotonic() < deadline:
+            review = {i.request_id for i in queue.list(states=[ItemState.review])}
+            waiting = [
+                f"{a['app_id']}.{m['mid']}"
+                for a in hall_state(hall)
+                for m in a["materials"]
+                if m["status"] == "pending" and f"{a['app_id']}.{m['mid']}" not in review
+            ]
+            if not waiting:
+                break
+            time.sleep(1)
+        assert not waiting, f"never pushed back: {waiting}"
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(timeout=60)
+    materials = [m for a in hall_state(hall) for m in a["materials"]]
+    assert all(len(m["uploads"]) == (m["decided_at"] is not None) for m in materials)

@@ -204,6 +204,33 @@ def register(app: typer.Typer) -> None:
             exit_with(ExitCode.system_failure)
 
 
+def _pushed(epoch: float | None) -> str:
+    from datetime import datetime
+
+    return datetime.fromtimestamp(epoch).strftime("%H:%M:%S") if epoch is not None else ""
+
+
+def _print_hall(run: DemoRun) -> None:
+    """The service hall's applications: each material's verdict and when it went back."""
+    table = Table(title="the service hall's applications", title_justify="left")
+    for column in ("application", "material (request)", "document", "verdict", "pushed"):
+        table.add_column(column, no_wrap=column != "document")
+    for app in run.hall:
+        for m in app.materials:
+            verdict = m.verdict or "waiting"
+            style = VERDICT_STYLE.get(verdict, "bold")
+            pushed = _pushed(m.pushed_at) or "[yellow]waits for a reviewer[/]"
+            table.add_row(app.app_id, m.request_id, m.document, f"[{style}]{verdict}[/]", pushed)
+    console.print(table)
+    waiting = len(run.hall) - run.served
+    console.print(
+        f"[bold]{run.served} of {len(run.hall)} applications served end to end[/] (every "
+        "material verified or fetched, then pushed back to the hall)"
+        + (f"; {waiting} waits for a reviewer's decision." if waiting else "."),
+        soft_wrap=True,
+    )
+
+
 def _demo_json(run: DemoRun, steps: list[NextStep]) -> dict[str, object]:
     """``demo --json`` (docs/json.md, "stampless demo")."""
     return {
@@ -229,6 +256,25 @@ def _demo_json(run: DemoRun, steps: list[NextStep]) -> dict[str, object]:
         ],
         "next": [{"what": s.what, "command": s.command} for s in steps],
         "advice": run.advice,
+        "hall": {
+            "served": run.served,
+            "applications": [
+                {
+                    "application": a.app_id,
+                    "served": a.served,
+                    "materials": [
+                        {
+                            "request_id": m.request_id,
+                            "document": m.document,
+                            "verdict": m.verdict,
+                            "pushed_at": m.pushed_at,
+                        }
+                        for m in a.materials
+                    ],
+                }
+                for a in run.hall
+            ],
+        },
     }
 
 
@@ -270,6 +316,7 @@ def _print_demo(run: DemoRun, steps: list[NextStep]) -> None:
             )
     if run.advice:
         console.print(f"  {run.advice}", markup=False, soft_wrap=True)
+    _print_hall(run)
     console.print(
         f"The run's deployment and all it kept: {escape(_short_path(run.run_dir))}/ "
         f"(newest run: {escape(_short_path(run.run_dir.parent / 'latest'))}/). Try next:",
