@@ -23,7 +23,8 @@ APT_HINT = "apt-get install -y {}"
 
 @dataclass(frozen=True)
 class Check:
-    """One finding; ``group`` is "machine", "robot.toml", "secrets" or "systems"."""
+    """One finding; ``group`` is "machine", "robot.toml", "secrets" or "systems" (the
+    department systems and the shared store)."""
 
     name: str
     ok: bool
@@ -286,6 +287,23 @@ def _reachable(config: Config, timeout_s: float = 5.0) -> list[Check]:
     return checks
 
 
+def _store(config: Config) -> list[Check]:
+    """The PostgreSQL store answers and its schema is this stampless's."""
+    if config.store.backend != "postgres":
+        return []
+    from stampless._postgres import SCHEMA_VERSION, check_schema, connect, database_url
+    from stampless.errors import StamplessError
+
+    try:
+        with connect(database_url(config)) as conn:
+            check_schema(conn)
+    except StamplessError as exc:
+        fix = "stampless db migrate" if "migrate" in str(exc) else "check [store] url"
+        return [Check("store", False, str(exc), fix, "systems")]
+    detail = f"PostgreSQL answers; schema version {SCHEMA_VERSION}"
+    return [Check("store", True, detail, group="systems")]
+
+
 def run_checks(config: Config, *, deployment: bool = True, offline: bool = False) -> list[Check]:
     """Every check, in the order a person would fix them.
 
@@ -304,5 +322,5 @@ def run_checks(config: Config, *, deployment: bool = True, offline: bool = False
     if deployment:
         checks += _deployment(config) + _secrets(config)
         if not offline:
-            checks += _reachable(config)
+            checks += _store(config) + _reachable(config)
     return checks

@@ -385,6 +385,7 @@ def secret_references(config: Config, *, signing: bool = True) -> list[tuple[str
         "outbox.webhook.token": config.outbox.webhook.token if config.outbox.webhook else None,
         "intake.token": config.intake.token,
         "review.secret_key": config.review.secret_key,
+        "store.url": config.store.url if config.store.backend == "postgres" else None,
     }
     refs += [(where, ref) for where, ref in optional.items() if ref]
     return refs

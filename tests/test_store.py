@@ -8,6 +8,7 @@ Everything here runs on a real server (conftest's ``postgres_server``).
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from datetime import timedelta
@@ -158,7 +159,9 @@ def test_store_settings_are_checked(tmp_path: Path) -> None:
     # What every machine must see goes to the shared folder; a path of its own still wins.
     assert config.evidence_dir == Path("/mnt/shared/evidence")
     assert config.outbox_dir == Path("/mnt/shared/outbox")
-    assert config.audit_dir == config.var_dir / "audit"
+    # Each machine's audit chain in it, under its name; queue and review stay in var/.
+    assert config.audit_dir == Path("/mnt/shared/audit") / str(config.audit_writer)
+    assert config.queue_path == config.var_dir / "queue.db"
     own = config.with_overrides({"outbox.path": "/srv/outbox"})
     assert own.outbox_dir == Path("/srv/outbox") and own.evidence_dir == config.evidence_dir
 
@@ -175,6 +178,14 @@ def test_commands_read_the_shared_store(
     assert "stampless db migrate" in unmigrated.stderr
     assert len(unmigrated.stderr.strip().splitlines()) == 1
 
+    from stampless.doctor import _store
+    from stampless.vault import secret_references
+
+    config = load_config(project / "robot.toml", environ={**env, **os.environ})
+    assert ("store.url", "env:STAMPLESS_DATABASE_URL") in secret_references(config)
+    [before] = _store(config)
+    assert not before.ok and before.fix == "stampless db migrate"
+
     first = cli("db", "migrate", cwd=project, env=env)
     assert first.returncode == 0, first.stderr
     assert "Applied migration 1" in first.stdout
@@ -182,6 +193,8 @@ def test_commands_read_the_shared_store(
     assert again.returncode == 0 and json.loads(again.stdout)["applied"] == []
     status = cli("db", "status", "--json", cwd=project, env=env)
     assert status.returncode == 0 and json.loads(status.stdout)["version"] == SCHEMA_VERSION
+    [after] = _store(config)
+    assert after.ok and f"schema version {SCHEMA_VERSION}" in after.detail
 
     # Another machine queues an item and holds the account; this one's commands see both.
     other = PostgresQueue(url, ACCOUNTS)
