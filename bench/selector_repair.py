@@ -1,7 +1,8 @@
 """How well selectors propose their own repair, on the emulated systems' changed UI.
 
-The repository's deployment with every fallback removed from the three selector maps:
-one lookup per system on the normal UI (fingerprints kept), the systems switched to
+The repository's deployment with every fallback removed from its selector maps:
+one lookup per system that has a changed UI variant (civil affairs, market supervision,
+social security, exit-entry) on the normal UI (fingerprints kept), the systems switched to
 ``--ui-variant changed`` (search forms' ids and names renamed), and one lookup per system
 with ``self_repair = true``. Prints each proposal (choice, certain, score, runner-up,
 seconds until the lookup went on), how many renamed elements were proposed as certain
@@ -37,6 +38,7 @@ LOOKUPS = {
     "civil_affairs": ("marriage_certificate", "cert_no"),
     "market_supervision": ("business_license", "credit_code"),
     "social_security": ("social_security_record", "person_id"),
+    "exit_entry": ("work_permit", "permit_no"),
 }
 # The ids the changed UI gives the elements the robots touch (stampless/fixtures/servers).
 EXPECTED = {
@@ -47,6 +49,7 @@ EXPECTED = {
         "search.submit": "#btnQuery",
     },
     "social_security": {"query.person_id": "#txtAac002", "query.submit": "#btnSearch2"},
+    "exit_entry": {"query.number": "#txtKey", "query.submit": "#btnFind"},
 }
 
 
