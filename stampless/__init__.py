@@ -12,6 +12,7 @@ from stampless.doctype import (
     DocumentType,
     FieldSpec,
     IsoDate,
+    LatinText,
     PersonName,
     ResidentId,
     Rule,
@@ -36,6 +37,7 @@ from stampless.errors import (
     StamplessError,
     SystemFailure,
 )
+from stampless.kinds import FieldKind, get_kind, register_kind
 from stampless.models import (
     FieldResult,
     FieldStatus,
@@ -75,12 +77,14 @@ __all__ = [
     "DocumentType",
     "Element",
     "ExitCode",
+    "FieldKind",
     "FieldResult",
     "FieldSpec",
     "FieldStatus",
     "InputError",
     "IsoDate",
     "JobContext",
+    "LatinText",
     "LoginRejected",
     "OcrEngineError",
     "OcrField",
@@ -109,4 +113,6 @@ __all__ = [
     "YearMonth",
     "__version__",
     "operation",
+    "get_kind",
+    "register_kind",
 ]

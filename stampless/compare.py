@@ -25,7 +25,6 @@ from pydantic import BaseModel
 from rapidfuzz import fuzz
 from rapidfuzz.distance import Levenshtein
 
-from stampless import normalize as norm
 from stampless.doctype import DocumentType, FieldSpec, Rule
 from stampless.models import FieldResult, FieldStatus, OcrField, OcrResult, Record, VerdictKind
 
@@ -93,7 +92,7 @@ def agree(spec: FieldSpec, a: str, b: str, *, read: bool = False) -> bool | None
 def _canonical(spec: FieldSpec, value: Any) -> str | None:
     if value is None:
         return None
-    return norm.normalize(spec.kind, str(value))
+    return spec.kind_def.check(str(value))[0]
 
 
 def _claim_dict(claim: BaseModel | dict[str, Any]) -> dict[str, Any]:

@@ -203,11 +203,43 @@ class PreprocessConfig(_Section):
     save_steps: bool = True
 
 
+class CalibrationConfig(_Section):
+    """Every threshold and margin of reading a scan and verifying it against the record,
+    in one place (``[ocr.calibration]``; docs/ocr.md says how they were calibrated).
+
+    A field's confidence threshold is ``[types.T] thresholds.FIELD`` when robot.toml sets
+    it, else the field's own threshold in its task module, else :attr:`min_confidence`.
+    Margins are log-odds in nats (natural log of a probability ratio).
+    """
+
+    # A field read below its threshold is re-read by the second reader, and with no record
+    # to verify it against, goes to a person.
+    min_confidence: float = Field(default=0.80, ge=0, le=1)
+    # The record's value must be this much likelier than any other string the image of
+    # the field supports to call the field verified (e^6: about 400 to 1).
+    verify_margin: float = Field(default=6.0, ge=0)
+    # Another string must be this much likelier than the record's value to call the
+    # field a mismatch; in between, a person decides.
+    contradict_margin: float = Field(default=12.0, ge=0)
+    # Two readings that disagree keep this share of the lower confidence.
+    disagreement_factor: float = Field(default=0.5, ge=0, le=1)
+    # Highest confidence of a value repaired from another field (an ID from its printed
+    # birth date): below every threshold, so a person confirms it.
+    repair_confidence: float = Field(default=0.5, ge=0, le=1)
+
+    def threshold(self, spec: Any, overrides: dict[str, float] | None = None) -> float:
+        """The confidence threshold of field ``spec`` (a FieldSpec)."""
+        if overrides and spec.name in overrides:
+            return float(overrides[spec.name])
+        return float(spec.threshold if spec.threshold is not None else self.min_confidence)
+
+
 class OcrConfig(_Section):
-    engine: Literal["tesseract", "rapidocr"] = "tesseract"
-    # "auto": RapidOCR when its extra is installed (pip install 'stampless[rapidocr]'),
-    # else none. On the benchmark it verified 55 % of genuine normal scans instead of 31 %.
-    second_opinion: Literal["auto", "none", "rapidocr"] = "auto"
+    # "auto": PP-OCR when it is installed and its models load, else Tesseract alone.
+    engine: Literal["auto", "ppocr", "tesseract"] = "auto"
+    # The other engine as second reader: Tesseract re-reads digit and code fields PP-OCR
+    # is unsure of; PP-OCR re-reads names for Tesseract. "none" asks no one.
+    second_opinion: Literal["auto", "none", "ppocr", "tesseract"] = "auto"
     languages: str = "chi_sim+eng"
     tesseract_cmd: str | None = None
     # "auto": the system's libtesseract in-process when found (and tesseract_cmd unset);
@@ -216,8 +248,28 @@ class OcrConfig(_Section):
     max_pixels: int = Field(default=60_000_000, ge=1_000_000)
     max_file_mb: float = Field(default=40.0, gt=0)
     timeout_s: float = Field(default=60.0, gt=0)
-    min_confidence: float = Field(default=0.80, ge=0, le=1)
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_keys(cls, data: Any) -> Any:
+        # Earlier robot.toml files: engine "rapidocr" and a top-level min_confidence.
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for key in ("engine", "second_opinion"):
+            if data.get(key) == "rapidocr":
+                data[key] = "ppocr"
+        if "min_confidence" in data:
+            calibration = dict(data.get("calibration") or {})
+            calibration.setdefault("min_confidence", data.pop("min_confidence"))
+            data["calibration"] = calibration
+        return data
+
+    @property
+    def min_confidence(self) -> float:
+        return self.calibration.min_confidence
 
 
 class TiersConfig(_Section):

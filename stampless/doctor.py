@@ -105,24 +105,31 @@ def _tesseract_library(config: Config) -> Check:
     return Check("tesseract library", True, f"{path} ({tess.version}), read in-process")
 
 
-def _second_opinion(config: Config) -> Check:
-    from stampless.ocr import rapidocr_installed, second_opinion
+def _ocr_engine(config: Config) -> Check:
+    """Which engine reads scans, and which reads a second time."""
+    from stampless.errors import OcrEngineError
+    from stampless.ocr import engine_in_use, get_engine, ppocr_installed, second_opinion
 
-    hint = "pip install 'stampless[rapidocr]'"
-    if config.ocr.second_opinion == "rapidocr" and not rapidocr_installed():
-        return Check("OCR second opinion", False, "rapidocr is configured but not installed", hint)
-    if second_opinion(config.ocr) is not None:
-        return Check(
-            "OCR second opinion", True, "RapidOCR re-reads names and low-confidence fields"
-        )
-    if config.ocr.second_opinion == "none":
-        return Check("OCR second opinion", True, "off (ocr.second_opinion = none)")
-    # Optional: without it more genuine scans go to a person, none is accepted wrongly.
+    hint = "pip install --force-reinstall rapidocr onnxruntime"
+    if config.ocr.engine == "ppocr" and not ppocr_installed():
+        return Check("OCR engine", False, "ppocr is configured but not installed", hint)
+    primary = engine_in_use(config.ocr)
+    if primary == "ppocr":
+        try:
+            get_engine(config.ocr, "ppocr")
+        except OcrEngineError as exc:
+            return Check("OCR engine", False, str(exc), hint)
+    second = second_opinion(config.ocr)
+    second_text = f"{second} reads a second time" if second else "no second reader"
+    if primary == "ppocr":
+        return Check("OCR engine", True, f"PP-OCR reads and verifies fields; {second_text}")
+    # Tesseract alone works, but sends more genuine scans to a person.
     return Check(
-        "OCR second opinion",
+        "OCR engine",
         True,
-        "RapidOCR not installed: more genuine scans go to review",
-        hint,
+        f"Tesseract alone (PP-OCR {'off' if ppocr_installed() else 'not installed'}); "
+        f"{second_text}; more genuine scans go to review",
+        "" if config.ocr.engine == "tesseract" else hint,
     )
 
 
@@ -313,7 +320,7 @@ def run_checks(config: Config, *, deployment: bool = True, offline: bool = False
     checks = [
         *_tesseract(config),
         _tesseract_library(config),
-        _second_opinion(config),
+        _ocr_engine(config),
         _chromium(config),
         _fonts(),
         _writable(config.var_dir),

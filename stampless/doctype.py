@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
-from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
@@ -27,17 +26,9 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator
 from stampless import normalize as norm
 from stampless.config import Config
 from stampless.errors import ConfigError, RobotBug
+from stampless.kinds import KINDS, FieldKind, Rule, get_kind, register_kind
 from stampless.loader import load_attribute
 from stampless.models import Record, Tier
-
-
-class Rule(StrEnum):
-    """How a field's claimed, read and recorded values are compared (stampless.compare)."""
-
-    exact = "exact"  # equal after normalization: numbers, dates, codes
-    name = "name"  # CJK names exact; Latin names by rapidfuzz similarity
-    text = "text"  # exact; a near miss (OCR noise) goes to review, never to verified
-    numeric = "numeric"  # |a - b| <= tolerance
 
 
 @dataclass(frozen=True)
@@ -45,8 +36,10 @@ class FieldSpec:
     """One field of a document type.
 
     ``labels`` are the printed label texts that anchor the field (spaces and OCR noise
-    in them are tolerated); ``kind`` names the normalizer in
-    :data:`stampless.normalize.NORMALIZERS`, which also decides what "valid" means.
+    in them are tolerated); ``kind`` is a registered :class:`stampless.FieldKind` (or its
+    name: ``"resident_id"``, ``"date"``, ``"name"``, ``"text"``, ``"latin_text"``, ...),
+    which decides what "valid" means and how the value may be printed; ``rule`` is the
+    kind's own unless given; ``ignore_case`` compares letters without case.
     ``occurrence`` picks the n-th appearance of a label (a marriage certificate prints
     姓名 once per person); ``part`` picks the n-th value of the kind after the label
     (缴费起止年月 holds two months). ``region`` is where on the page, as fractions
@@ -61,8 +54,8 @@ class FieldSpec:
 
     name: str
     labels: tuple[str, ...]
-    kind: str
-    rule: Rule = Rule.exact
+    kind: str | FieldKind
+    rule: Rule | None = None
     required: bool = True
     threshold: float | None = None
     pattern: str | None = None
@@ -74,15 +67,31 @@ class FieldSpec:
     tolerance: float = 0.0
     max_chars: int = 60
     birth_field: str | None = None
+    ignore_case: bool = False
+    # The resolved kind (from ``kind``); ``kind`` itself becomes the kind's name.
+    kind_def: FieldKind = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.kind not in norm.NORMALIZERS:
-            raise ValueError(
-                f"field {self.name!r}: unknown kind {self.kind!r}; "
-                f"use one of {', '.join(norm.NORMALIZERS)}"
-            )
+        if isinstance(self.kind, FieldKind):
+            kind = register_kind(self.kind) if self.kind.name not in KINDS else self.kind
+        else:
+            try:
+                kind = get_kind(self.kind)
+            except ValueError as exc:
+                raise ValueError(f"field {self.name!r}: {exc}") from None
+        if self.ignore_case and not kind.ignore_case:
+            kind = kind.variant(ignore_case=True)
+        object.__setattr__(self, "kind", kind.name)
+        object.__setattr__(self, "kind_def", kind)
+        if self.rule is None:
+            object.__setattr__(self, "rule", kind.rule)
         if not self.labels:
             raise ValueError(f"field {self.name!r}: give at least one label")
+
+    @property
+    def compare_rule(self) -> Rule:
+        """The comparison rule (the kind's own unless the field sets one)."""
+        return self.rule or self.kind_def.rule
 
 
 @dataclass(frozen=True)
@@ -191,7 +200,8 @@ def _strict(kind: str, what: str, *, syntax: str | None = None) -> AfterValidato
         if pattern is not None:
             exact = pattern.fullmatch(spelled) is not None
         else:
-            exact = canonical in (spelled, spelled.upper())
+            # Spacing is not the value: "Marriage record" is typed "Marriage  record".
+            exact = norm.remove_spaces(canonical) in (spelled, spelled.upper())
         if not exact:
             raise ValueError(
                 f"is not exactly {what}: it holds other characters too, which are never "
@@ -234,6 +244,7 @@ YearMonth = Annotated[
 ]
 PersonName = Annotated[str, _strict("name", "a name of 2 to 6 CJK characters or Latin letters")]
 Text = Annotated[str, _strict("text", "a text of at least two characters")]
+LatinText = Annotated[str, _strict("latin_text", "a text of at least two letters or digits")]
 Capital = Annotated[
     str,
     BeforeValidator(_as_text),

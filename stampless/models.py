@@ -12,7 +12,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -149,14 +149,51 @@ class Request(BaseModel):
         return path if path.is_absolute() else base / path
 
 
+class CheckStatus(StrEnum):
+    """How the image of a field relates to the department's value (stampless.ocr.verify)."""
+
+    supported = "supported"  # the image supports the record's value, with a clear margin
+    contradicted = "contradicted"  # the image supports another value, with a clear margin
+    uncertain = "uncertain"  # in between: a person looks
+    unavailable = "unavailable"  # nothing to score (no image of the field, unknown characters)
+
+
+class FieldCheck(BaseModel):
+    """A field verified against the record: the scores behind its status.
+
+    ``margin`` is the log-odds, in nats, of the record's value against the best string
+    the image supports that is not the record's value (positive: the record's value is
+    the likelier reading). ``record_form`` is the printed form of the record's value that
+    was scored ("2024年01月02日" for 2024-01-02), ``best_other`` that best other string.
+    """
+
+    status: CheckStatus
+    margin: float | None = None
+    record_form: str | None = None
+    best_other: str | None = None
+    second_reader: str | None = None  # what the second reader (Tesseract) read, if asked
+    reason: str = ""
+
+
 class OcrField(BaseModel):
-    """One field read from a scan."""
+    """One field read from a scan.
+
+    ``source`` names the step (and label) that set the value ("ppocr:label:持证人",
+    "tesseract:second-reader"); ``spans`` are the ``(line, start, end)`` characters of
+    :attr:`OcrResult.lines` it was read from; ``check`` is filled in once the record is
+    known (:func:`stampless.ocr.verify_fields`).
+    """
 
     value: str | None
     confidence: float = Field(ge=0.0, le=1.0)
     valid: bool
     raw: str | None = None
     box: tuple[int, int, int, int] | None = None  # left, top, width, height in the read image
+    source: str | None = None
+    spans: list[tuple[int, int, int]] = []
+    ambiguous: bool = False  # its label may be another person's (one of two 姓名 unread)
+    second_value: str | None = None  # what the second reader read, when it was asked
+    check: FieldCheck | None = None
 
 
 class OcrWord(BaseModel):
@@ -165,16 +202,45 @@ class OcrWord(BaseModel):
     box: tuple[int, int, int, int]
 
 
+class OcrLine(BaseModel):
+    """A text line as the detector found and the recognizer read it."""
+
+    text: str
+    confidence: float
+    quad: tuple[tuple[float, float], ...]  # corners, clockwise from top-left, read image
+
+
+class OcrStep(BaseModel):
+    """One named step of a page reading, with its time and what it decided."""
+
+    name: str
+    seconds: float
+    note: str = ""
+
+
 class OcrResult(BaseModel):
-    """What the OCR stage returns: fields by name, the words with their boxes, timings."""
+    """What the OCR stage returns: fields by name, the words with their boxes, timings.
+
+    ``lines`` (PP-OCR) carry the recognizer's probabilities in memory
+    (:attr:`matrices`, saved beside ocr.json as ocr-lines.npz), so each field can be
+    verified against the record after the robot's lookup.
+    """
 
     type: str
     fields: dict[str, OcrField]
     words: list[OcrWord] = []
+    lines: list[OcrLine] = []
     text: str = ""
     image_size: tuple[int, int] | None = None
     seconds: float = 0.0
     engine: str = "tesseract"
+    steps: list[OcrStep] = []
+    _matrices: dict[int, Any] = PrivateAttr(default_factory=dict)
+
+    @property
+    def matrices(self) -> dict[int, Any]:
+        """Line index -> :class:`stampless.ocr.ctc.TopK` (empty for Tesseract readings)."""
+        return self._matrices
 
 
 class Record(BaseModel):
@@ -198,6 +264,9 @@ class FieldResult(BaseModel):
     reason: str | None = None
     # The claim's value exactly as the request sent it, beside its normalized ``claimed``.
     claimed_as_received: str | int | float | None = None
+    # The scan checked against the record (PP-OCR's scores), when it was.
+    check: FieldCheck | None = None
+    source: str | None = None  # the OCR step that set the value read
 
 
 class DocumentSignature(BaseModel):

@@ -49,8 +49,8 @@ _PUNCT = str.maketrans(
 )
 
 _SPACE_RE = re.compile(r"\s+")
-_CJK = r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-_CJK_RE = re.compile(f"[{_CJK}]")
+CJK = r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_CJK_RE = re.compile(f"[{CJK}]")
 
 
 def to_halfwidth(text: str) -> str:
@@ -66,7 +66,7 @@ def remove_spaces(text: str) -> str:
 def cjk_spacing(text: str) -> str:
     """Remove spaces next to CJK characters, keep single spaces between Latin words."""
     text = _SPACE_RE.sub(" ", text).strip()
-    return re.sub(f"(?<=[{_CJK}]) | (?=[{_CJK}])", "", text)
+    return re.sub(f"(?<=[{CJK}]) | (?=[{CJK}])", "", text)
 
 
 def clean(text: str) -> str:
@@ -377,10 +377,11 @@ def normalize_name(text: str | None) -> str | None:
 
 
 def normalize_text(text: str | None) -> str | None:
-    """Free text (company names, addresses, types): half-width, no spaces."""
+    """Free text (company names, addresses, titles): half-width, no spaces next to CJK
+    characters, one space between Latin words ("Marriage record MR-0001")."""
     if not text:
         return None
-    t = remove_spaces(to_halfwidth(text)).strip(":;,")
+    t = cjk_spacing(to_halfwidth(text)).strip(" :;,")
     return t or None
 
 
@@ -503,54 +504,17 @@ def normalize_decimal(text: str | None) -> str | None:
     return _decimal_string(float(m.group(0))) if m else None
 
 
-# --- registry ------------------------------------------------------------------------
-
-Normalizer = Callable[[str | None], str | None]
-Checker = Callable[[str | None], tuple[str | None, bool]]
-
-NORMALIZERS: dict[str, Normalizer] = {
-    "resident_id": normalize_resident_id,
-    "credit_code": normalize_credit_code,
-    "cert_no": normalize_cert_no,
-    "date": normalize_date,
-    "month": normalize_month,
-    "name": normalize_name,
-    "text": normalize_text,
-    "capital": normalize_capital,
-    "integer": normalize_integer,
-    "decimal": normalize_decimal,
-}
+# --- the kinds registry ------------------------------------------------------------------
 
 
 def check(kind: str, text: str | None) -> tuple[str | None, bool]:
-    """Normalize ``text`` as ``kind`` and say whether the value is valid for that kind.
+    """Normalize ``text`` as ``kind`` and say whether the value is valid for that kind
+    (:mod:`stampless.kinds` holds the kinds; a task module may register its own)."""
+    from stampless.kinds import check as check_kind
 
-    Identifiers are checked by their check character or format; dates and months by the
-    calendar; names must be 2–4 CJK characters (or Latin letters); text must be non-empty.
-    """
-    if kind == "resident_id":
-        return check_resident_id(text)
-    if kind == "credit_code":
-        return check_credit_code(text)
-    if kind == "cert_no":
-        return check_cert_no(text)
-    try:
-        normalizer = NORMALIZERS[kind]
-    except KeyError:
-        raise ValueError(f"unknown normalizer {kind!r}; known: {', '.join(NORMALIZERS)}") from None
-    value = normalizer(text)
-    if value is None:
-        return None, False
-    if kind == "name":
-        cjk = re.fullmatch(f"[{_CJK}·]{{2,6}}", value) is not None
-        # Short Latin "names" are OCR noise far more often than real names.
-        latin = re.fullmatch(r"[A-Z][A-Z.\-' ]{3,60}", value) is not None
-        return value, cjk or latin
-    if kind == "text":
-        return value, len(value) >= 2
-    return value, True
+    return check_kind(kind, text)
 
 
 def normalize(kind: str, text: str | None) -> str | None:
-    """Normalize ``text`` with the normalizer named ``kind`` (see :data:`NORMALIZERS`)."""
+    """``text`` as a canonical value of ``kind`` (see :func:`check`), or None."""
     return check(kind, text)[0]

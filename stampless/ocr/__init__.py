@@ -1,68 +1,55 @@
-"""OCR of scanned certificates: open safely, preprocess, read, extract, normalize.
+"""OCR of scanned certificates: read every field of a document type, then verify each
+field against the department's record.
 
 Public entry points:
 
 * :func:`open_image` — a scan as an RGB image, or one clear InputError.
-* :func:`read_document` — every field of a document type read from a scan, with a
-  per-field confidence, as :class:`stampless.models.OcrResult`.
-* :func:`get_engine` — the configured :class:`OcrEngine` (Tesseract by default).
+* :func:`read_document` / :func:`read_image` — every field of a document type read from a
+  scan, with a per-field confidence and the step that set it, as
+  :class:`stampless.models.OcrResult`.
+* :func:`verify_fields` — once the robot has the record: how well the image of each
+  field supports the record's value (:mod:`.verify`), filled into ``OcrField.check``.
+* :func:`get_engine`, :func:`engine_in_use` — the engines, created once per process.
 
-How a page is read (one stage per module): :mod:`.preprocess` straightens and cleans
-the page; the engine reads it once at 120 DPI to find the labels (enough for layout, and
-several times faster than the full page); :mod:`.extract` finds each
-field's value after its label; then each field's own region is read again at full
-resolution as a single line, with a character whitelist for number fields. The two
-readings, the validation result (check characters, calendar) and the engine's word
-confidences give the field's confidence. Fields read below the threshold can be given
-a second opinion by RapidOCR (``ocr.second_opinion``: ``"auto"``, the default, asks it
-when the ``stampless[rapidocr]`` extra is installed).
+Two readers, chosen by ``ocr.engine``:
+
+* ``"ppocr"`` (the default, ``"auto"`` when it loads): PP-OCR finds text lines anywhere
+  on the page and reads them, keeping the recognizer's probabilities;
+  Tesseract is the second reader of digit and code fields (:mod:`.reader`).
+* ``"tesseract"``: the Tesseract pipeline, with PP-OCR as a second opinion on names when
+  installed (:mod:`.tesseract_reader`). It is also what runs when onnxruntime cannot
+  load (``"auto"``).
 """
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import time
-from collections.abc import Callable, Collection
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 from loguru import logger
-from PIL import Image, ImageFilter, ImageOps
+from PIL import Image
 
 from stampless.config import OcrConfig
-from stampless.doctype import DocumentType, FieldSpec
-from stampless.models import OcrField, OcrResult, OcrWord
-from stampless.normalize import id_from_birth_date
-from stampless.ocr.engine import OcrEngine, Word, words_confidence
-from stampless.ocr.extract import (
-    CHECKED_KINDS,
-    extract_raw,
-    group_lines,
-    stop_labels,
-    value_of,
-)
+from stampless.doctype import DocumentType
+from stampless.errors import OcrEngineError
+from stampless.models import OcrResult, Record
+from stampless.ocr.engine import OcrEngine, Word
 from stampless.ocr.image import open_image
-from stampless.ocr.preprocess import detect_orientation
-from stampless.ocr.preprocess import preprocess as run_preprocess
+from stampless.ocr.ppocr import ppocr_installed
 
-__all__ = ["OcrEngine", "Word", "get_engine", "open_image", "read_document", "read_image"]
-
-# The layout pass reads the page at this fraction of 300 DPI: at 120 DPI Tesseract found
-# 227 of 228 labels on generated normal and hard scans, more than at 150 DPI, in less time.
-LAYOUT_SCALE = 0.4
-# Kinds read again with Tesseract's Latin model and a whitelist.
-_LATIN_KINDS = {"resident_id", "credit_code", "cert_no", "integer"}
-_DATE_WHITELIST = "0123456789年月日-."
-# Confidence of a valid value two readings agree on (see _combine).
-AGREEMENT_FLOOR = 0.85
-# Confidence given up when two readings of a field disagree.
-DISAGREEMENT_FACTOR = 0.5
-# Highest confidence of a value repaired from another field: below every threshold, so a
-# person confirms it.
-REPAIR_CONFIDENCE = 0.5
+__all__ = [
+    "OcrEngine",
+    "Word",
+    "engine_in_use",
+    "get_engine",
+    "open_image",
+    "ppocr_installed",
+    "read_document",
+    "read_image",
+    "second_opinion",
+    "verify_fields",
+]
 
 
 @lru_cache(maxsize=8)
@@ -70,38 +57,22 @@ def _engine(
     kind: str, languages: str, cmd: str | None, library: str, timeout_s: float
 ) -> OcrEngine:
     config = OcrConfig(
-        engine="tesseract" if kind == "tesseract" else "rapidocr",
-        languages=languages,
-        tesseract_cmd=cmd,
-        tesseract_library=library,
-        timeout_s=timeout_s,
+        languages=languages, tesseract_cmd=cmd, tesseract_library=library, timeout_s=timeout_s
     )
-    if kind == "rapidocr":
-        from stampless.ocr.rapidocr import RapidOcrEngine
+    if kind == "ppocr":
+        from stampless.ocr.ppocr import get_ppocr
 
-        return RapidOcrEngine(config)
+        return get_ppocr(config)
     from stampless.ocr.tesseract import TesseractEngine
 
     return TesseractEngine(config)
 
 
-def second_opinion(config: OcrConfig) -> str | None:
-    """The engine asked about names and low-confidence fields, or None (``ocr.second_opinion``)."""
-    if config.second_opinion == "auto":
-        return "rapidocr" if rapidocr_installed() else None
-    return None if config.second_opinion == "none" else config.second_opinion
-
-
-@lru_cache(maxsize=1)
-def rapidocr_installed() -> bool:
-    """True when the optional RapidOCR extra (rapidocr and onnxruntime) is importable."""
-    return all(importlib.util.find_spec(name) is not None for name in ("rapidocr", "onnxruntime"))
-
-
 def get_engine(config: OcrConfig, kind: str | None = None) -> OcrEngine:
-    """The engine ``kind`` (default ``config.engine``), created once per process."""
+    """The engine ``kind`` ("ppocr" or "tesseract"; default: the one in use), created once
+    per process."""
     return _engine(
-        kind or config.engine,
+        kind or engine_in_use(config),
         config.languages,
         config.tesseract_cmd,
         config.tesseract_library,
@@ -109,341 +80,44 @@ def get_engine(config: OcrConfig, kind: str | None = None) -> OcrEngine:
     )
 
 
-@dataclass
-class _Reading:
-    value: str | None
-    valid: bool
-    confidence: float
-    raw: str
-    box: tuple[int, int, int, int] | None
+def engine_in_use(config: OcrConfig) -> str:
+    """ "ppocr" or "tesseract": ``ocr.engine``, with "auto" resolved to PP-OCR when it is
+    installed and its models load, else Tesseract."""
+    if config.engine != "auto":
+        return config.engine
+    return "ppocr" if _ppocr_loads() else "tesseract"
 
 
-def _crop(
-    image: Image.Image, region: tuple[int, int, int, int], *, wide: bool = False
-) -> Image.Image:
-    left, top, width, height = region
-    # The wide crop is the retry for a field whose reading failed its check: the layout
-    # pass at 120 DPI sometimes puts a value's first or last character into a neighbour.
-    pad_y = round((0.45 if wide else 0.3) * height)
-    pad_x = round((2.5 if wide else 0.8) * height)
-    box = (
-        max(0, left - pad_x),
-        max(0, top - pad_y),
-        min(image.width, left + width + pad_x),
-        min(image.height, top + height + pad_y),
-    )
-    # Tesseract reads a line better with a white margin around it.
-    return ImageOps.expand(image.crop(box).convert("L"), border=12, fill=255)
+@lru_cache(maxsize=1)
+def _ppocr_loads() -> bool:
+    if not ppocr_installed():
+        logger.warning("PP-OCR is not installed; reading scans with Tesseract alone")
+        return False
+    try:
+        _engine("ppocr", "chi_sim+eng", None, "auto", 60.0)
+    except OcrEngineError as exc:
+        logger.warning("PP-OCR could not load ({}); reading scans with Tesseract alone", exc)
+        return False
+    return True
 
 
-def _reread_mode(spec: FieldSpec) -> tuple[str | None, str]:
-    """(whitelist, script) of a field's re-read; fields sharing a mode are read together."""
-    if spec.kind in _LATIN_KINDS and (spec.whitelist is None or spec.whitelist.isascii()):
-        return spec.whitelist, "latin"
-    if spec.kind in ("date", "month"):
-        return spec.whitelist or _DATE_WHITELIST, "cjk"
-    return spec.whitelist, "cjk"
+def second_opinion(config: OcrConfig) -> str | None:
+    """The second reader asked about uncertain fields, or None (``ocr.second_opinion``).
 
-
-def _value(spec: FieldSpec, text: str, stop: list[str]) -> tuple[str | None, bool]:
-    """A field's normalized value in ``text`` and whether it is valid, without the tail of
-    its own label that a crop or a layout line caught ("人" of 持证人)."""
-    value, valid = value_of(spec, text, stop)
-    if value is not None and spec.kind in ("name", "text"):
-        stripped = _strip_own_label(value, spec)
-        if stripped != value:
-            value, valid = value_of(spec, stripped, stop)
-    return value, valid
-
-
-def _strip_own_label(value: str, spec: FieldSpec) -> str:
-    """Drop the tail of the field's own label caught by a crop ("人" of 持证人)."""
-    for label in spec.labels:
-        for k in (2, 1):
-            if len(label) > k and value.startswith(label[-k:]) and len(value) - k >= 2:
-                return value[k:]
-    return value
-
-
-def _renderings(crop: Image.Image) -> list[Image.Image]:
-    """Other renderings of a crop for a last read: binarized, enlarged, sharpened."""
-    big = crop.resize((crop.width * 3 // 2, crop.height * 3 // 2), Image.Resampling.LANCZOS)
-    return [_binarized(crop), big, crop.filter(ImageFilter.UnsharpMask(2, 150, 3))]
-
-
-def _binarized(crop: Image.Image) -> Image.Image:
-    from stampless.ocr.preprocess import binarize
-
-    return binarize(crop)
-
-
-def _trim_label_bits(value: str, reference: str, stop: list[str]) -> str:
-    """``reference`` when ``value`` is it plus a bit of a neighbouring label.
-
-    A crop can catch the first character of the next label ("成" of 成立日期) or the
-    last of the field's own (人 of 法定代表人); the layout pass, which saw the labels
-    whole, had already cut them off.
+    With PP-OCR reading, Tesseract re-reads digit and code fields; with Tesseract
+    reading, PP-OCR re-reads names and fields below their threshold. "auto" takes the
+    other engine when it is available.
     """
-    if value.startswith(reference):
-        extra = value[len(reference) :]
-        if 0 < len(extra) <= 2 and any(label.startswith(extra) for label in stop):
-            return reference
-    if value.endswith(reference):
-        extra = value[: len(value) - len(reference)]
-        if 0 < len(extra) <= 2 and any(label.endswith(extra) for label in stop):
-            return reference
-    return value
-
-
-def _combine(first: _Reading, second: _Reading | None) -> _Reading:
-    """One reading from the layout pass and the field's own re-read."""
-    if second is None or second.value is None:
-        return first if first.value is not None else (second or first)
-    if first.value is None:
-        return second
-    if first.value == second.value:
-        best = first if first.confidence >= second.confidence else second
-        # Two readings at different resolutions agreeing on a valid value is strong
-        # evidence even when Tesseract is unsure of single glyphs (its CJK model gives
-        # correct rare characters low scores): agreement lifts it to AGREEMENT_FLOOR.
-        conf = 1 - (1 - first.confidence) * (1 - second.confidence)
-        if first.valid and second.valid and min(first.confidence, second.confidence) >= 0.25:
-            conf = max(conf, AGREEMENT_FLOOR)
-        return _Reading(best.value, first.valid and second.valid, conf, best.raw, best.box)
-    if first.valid != second.valid:
-        good = first if first.valid else second
-        return _Reading(good.value, True, good.confidence * 0.85, good.raw, good.box or first.box)
-    # Two valid readings that disagree leave the value in doubt: keep the more confident
-    # one, with a confidence that sends the field to review.
-    best = first if first.confidence > second.confidence else second
-    return _Reading(
-        best.value,
-        best.valid,
-        min(first.confidence, second.confidence) * DISAGREEMENT_FACTOR,
-        best.raw,
-        best.box or first.box,
-    )
-
-
-def _finish(
-    spec: FieldSpec,
-    readings: list[_Reading],
-) -> OcrField:
-    if not readings:
-        return OcrField(value=None, confidence=0.0, valid=False)
-    best = readings[0]
-    for other in readings[1:]:
-        best = _merge_labels(best, other)
-    return OcrField(
-        value=best.value,
-        confidence=round(max(0.0, min(1.0, best.confidence)), 4),
-        valid=best.valid,
-        raw=best.raw[:200],
-        box=best.box,
-    )
-
-
-def _merge_labels(a: _Reading, b: _Reading) -> _Reading:
-    """Readings of one field found under two labels (持证人 and the first 姓名)."""
-    if b.value is None:
-        return a
-    if a.value is None:
-        return b
-    if a.value == b.value:
-        conf = 1 - (1 - a.confidence) * (1 - b.confidence)
-        return _Reading(a.value, a.valid and b.valid, conf, a.raw, a.box)
-    if a.valid != b.valid:
-        return a if a.valid else b
-    best = a if a.confidence >= b.confidence else b
-    return _Reading(
-        best.value,
-        best.valid,
-        min(a.confidence, b.confidence) * DISAGREEMENT_FACTOR,
-        best.raw,
-        best.box,
-    )
-
-
-_Batch = dict[tuple[str | None, str], list[tuple[str, int, Image.Image]]]
-_Run = Callable[
-    [tuple[str | None, str], list[tuple[str, int, Image.Image]]],
-    list[tuple[str, int, str, float]],
-]
-
-
-def _unread_crops(
-    doctype: DocumentType,
-    firsts: dict[str, list[_Reading]],
-    combined: dict[str, list[_Reading]],
-    crops: Callable[[tuple[int, int, int, int]], list[Image.Image]],
-    *,
-    kinds: Collection[str] | None = None,
-) -> _Batch:
-    """The images ``crops`` makes of each reading's region, for the fields (of ``kinds``,
-    or all) none of whose readings is valid yet, batched by re-read mode."""
-    batch: _Batch = {}
-    for spec in doctype.fields:
-        if kinds is not None and spec.kind not in kinds:
-            continue
-        if any(r.valid for r in combined[spec.name]):
-            continue
-        for i, reading in enumerate(combined[spec.name]):
-            region = firsts[spec.name][i].box or reading.box
-            if region is not None:
-                for image in crops(region):
-                    batch.setdefault(_reread_mode(spec), []).append((spec.name, i, image))
-    return batch
-
-
-def _read_renderings(
-    run: _Run,
-    page: Image.Image,
-    doctype: DocumentType,
-    firsts: dict[str, list[_Reading]],
-    combined: dict[str, list[_Reading]],
-    stop: list[str],
-) -> None:
-    """Codes with a check character still failing it, read in other renderings.
-
-    On faint, seal-covered hard scans one rendering (binarized, enlarged, sharpened; each
-    of the narrow and the wide crop) often reads what the others do not. The check
-    decides: a value replaces the reading in ``combined`` only when every rendering that
-    passes the check agrees on it.
-    """
-    batch = _unread_crops(
-        doctype,
-        firsts,
-        combined,
-        lambda region: [
-            im for wide in (False, True) for im in _renderings(_crop(page, region, wide=wide))
-        ],
-        kinds=CHECKED_KINDS,
-    )
-    passing: dict[tuple[str, int], dict[str, float]] = {}
-    for mode, items in batch.items():
-        for name, i, text, conf in run(mode, items):
-            value, valid = value_of(doctype.field(name), text, stop)
-            if valid and value is not None:
-                seen = passing.setdefault((name, i), {})
-                seen[value] = max(seen.get(value, 0.0), conf)
-    for (name, i), seen in passing.items():
-        if len(seen) == 1:
-            value, conf = seen.popitem()
-            old = combined[name][i]
-            # One engine, several renderings: the lowered confidence of a retry.
-            combined[name][i] = _Reading(value, True, conf * 0.85, old.raw, old.box)
-
-
-def _cap_ambiguous(
-    name: str,
-    field: OcrField,
-    combined: dict[str, list[_Reading]],
-    ambiguous: set[tuple[str, int]],
-) -> OcrField:
-    """``field`` with at most :data:`REPAIR_CONFIDENCE` when its value rests only on
-    labels that may be another person's (``Candidate.ambiguous``).
-
-    With one of the two 姓名 unreadable, the one found may be the spouse's: read with
-    confidence (and a second engine reading the same crop agrees), it would call a
-    genuine certificate a forgery. A person decides instead.
-    """
-    readings = combined[name]
-    if field.value is None or field.confidence <= REPAIR_CONFIDENCE:
-        return field
-    if not any((name, i) in ambiguous for i in range(len(readings))):
-        return field
-    if any(r.value == field.value for i, r in enumerate(readings) if (name, i) not in ambiguous):
-        return field  # a label that is surely this field's reads the same
-    return field.model_copy(update={"confidence": REPAIR_CONFIDENCE})
-
-
-def _repair_from_birth(field: OcrField, readings: list[_Reading], birth: OcrField) -> OcrField:
-    """A resident ID none of whose readings passed its check, repaired from the birth date
-    printed beside it when exactly one repair passes (``FieldSpec.birth_field``).
-
-    The repaired value is reported with at most :data:`REPAIR_CONFIDENCE`: it rests on
-    one field explaining another, and an ID whose date digits were altered on paper would
-    be "repaired" too, so a person confirms it.
-    """
-    if not birth.valid:
-        return field
-    repaired = {
-        fixed for r in readings if (fixed := id_from_birth_date(r.value, birth.value)) is not None
-    }
-    if len(repaired) != 1:
-        return field
-    return field.model_copy(
-        update={
-            "value": repaired.pop(),
-            "valid": True,
-            "confidence": min(REPAIR_CONFIDENCE, birth.confidence),
-        }
-    )
-
-
-def _layout_words(engine: OcrEngine, image: Image.Image, psm: int = 3) -> list[Word]:
-    small = image.resize(
-        (round(image.width * LAYOUT_SCALE), round(image.height * LAYOUT_SCALE)),
-        Image.Resampling.BOX,
-    )
-    words = engine.read(small, psm=psm, cjk_only=True)
-    k = 1 / LAYOUT_SCALE
-    return [
-        Word(
-            text=w.text,
-            confidence=w.confidence,
-            box=(
-                round(w.box[0] * k),
-                round(w.box[1] * k),
-                round(w.box[2] * k),
-                round(w.box[3] * k),
-            ),
-            line=w.line,
-        )
-        for w in words
-    ]
-
-
-def _anchored(doctype: DocumentType, lines: list) -> int:
-
-    return sum(
-        1
-        for spec in doctype.fields
-        if any(c.source != "pattern" for c in extract_raw(lines, doctype, spec))
-    )
-
-
-def _second_opinion(
-    engine: OcrEngine, image: Image.Image, spec: FieldSpec, field: OcrField, stop: list[str]
-) -> OcrField:
-    """Ask a second engine about a field read with low confidence."""
-    if field.box is None:
-        return field
-    whitelist, script = _reread_mode(spec)
-    text, conf = engine.read_line(_crop(image, field.box), whitelist=whitelist, script=script)
-    value, valid = _value(spec, text, stop)
-    if value is not None and field.value is not None and value != field.value:
-        trimmed = _trim_label_bits(value, field.value, stop)
-        if trimmed != value:
-            value, valid = value_of(spec, trimmed, stop)
-    if value is None:
-        return field
-    if field.value is None and valid:
-        return field.model_copy(update={"value": value, "valid": valid, "confidence": conf * 0.8})
-    if value == field.value:
-        # Two different engines agreeing is strong evidence.
-        return field.model_copy(update={"confidence": max(field.confidence, min(0.95, conf))})
-    if valid:
-        # The engines disagree: report the second engine's reading (PP-OCR reads CJK
-        # better than Tesseract's fast model) with a confidence that asks for review.
-        return field.model_copy(
-            update={
-                "value": value,
-                "raw": text[:200],
-                "confidence": min(field.confidence, conf) * DISAGREEMENT_FACTOR,
-            }
-        )
-    return field
+    primary = engine_in_use(config)
+    choice = config.second_opinion
+    if choice == "none":
+        return None
+    if choice == "auto":
+        other = "tesseract" if primary == "ppocr" else "ppocr"
+        if other == "ppocr" and not ppocr_installed():
+            return None
+        return other
+    return None if choice == primary else choice
 
 
 def read_image(
@@ -454,160 +128,30 @@ def read_image(
     steps_dir: Path | None = None,
     workers: int | None = None,
     engine: OcrEngine | None = None,
+    thresholds: dict[str, float] | None = None,
 ) -> OcrResult:
     """:func:`read_document` on an image already opened (see there)."""
+    kind = engine.name if engine is not None else engine_in_use(config)
+    primary = engine or get_engine(config, kind)
+    second_kind = second_opinion(config)
+    second = get_engine(config, second_kind) if second_kind else None
+    if kind == "ppocr":
+        from stampless.ocr.reader import read_page as read_ppocr
 
-    started = time.perf_counter()
-    engine = engine or get_engine(config)
-    pre = run_preprocess(image, config.preprocess, steps_dir=steps_dir)
-    words = _layout_words(engine, pre.image)
-    lines = group_lines(words)
-    anchored = _anchored(doctype, lines)
-    if anchored < len(doctype.fields):
-        # Page segmentation sometimes drops a column of widely spaced labels as noise;
-        # sparse-text segmentation keeps them. Only pages missing labels pay for it.
-        sparse = _layout_words(engine, pre.image, psm=11)
-        sparse_lines = group_lines(sparse)
-        if (found := _anchored(doctype, sparse_lines)) > anchored:
-            words, lines, anchored = sparse, sparse_lines, found
-    if config.preprocess.orientation and anchored * 2 < len(doctype.fields):
-        # Few labels found: the page may be sideways or upside down.
-        rotate = detect_orientation(pre.image, engine)
-        if rotate:
-            logger.debug("page rotated by {} degrees; reading it upright", rotate)
-            turned = image.rotate(-rotate, expand=True, fillcolor=(255, 255, 255))
-            pre = run_preprocess(turned, config.preprocess, steps_dir=steps_dir)
-            pre.steps.insert(0, "orientation")
-            words = _layout_words(engine, pre.image)
-            lines = group_lines(words)
-    final = pre.image
-    second = None
-    if (kind := second_opinion(config)) is not None and kind != engine.name:
-        second = get_engine(config, kind)
+        return read_ppocr(
+            image, doctype, config, primary, second, steps_dir=steps_dir, thresholds=thresholds
+        )
+    from stampless.ocr.tesseract_reader import read_page as read_tesseract
 
-    stop = stop_labels(doctype)
-    # First readings from the layout pass, and the crops to read again at full size.
-    firsts: dict[str, list[_Reading]] = {}
-    ambiguous: set[tuple[str, int]] = set()
-    jobs: _Batch = {}
-    for spec in doctype.fields:
-        candidates = extract_raw(lines, doctype, spec)
-        ambiguous |= {(spec.name, i) for i, c in enumerate(candidates) if c.ambiguous}
-        firsts[spec.name] = []
-        for i, cand in enumerate(candidates):
-            value, valid = _value(spec, cand.raw, stop)
-            firsts[spec.name].append(
-                _Reading(value, valid, words_confidence(cand.words), cand.raw, cand.box)
-            )
-            if cand.region is not None:
-                jobs.setdefault(_reread_mode(spec), []).append(
-                    (spec.name, i, _crop(final, cand.region))
-                )
-
-    def run(
-        mode: tuple[str | None, str], items: list[tuple[str, int, Image.Image]]
-    ) -> list[tuple[str, int, str, float]]:
-        texts = engine.read_lines([im for _, _, im in items], whitelist=mode[0], script=mode[1])
-        return [(name, i, t, c) for (name, i, _), (t, c) in zip(items, texts, strict=True)]
-
-    n = workers if workers is not None else min(2, os.cpu_count() or 1)
-    if n > 1 and len(jobs) > 1:
-        with ThreadPoolExecutor(max_workers=n) as pool:
-            batches = list(pool.map(lambda kv: run(*kv), jobs.items()))
-    else:
-        batches = [run(mode, items) for mode, items in jobs.items()]
-    rereads: dict[tuple[str, int], _Reading] = {}
-    for batch in batches:
-        for name, i, text, conf in batch:
-            spec = doctype.field(name)
-            value, valid = _value(spec, text, stop)
-            reference = firsts[name][i].value
-            if value is not None and reference is not None and value != reference:
-                trimmed = _trim_label_bits(value, reference, stop)
-                if trimmed != value:
-                    value, valid = value_of(spec, trimmed, stop)
-            rereads[(name, i)] = _Reading(value, valid, conf, text, firsts[name][i].box)
-
-    combined = {
-        spec.name: [
-            _combine(first, rereads.get((spec.name, i)))
-            for i, first in enumerate(firsts[spec.name])
-        ]
-        for spec in doctype.fields
-    }
-    # Two valid readings that disagree: a third reading of the binarized crop decides,
-    # when it agrees with one of them (two of three).
-    ties: _Batch = {}
-    for spec in doctype.fields:
-        for i, first in enumerate(firsts[spec.name]):
-            again = rereads.get((spec.name, i))
-            if (
-                again is not None
-                and first.valid
-                and again.valid
-                and first.value != again.value
-                and first.box is not None
-            ):
-                ties.setdefault(_reread_mode(spec), []).append(
-                    (spec.name, i, _binarized(_crop(final, first.box)))
-                )
-    for mode, items in ties.items():
-        for name, i, text, conf in run(mode, items):
-            spec = doctype.field(name)
-            value, valid = _value(spec, text, stop)
-            first, again = firsts[name][i], rereads[(name, i)]
-            for agreeing in (first, again):
-                if valid and value == agreeing.value:
-                    # Two of three agree on the value, but the readings are not
-                    # independent (one engine): no confidence is added.
-                    combined[name][i] = _Reading(
-                        value,
-                        True,
-                        min(agreeing.confidence, conf),
-                        agreeing.raw,
-                        agreeing.box or first.box,
-                    )
-                    break
-    # A second, wider read for values that failed their check (rare on good scans).
-    retry = _unread_crops(
-        doctype, firsts, combined, lambda region: [_crop(final, region, wide=True)]
-    )
-    for mode, items in retry.items():
-        for name, i, text, conf in run(mode, items):
-            value, valid = value_of(doctype.field(name), text, stop)
-            if valid:
-                old = combined[name][i]
-                # Found only by the retry: one reading, so a lowered confidence.
-                combined[name][i] = _Reading(value, True, conf * 0.85, text, old.box)
-
-    _read_renderings(run, final, doctype, firsts, combined, stop)
-
-    fields = {spec.name: _finish(spec, combined[spec.name]) for spec in doctype.fields}
-    for spec in doctype.fields:
-        if spec.birth_field is not None and not fields[spec.name].valid:
-            readings = [*firsts[spec.name], *combined[spec.name]]
-            readings += [r for (name, _), r in rereads.items() if name == spec.name]
-            fields[spec.name] = _repair_from_birth(
-                fields[spec.name], readings, fields[spec.birth_field]
-            )
-    for spec in doctype.fields:
-        threshold = spec.threshold or config.min_confidence
-        # Names are always asked: Tesseract's fast chi_sim model misreads some name
-        # characters with confidence (霞 as 起, 倩 as 傅), which PP-OCR reads right.
-        if second is not None and (fields[spec.name].confidence < threshold or spec.kind == "name"):
-            fields[spec.name] = _second_opinion(second, final, spec, fields[spec.name], stop)
-        fields[spec.name] = _cap_ambiguous(spec.name, fields[spec.name], combined, ambiguous)
-    if steps_dir is not None:
-        steps_dir.mkdir(parents=True, exist_ok=True)
-        final.save(steps_dir / "ocr-input.png", compress_level=1)
-    return OcrResult(
-        type=doctype.name,
-        fields={spec.name: fields[spec.name] for spec in doctype.fields},
-        words=[OcrWord(text=w.text, confidence=w.confidence, box=w.box) for w in words],
-        text="\n".join(line.text for line in lines),
-        image_size=final.size,
-        seconds=round(time.perf_counter() - started, 3),
-        engine=engine.name if second is None else f"{engine.name}+{second.name}",
+    return read_tesseract(
+        image,
+        doctype,
+        config,
+        primary,
+        second,
+        steps_dir=steps_dir,
+        workers=workers,
+        thresholds=thresholds,
     )
 
 
@@ -619,23 +163,41 @@ def read_document(
     steps_dir: Path | None = None,
     workers: int | None = None,
     engine: OcrEngine | None = None,
+    thresholds: dict[str, float] | None = None,
 ) -> OcrResult:
     """Read every field of ``doctype`` from the scan at ``image``.
 
     Each preprocessing step's output is saved into ``steps_dir`` when
-    ``config.preprocess.save_steps`` is set, and the final image OCR read is saved as
-    ``steps_dir/"ocr-input.png"`` (word boxes in the result are in its coordinates).
-    ``workers`` threads re-read fields in parallel (default: one per core, at most 2);
-    pass 1 when pages are already read in parallel. Raises InputError for a bad image and
-    OcrEngineError when the engine is missing, crashes or times out.
+    ``config.preprocess.save_steps`` is set, and the image OCR read is saved as
+    ``steps_dir/"ocr-input.png"`` (boxes in the result are in its coordinates).
+    ``workers`` threads re-read fields in parallel in the Tesseract reader (default: one
+    per core, at most 2). ``thresholds`` are robot.toml's ``[types.T] thresholds``. Raises
+    InputError for a bad image and OcrEngineError when the
+    engine is missing, crashes or times out.
     """
     started = time.perf_counter()
     opened = open_image(Path(image), config)
     try:
         result = read_image(
-            opened, doctype, config, steps_dir=steps_dir, workers=workers, engine=engine
+            opened,
+            doctype,
+            config,
+            steps_dir=steps_dir,
+            workers=workers,
+            engine=engine,
+            thresholds=thresholds,
         )
     finally:
         opened.close()
     result.seconds = round(time.perf_counter() - started, 3)
     return result
+
+
+def verify_fields(
+    result: OcrResult, record: Record, doctype: DocumentType, config: OcrConfig
+) -> OcrResult:
+    """``result`` with each field's :class:`~stampless.models.FieldCheck` against
+    ``record`` (see :mod:`stampless.ocr.verify`); the reading itself is unchanged."""
+    from stampless.ocr.verify import verify_result
+
+    return verify_result(result, record, doctype, config)

@@ -203,13 +203,6 @@ class Candidate:
     ambiguous: bool = False
 
 
-_KIND_SEARCH = {
-    "resident_id": re.compile(r"[0-9OoDQIl|iBSsZz]{17}[0-9Xx]"),
-    "credit_code": re.compile(r"[0-9A-Za-z|]{18}"),
-    "cert_no": re.compile(r"[J1Ij\]][0-9OoDQIlBSZ]{6}-?(?:19|20)\d{2}-?[0-9OoDQIlBSZ]{6}"),
-}
-
-
 def _value_span(lines: list[Line], anchor: Anchor, stop: list[str]) -> tuple[int, int]:
     """Characters of the anchor's line that belong to its value."""
     line = lines[anchor.line]
@@ -408,7 +401,8 @@ def extract_raw(lines: list[Line], doctype: DocumentType, spec: FieldSpec) -> li
     stop = stop_labels(doctype)
     own = _label_candidates(lines, doctype, spec, stop)
     candidates = [c for c, *_ in own]
-    if any(value_of(spec, c.raw)[1] for c in candidates) or spec.kind not in _KIND_SEARCH:
+    pattern = spec.kind_def.search
+    if any(value_of(spec, c.raw)[1] for c in candidates) or pattern is None:
         return candidates
     # What this field's labels found was read already.
     taken = [(i, s, e) for _, i, s, e in own]
@@ -424,7 +418,6 @@ def extract_raw(lines: list[Line], doctype: DocumentType, spec: FieldSpec) -> li
         taken += found
         if found and other.occurrence < spec.occurrence:
             index -= 1
-    pattern = _KIND_SEARCH[spec.kind]
     hits: list[Candidate] = []
     for i, line in enumerate(lines):
         spaced = [k for k, ch in enumerate(line.text) if ch != " "]
@@ -502,12 +495,13 @@ def value_of(
 
     ``stop`` labels end the value (text read past the field's end is dropped).
     """
-    if spec.kind in _KIND_SEARCH:
+    search = spec.kind_def.search
+    if search is not None:
         # A word that is a whole code wins over a run of words: in "4 120101199012296049"
         # the 4 is a speck of the seal, not the code's first digit.
         for word in norm.to_halfwidth(raw).split():
-            if _KIND_SEARCH[spec.kind].fullmatch(word):
-                return norm.check(spec.kind, word)
+            if search.fullmatch(word):
+                return spec.kind_def.check(word)
     text = cut_at_labels(raw, stop) if stop else raw
     text = text.strip(_PUNCT_LEAD)
     if spec.kind == "month":
@@ -527,10 +521,10 @@ def value_of(
             return dates[spec.part], True
         value = norm.normalize_date(text)
         return value, value is not None
-    if spec.kind in _KIND_SEARCH:
+    if search is not None:
         compact = norm.remove_spaces(norm.to_halfwidth(text))
-        m = _KIND_SEARCH[spec.kind].search(compact)
-        value, valid = norm.check(spec.kind, m.group(0) if m else compact)
+        m = search.search(compact)
+        value, valid = spec.kind_def.check(m.group(0) if m else compact)
         if not valid and spec.kind in CHECKED_KINDS:
             value, valid = _one_valid_window(spec.kind, compact) or (value, valid)
         return value, valid
@@ -546,8 +540,8 @@ def value_of(
         m = re.search(r"[A-Za-z][A-Za-z .'-]+", text)
         return norm.check("name", m.group(0)) if m else (None, False)
     if spec.kind == "text":
-        text = norm.remove_spaces(norm.to_halfwidth(text))[: spec.max_chars]
+        text = norm.cjk_spacing(norm.to_halfwidth(text))[: spec.max_chars]
         # The closing bracket at a line's end is the character OCR most often drops.
         if text.count("(") == text.count(")") + 1 and not text.endswith(")"):
             text += ")"
-    return norm.check(spec.kind, text)
+    return spec.kind_def.check(text)

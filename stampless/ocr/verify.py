@@ -1,0 +1,296 @@
+"""Verify each field against the department's record: does the image support its value?
+
+Reading a field asks "what does this say?"; with the record in hand, stampless can ask
+the sharper question "does this image say *that*?". The robot brings the department's
+value for every field. For each field read by PP-OCR, the recognizer's probabilities
+over the characters where the value was read (:class:`stampless.ocr.ctc.TopK`) score:
+
+* the **record's value**, in every form it may be printed (2024-01-02 as 2024年01月02日,
+  2024年1月2日, 2024.01.02, ...), under CTC's forward algorithm, together with any
+  string the beam search found that means the same value (a stray label character
+  left on it);
+* the **best other string** the image supports: the likeliest strings of a CTC beam
+  search that do *not* mean the record's value.
+
+Their difference is the field's *margin*, a log-odds in nats. The field is
+
+* ``supported`` when the margin is at least ``calibration.verify_margin``: a genuine
+  field blurred or stamped over, whose plain reading slipped, is verified with its
+  score in the evidence;
+* ``contradicted`` when another *valid* value is likelier by at least
+  ``calibration.contradict_margin`` and the value was found under its own label: an
+  altered digit, character or date;
+* ``uncertain`` otherwise: a person decides.
+
+When the second reader (Tesseract) read a valid value other than the record's, a
+``supported`` field becomes ``uncertain``: two engines disagreeing is for a person.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from stampless.config import OcrConfig
+from stampless.doctype import DocumentType, FieldSpec
+from stampless.models import CheckStatus, FieldCheck, OcrField, OcrResult, Record
+from stampless.normalize import remove_spaces
+from stampless.ocr.ctc import TopK, beam_search, log_likelihood
+from stampless.ocr.extract import stop_labels
+from stampless.ocr.fields import field_value
+
+BEAM = 12
+PER_STEP = 6
+# A window of timesteps around the value: this many beyond the value's first and last
+# character, and never into a neighbouring character's peak.
+EDGE_STEPS = 3
+
+Labels = Callable[[str], list[int] | None]
+Decode = Callable[[tuple[int, ...]], str]
+
+
+class _Scorer:
+    """Scores strings on one line's matrix, within the timesteps of one value."""
+
+    def __init__(self, matrix: TopK, labels: Labels, lo: int, hi: int) -> None:
+        self.window = TopK(matrix.classes[lo:hi], matrix.logp[lo:hi], matrix.floor[lo:hi])
+        self.labels = labels
+
+    def score(self, text: str) -> float | None:
+        labels = self.labels(text)
+        if labels is None:
+            return None
+        return log_likelihood(self.window, labels)
+
+
+def _window(matrix: TopK, steps: list[int], start: int, end: int) -> tuple[int, int]:
+    """Timesteps covering characters ``start``..``end`` of a line read with peaks ``steps``."""
+    lo = steps[start] - EDGE_STEPS if start < len(steps) else 0
+    hi = steps[end - 1] + EDGE_STEPS + 1 if 0 < end <= len(steps) else matrix.steps
+    if start > 0:
+        lo = max(lo, steps[start - 1] + 1)
+    if end < len(steps):
+        hi = min(hi, steps[end])
+    return max(0, lo), min(matrix.steps, max(hi, lo + 1))
+
+
+def _same(spec: FieldSpec, a: str | None, b: str) -> bool:
+    return a is not None and spec.kind_def.key(a) == spec.kind_def.key(b)
+
+
+def _decorated(core: str, read: str | None, spec: FieldSpec) -> tuple[str, str]:
+    """What the reading of the value's characters holds around the value itself (a
+    colon, the tail of the label, 个月 after a count): kept on the record's forms too."""
+    if read is None:
+        return "", ""
+    for form in spec.kind_def.forms(read):
+        at = core.find(form)
+        if at >= 0:
+            return core[:at], core[at + len(form) :]
+    return "", ""
+
+
+def check_field(
+    spec: FieldSpec,
+    field: OcrField,
+    record_value: str,
+    result: OcrResult,
+    labels: Labels,
+    decode: Decode,
+    stop: list[str],
+    verify_margin: float,
+    contradict_margin: float,
+) -> FieldCheck:
+    """The :class:`FieldCheck` of one field against its record value (canonical)."""
+    if not field.spans:
+        return FieldCheck(status=CheckStatus.unavailable, reason="the value was not found")
+    if len(field.spans) > 1:
+        return _check_lines(
+            spec, field, record_value, result, labels, decode, verify_margin, contradict_margin
+        )
+    index, start, end = field.spans[0]
+    matrix = result.matrices.get(index)
+    if matrix is None or index >= len(result.lines):
+        return FieldCheck(status=CheckStatus.unavailable, reason="no recognizer scores")
+    _, steps = matrix.greedy()
+    text = result.lines[index].text
+    if len(steps) != len(text):
+        return FieldCheck(status=CheckStatus.unavailable, reason="reading and scores disagree")
+    lo, hi = _window(matrix, steps, start, end)
+    scorer = _Scorer(matrix, labels, lo, hi)
+    core = text[start:end]
+    lead, trail = _decorated(core, field.value, spec)
+    forms = spec.kind_def.forms(record_value)
+    candidates = {f for form in forms for f in (form, lead + form + trail)}
+    support = -math.inf
+    best_form = None
+    for form in candidates:
+        score = scorer.score(form)
+        if score is not None and score > support:
+            support, best_form = score, form
+    if best_form is None:
+        return FieldCheck(
+            status=CheckStatus.unavailable,
+            reason="the record's value holds characters the recognizer does not know",
+        )
+    other: tuple[float, str] | None = None
+    other_valid = False
+    weakest = math.inf
+    for label_seq, score in beam_search(scorer.window, beam=BEAM, per_step=PER_STEP):
+        weakest = min(weakest, score)
+        string = decode(label_seq)
+        value, valid = field_value(spec, string, stop)
+        if _same(spec, value, record_value):
+            if score > support:
+                support, best_form = score, string
+        elif other is None or score > other[0]:
+            other, other_valid = (score, string), valid
+    if other is None:
+        # Every string the beam kept means the record's value: any other string is at
+        # most as likely as the weakest of them.
+        other = (min(weakest, support), "")
+    return _decide(field, support, best_form, other, other_valid, verify_margin, contradict_margin)
+
+
+def _decide(
+    field: OcrField,
+    support: float,
+    form: str | None,
+    other: tuple[float, str],
+    other_valid: bool,
+    verify_margin: float,
+    contradict_margin: float,
+) -> FieldCheck:
+    margin = round(max(-99.0, min(99.0, support - other[0])), 2)
+    if margin >= verify_margin:
+        status = CheckStatus.supported
+        reason = "the image supports the record's value"
+    elif -margin >= contradict_margin and other_valid and _placed(field):
+        status = CheckStatus.contradicted
+        reason = "the image supports another value"
+    else:
+        status = CheckStatus.uncertain
+        reason = "the image supports neither the record's value nor another clearly"
+    return FieldCheck(
+        status=status,
+        margin=margin,
+        record_form=form,
+        best_other=other[1] or None,
+        reason=reason,
+    )
+
+
+def _placed(field: OcrField) -> bool:
+    """The value was found under its own label, surely this field's (not by its format
+    alone, and not under a label that may be another person's)."""
+    return bool(field.source) and ":label:" in f":{field.source}" and not field.ambiguous
+
+
+def _check_lines(
+    spec: FieldSpec,
+    field: OcrField,
+    record_value: str,
+    result: OcrResult,
+    labels: Labels,
+    decode: Decode,
+    verify_margin: float,
+    contradict_margin: float,
+) -> FieldCheck:
+    """A value over several lines (a long address): the record's value is cut where the
+    reading breaks, each piece scored on its line, and the weakest line decides."""
+    pieces = []
+    for index, start, end in field.spans:
+        matrix = result.matrices.get(index)
+        if matrix is None or index >= len(result.lines):
+            return FieldCheck(status=CheckStatus.unavailable, reason="no recognizer scores")
+        _, steps = matrix.greedy()
+        text = result.lines[index].text
+        if len(steps) != len(text):
+            return FieldCheck(status=CheckStatus.unavailable, reason="reading and scores disagree")
+        lo, hi = _window(matrix, steps, start, end)
+        pieces.append((_Scorer(matrix, labels, lo, hi), remove_spaces(text[start:end])))
+    target = remove_spaces(record_value)
+    margins = []
+    cut = 0
+    for k, (scorer, read) in enumerate(pieces):
+        last = k == len(pieces) - 1
+        options = (
+            [len(target)]
+            if last
+            else range(max(cut, cut + len(read) - 3), min(len(target), cut + len(read) + 4))
+        )
+        best = None
+        for stop_at in options:
+            score = scorer.score(target[cut:stop_at])
+            if score is not None and (best is None or score > best[0]):
+                best = (score, stop_at)
+        if best is None:
+            return FieldCheck(status=CheckStatus.unavailable, reason="unknown characters")
+        piece = target[cut : best[1]]
+        other = max(
+            (
+                s
+                for seq, s in beam_search(scorer.window, beam=BEAM, per_step=PER_STEP)
+                if remove_spaces(decode(seq)) != piece
+            ),
+            default=None,
+        )
+        margins.append(best[0] - other if other is not None else verify_margin + 1.0)
+        cut = best[1]
+    margin = round(max(-99.0, min(99.0, min(margins))), 2)
+    status = CheckStatus.supported if margin >= verify_margin else CheckStatus.uncertain
+    return FieldCheck(
+        status=status,
+        margin=margin,
+        record_form=record_value,
+        reason="each line of the value checked against the record's",
+    )
+
+
+def verify_result(
+    result: OcrResult, record: Record, doctype: DocumentType, config: OcrConfig
+) -> OcrResult:
+    """``result`` with ``check`` set on every field the record has a value for."""
+    from stampless.ocr.ppocr import get_ppocr
+
+    if not result.matrices:
+        return result
+    engine = get_ppocr(config)
+    stop = stop_labels(doctype)
+    calibration = config.calibration
+    fields = dict(result.fields)
+    for spec in doctype.fields:
+        read = fields.get(spec.name)
+        recorded = record.fields.get(spec.name)
+        value = spec.kind_def.check(recorded)[0] if recorded is not None else None
+        if read is None or value is None:
+            continue
+        check = check_field(
+            spec,
+            read,
+            value,
+            result,
+            engine.labels,
+            engine.decode,
+            stop,
+            calibration.verify_margin,
+            calibration.contradict_margin,
+        )
+        second = read.second_value
+        if (
+            check.status is CheckStatus.supported
+            and second is not None
+            and not _same(spec, second, value)
+        ):
+            check = check.model_copy(
+                update={
+                    "status": CheckStatus.uncertain,
+                    "reason": f"the second reader read {second}",
+                }
+            )
+        if second is not None:
+            check = check.model_copy(update={"second_reader": second})
+        fields[spec.name] = read.model_copy(update={"check": check})
+    verified = result.model_copy(update={"fields": fields})
+    verified.matrices.update(result.matrices)
+    return verified
