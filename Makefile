@@ -35,15 +35,13 @@ system-packages:
 	  || { echo "Could not install:$$missing. Install them with 'apt-get install$$missing' and run make again." >&2; exit 1; }; \
 	fi
 
-# The RapidOCR extra (onnxruntime, OpenCV, PP-OCR models: about 170 MB from PyPI) stays
-# optional for `pip install stampless`, but the demo and the tests run with it: it is the
-# second opinion that reads names Tesseract's chi_sim model gets wrong (docs/ocr.md), and
-# the tests exercise the real engine rather than a stand-in. The postgres extra (psycopg)
-# likewise: the tests run the shared store on a real server.
+# PP-OCR (rapidocr, onnxruntime, OpenCV, the models: about 170 MB from PyPI) is a core
+# dependency: it reads every scan; Tesseract (from Debian) is its second reader. The
+# postgres extra (psycopg) too: the tests run the shared store on a real server.
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,rapidocr,postgres]'
+	$(BIN)/pip install -q -e '.[dev,postgres]'
 	@touch $@
 
 lint: install

@@ -19,20 +19,30 @@ its task module, else ``min_confidence``.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel
 from rapidfuzz import fuzz
 from rapidfuzz.distance import Levenshtein
 
+from stampless.config import OcrConfig
 from stampless.doctype import DocumentType, FieldSpec, Rule
-from stampless.models import FieldResult, FieldStatus, OcrField, OcrResult, Record, VerdictKind
+from stampless.models import (
+    CheckStatus,
+    FieldCheck,
+    FieldResult,
+    FieldStatus,
+    OcrField,
+    OcrResult,
+    Record,
+    VerdictKind,
+)
 
 # Text and Latin names at or above this similarity but not equal are sent to review
 # rather than called a mismatch: OCR noise and a one-character alteration look alike.
 NEAR_MISS_RATIO = 85.0
-# Latin names this similar are the same name (case, spacing and punctuation differ).
-LATIN_NAME_MATCH_RATIO = 96.0
 
 
 class Decision(BaseModel):
@@ -47,6 +57,10 @@ def _is_latin(value: str) -> bool:
     return value.isascii()
 
 
+def _latin_name_key(value: str) -> str:
+    return " ".join(sorted(re.findall(r"[a-z]+", value.casefold())))
+
+
 def agree(spec: FieldSpec, a: str, b: str, *, read: bool = False) -> bool | None:
     """Whether two canonical values of ``spec`` agree: True, False, or None for a near miss.
 
@@ -56,6 +70,14 @@ def agree(spec: FieldSpec, a: str, b: str, *, read: bool = False) -> bool | None
     together with it), is a near miss too, because that is what OCR slips look like. A
     claim is typed, so it gets no such allowance.
     """
+    if spec.rule is Rule.name and _is_latin(a) and _is_latin(b):
+        # Latin names: the same words in any order ("SMITH JOHN" is "John Smith"); one
+        # letter off is for a person, never a match.
+        ka, kb = _latin_name_key(a), _latin_name_key(b)
+        if ka == kb:
+            return True
+        return None if fuzz.ratio(ka, kb) >= NEAR_MISS_RATIO else False
+    a, b = spec.kind_def.key(a), spec.kind_def.key(b)
     # Normalization closes a bracket OCR left open ("有限责任公司(自然" -> "...(自然)"),
     # which hides a reading cut short: compare without it too.
     cut = a.removesuffix(")")
@@ -74,11 +96,6 @@ def agree(spec: FieldSpec, a: str, b: str, *, read: bool = False) -> bool | None
     if a == b:
         return True
     if spec.rule is Rule.name:
-        if _is_latin(a) and _is_latin(b):
-            ratio = fuzz.token_sort_ratio(a, b)
-            if ratio >= LATIN_NAME_MATCH_RATIO:
-                return True
-            return None if ratio >= NEAR_MISS_RATIO else False
         # CJK names have no spelling variants, but one character in a name of the same
         # length is also what an OCR slip looks like: review it rather than reject the
         # applicant. A forged name (another person's) differs in more.
@@ -132,6 +149,8 @@ def _compare_field(
             status=status,
             confidence=round(min(1.0, max(0.0, confidence)), 3),
             reason=reason,
+            check=None if read is None else read.check,
+            source=None if read is None else read.source,
         )
 
     if record is None:
@@ -152,6 +171,9 @@ def _compare_field(
             )
     if not have_ocr:
         return result(FieldStatus.match)
+    check = None if read is None else read.check
+    if check is not None and check.status is not CheckStatus.unavailable:
+        return _checked(spec, check, ocr_value, record, result)
     if read is None or ocr_value is None:
         return result(FieldStatus.unreadable, f"The {label} could not be read on the scan.")
     if not read.valid:
@@ -190,6 +212,31 @@ def _compare_field(
         f"The {label} on the scan ({ocr_value}) does not clearly match the record's {record} "
         f"and was read with confidence {read.confidence:.2f}, below the threshold "
         f"{threshold:.2f}: read it on the scan.",
+    )
+
+
+def _checked(
+    spec: FieldSpec,
+    check: FieldCheck,
+    ocr_value: str | None,
+    record: str,
+    result: Callable[[FieldStatus, str | None], FieldResult],
+) -> FieldResult:
+    """A field whose image was scored against the record (stampless.ocr.verify)."""
+    label = _label(spec)
+    if check.status is CheckStatus.supported:
+        return result(FieldStatus.match, None)
+    if check.status is CheckStatus.contradicted:
+        return result(
+            FieldStatus.mismatch,
+            f"The {label} on the scan reads {check.best_other}, not the record's {record} "
+            f"(the image favours it by {-(check.margin or 0.0):.1f} nats).",
+        )
+    shown = check.best_other or ocr_value
+    return result(
+        FieldStatus.unreadable,
+        f"The {label} on the scan does not clearly show the record's {record}"
+        + (f" (it may read {shown}): read it on the scan." if shown else ": read it on the scan."),
     )
 
 
@@ -264,3 +311,32 @@ def decide(
             return Decision(verdict=VerdictKind.needs_review, fields=fields, reasons=reasons)
     reasons.append("Every required field agrees with the department record.")
     return Decision(verdict=VerdictKind.verified, fields=fields, reasons=reasons)
+
+
+def verify_and_decide(
+    doctype: DocumentType,
+    claim: BaseModel | dict[str, Any],
+    ocr: OcrResult | None,
+    record: Record | None,
+    config: OcrConfig,
+    *,
+    thresholds: dict[str, float] | None = None,
+) -> tuple[OcrResult | None, Decision]:
+    """Verify the scan's fields against the record (when both are there), then
+    :func:`decide`. The pipeline and ``stampless check`` decide through this one function.
+
+    Returns the reading with each field's check filled in, and the decision.
+    """
+    if ocr is not None and record is not None and record.status == "valid":
+        from stampless.ocr import verify_fields
+
+        ocr = verify_fields(ocr, record, doctype, config)
+    decision = decide(
+        doctype,
+        claim,
+        ocr,
+        record,
+        thresholds=thresholds,
+        min_confidence=config.calibration.min_confidence,
+    )
+    return ocr, decision

@@ -74,6 +74,13 @@ class FieldKind:
         compact = _no_spaces(value)
         return compact.casefold() if self.ignore_case else compact
 
+    def printed(self, value: str) -> list[str]:
+        """The forms ``value`` may be printed in, in every case if case does not count."""
+        forms = self.forms(value)
+        if self.ignore_case:
+            forms = [v for f in forms for v in (f, f.upper(), f.lower(), f.title())]
+        return list(dict.fromkeys(forms))
+
     def variant(self, **changes: object) -> FieldKind:
         """A copy with some attributes changed (``LATIN_TEXT.variant(ignore_case=True)``)."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
@@ -116,8 +123,9 @@ def integer_forms(value: str) -> list[str]:
     return [value, f"{value}个月", f"{value}月"]
 
 
-def code_forms(value: str) -> list[str]:
-    return [value, value.lower()] if any(c.isalpha() for c in value) else [value]
+def id_forms(value: str) -> list[str]:
+    """A resident ID; its check character X is sometimes printed in lower case."""
+    return [value, value[:-1] + "x"] if value.endswith("X") else [value]
 
 
 def text_forms(value: str) -> list[str]:
@@ -129,13 +137,10 @@ def text_forms(value: str) -> list[str]:
     return list(dict.fromkeys(forms))
 
 
-def latin_forms(value: str) -> list[str]:
-    return list(dict.fromkeys([value, value.upper(), value.lower(), value.title()]))
-
-
 def name_forms(value: str) -> list[str]:
+    """A name as printed: Latin names in capitals or not, CJK names with either dot."""
     if value.isascii():
-        return latin_forms(value)
+        return list(dict.fromkeys([value, value.upper(), value.title()]))
     return list(dict.fromkeys([value, value.replace("·", "•")]))
 
 
@@ -203,7 +208,7 @@ for _kind in (
     FieldKind(
         "resident_id",
         norm.check_resident_id,
-        code_forms,
+        id_forms,
         ID_CHARS,
         "digits",
         search=re.compile(r"[0-9OoDQIl|iBSsZz]{17}[0-9Xx]"),
@@ -211,7 +216,7 @@ for _kind in (
     FieldKind(
         "credit_code",
         norm.check_credit_code,
-        code_forms,
+        _same,
         CREDIT_CHARS,
         "latin",
         search=re.compile(r"[0-9A-Za-z|]{18}"),
@@ -228,7 +233,7 @@ for _kind in (
     FieldKind("month", _checker(norm.normalize_month), month_forms, "0123456789年月-./", "cjk"),
     FieldKind("name", check_name, name_forms, None, "any", Rule.name),
     FieldKind("text", check_text, text_forms, None, "any", Rule.text),
-    FieldKind("latin_text", check_latin_text, latin_forms, None, "latin", Rule.text),
+    FieldKind("latin_text", check_latin_text, _same, None, "latin", Rule.text),
     FieldKind("capital", _checker(norm.normalize_capital), capital_forms, None, "cjk"),
     FieldKind("integer", _checker(norm.normalize_integer), integer_forms, "0123456789", "digits"),
     FieldKind("decimal", _checker(norm.normalize_decimal), _same, "0123456789.-", "digits"),

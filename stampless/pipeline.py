@@ -27,7 +27,7 @@ from loguru import logger
 from stampless._version import __version__
 from stampless.audit import AuditLog
 from stampless.boundary import request_files
-from stampless.compare import Decision, decide
+from stampless.compare import Decision, verify_and_decide
 from stampless.config import Config
 from stampless.doctype import DocumentType, load_doctype
 from stampless.errors import InputError, RecordNotFound, RecordRevoked
@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from stampless.robot import RobotRuntime
     from stampless.signing import Signer
 
+OCR_SCORES = "ocr-scores.npz"
 MANUAL_REASON = "Confidential record: a person decides; the robot gathered the evidence."
 
 
@@ -303,19 +304,29 @@ class Pipeline:
         An earlier attempt's result in the partial bundle is reused: a retry after the
         department system failed does not read the scan again.
         """
-        from stampless.ocr import read_document
+        from stampless.ocr import load_scores, read_document, save_scores
 
         cached = bundle.path("ocr.json")
         if cached.exists():
-            return OcrResult.model_validate_json(cached.read_bytes())
+            return load_scores(
+                OcrResult.model_validate_json(cached.read_bytes()), bundle.path(OCR_SCORES)
+            )
         scan = scan or request.scan_path(base_dir)
         assert scan is not None  # validate() made sure
         steps_dir = bundle.path("preprocessed")
         result = await asyncio.to_thread(
-            read_document, scan, doctype, self.config.ocr, steps_dir=steps_dir
+            read_document,
+            scan,
+            doctype,
+            self.config.ocr,
+            steps_dir=steps_dir,
+            thresholds=self.config.types[request.type].thresholds,
         )
         for step in sorted(steps_dir.glob("*.png")) if steps_dir.is_dir() else []:
             bundle.note_file(f"preprocessed/{step.name}", kind="preprocessed")
+        # The recognizer's scores, so each field's check can be redone from the evidence.
+        if save_scores(result, bundle.path(OCR_SCORES)):
+            bundle.note_file(OCR_SCORES, kind="ocr")
         bundle.add_json("ocr.json", result.model_dump(mode="json"), kind="ocr")
         STAGE_SECONDS.labels("ocr").observe(result.seconds)
         self._step(
@@ -389,13 +400,14 @@ class Pipeline:
                 self._read_scan(request, base_dir, doctype, bundle, fetched),
                 self._lookup(request, doctype, claim, bundle, account, deadline),
             )
-        decision = decide(
+        _, decision = await asyncio.to_thread(
+            verify_and_decide,
             doctype,
             claim,
             ocr,
             record,
+            self.config.ocr,
             thresholds=self.config.types[request.type].thresholds,
-            min_confidence=self.config.ocr.min_confidence,
         )
         self._step(
             "compared",

@@ -10,9 +10,9 @@ from stampless.checksums import resident_id_check_char
 from stampless.doctype import bundled_tasks_dir, load_doctype_file
 from stampless.models import OcrField
 from stampless.normalize import id_from_birth_date
-from stampless.ocr import REPAIR_CONFIDENCE, _cap_ambiguous, _Reading, _repair_from_birth
 from stampless.ocr.engine import Word
 from stampless.ocr.extract import extract_raw, group_lines, label_groups, value_of
+from stampless.ocr.fields import REPAIR_CONFIDENCE, Reading, cap_ambiguous, repair_from_birth
 
 MC = load_doctype_file(bundled_tasks_dir() / "marriage_certificate.py")
 
@@ -106,18 +106,18 @@ def test_a_repaired_id_goes_to_a_person() -> None:
     misread = HOLDER[:12] + "8" + HOLDER[13:]
     field = OcrField(value=misread, confidence=0.4, valid=False)
     birth = OcrField(value="1975-02-07", confidence=0.97, valid=True)
-    readings = [_Reading(misread, False, 0.4, misread, None)]
-    repaired = _repair_from_birth(field, readings, birth)
+    readings = [Reading(misread, False, 0.4, misread, None)]
+    repaired = repair_from_birth(field, readings, birth)
     assert (repaired.value, repaired.valid) == (HOLDER, True)
     assert repaired.confidence <= REPAIR_CONFIDENCE < 0.8
     # An unreadable birth date repairs nothing.
     unread = OcrField(value=None, confidence=0.0, valid=False)
-    assert _repair_from_birth(field, readings, unread) == field
+    assert repair_from_birth(field, readings, unread) == field
     # Two readings repaired to two different IDs: no repair.
     other = _id(HOLDER[:14] + "256")
     other_misread = other[:12] + "8" + other[13:]
-    two = [*readings, _Reading(other_misread, False, 0.4, other_misread, None)]
-    assert _repair_from_birth(field, two, birth) == field
+    two = [*readings, Reading(other_misread, False, 0.4, other_misread, None)]
+    assert repair_from_birth(field, two, birth) == field
 
 
 def test_a_label_found_fewer_times_than_printed_is_ambiguous() -> None:
@@ -139,15 +139,15 @@ def test_a_value_resting_only_on_an_ambiguous_label_goes_to_a_person() -> None:
     sure = OcrField(value="黄阳", confidence=0.95, valid=True)
     readings = {
         "holder_name": [
-            _Reading(None, False, 0.0, "", None),
-            _Reading("黄阳", True, 0.95, "黄阳", None),
+            Reading(None, False, 0.0, "", None),
+            Reading("黄阳", True, 0.95, "黄阳", None),
         ]
     }
     # 持证人 (index 0) read nothing; 姓名 (index 1) was ambiguous.
-    capped = _cap_ambiguous("holder_name", sure, readings, {("holder_name", 1)})
+    capped = cap_ambiguous("holder_name", sure, readings, {("holder_name", 1)})
     assert capped.confidence == REPAIR_CONFIDENCE
     # 持证人 reads the same name: the value stands.
-    readings["holder_name"][0] = _Reading("黄阳", True, 0.9, "黄阳", None)
-    assert _cap_ambiguous("holder_name", sure, readings, {("holder_name", 1)}) == sure
+    readings["holder_name"][0] = Reading("黄阳", True, 0.9, "黄阳", None)
+    assert cap_ambiguous("holder_name", sure, readings, {("holder_name", 1)}) == sure
     # No ambiguous label: untouched.
-    assert _cap_ambiguous("holder_name", sure, readings, set()) == sure
+    assert cap_ambiguous("holder_name", sure, readings, set()) == sure

@@ -1,8 +1,8 @@
-"""OCR with the real Tesseract: bad input, clean pages, generated scans, the CLI.
+"""OCR with the real engines: bad input, clean pages, generated scans, the CLI.
 
-RapidOCR is an optional extra for users; `make test` installs it, so the default
-configuration here asks it for a second opinion (``ocr.second_opinion = "auto"``), as a
-deployment installed with the extra does. Tests that pin Tesseract alone say so.
+The default configuration reads with PP-OCR (``ocr.engine = "auto"``) and asks Tesseract
+to re-read digit fields it is unsure of, as ``make`` installs stampless. Tests of the
+Tesseract reader pin ``engine = "tesseract"`` (:data:`TESSERACT`).
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFilter
 
-from stampless.compare import decide
+from stampless.compare import decide, verify_and_decide
 from stampless.config import OcrConfig
 from stampless.doctype import bundled_tasks_dir, load_doctype_file
 from stampless.errors import InputError, OcrEngineError
 from stampless.models import Record, VerdictKind
 from stampless.normalize import normalize
-from stampless.ocr import get_engine, open_image, rapidocr_installed, read_document
+from stampless.ocr import get_engine, open_image, read_document
 from stampless.ocr.engine import OcrEngine, Word
 from stampless.ocr.preprocess import median3
 
@@ -38,6 +38,7 @@ os.environ.setdefault("OMP_THREAD_LIMIT", "1")
 
 TYPES = ("marriage_certificate", "business_license", "social_security_record")
 CONFIG = OcrConfig()
+TESSERACT = OcrConfig(engine="tesseract")
 
 
 def doctype(name: str) -> Any:
@@ -159,8 +160,8 @@ def test_library_and_command_read_the_same_words(tmp_path: Path) -> None:
 
     record = records("business_license", 11, 1)[0]
     page = render_certificate("business_license", record, variant=2, dpi=120).convert("L")
-    library = get_engine(OcrConfig(tesseract_library="auto"))
-    command = get_engine(OcrConfig(tesseract_library="off"))
+    library = get_engine(OcrConfig(tesseract_library="auto"), "tesseract")
+    command = get_engine(OcrConfig(tesseract_library="off"), "tesseract")
     assert "libtesseract" in library.backend
     assert command.backend.endswith("tesseract")
     for psm in (3, 6):
@@ -193,7 +194,7 @@ def test_threads_reading_at_once_get_what_one_thread_gets() -> None:
         render_certificate(t, records(t, 5, 1)[0], variant=v, dpi=100).convert("L")
         for t, v in (("marriage_certificate", 1), ("business_license", 4))
     ]
-    engine = get_engine(CONFIG)
+    engine = get_engine(TESSERACT)
     jobs = [(page, psm, lang) for page in pages for psm in (3, 6) for lang in (False, True)]
 
     def read(job: tuple[Image.Image, int, bool]) -> list[Word]:
@@ -207,16 +208,21 @@ def test_threads_reading_at_once_get_what_one_thread_gets() -> None:
     assert all(len(words) > 10 for words in alone)
 
 
-def test_second_opinion_is_rapidocr_when_its_extra_is_installed(
+def test_each_engine_takes_the_other_as_second_reader(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import stampless.ocr as ocr
 
-    for installed, auto in ((True, "rapidocr"), (False, None)):
-        monkeypatch.setattr(ocr, "rapidocr_installed", lambda installed=installed: installed)
-        assert ocr.second_opinion(OcrConfig()) == auto
-        assert ocr.second_opinion(OcrConfig(second_opinion="none")) is None
-        assert ocr.second_opinion(OcrConfig(second_opinion="rapidocr")) == "rapidocr"
+    assert ocr.engine_in_use(CONFIG) == "ppocr"
+    assert ocr.second_opinion(CONFIG) == "tesseract"
+    assert ocr.second_opinion(TESSERACT) == "ppocr"
+    assert ocr.second_opinion(OcrConfig(second_opinion="none")) is None
+    # Older robot.toml files said "rapidocr" and kept min_confidence under [ocr].
+    older = OcrConfig.model_validate({"engine": "rapidocr", "min_confidence": 0.7})
+    assert older.engine == "ppocr" and older.calibration.min_confidence == 0.7
+    # Without PP-OCR installed, Tesseract reads alone.
+    monkeypatch.setattr(ocr, "ppocr_installed", lambda: False)
+    assert ocr.second_opinion(TESSERACT) is None
 
 
 def test_missing_tesseract_is_an_engine_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -231,7 +237,7 @@ def test_missing_tesseract_is_an_engine_error(monkeypatch: pytest.MonkeyPatch) -
 def test_tesseract_timeout_is_an_engine_error(tmp_path: Path) -> None:
     path = tmp_path / "noise.png"
     Image.effect_noise((900, 900), 90).convert("RGB").save(path)
-    config = OcrConfig(timeout_s=0.01)
+    config = OcrConfig(engine="tesseract", timeout_s=0.01)
     with pytest.raises(OcrEngineError, match="longer than"):
         read_document(path, doctype("marriage_certificate"), config, workers=1)
 
@@ -254,7 +260,15 @@ def test_clean_render_reads_every_field_and_saves_steps(tmp_path: Path) -> None:
         assert result.fields[spec.name].value == normalize(spec.kind, record[spec.name]), spec.name
         assert result.fields[spec.name].valid
     assert (steps / "ocr-input.png").is_file()
-    assert any(p.name.endswith("-illumination.png") for p in steps.iterdir())
+    assert [s.name for s in result.steps] == [
+        "prepare",
+        "detect",
+        "recognize",
+        "layout",
+        "locate",
+        "second_reader",
+    ]
+    assert all(f.source and f.source.startswith("ppocr:label:") for f in result.fields.values())
     width, height = Image.open(steps / "ocr-input.png").size
     assert result.image_size == (width, height)
     assert result.words
@@ -301,7 +315,7 @@ def test_second_opinion_is_asked_about_every_name(
         "get_engine",
         lambda config, kind=None: second if kind == "second" else real_get_engine(config, kind),
     )
-    result = read_document(path, dt, CONFIG)
+    result = read_document(path, dt, TESSERACT)
     confident = [n for n, f in result.fields.items() if f.confidence >= CONFIG.min_confidence]
     assert "person_name" in confident  # asked although Tesseract was sure of it
     names = [s for s in dt.fields if s.kind == "name"]
@@ -312,8 +326,8 @@ def test_second_opinion_is_asked_about_every_name(
 
 def test_second_opinion_agreeing_without_the_label_tail_lifts_confidence() -> None:
     from stampless.models import OcrField
-    from stampless.ocr import _second_opinion
     from stampless.ocr.extract import stop_labels
+    from stampless.ocr.tesseract_reader import _second_opinion
 
     dt = doctype("marriage_certificate")
     spec = dt.field("holder_name")
@@ -327,10 +341,9 @@ def test_second_opinion_agreeing_without_the_label_tail_lifts_confidence() -> No
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not rapidocr_installed(), reason="the RapidOCR extra is not installed")
-def test_rapidocr_second_opinion_reads_rare_name_characters(tmp_path: Path) -> None:
-    """The real second engine on names with characters Tesseract's chi_sim misreads
-    (霞 as 起, 倩 as 傅, 邱 as 印, measured in bench/RESULTS.md)."""
+def test_ppocr_reads_rare_name_characters(tmp_path: Path) -> None:
+    """Names with characters Tesseract's chi_sim misreads with confidence (霞 as 起, 倩 as
+    傅, 邱 as 印): PP-OCR reads them, as the reader and as Tesseract's second opinion."""
     from stampless.fixtures.records import records
     from stampless.fixtures.render import render_certificate
 
@@ -339,10 +352,11 @@ def test_rapidocr_second_opinion_reads_rare_name_characters(tmp_path: Path) -> N
     path = tmp_path / "names.png"
     render_certificate("marriage_certificate", record, variant=1, dpi=200).save(path)
     dt = doctype("marriage_certificate")
-    result = read_document(path, dt, OcrConfig(second_opinion="rapidocr"))
-    assert result.engine == "tesseract+rapidocr"
-    assert result.fields["holder_name"].value == "邱霞"
-    assert result.fields["spouse_name"].value == "罗倩"
+    for config in (CONFIG, TESSERACT):
+        result = read_document(path, dt, config)
+        assert result.engine in ("ppocr+tesseract", "tesseract+ppocr")
+        assert result.fields["holder_name"].value == "邱霞"
+        assert result.fields["spouse_name"].value == "罗倩"
 
 
 @pytest.mark.slow
@@ -380,8 +394,8 @@ def _evaluate(scan: Path) -> dict[str, Any]:
     return {
         "kind": truth["kind"],
         "expected": truth["expected_verdict"],
-        "verdict": decide(dt, truth["claim"], result, record).verdict.value,
-        "scan_only": decide(dt, {}, result, record).verdict.value,
+        "verdict": verify_and_decide(dt, truth["claim"], result, record, CONFIG)[1].verdict.value,
+        "scan_only": verify_and_decide(dt, {}, result, record, CONFIG)[1].verdict.value,
         "fields": {
             s.name: result.fields[s.name].value == normalize(s.kind, truth["fields"][s.name])
             for s in dt.fields
@@ -488,7 +502,9 @@ def test_cli_ocr_json(tmp_path: Path) -> None:
     assert out["type"] == "business_license"
     assert set(out["fields"]) == {s.name for s in doctype("business_license").fields}
     code = out["fields"]["credit_code"]
-    assert code == {"value": record["credit_code"], "confidence": code["confidence"], "valid": True}
+    assert code["value"] == record["credit_code"] and code["valid"] is True
+    assert code["source"].startswith("ppocr:label:")
+    assert out["engine"] == "ppocr+tesseract"
     assert 0 <= code["confidence"] <= 1
     assert out["seconds"] > 0
 
@@ -506,7 +522,9 @@ def test_doctor_names_the_ocr_backend_and_what_is_missing(tmp_path: Path) -> Non
 
     ok = doctor()
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert "read in-process" in ok.stdout and "OCR second opinion" in ok.stdout
+    assert "read in-process" in ok.stdout and "PP-OCR reads and verifies" in ok.stdout
+    alone = doctor(STAMPLESS__OCR__ENGINE="tesseract")
+    assert alone.returncode == 0 and "Tesseract alone" in alone.stdout
     off = doctor(STAMPLESS__OCR__TESSERACT_LIBRARY="off")
     assert off.returncode == 0 and "runs the tesseract command" in off.stdout
     broken = doctor(STAMPLESS__OCR__TESSERACT_CMD="/nonexistent/tesseract")

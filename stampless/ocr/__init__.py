@@ -43,10 +43,12 @@ __all__ = [
     "Word",
     "engine_in_use",
     "get_engine",
+    "load_scores",
     "open_image",
     "ppocr_installed",
     "read_document",
     "read_image",
+    "save_scores",
     "second_opinion",
     "verify_fields",
 ]
@@ -201,3 +203,36 @@ def verify_fields(
     from stampless.ocr.verify import verify_result
 
     return verify_result(result, record, doctype, config)
+
+
+def save_scores(result: OcrResult, path: Path) -> bool:
+    """Write the recognizer's scores of ``result`` (PP-OCR) to ``path`` (.npz), so the
+    fields can be verified again from the evidence alone; False if there are none."""
+    import numpy as np
+
+    if not result.matrices:
+        return False
+    arrays = {}
+    for index, matrix in result.matrices.items():
+        for name, array in matrix.to_arrays().items():
+            arrays[f"{index}.{name}"] = array
+    with path.open("wb") as out:
+        np.savez_compressed(out, **arrays)
+    return True
+
+
+def load_scores(result: OcrResult, path: Path) -> OcrResult:
+    """``result`` with the scores :func:`save_scores` wrote to ``path`` (when it exists)."""
+    import numpy as np
+
+    from stampless.ocr.ctc import TopK
+
+    if not path.is_file():
+        return result
+    with np.load(path) as data:
+        indices = {int(key.split(".")[0]) for key in data.files}
+        for index in sorted(indices):
+            result.matrices[index] = TopK.from_arrays(
+                data[f"{index}.classes"], data[f"{index}.logp"], data[f"{index}.floor"]
+            )
+    return result

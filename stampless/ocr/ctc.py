@@ -188,5 +188,6 @@ def beam_search(
         ranked = sorted(step.items(), key=lambda kv: -_logadd(kv[1][0], kv[1][1]))
         beams = dict(ranked[:beam])
     out = [(prefix, _logadd(pb, pnb)) for prefix, (pb, pnb) in beams.items()]
+    out = [(prefix, score) for prefix, score in out if score > -math.inf]
     out.sort(key=lambda item: -item[1])
     return out

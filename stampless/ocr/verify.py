@@ -83,7 +83,7 @@ def _decorated(core: str, read: str | None, spec: FieldSpec) -> tuple[str, str]:
     colon, the tail of the label, 个月 after a count): kept on the record's forms too."""
     if read is None:
         return "", ""
-    for form in spec.kind_def.forms(read):
+    for form in spec.kind_def.printed(read):
         at = core.find(form)
         if at >= 0:
             return core[:at], core[at + len(form) :]
@@ -120,7 +120,7 @@ def check_field(
     scorer = _Scorer(matrix, labels, lo, hi)
     core = text[start:end]
     lead, trail = _decorated(core, field.value, spec)
-    forms = spec.kind_def.forms(record_value)
+    forms = spec.kind_def.printed(record_value)
     candidates = {f for form in forms for f in (form, lead + form + trail)}
     support = -math.inf
     best_form = None

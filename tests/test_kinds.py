@@ -1,0 +1,142 @@
+"""Field kinds (stampless.kinds): the registry, printed forms, Latin text, task-defined kinds."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel, ConfigDict
+
+from stampless import DocumentType, FieldKind, FieldSpec, LatinText, Rule, Tier, get_kind
+from stampless.compare import agree, decide
+from stampless.doctype import load_doctype_file
+from stampless.kinds import KINDS, date_forms
+from stampless.models import OcrField, OcrResult, Record, VerdictKind
+from stampless.normalize import normalize, normalize_text
+
+
+def test_every_builtin_kind_canonicalizes_its_own_forms() -> None:
+    samples = {
+        "resident_id": "11010519491231002X",
+        "credit_code": "91350100M000100Y43",
+        "cert_no": "J320102-2024-001234",
+        "date": "2024-01-02",
+        "month": "2019-03",
+        "name": "张三",
+        "text": "南京市玄武区中山路1号",
+        "latin_text": "Marriage record MR-0001",
+        "capital": "100",
+        "integer": "66",
+        "decimal": "12.5",
+    }
+    assert set(samples) <= set(KINDS)
+    for name, value in samples.items():
+        kind = get_kind(name)
+        for form in kind.printed(value):
+            got, valid = kind.check(form)
+            assert valid, (name, form)
+            assert got is not None and kind.key(got) == kind.key(value), (name, form, got)
+
+
+def test_dates_are_printed_in_the_forms_certificates_use() -> None:
+    assert date_forms("2024-01-02")[:2] == ["2024年01月02日", "2024年1月2日"]
+
+
+def test_text_keeps_word_spaces_for_display_and_compares_without_them() -> None:
+    assert normalize_text("Marriage   record  MR-0001") == "Marriage record MR-0001"
+    assert normalize_text("南京 市 玄武 区") == "南京市玄武区"
+    spec = FieldSpec(name="title", labels=("Title",), kind="text")
+    assert agree(spec, "Marriage record MR-0001", "Marriagerecord MR-0001") is True
+
+
+def test_latin_text_compares_case_only_when_asked() -> None:
+    strict = FieldSpec(name="status", labels=("Status",), kind="latin_text")
+    loose = FieldSpec(name="status", labels=("Status",), kind="latin_text", ignore_case=True)
+    assert strict.compare_rule is Rule.text
+    assert agree(strict, "Urgent", "urgent") is not True
+    assert agree(loose, "Urgent", "urgent") is True
+    assert agree(loose, "Urgent", "Normal") is False
+    assert normalize("latin_text", "  Open   issue ") == "Open issue"
+
+
+def test_a_latin_name_one_letter_off_is_never_the_same_name() -> None:
+    spec = FieldSpec(name="holder", labels=("Name",), kind="name")
+    assert agree(spec, "SMITH JOHN ALEXANDER", "John Alexander Smith") is True
+    assert agree(spec, "SMITH JOHN ALEXANDER", "SMITH JOHN ALEXANDRE") is not True
+    assert agree(spec, "SMITH JOHN", "BROWN MARY") is False
+
+
+def test_an_unknown_kind_names_the_known_ones() -> None:
+    with pytest.raises(ValueError, match=r"unknown field kind .ticket.; use one of resident_id"):
+        FieldSpec(name="t", labels=("T",), kind="ticket")
+
+
+TASK = """
+import re
+from pydantic import BaseModel, ConfigDict
+from stampless import DocumentType, FieldKind, FieldSpec, Tier, register_kind
+
+
+def check_ticket(text):
+    if not text:
+        return None, False
+    m = re.search(r"T-?(\\d{4})", text.upper().replace(" ", ""))
+    return (f"T-{m.group(1)}", True) if m else (text.strip() or None, False)
+
+
+TICKET = register_kind(FieldKind("ticket", check=check_ticket, whitelist="T-0123456789"))
+
+
+class Claim(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ticket: str
+
+
+DOCUMENT = DocumentType(
+    name="ticket_slip",
+    title="Ticket slip",
+    tier=Tier.robot,
+    system=None,
+    key_field="ticket",
+    claim_model=Claim,
+    fields=(FieldSpec(name="ticket", labels=("Ticket",), kind="ticket"),),
+)
+"""
+
+
+def test_a_task_module_registers_its_own_kind(tmp_path: Path) -> None:
+    path = tmp_path / "ticket_slip.py"
+    path.write_text(TASK, encoding="utf-8")
+    doc = load_doctype_file(path)
+    spec = doc.field("ticket")
+    assert spec.kind == "ticket" and spec.kind_def.whitelist == "T-0123456789"
+    assert normalize("ticket", "t 0042") == "T-0042"
+    ocr = OcrResult(
+        type=doc.name, fields={"ticket": OcrField(value="T-0042", confidence=0.95, valid=True)}
+    )
+    record = Record(system="s", key="T-0042", fields={"ticket": "T0042"})
+    assert decide(doc, {"ticket": "T-0042"}, ocr, record).verdict is VerdictKind.verified
+
+
+def test_a_kind_object_can_be_given_directly() -> None:
+    upper = FieldKind(
+        "shouting", check=lambda t: (t.upper(), True) if t else (None, False), rule=Rule.text
+    )
+
+    class Claim(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        note: LatinText
+
+    doc = DocumentType(
+        name="note",
+        title="Note",
+        tier=Tier.robot,
+        system=None,
+        key_field="note",
+        claim_model=Claim,
+        fields=(FieldSpec(name="note", labels=("Note",), kind=upper),),
+    )
+    assert doc.field("note").kind == "shouting"
+    assert get_kind("shouting") is upper
+    assert re.fullmatch(r"\w+", normalize("shouting", "hey") or "")

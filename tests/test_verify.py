@@ -1,0 +1,170 @@
+"""Each field verified against the record (stampless.ocr.verify), with the real PP-OCR.
+
+The altered-field suite is the product's worst case made concrete: a scan on which one
+character or digit of one field was changed, presented with a claim that copies the
+department's record. Whatever the kind of the field, it must never come out verified.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stampless.checksums import resident_id_check_char
+from stampless.compare import verify_and_decide
+from stampless.config import OcrConfig
+from stampless.doctype import bundled_tasks_dir, load_doctype_file
+from stampless.fixtures.degrade import degrade_scan
+from stampless.fixtures.records import records
+from stampless.fixtures.render import render_certificate
+from stampless.models import CheckStatus, Record, VerdictKind
+from stampless.ocr import read_document
+
+os.environ.setdefault("OMP_THREAD_LIMIT", "1")
+
+CONFIG = OcrConfig(engine="ppocr")
+
+
+def doctype(name: str) -> Any:
+    return load_doctype_file(bundled_tasks_dir() / f"{name}.py")
+
+
+def scan(tmp_path: Path, doc_type: str, fields: dict[str, str], seed: int) -> Path:
+    """A scan of ``fields`` at normal difficulty (rotation, blur, noise, JPEG)."""
+    image = render_certificate(doc_type, fields, variant=seed % 16, dpi=300)
+    degraded = degrade_scan(image, random.Random(seed), "normal")
+    path = tmp_path / f"{doc_type}-{seed}.jpg"
+    path.write_bytes(degraded.jpeg)
+    return path
+
+
+def record_of(doc_type: str, fields: dict[str, str]) -> Record:
+    dt = doctype(doc_type)
+    return Record(system=dt.system or "", key=fields[dt.key_field], fields=fields)
+
+
+def claim_of(doc_type: str, fields: dict[str, str]) -> dict[str, str]:
+    claim_model = doctype(doc_type).claim_model
+    return {k: v for k, v in fields.items() if k in claim_model.model_fields}
+
+
+def _other_id(value: str) -> str:
+    """The same person's ID with one sequence digit changed and a valid check digit."""
+    for digit in "0123456789":
+        body = value[:15] + digit + value[16]
+        if body != value[:17]:
+            return body + resident_id_check_char(body)
+    raise AssertionError("no other ID")
+
+
+def _one_digit(value: str, at: int) -> str:
+    index = [i for i, ch in enumerate(value) if ch.isdigit()][at]
+    return value[:index] + str((int(value[index]) + 3) % 10) + value[index + 1 :]
+
+
+def _next_day(value: str) -> str:
+    from datetime import date, timedelta
+
+    return (date.fromisoformat(value) + timedelta(days=1)).isoformat()
+
+
+def _one_character(value: str) -> str:
+    swap = "刘" if value[-1] != "刘" else "王"
+    return value[:-1] + swap
+
+
+# (document type, field, how the forger changed it): one per field kind.
+ALTERATIONS = [
+    ("marriage_certificate", "holder_id", _other_id),
+    ("marriage_certificate", "cert_no", lambda v: _one_digit(v, -1)),
+    ("marriage_certificate", "registered_on", _next_day),
+    ("marriage_certificate", "holder_name", _one_character),
+    (
+        "business_license",
+        "company_name",
+        lambda v: v[:2] + ("华" if v[2] != "华" else "中") + v[3:],
+    ),
+    ("business_license", "registered_capital", lambda v: str(int(v) * 2)),
+    ("business_license", "established_on", _next_day),
+    ("social_security_record", "period_to", lambda v: v[:5] + f"{int(v[5:]) % 12 + 1:02d}"),
+    ("social_security_record", "months_paid", lambda v: str(int(v) + 1)),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("doc_type", "field", "alter"), ALTERATIONS)
+def test_an_altered_field_is_never_verified(
+    tmp_path: Path, doc_type: str, field: str, alter: Any
+) -> None:
+    dt = doctype(doc_type)
+    record = dict(records(doc_type, 41, 3)[1])
+    shown = {**record, field: alter(record[field])}
+    assert shown[field] != record[field]
+    path = scan(tmp_path, doc_type, shown, seed=hash(field) % 1000)
+    ocr = read_document(path, dt, CONFIG)
+    # The forger claims the department's own values; only the scan differs.
+    for claim in (claim_of(doc_type, record), {}):
+        verified, decision = verify_and_decide(dt, claim, ocr, record_of(doc_type, record), CONFIG)
+        assert decision.verdict is not VerdictKind.verified, decision.reasons
+        assert verified is not None
+        check = verified.fields[field].check
+        assert check is not None and check.status is not CheckStatus.supported, check
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("doc_type", ["marriage_certificate", "business_license"])
+def test_a_genuine_scan_is_verified_field_by_field(tmp_path: Path, doc_type: str) -> None:
+    dt = doctype(doc_type)
+    record = dict(records(doc_type, 41, 3)[2])
+    path = scan(tmp_path, doc_type, record, seed=7)
+    ocr = read_document(path, dt, CONFIG)
+    assert ocr.engine.startswith("ppocr")
+    assert ocr.matrices, "PP-OCR keeps the recognizer's scores for verification"
+    verified, decision = verify_and_decide(
+        dt, claim_of(doc_type, record), ocr, record_of(doc_type, record), CONFIG
+    )
+    assert verified is not None
+    margins = {n: f.check.margin for n, f in verified.fields.items() if f.check is not None}
+    assert decision.verdict is VerdictKind.verified, (decision.reasons, margins)
+    for spec in dt.fields:
+        check = verified.fields[spec.name].check
+        assert check is not None and check.status is CheckStatus.supported, spec.name
+        assert check.margin is not None and check.margin >= CONFIG.calibration.verify_margin
+    # The checks reach the comparison the evidence keeps.
+    assert all(f.check is not None for f in decision.fields)
+
+
+@pytest.mark.slow
+def test_another_persons_record_is_contradicted(tmp_path: Path) -> None:
+    """The scan of one certificate against another's record: a mismatch, by the scan."""
+    dt = doctype("marriage_certificate")
+    shown, other = records("marriage_certificate", 41, 3)[:2]
+    path = scan(tmp_path, "marriage_certificate", dict(shown), seed=11)
+    ocr = read_document(path, dt, CONFIG)
+    record = {**other, "cert_no": shown["cert_no"]}
+    verified, decision = verify_and_decide(
+        dt, {}, ocr, record_of("marriage_certificate", record), CONFIG
+    )
+    assert decision.verdict is VerdictKind.mismatch
+    assert verified is not None
+    assert verified.fields["holder_id"].check is not None
+    assert verified.fields["holder_id"].check.status is CheckStatus.contradicted
+
+
+def test_verification_needs_the_recognizer_scores() -> None:
+    """A Tesseract reading has no scores: fields keep the plain comparison."""
+    from stampless.models import OcrField, OcrResult
+    from stampless.ocr import verify_fields
+
+    dt = doctype("social_security_record")
+    result = OcrResult(
+        type=dt.name,
+        fields={"person_name": OcrField(value="张三", confidence=0.9, valid=True)},
+        engine="tesseract",
+    )
+    record = Record(system="s", key="k", fields={"person_name": "张三"})
+    assert verify_fields(result, record, dt, CONFIG).fields["person_name"].check is None
