@@ -132,19 +132,45 @@ class Anchor:
     score: float
 
 
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
 def find_label(
     line: Line, label: str, cutoff: float = FUZZY_LABEL_SCORE
 ) -> list[tuple[int, int, float]]:
-    """Spans ``(start, end, score)`` of ``label`` in ``line.text``: exact, or fuzzy if long."""
-    key = norm.remove_spaces(norm.to_halfwidth(label))
-    text = line.text.replace(" ", "")
+    """Spans ``(start, end, score)`` of ``label`` in ``line.text``: exact, or fuzzy if long.
+
+    Latin letters match in any case ("STATUS" is the label Status); a label that starts
+    with a Latin letter must start a word ("Title" is not in "Subtitle"), and a short
+    one (under four characters) must end one too ("No" is not in "Note").
+    """
+    key = norm.remove_spaces(norm.to_halfwidth(label)).translate(_ASCII_LOWER)
+    text = line.text.replace(" ", "").translate(_ASCII_LOWER)
+    spans = _label_spans(key, text, cutoff)
+    spans = _unspace(line, spans)
+    if key[:1].isascii() and key[:1].isalpha():
+        spans = [sp for sp in spans if _whole_word(line.text, sp, short=len(key) < FUZZY_LABEL_MIN)]
+    return spans
+
+
+def _whole_word(text: str, span: tuple[int, int, float], *, short: bool) -> bool:
+    start, end, _ = span
+    before = text[start - 1] if start > 0 else " "
+    after = text[end] if end < len(text) else " "
+    if before.isascii() and before.isalpha():
+        return False
+    return not (short and after.isascii() and after.isalpha())
+
+
+def _label_spans(key: str, text: str, cutoff: float) -> list[tuple[int, int, float]]:
+    """Exact and fuzzy matches of ``key`` in the space-free ``text``."""
     spans: list[tuple[int, int, float]] = []
     start = text.find(key)
     while start >= 0:
         spans.append((start, start + len(key), 100.0))
         start = text.find(key, start + len(key))
     if len(key) < FUZZY_LABEL_MIN:
-        return _unspace(line, spans)
+        return spans
     # Fuzzy matches in the stretches no exact match covers: the second 身份证件号 on a
     # line may be misread while the first is clean.
     gaps: list[tuple[int, int]] = []
@@ -161,7 +187,7 @@ def find_label(
             spans.append((lo + found.dest_start, lo + found.dest_end, found.score))
             lo += found.dest_end
     spans.sort()
-    return _unspace(line, spans)
+    return spans
 
 
 def _unspace(line: Line, spans: list[tuple[int, int, float]]) -> list[tuple[int, int, float]]:
@@ -211,9 +237,10 @@ def _value_span(lines: list[Line], anchor: Anchor, stop: list[str]) -> tuple[int
         start += 1
     end = len(line.text)
     rest = line.text[start:]
+    compact = rest.replace(" ", "").translate(_ASCII_LOWER)
     for label in stop:
-        key = norm.remove_spaces(label)
-        idx = rest.replace(" ", "").find(key)
+        key = norm.remove_spaces(label).translate(_ASCII_LOWER)
+        idx = compact.find(key)
         if idx >= 0:
             # Map the space-free index back to ``rest``; at 0 the value is empty (the
             # text after the label is another field's label).
@@ -257,24 +284,51 @@ def stop_labels(doctype: DocumentType) -> list[str]:
     return [lab for f in doctype.fields for lab in f.labels] + list(doctype.other_labels)
 
 
+def _next_label_x(line: Line, anchor: Anchor, stop: list[str]) -> float:
+    """Where the next label after ``anchor`` on its line begins (its column's right edge)."""
+    rest = line.text[anchor.end :]
+    compact = rest.replace(" ", "").translate(_ASCII_LOWER)
+    nonspace = [i for i, ch in enumerate(rest) if ch != " "]
+    found = [
+        idx
+        for label in stop
+        if (idx := compact.find(norm.remove_spaces(label).translate(_ASCII_LOWER))) > 0
+    ]
+    if not found:
+        return float("inf")
+    return float(line.x_at(anchor.end + nonspace[min(found)]))
+
+
 def _line_below(lines: list[Line], anchor: Anchor, stop: list[str]) -> Line | None:
-    """The line under a label whose value is printed below it (2019 licences' credit code)."""
+    """The value printed under its label: the words of the label's column on the next
+    line (2019 licences' credit code; forms with a row of labels over a row of values)."""
     line = lines[anchor.line]
     height = max(w.box[3] for w in line.words)
     label_x = line.x_at(anchor.start)
+    right = _next_label_x(line, anchor, stop)
     bottom = line.box[1] + line.box[3]
     for nxt in lines[anchor.line + 1 : anchor.line + 4]:
         if nxt.box[1] - bottom > 2.5 * height:
             return None
-        near = [w for w in nxt.words if abs(w.box[0] - label_x) < 3 * height]
+        # Keep only the words of this column (a two-column page has more on the line).
+        column = [
+            w
+            for w in nxt.words
+            if w.box[0] + w.box[2] > label_x - 3 * height and w.box[0] < right - 0.5 * height
+        ]
+        near = [w for w in column if abs(w.box[0] - label_x) < 3 * height]
         if not near:
             continue
-        if any(find_label(nxt, label) for label in stop):
+        words = column[column.index(near[0]) :]
+        for k, (prev, word) in enumerate(itertools.pairwise(words), start=1):
+            if word.box[0] - (prev.box[0] + prev.box[2]) > GAP_HEIGHTS * height:
+                words = words[:k]
+                break
+        text, starts = _join(words)
+        below = Line(words=words, text=text, starts=starts)
+        if any(find_label(below, label) for label in stop):
             return None
-        # Keep only the words of this column (a two-column page has more on the line).
-        start = nxt.words.index(near[0])
-        text, starts = _join(nxt.words[start:])
-        return Line(words=nxt.words[start:], text=text, starts=starts)
+        return below
     return None
 
 
