@@ -141,7 +141,7 @@ def _one(job: tuple[str, str, str, str]) -> dict[str, Any]:
         "split": split,
         "type": truth["type"],
         "difficulty": truth["difficulty"],
-        "layout": f"{truth['type'][:8]}/{style.get('layout', '?')}",
+        "layout": f"{truth['type'][:8]}/{truth.get('layout_id', style.get('layout', '?'))}",
         "name": truth["name"],
         "kind": truth["kind"],
         "altered_field": truth.get("altered_field"),

@@ -30,6 +30,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import lru_cache
 from typing import Literal
 
 from stampless import normalize as norm
@@ -44,6 +45,20 @@ class Rule(StrEnum):
     name = "name"  # CJK names exact; Latin names by rapidfuzz similarity
     text = "text"  # exact; a near miss (OCR noise) goes to review, never to verified
     numeric = "numeric"  # |a - b| <= tolerance
+
+
+@lru_cache(maxsize=1)
+def _t2s() -> Callable[[str], str]:
+    import opencc
+
+    return opencc.OpenCC("t2s").convert
+
+
+def fold_variants(text: str) -> str:
+    """``text`` with traditional Chinese characters as their simplified forms."""
+    if text.isascii():
+        return text
+    return _t2s()(text)
 
 
 def _same(value: str) -> list[str]:
@@ -70,8 +85,10 @@ class FieldKind:
     search: re.Pattern[str] | None = field(default=None, compare=False)
 
     def key(self, value: str) -> str:
-        """What values of this kind are compared by: no spaces, and no case if so set."""
-        compact = _no_spaces(value)
+        """What values of this kind are compared by: no spaces, traditional characters as
+        their simplified forms (蔣 is 蒋: a calligraphic face prints one like the other),
+        and no case if so set."""
+        compact = fold_variants(_no_spaces(value))
         return compact.casefold() if self.ignore_case else compact
 
     def printed(self, value: str) -> list[str]:

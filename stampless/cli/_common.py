@@ -20,8 +20,9 @@ from stampless.config import Config, load_config
 
 # Piped output (logs, CI) gets wide tables instead of rich's 80-column default, so paths
 # and ids are never cut; a terminal keeps its own width.
-console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True, highlight=False)
+# No emoji codes: ":label:" in an OCR source is text, not a picture.
+console = Console(highlight=False, emoji=False, width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, highlight=False, emoji=False)
 
 
 @dataclass

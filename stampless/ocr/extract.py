@@ -261,14 +261,19 @@ def _value_span(lines: list[Line], anchor: Anchor, stop: list[str]) -> tuple[int
 def _continuation(
     lines: list[Line], anchor: Anchor, value_left: int, stop: list[str]
 ) -> list[Line]:
-    """Lines below a free-text value that continue it (same left edge, no label)."""
+    """Lines below a free-text value that continue it (same left edge, no label).
+
+    A line as far below as the next labelled row is that row's value, not this one's
+    continuation, even when its own label could not be read.
+    """
     out: list[Line] = []
     line = lines[anchor.line]
     height = max(w.box[3] for w in line.words)
     bottom = line.box[1] + line.box[3]
+    pitch = _row_pitch(lines, anchor, stop)
     for nxt in lines[anchor.line + 1 : anchor.line + 3]:
         left = nxt.box[0]
-        if nxt.box[1] - bottom > 1.2 * height:
+        if nxt.box[1] - bottom > 1.2 * height or nxt.box[1] - line.box[1] >= 0.8 * pitch:
             break
         if abs(left - value_left) > 1.5 * height:
             break
@@ -277,6 +282,24 @@ def _continuation(
         out.append(nxt)
         bottom = nxt.box[1] + nxt.box[3]
     return out
+
+
+def _row_pitch(lines: list[Line], anchor: Anchor, stop: list[str]) -> float:
+    """The distance from the anchor's row to the nearest row with a label in its column."""
+    line = lines[anchor.line]
+    height = max(w.box[3] for w in line.words)
+    label_x = line.x_at(anchor.start)
+    pitch = float("inf")
+    for other in lines[max(0, anchor.line - 3) : anchor.line + 4]:
+        if other is line or abs(other.box[1] - line.box[1]) >= pitch:
+            continue
+        for label in stop:
+            if any(
+                abs(other.x_at(s) - label_x) < 3 * height for s, _, _ in find_label(other, label)
+            ):
+                pitch = abs(other.box[1] - line.box[1])
+                break
+    return pitch
 
 
 def stop_labels(doctype: DocumentType) -> list[str]:

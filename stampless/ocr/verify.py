@@ -134,6 +134,7 @@ def check_field(
             reason="the record's value holds characters the recognizer does not know",
         )
     other: tuple[float, str] | None = None
+    other_value: str | None = None
     other_valid = False
     weakest = math.inf
     for label_seq, score in beam_search(scorer.window, beam=BEAM, per_step=PER_STEP):
@@ -144,12 +145,28 @@ def check_field(
             if score > support:
                 support, best_form = score, string
         elif other is None or score > other[0]:
-            other, other_valid = (score, string), valid
+            other, other_value, other_valid = (score, string), value, valid
     if other is None:
         # Every string the beam kept means the record's value: any other string is at
         # most as likely as the weakest of them.
         other = (min(weakest, support), "")
-    return _decide(field, support, best_form, other, other_valid, verify_margin, contradict_margin)
+    return _decide(
+        field,
+        support,
+        best_form,
+        other,
+        other_valid,
+        verify_margin,
+        contradict_margin,
+        overlapping=_overlapping(spec, other_value, record_value),
+    )
+
+
+def _overlapping(spec: FieldSpec, other: str | None, record_value: str) -> bool:
+    if not other:
+        return False
+    a, b = spec.kind_def.key(other), spec.kind_def.key(record_value)
+    return a != b and (a in b or b in a)
 
 
 def _decide(
@@ -160,12 +177,20 @@ def _decide(
     other_valid: bool,
     verify_margin: float,
     contradict_margin: float,
+    *,
+    overlapping: bool = False,
 ) -> FieldCheck:
+    """The status of a field from its support and its best other string.
+
+    ``overlapping``: the other value holds the record's, or the record's holds it (a
+    neighbour's text run into the value, or the value read cut short): that is a doubt
+    about where the value ends, never by itself proof of another value.
+    """
     margin = round(max(-99.0, min(99.0, support - other[0])), 2)
     if margin >= verify_margin:
         status = CheckStatus.supported
         reason = "the image supports the record's value"
-    elif -margin >= contradict_margin and other_valid and _placed(field):
+    elif -margin >= contradict_margin and other_valid and _placed(field) and not overlapping:
         status = CheckStatus.contradicted
         reason = "the image supports another value"
     else:
