@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,15 @@ from stampless.doctype import load_doctype_file
 from stampless.kinds import KINDS, date_forms
 from stampless.models import OcrField, OcrResult, Record, VerdictKind
 from stampless.normalize import normalize, normalize_text
+
+
+@pytest.fixture(autouse=True)
+def _registry() -> Iterator[None]:
+    """Kinds a test registers are gone after it."""
+    before = dict(KINDS)
+    yield
+    KINDS.clear()
+    KINDS.update(before)
 
 
 def test_every_builtin_kind_canonicalizes_its_own_forms() -> None:

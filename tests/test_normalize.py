@@ -267,5 +267,5 @@ def test_cert_no() -> None:
 
 
 def test_unknown_kind_is_an_error() -> None:
-    with pytest.raises(ValueError, match="unknown normalizer"):
+    with pytest.raises(ValueError, match="unknown field kind"):
         norm.check("colour", "red")

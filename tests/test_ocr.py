@@ -231,7 +231,7 @@ def test_missing_tesseract_is_an_engine_error(monkeypatch: pytest.MonkeyPatch) -
     # The command path sets pytesseract's module-wide command; restored after the test.
     monkeypatch.setattr(pytesseract.pytesseract, "tesseract_cmd", "tesseract")
     with pytest.raises(OcrEngineError, match="not installed"):
-        get_engine(OcrConfig(tesseract_cmd="/nonexistent/tesseract"))
+        get_engine(OcrConfig(tesseract_cmd="/nonexistent/tesseract"), "tesseract")
 
 
 def test_tesseract_timeout_is_an_engine_error(tmp_path: Path) -> None:
