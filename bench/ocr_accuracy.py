@@ -198,6 +198,15 @@ def _generate(
     return pairs
 
 
+def _reason_kind(reason: str) -> str:
+    """A reason without its values: "The holder name on the scan does not clearly show"."""
+    for marker in (" does not clearly ", " reads ", " could not ", " differs ", " was read "):
+        if marker in reason:
+            head, _, tail = reason.partition(marker)
+            return head + marker + " ".join(tail.split()[:2])
+    return reason[:60]
+
+
 def _pct(n: int, d: int) -> str:
     return "n/a" if d == 0 else f"{100 * n / d:.1f} % ({n}/{d})"
 
@@ -279,14 +288,14 @@ def _report(rows: list[dict[str, Any]], path_name: str, split: str, difficulty: 
         counts = Counter(r["verdict"] for r in mine if r["kind"] == kind)
         out.append(f"| {kind} | " + " | ".join(str(counts.get(v, 0)) for v in VERDICTS) + " |")
     reasons = Counter(
-        reason.split(" (")[0][:90]
+        f"{r['layout']}: {_reason_kind(reason)}"
         for r in genuine
         if r["verdict"] != "verified"
         for reason in r["reasons"][:1]
     )
     if reasons:
         out += ["", "Why genuine scans were not verified (first reason, most common):", ""]
-        out += [f"- {n} x {reason}" for reason, n in reasons.most_common(8)]
+        out += [f"- {n} x {reason}" for reason, n in reasons.most_common(12)]
     out.append("")
     return out
 

@@ -216,11 +216,12 @@ class CalibrationConfig(_Section):
     # to verify it against, goes to a person.
     min_confidence: float = Field(default=0.80, ge=0, le=1)
     # The record's value must be this much likelier than any other string the image of
-    # the field supports to call the field verified (e^6: about 400 to 1).
-    verify_margin: float = Field(default=6.0, ge=0)
-    # Another string must be this much likelier than the record's value to call the
-    # field a mismatch; in between, a person decides.
-    contradict_margin: float = Field(default=12.0, ge=0)
+    # the field supports to call the field verified (e^3: 20 to 1). bench/RESULTS.md
+    # has the margins of genuine and altered fields it was chosen from.
+    verify_margin: float = Field(default=3.0, ge=0)
+    # Another valid value must be this much likelier than the record's to call the field
+    # a mismatch (e^8: about 3,000 to 1); in between, a person decides.
+    contradict_margin: float = Field(default=8.0, ge=0)
     # Two readings that disagree keep this share of the lower confidence.
     disagreement_factor: float = Field(default=0.5, ge=0, le=1)
     # Highest confidence of a value repaired from another field (an ID from its printed

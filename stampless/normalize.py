@@ -460,6 +460,8 @@ def normalize_capital(text: str | None) -> str | None:
     if not text:
         return None
     t = remove_spaces(to_halfwidth(text)).replace(",", "")
+    if re.search(r"\d[年月日]|[年月]\d", t):
+        return None  # a date (2039年01月18日) is no amount
     t = re.sub(r"(人民币|\(人民币\)|[¥￥])", "", t)
     m = re.search(r"(\d+(?:\.\d+)?)(万|亿)?元?", _digits_fixed(t))
     if m and m.group(1):

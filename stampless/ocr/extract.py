@@ -422,7 +422,9 @@ def _label_candidates(
         region = (value_left, tp, max(1, right - value_left), ht)
         if box is not None:
             region = _span_region(line, box, end)
-        if value_of(spec, raw)[0] is None:
+        # Below the label only when nothing follows it on its line: text there, even
+        # misread, is the value ("伍抬万元整"), and the line below is another field's.
+        if not raw.strip(_PUNCT_LEAD):
             below = _line_below(lines, anchor, stop)
             if below is not None:
                 raw, words, region = below.text, below.words, below.box

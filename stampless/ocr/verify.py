@@ -272,6 +272,24 @@ def _check_lines(
     )
 
 
+def _printed_elsewhere(spec: FieldSpec, value: str, read: OcrField, result: OcrResult) -> bool:
+    """Whether a line other than the one the field was read from holds the record's value
+    in one of its printed forms (a bare number under four digits says too little)."""
+    kind = spec.kind_def
+    forms = {
+        kind.key(form)
+        for form in kind.printed(value)
+        if not (form.isdigit() and len(form) < 4) and len(kind.key(form)) >= 2
+    }
+    used = {index for index, _, _ in read.spans}
+    return any(
+        form in kind.key(line.text)
+        for index, line in enumerate(result.lines)
+        if index not in used
+        for form in forms
+    )
+
+
 def verify_result(
     result: OcrResult, record: Record, doctype: DocumentType, config: OcrConfig
 ) -> OcrResult:
@@ -301,6 +319,16 @@ def verify_result(
             calibration.verify_margin,
             calibration.contradict_margin,
         )
+        if check.status is CheckStatus.contradicted and _printed_elsewhere(
+            spec, value, read, result
+        ):
+            check = check.model_copy(
+                update={
+                    "status": CheckStatus.uncertain,
+                    "reason": "the record's value is printed elsewhere on the page: the value "
+                    "may have been taken from the wrong place",
+                }
+            )
         second = read.second_value
         if (
             check.status is CheckStatus.supported
