@@ -29,6 +29,7 @@ When the second reader (Tesseract) read a valid value other than the record's, a
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 
 from stampless.config import OcrConfig
@@ -78,6 +79,23 @@ def _same(spec: FieldSpec, a: str | None, b: str) -> bool:
     return a is not None and spec.kind_def.key(a) == spec.kind_def.key(b)
 
 
+_RANGE = re.compile(r"(至|到|~|～|—)")
+
+
+def _part(core: str, spec: FieldSpec) -> tuple[str, str, str]:
+    """(before, the field's own part, after) of a line holding several values of a range
+    ("1995年05月至2003年10月": period_from is the first, period_to the second). The
+    other parts are other fields, each verified against its own record value."""
+    if spec.kind not in ("date", "month"):
+        return "", core, ""
+    pieces = _RANGE.split(core)
+    values = pieces[0::2]
+    if len(values) < 2 or spec.part >= len(values):
+        return "", core, ""
+    at = 2 * spec.part
+    return "".join(pieces[:at]), pieces[at], "".join(pieces[at + 1 :])
+
+
 def _decorated(core: str, read: str | None, spec: FieldSpec) -> tuple[str, str]:
     """What the reading of the value's characters holds around the value itself (a
     colon, the tail of the label, 个月 after a count): kept on the record's forms too."""
@@ -119,7 +137,9 @@ def check_field(
     lo, hi = _window(matrix, steps, start, end)
     scorer = _Scorer(matrix, labels, lo, hi)
     core = text[start:end]
+    before, core, after = _part(core, spec)
     lead, trail = _decorated(core, field.value, spec)
+    lead, trail = before + lead, trail + after
     forms = spec.kind_def.printed(record_value)
     candidates = {f for form in forms for f in (form, lead + form + trail)}
     support = -math.inf
