@@ -365,10 +365,11 @@ def normalize_cert_no(text: str | None) -> str | None:
 
 
 def normalize_name(text: str | None) -> str | None:
-    """A person's name without spaces; Latin names upper-cased, the middle dot unified."""
+    """A person's name: CJK without spaces; Latin upper-cased with one space between
+    words ("DE-VRIES ANA"); the middle dot unified."""
     if not text:
         return None
-    t = remove_spaces(to_halfwidth(text)).strip(":;,.")
+    t = cjk_spacing(to_halfwidth(text)).strip(" :;,.")
     if not t:
         return None
     if not _CJK_RE.search(t):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
-from stampless import DocumentType, FieldSpec, IsoDate, PersonName, Rule, Text, Tier
+from stampless import DocumentType, FieldSpec, IsoDate, LatinText, PersonName, Rule, Text, Tier
 
 LATIN_CODE = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
@@ -21,8 +21,8 @@ class WorkPermitClaim(BaseModel):
 
     permit_no: Text
     holder_name: PersonName
-    nationality: Text | None = None
-    passport_no: Text | None = None
+    nationality: LatinText | None = None
+    passport_no: LatinText | None = None
     employer: Text | None = None
     valid_until: IsoDate | None = None
     birth_date: IsoDate | None = None
@@ -50,8 +50,7 @@ DOCUMENT = DocumentType(
             kind="text",
             whitelist="0123456789",
         ),
-        # Latin names are compared by the name rule; the lead's Latin text kind will
-        # take nationality and passport number over from "text".
+        # Latin names: the same words in any order ("SMITH JOHN" is "John Smith").
         FieldSpec(
             name="holder_name",
             labels=("姓名", "Name"),
@@ -62,14 +61,14 @@ DOCUMENT = DocumentType(
         FieldSpec(
             name="nationality",
             labels=("国籍", "Nationality"),
-            kind="text",
-            rule=Rule.text,
+            kind="latin_text",
+            ignore_case=True,
             whitelist=LATIN_CODE + " ",
         ),
         FieldSpec(
             name="passport_no",
             labels=("护照号码", "Passport No."),
-            kind="text",
+            kind="latin_text",
             whitelist=LATIN_CODE,
         ),
         FieldSpec(name="employer", labels=("工作单位", "Employer"), kind="text", rule=Rule.text),

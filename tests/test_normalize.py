@@ -251,7 +251,7 @@ def test_halfwidth_and_spacing() -> None:
 
 def test_names_and_text() -> None:
     assert norm.normalize_name(" 张 三 ") == "张三"
-    assert norm.normalize_name("john smith") == "JOHNSMITH"
+    assert norm.normalize_name("john  smith") == "JOHN SMITH"  # words kept apart
     assert norm.check("name", "张三") == ("张三", True)
     assert norm.check("name", "WE")[1] is False  # short Latin noise is not a name
     assert (

@@ -229,12 +229,29 @@ class Candidate:
     ambiguous: bool = False
 
 
-def _value_span(lines: list[Line], anchor: Anchor, stop: list[str]) -> tuple[int, int]:
+def _skip(text: str, start: int, own: tuple[str, ...]) -> int:
+    """``start`` moved past punctuation and past the field's other labels printed right
+    after the one found (the English of a bilingual label: "姓名 Name: SMITH JOHN")."""
+    while True:
+        while start < len(text) and text[start] in _PUNCT_LEAD:
+            start += 1
+        compact = [(i, ch) for i, ch in enumerate(text[start:], start) if ch != " "]
+        flat = "".join(ch for _, ch in compact).translate(_ASCII_LOWER)
+        for label in own:
+            key = norm.remove_spaces(norm.to_halfwidth(label)).translate(_ASCII_LOWER)
+            if key and flat.startswith(key):
+                start = compact[len(key) - 1][0] + 1
+                break
+        else:
+            return start
+
+
+def _value_span(
+    lines: list[Line], anchor: Anchor, stop: list[str], own: tuple[str, ...] = ()
+) -> tuple[int, int]:
     """Characters of the anchor's line that belong to its value."""
     line = lines[anchor.line]
-    start = anchor.end
-    while start < len(line.text) and line.text[start] in _PUNCT_LEAD:
-        start += 1
+    start = _skip(line.text, anchor.end, own)
     end = len(line.text)
     rest = line.text[start:]
     compact = rest.replace(" ", "").translate(_ASCII_LOWER)
@@ -391,6 +408,11 @@ def _label_candidates(
     for group in label_groups(spec.labels):
         found = _group_anchors(group, anchors, lines)
         printed = _times_printed(doctype, group)
+        exact = [a for a in found if a.score >= 100.0]
+        if len(exact) >= printed:
+            # Every printing was read exactly: a near match elsewhere is other text
+            # ("许可证" in the title 外国人工作许可证 is not the label 许可证号).
+            found = exact
         if len(found) < printed and max(map(len, group)) >= FUZZY_LABEL_RETRY_MIN:
             again = _group_anchors(
                 group, find_anchors(lines, group, FUZZY_LABEL_RETRY_SCORE), lines
@@ -408,7 +430,7 @@ def _label_candidates(
         used.append(anchor)
         line = lines[anchor.line]
         # The field's own label is a stop too: the second 姓名 ends the first one's value.
-        start, end = _value_span(lines, anchor, stop)
+        start, end = _value_span(lines, anchor, stop, spec.labels)
         raw = line.text[start:end]
         words = line.words_in(start, end)
         value_left = line.x_at(start)
@@ -545,15 +567,18 @@ def _one_valid_window(kind: str, compact: str) -> tuple[str, bool] | None:
 
 
 def cut_at_labels(text: str, labels: list[str] | tuple[str, ...]) -> str:
-    """``text`` up to the first label in it (a re-read crop may reach the next field)."""
-    compact = norm.remove_spaces(norm.to_halfwidth(text)).lstrip(_PUNCT_LEAD)
+    """``text`` up to the first label in it (a re-read crop may reach the next field),
+    single spaces between Latin words kept."""
+    spaced = norm.cjk_spacing(norm.to_halfwidth(text)).lstrip(_PUNCT_LEAD + " ")
+    index = [i for i, ch in enumerate(spaced) if ch != " "]
+    compact = "".join(spaced[i] for i in index).translate(_ASCII_LOWER)
     cut = len(compact)
     for label in labels:
-        idx = compact.find(norm.remove_spaces(label))
+        idx = compact.find(norm.remove_spaces(label).translate(_ASCII_LOWER))
         if 0 <= idx < cut:
             # At 0 the text is another field's label: this field's value was not there.
             cut = idx
-    return compact[:cut]
+    return spaced[: index[cut]].rstrip() if cut < len(index) else spaced
 
 
 _NAME_LIKE_LABELS = ("姓名", "性别", "国籍", "名称", "类型", "住所", "持证人", "单位")
