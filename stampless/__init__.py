@@ -112,7 +112,7 @@ __all__ = [
     "VerdictKind",
     "YearMonth",
     "__version__",
-    "operation",
     "get_kind",
+    "operation",
     "register_kind",
 ]
