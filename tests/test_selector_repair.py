@@ -82,21 +82,26 @@ def _valid(doc_type: str, key: str) -> str:
     return next(r for r in records(doc_type, 7) if r["status"] == "valid")[key]
 
 
-def _lookups(config: Config) -> dict[str, str]:
+async def _lookup_each(rt: RobotRuntime) -> dict[str, str]:
     """Each system's lookup of a valid key: "ok", or what went wrong."""
+    out: dict[str, str] = {}
+    for system, (doc_type, key) in KEYS.items():
+        wanted = _valid(doc_type, key)
+        try:
+            record = await rt.lookup(system, wanted)
+        except RobotError as exc:
+            out[system] = str(exc)
+            continue
+        out[system] = "ok" if record.fields[key] == wanted else f"wrong {record.fields}"
+    return out
+
+
+def _lookups(config: Config) -> dict[str, str]:
+    """:func:`_lookup_each` in a runtime of its own."""
 
     async def run() -> dict[str, str]:
-        out: dict[str, str] = {}
         async with RobotRuntime(config) as rt:
-            for system, (doc_type, key) in KEYS.items():
-                wanted = _valid(doc_type, key)
-                try:
-                    record = await rt.lookup(system, wanted)
-                except RobotError as exc:
-                    out[system] = str(exc)
-                    continue
-                out[system] = "ok" if record.fields[key] == wanted else f"wrong {record.fields}"
-        return out
+            return await _lookup_each(rt)
 
     return asyncio.run(run())
 
@@ -118,16 +123,25 @@ def test_every_renamed_element_is_proposed_as_certain_and_repaired(
     config = _config(_project(tmp_path, self_repair=True), changing)
     assert set(_lookups(config).values()) == {"ok"}  # the normal UI: fingerprints kept
     changing.control_all(ui_variant="changed")
+
+    async def changed() -> tuple[dict[str, str], int, dict[str, str]]:
+        async with RobotRuntime(config) as rt:
+            first = await _lookup_each(rt)
+            made = len(read_proposals(config.var_dir))
+            return first, made, await _lookup_each(rt)
+
+    first, made, again = asyncio.run(changed())
     # self_repair = true: every lookup goes on with the proposals, and reads the record.
-    assert _lookups(config) == dict.fromkeys(KEYS, "ok")
+    assert first == dict.fromkeys(KEYS, "ok")
     proposals = {(p.system, p.selector): p for p in read_proposals(config.var_dir)}
     found = {key: p.choice for key, p in proposals.items() if p.certain}
     assert found == RENAMED, proposals
     print(f"renamed elements proposed as certain and right: {len(found)} of {len(RENAMED)}")
     for proposal in proposals.values():
         assert proposal.screenshot is not None and Path(proposal.screenshot).is_file()
-    # The proposals are kept for the process: the next lookups need no search at all.
-    assert _lookups(config) == dict.fromkeys(KEYS, "ok")
+    # The process keeps its repairs: its next lookups read the records and search no more.
+    assert again == dict.fromkeys(KEYS, "ok")
+    assert len(read_proposals(config.var_dir)) == made
 
 
 def _stampless(project: Path, servers: Any, *args: str) -> subprocess.CompletedProcess[str]:
