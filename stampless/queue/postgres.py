@@ -79,15 +79,19 @@ class PostgresQueue(WorkQueue):
         self._local = threading.local()
         self._opened: list[psycopg.Connection[DictRow]] = []
         self._opened_lock = threading.Lock()
-        db = self._db()
-        check_schema(db)
         pairs = [(s, a) for s, names in self.accounts.items() for a in names]
-        with translated("registering the service accounts"):
-            db.execute(
-                """INSERT INTO accounts (system, account)
-                   SELECT * FROM unnest(%s::text[], %s::text[]) ON CONFLICT DO NOTHING""",
-                ([s for s, _ in pairs], [a for _, a in pairs]),
-            )
+        try:
+            db = self._db()
+            check_schema(db)
+            with translated("registering the service accounts"):
+                db.execute(
+                    """INSERT INTO accounts (system, account)
+                       SELECT * FROM unnest(%s::text[], %s::text[]) ON CONFLICT DO NOTHING""",
+                    ([s for s, _ in pairs], [a for _, a in pairs]),
+                )
+        except BaseException:
+            self.close()  # a command that stops here must not leave a connection open
+            raise
 
     # -- connections -------------------------------------------------------------------
 
