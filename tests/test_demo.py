@@ -37,6 +37,7 @@ def run(rows: list[DemoRow], second_opinion: str | None) -> DemoRun:
         seconds=1.0,
         reviewer_password="-",
         second_opinion=second_opinion,
+        hall=[],
     )
 
 
