@@ -7,6 +7,7 @@ imports (Playwright, Tesseract wrappers, Flask) happen inside the commands, so
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import sys
@@ -86,6 +87,16 @@ for _name in COMMAND_MODULES:
     importlib.import_module(f"stampless.cli.{_name}").register(app)
 
 
+@functools.cache
+def _command() -> typer.core.TyperGroup:
+    """The click command tree, built once: typer derives it from the signatures of every
+    command, which costs more than parsing the arguments (0.2-0.6 s a call), and tests
+    run the CLI hundreds of times in one process."""
+    command = typer.main.get_command(app)
+    assert isinstance(command, typer.core.TyperGroup)
+    return command
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning expected errors into one line and an exit code."""
     # Tesseract's own threads fight each other on small machines; we run one per core.
@@ -94,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in args
     try:
         # With standalone_mode=False click returns typer.Exit's code instead of raising.
-        code = app(args=args, prog_name="stampless", standalone_mode=False)
+        code = _command().main(args=args, prog_name="stampless", standalone_mode=False)
         if isinstance(code, int) and code:
             sys.exit(code)
     except typer.Exit as exc:
