@@ -171,6 +171,20 @@ def test_verification_needs_the_recognizer_scores() -> None:
     assert verify_fields(result, record, dt, CONFIG).fields["person_name"].check is None
 
 
+def test_a_reading_that_looks_like_a_label_is_a_doubt_not_a_contradiction() -> None:
+    """A value taken from the wrong place (the next label, misread) must not reject a
+    genuine certificate: only a reading that is plausibly the field's value contradicts."""
+    from stampless.ocr.extract import stop_labels
+    from stampless.ocr.verify import _looks_like_label
+
+    stop = stop_labels(doctype("business_license"))
+    assert _looks_like_label("注磨资本", stop)  # 注册资本, one character misread
+    assert _looks_like_label("注册 资本", stop)
+    assert not _looks_like_label("曾琪雪", stop)
+    assert not _looks_like_label("北京金诚鑫网络科技股份有限公司", stop)
+    assert not _looks_like_label(None, stop)
+
+
 def _tune_layouts() -> list[tuple[str, int]]:
     from stampless.fixtures.render import HELD_OUT_LAYOUT, LAYOUTS
 

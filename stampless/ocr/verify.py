@@ -32,6 +32,8 @@ import math
 import re
 from collections.abc import Callable
 
+from rapidfuzz.distance import Levenshtein
+
 from stampless.config import OcrConfig
 from stampless.doctype import DocumentType, FieldSpec
 from stampless.models import CheckStatus, FieldCheck, OcrField, OcrResult, Record
@@ -310,6 +312,41 @@ def _printed_elsewhere(spec: FieldSpec, value: str, read: OcrField, result: OcrR
     )
 
 
+def _looks_like_label(text: str | None, stop: list[str]) -> bool:
+    """Whether ``text`` is one of the page's printed labels, up to one misread character in
+    four (注磨资本 for 注册资本): the reading then came from the wrong place."""
+    if not text:
+        return False
+    compact = remove_spaces(text).lower()
+    return any(
+        Levenshtein.distance(compact, key) <= max(1, len(key) // 4)
+        for label in stop
+        if len(key := remove_spaces(label).lower()) >= 2
+    )
+
+
+def _misplaced(
+    spec: FieldSpec,
+    value: str,
+    read: OcrField,
+    result: OcrResult,
+    check: FieldCheck,
+    stop: list[str],
+) -> str | None:
+    """Why a contradiction may come from reading the wrong place rather than another value
+    on the page, or None. Such a contradiction is a doubt for a person, never a mismatch."""
+    if _printed_elsewhere(spec, value, read, result):
+        return (
+            "the record's value is printed elsewhere on the page: the value may have been "
+            "taken from the wrong place"
+        )
+    if _looks_like_label(check.best_other, stop) or _looks_like_label(read.value, stop):
+        return (
+            "the value read looks like one of the page's labels: it was taken from the wrong place"
+        )
+    return None
+
+
 def verify_result(
     result: OcrResult, record: Record, doctype: DocumentType, config: OcrConfig
 ) -> OcrResult:
@@ -339,16 +376,9 @@ def verify_result(
             calibration.verify_margin,
             calibration.contradict_margin,
         )
-        if check.status is CheckStatus.contradicted and _printed_elsewhere(
-            spec, value, read, result
-        ):
-            check = check.model_copy(
-                update={
-                    "status": CheckStatus.uncertain,
-                    "reason": "the record's value is printed elsewhere on the page: the value "
-                    "may have been taken from the wrong place",
-                }
-            )
+        misplaced = _misplaced(spec, value, read, result, check, stop)
+        if check.status is CheckStatus.contradicted and misplaced:
+            check = check.model_copy(update={"status": CheckStatus.uncertain, "reason": misplaced})
         second = read.second_value
         if (
             check.status is CheckStatus.supported
