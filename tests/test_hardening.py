@@ -1159,6 +1159,20 @@ def test_row12_spraying_passwords_over_every_account_blocks_the_address(
 
 
 @pytest.mark.issue14(12)
+def test_row12_logging_in_to_ones_own_account_does_not_reset_guesses_at_others(
+    console_url: str,
+) -> None:
+    """A reviewer spraying other accounts from their desk, logging in to their own between
+    guesses, used to start from zero after each login and was never blocked."""
+    own = ACCOUNTS["user0"]
+    for target in ("user1", "user2", "user3", "user4"):
+        assert _attempt(console_url, target, "123456").status_code == 401
+        assert _attempt(console_url, "user0", own).status_code == 302
+    assert _attempt(console_url, "user5", "123456").status_code == 401  # the fifth name
+    assert _attempt(console_url, "user0", own).status_code == 429  # blocks the address
+
+
+@pytest.mark.issue14(12)
 def test_row12_behind_a_proxy_one_sprayer_does_not_lock_everyone_out(
     env: dict[str, str],
 ) -> None:

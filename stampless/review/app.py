@@ -479,7 +479,7 @@ def create_app(config: Config, *, host: str = "127.0.0.1", signer: Signer | None
                 limiter.failed(client, name)
                 logger.info("review: failed login for {!r} from {}", name[:64], client)
             else:
-                limiter.succeeded(client)
+                limiter.succeeded(client, name)
                 # A fresh session on login: no fixation, a new CSRF token.
                 session.clear()
                 session.permanent = True

@@ -226,8 +226,9 @@ class LoginLimiter:
     After ``free_failures`` failures within ``window_s``, the next attempt waits 1 s
     after the last failure, then 2, 4, ... up to ``backoff_max_s``. An address that fails
     on ``max_names`` different names within the window is blocked for ``block_s``. A
-    successful login clears the address's failures. Thread-safe; an attempt counts from
-    the moment it is admitted (:meth:`admit`), so parallel attempts share the limit.
+    successful login clears the address's failures if they were all on its own name.
+    Thread-safe; an attempt counts from the moment it is admitted (:meth:`admit`), so
+    parallel attempts share the limit.
     """
 
     MAX_CLIENTS = 10_000  # addresses remembered; the idlest are forgotten first
@@ -316,10 +317,17 @@ class LoginLimiter:
                     self.block_s,
                 )
 
-    def succeeded(self, address: str) -> None:
-        """A successful login clears the address's failures (not a block in force)."""
+    def succeeded(self, address: str, name: str) -> None:
+        """A successful login of ``name``: it clears the address's failures when they were
+        all on ``name`` (a reviewer who mistyped), and otherwise only takes back its own
+        count, so a reviewer cannot guess at other accounts between logins to their own.
+        A block in force stays."""
         with self._lock:
             client = self._clients.get(address)
-            if client is not None:
+            if client is None:
+                return
+            if set(client.names) <= {name[:64]}:
                 client.failures.clear()
                 client.names.clear()
+            elif client.failures:
+                client.failures.pop()
