@@ -95,6 +95,19 @@ def test_a_worker_wakes_on_notify(pg_queue: PostgresQueue, postgres_url: str) ->
         add(other, "LAST")
         assert woken.wait(5)
         assert time.monotonic() - start < 2
+        # The server drops the listener's connection: it listens again on a new one.
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            cut = conn.execute(
+                """SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                   WHERE query = 'LISTEN stampless_queue' AND pid <> pg_backend_pid()"""
+            ).fetchall()
+        assert len(cut) == 1
+        for attempt in range(100):
+            woken.clear()
+            add(other, f"AFTER{attempt}")
+            if woken.wait(0.2) and attempt > 0:  # the first wake may be the reconnect's own
+                break
+        assert attempt < 99
         other.close()
     finally:
         stop()

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stampless._postgres import check_schema, connect, translated
-from stampless.errors import InputError
+from stampless.errors import InputError, SystemFailure
 from stampless.models import Request, Tier, VerdictKind
 from stampless.queue.abc import (
     AccountState,
@@ -566,24 +566,36 @@ class PostgresQueue(WorkQueue):
         return item
 
     def listen(self, wake: Callable[[], None]) -> Callable[[], None] | None:
-        """Call ``wake`` (from a thread of its own) on every NOTIFY of the queue."""
-        conn = connect(self._url)
+        """Call ``wake`` (from a thread of its own) on every NOTIFY of the queue.
+
+        A lost connection (a database restart, a network cut) is opened again after a
+        second; ``wake`` is called then too, since notifications sent meanwhile are lost.
+        """
+        conn = connect(self._url)  # the first one here, so a wrong URL fails the caller
         stop = threading.Event()
 
         def run() -> None:
             import psycopg
 
-            try:
-                conn.execute(f"LISTEN {CHANNEL}")
-                while not stop.is_set():
-                    # The timeout only bounds how long stopping takes.
-                    for _ in conn.notifies(timeout=0.5):
-                        wake()
-            except psycopg.Error:
-                if not stop.is_set():
-                    wake()  # the worker falls back to its timed claims
-            finally:
-                conn.close()
+            listening: psycopg.Connection[DictRow] | None = conn
+            while not stop.is_set():
+                try:
+                    if listening is None:
+                        listening = connect(self._url)
+                    listening.execute(f"LISTEN {CHANNEL}")
+                    while not stop.is_set():
+                        # The timeout only bounds how long stopping takes.
+                        for _ in listening.notifies(timeout=0.5):
+                            wake()
+                except (psycopg.Error, SystemFailure):
+                    if listening is not None:
+                        listening.close()
+                    listening = None
+                    if not stop.is_set():
+                        wake()  # what was sent meanwhile is lost: claim once to see
+                        stop.wait(1.0)
+            if listening is not None:
+                listening.close()
 
         thread = threading.Thread(target=run, name="queue-listen", daemon=True)
         thread.start()
