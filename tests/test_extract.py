@@ -151,3 +151,16 @@ def test_a_value_resting_only_on_an_ambiguous_label_goes_to_a_person() -> None:
     assert cap_ambiguous("holder_name", sure, readings, {("holder_name", 1)}) == sure
     # No ambiguous label: untouched.
     assert cap_ambiguous("holder_name", sure, readings, set()) == sure
+
+
+def test_a_misread_english_gloss_is_still_skipped() -> None:
+    """The English of a bilingual label, one character misread or dropped, is not taken
+    for the value ("有效期至 alid Until: 2022-08-11")."""
+    from stampless.ocr.extract import _gloss_length
+
+    own = ("有效期至", "Valid Until")
+    assert _gloss_length("validuntil:2022-08-11", own) == len("validuntil")
+    assert _gloss_length("aliduntil:2022-08-11", own) == len("aliduntil")
+    assert _gloss_length("2022-08-11", own) == 0
+    assert _gloss_length("name:smith", ("姓名", "Name")) == 4
+    assert _gloss_length("nme:smith", ("姓名", "Name")) == 0  # short labels only exactly

@@ -203,9 +203,9 @@ def _tune_layouts() -> list[tuple[str, int]]:
 @pytest.mark.parametrize(("doc_type", "layout"), _tune_layouts())
 def test_every_layout_is_read_and_verified(tmp_path: Path, doc_type: str, layout: int) -> None:
     """Each layout the tune split draws: printed clean, every field is found and supported
-    by its image and the certificate is verified; scanned (normal difficulty), every field
-    is still found, and nothing is called a mismatch (a field a seal covers may go to a
-    person)."""
+    by its image and the certificate is verified; scanned (normal difficulty), all fields
+    but at most one are still found, and nothing is called a mismatch (a field a seal
+    covers or a misread value goes to a person)."""
     from dataclasses import replace
 
     from stampless.fixtures.render import render
@@ -225,8 +225,10 @@ def test_every_layout_is_read_and_verified(tmp_path: Path, doc_type: str, layout
     claim = claim_of(doc_type, record)
     for path, strict in ((clean, True), (scanned, False)):
         ocr = read_document(path, dt, CONFIG)
-        for spec in dt.fields:
-            assert ocr.fields[spec.name].spans, (path.name, spec.name, ocr.fields[spec.name])
+        lost = [spec.name for spec in dt.fields if not ocr.fields[spec.name].spans]
+        # Clean, every field is found; scanned, a value misread past its format (a year
+        # read 20022) may be lost, which sends the page to a person, never to a verdict.
+        assert len(lost) <= (0 if strict else 1), (path.name, lost)
         verified, decision = verify_and_decide(dt, claim, ocr, record_of(doc_type, record), CONFIG)
         assert verified is not None
         margins = {n: f.check.margin for n, f in verified.fields.items() if f.check is not None}

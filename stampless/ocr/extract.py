@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass
 
 from rapidfuzz import fuzz
+from rapidfuzz.distance import Levenshtein
 
 from stampless import normalize as norm
 from stampless.doctype import DocumentType, FieldSpec
@@ -237,13 +238,29 @@ def _skip(text: str, start: int, own: tuple[str, ...]) -> int:
             start += 1
         compact = [(i, ch) for i, ch in enumerate(text[start:], start) if ch != " "]
         flat = "".join(ch for _, ch in compact).translate(_ASCII_LOWER)
-        for label in own:
-            key = norm.remove_spaces(norm.to_halfwidth(label)).translate(_ASCII_LOWER)
-            if key and flat.startswith(key):
-                start = compact[len(key) - 1][0] + 1
-                break
-        else:
+        taken = _gloss_length(flat, own)
+        if not taken:
             return start
+        start = compact[taken - 1][0] + 1
+
+
+def _gloss_length(flat: str, own: tuple[str, ...]) -> int:
+    """How many characters at the start of ``flat`` (spaces removed, lower case) are one
+    of the field's labels: exactly, or with one character misread, dropped or added when
+    the label is five or more long ("alid until" for "valid until"); 0 when none is."""
+    best = (2, 0)
+    for label in own:
+        key = norm.remove_spaces(norm.to_halfwidth(label)).translate(_ASCII_LOWER)
+        if not key:
+            continue
+        if flat.startswith(key):
+            return len(key)
+        if len(key) < 5:
+            continue
+        for n in (len(key) - 1, len(key), len(key) + 1):
+            if n <= len(flat):
+                best = min(best, (Levenshtein.distance(flat[:n], key), n))
+    return best[1] if best[0] <= 1 else 0
 
 
 def _value_span(

@@ -100,7 +100,7 @@ def _part(core: str, spec: FieldSpec) -> tuple[str, str, str]:
 
 def _decorated(core: str, read: str | None, spec: FieldSpec) -> tuple[str, str]:
     """What the reading of the value's characters holds around the value itself (a
-    colon, the tail of the label, 个月 after a count): kept on the record's forms too."""
+    colon, the tail of the label, 个月 after a count): left out of the window that is scored."""
     if read is None:
         return "", ""
     for form in spec.kind_def.printed(read):
@@ -136,14 +136,15 @@ def check_field(
     text = result.lines[index].text
     if len(steps) != len(text):
         return FieldCheck(status=CheckStatus.unavailable, reason="reading and scores disagree")
-    lo, hi = _window(matrix, steps, start, end)
-    scorer = _Scorer(matrix, labels, lo, hi)
     core = text[start:end]
     before, core, after = _part(core, spec)
     lead, trail = _decorated(core, field.value, spec)
     lead, trail = before + lead, trail + after
-    forms = spec.kind_def.printed(record_value)
-    candidates = {f for form in forms for f in (form, lead + form + trail)}
+    # Only the value's own characters are scored: a colon, the label's tail or a range's
+    # other part around it says nothing about the value, however it is read.
+    lo, hi = _window(matrix, steps, start + len(lead), end - len(trail))
+    scorer = _Scorer(matrix, labels, lo, hi)
+    candidates = set(spec.kind_def.printed(record_value))
     support = -math.inf
     best_form = None
     for form in candidates:
@@ -161,9 +162,10 @@ def check_field(
     weakest = math.inf
     for label_seq, score in beam_search(scorer.window, beam=BEAM, per_step=PER_STEP):
         weakest = min(weakest, score)
-        string = decode(label_seq)
+        # The window's edges may hold the space before or after the value.
+        string = decode(label_seq).strip()
         value, valid = field_value(spec, string, stop)
-        if _same(spec, value, record_value):
+        if string in candidates or _same(spec, value, record_value):
             if score > support:
                 support, best_form = score, string
         elif other is None or score > other[0]:
