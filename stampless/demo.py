@@ -144,10 +144,10 @@ class DemoRun:
 
     @property
     def advice(self) -> str | None:
-        """What to install when genuine certificates went to a person for want of RapidOCR.
+        """What to install when genuine certificates went to a person for want of PP-OCR.
 
-        Tesseract alone reads names with too little confidence for the machine to decide
-        (docs/ocr.md); a plain ``pip install stampless`` has no second opinion.
+        Tesseract alone, the fallback when PP-OCR cannot load, reads names with too little
+        confidence for the machine to decide (docs/ocr.md).
         """
         doubted = [
             r.request_id
@@ -159,9 +159,9 @@ class DemoRun:
             return None
         return (
             f"{', '.join(doubted)} went to a person because Tesseract alone read "
-            f"{'it' if len(doubted) == 1 else 'them'} with too little confidence: install "
-            "RapidOCR, the second reader of names and doubtful fields "
-            "(pip install 'stampless[rapidocr]', about 170 MB), and run the demo again."
+            f"{'it' if len(doubted) == 1 else 'them'} with too little confidence: PP-OCR, "
+            "stampless's first reader, did not load ('stampless doctor' says why; "
+            "pip install 'rapidocr>=3.10,<4' onnxruntime, about 170 MB), then run the demo again."
         )
 
     def next_steps(self, config_arg: str, *, password: bool = True) -> list[NextStep]:
@@ -200,7 +200,7 @@ class DemoRun:
 
 # (doc type, how many, seed of the scan set, altered share, absent share, note)
 # The demo shows each outcome once, so its genuine scans are ones the machine reads
-# cleanly (with the rapidocr extra, as `make` installs it): seed 101's second scan went
+# cleanly (with PP-OCR, as `make` installs it): seed 101's second scan went
 # to a person (a spouse name the two engines read differently), which is right for it
 # but not what the demo's table says a genuine certificate gives. How often a genuine
 # scan goes to review over hundreds of scans is bench/ocr_accuracy.py's figure

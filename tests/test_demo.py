@@ -53,7 +53,7 @@ def test_genuine_certificates_sent_to_a_person_by_tesseract_alone_name_the_extra
     advice = run(GENUINE_TO_REVIEW, second_opinion=None).advice
     assert advice is not None
     assert advice.startswith("MC-2, MC-3 went to a person")
-    assert "pip install 'stampless[rapidocr]'" in advice
+    assert "pip install 'rapidocr>=3.10,<4' onnxruntime" in advice
 
 
 @pytest.mark.parametrize(
