@@ -138,12 +138,27 @@ def prepare(page: Page, ctx: Context) -> Page:
         size = (round(image.width * page.scale), round(image.height * page.scale))
         image = image.resize(size, Image.Resampling.BOX)
     pre = ctx.config.preprocess
+    # Each step's image is kept for the reviewer (preprocessed/ in the evidence bundle).
+    save = ctx.steps_dir if ctx.steps_dir is not None and pre.save_steps else None
     gray = remove_seal(image) if pre.remove_seal else image.convert("L")
+    _keep(save, 1, "seal-removed" if pre.remove_seal else "grey", gray)
     if pre.illumination:
         gray = correct_illumination(gray)
-    page.gray, darkest = _stretch(np.asarray(gray))
+        _keep(save, 2, "illumination", gray)
+    evened = np.asarray(gray)
+    page.gray, darkest = _stretch(evened)
+    if page.gray is not evened:
+        _keep(save, 3, "contrast", Image.fromarray(page.gray))
     page.note = f"{gray.width}x{gray.height} px, darkest ink {darkest}"
     return page
+
+
+def _keep(steps_dir: Path | None, number: int, name: str, image: Image.Image) -> None:
+    if steps_dir is None:
+        return
+    steps_dir.mkdir(parents=True, exist_ok=True)
+    # Fast compression: these files are for a reviewer's eyes, not for archiving.
+    image.save(steps_dir / f"{number:02d}-{name}.png", compress_level=1)
 
 
 def _stretch(gray: np.ndarray) -> tuple[np.ndarray, int]:
