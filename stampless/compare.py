@@ -74,7 +74,10 @@ def agree(spec: FieldSpec, a: str, b: str, *, read: bool = False) -> bool | None
         # Latin names: the same words in any order ("SMITH JOHN" is "John Smith"); one
         # letter off is for a person, never a match.
         ka, kb = _latin_name_key(a), _latin_name_key(b)
-        if ka == kb:
+        # A claim arrives without its spaces (claim_spelling): "ALICEMARTIN" is the
+        # record's "ALICE MARTIN", letter for letter in the same order.
+        letters_a, letters_b = (re.sub(r"[^a-z]+", "", v.casefold()) for v in (a, b))
+        if ka == kb or letters_a == letters_b:
             return True
         return None if fuzz.ratio(ka, kb) >= NEAR_MISS_RATIO else False
     a, b = spec.kind_def.key(a), spec.kind_def.key(b)

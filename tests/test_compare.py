@@ -189,6 +189,7 @@ def test_ocr_slips_go_to_review_but_typed_claims_do_not() -> None:
         (Rule.name, "张三丰", "张三", False),
         (Rule.name, "JOHN SMITH", "SMITH JOHN", True),
         (Rule.name, "JOHN SMITH", "JOHN SMYTH", None),
+        (Rule.name, "ALICEMARTIN", "ALICE MARTIN", True),  # a claim is typed without spaces
         (Rule.name, "JOHN SMITH", "MARY JONES", False),
         (Rule.text, "南京华信科技有限公司", "南京华信科技有限公司", True),
         (Rule.text, "南京华信科技有限公司", "南京华倍科技有限公司", None),
