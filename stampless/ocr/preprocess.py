@@ -346,6 +346,15 @@ def binarize(image: Image.Image) -> Image.Image:
 Step = Callable[[Image.Image], Image.Image]
 
 
+def save_step(steps_dir: Path, number: int, name: str, image: Image.Image) -> Path:
+    """Save one preprocessing step's image as ``steps_dir/NN-name.png`` for the evidence."""
+    steps_dir.mkdir(parents=True, exist_ok=True)
+    path = steps_dir / f"{number:02d}-{name}.png"
+    # Fast compression: these files are for a reviewer's eyes, not for archiving.
+    image.save(path, compress_level=1)
+    return path
+
+
 def preprocess(
     image: Image.Image,
     config: PreprocessConfig,
@@ -370,11 +379,7 @@ def preprocess(
         result.steps.append(name)
         number += 1
         if save and steps_dir is not None:
-            steps_dir.mkdir(parents=True, exist_ok=True)
-            path = steps_dir / f"{number:02d}-{name}.png"
-            # Fast compression: these files are for a reviewer's eyes, not for archiving.
-            result.image.save(path, compress_level=1)
-            result.saved.append(path)
+            result.saved.append(save_step(steps_dir, number, name, result.image))
 
     if config.perspective:
         result.image, result.flattened = flatten_perspective(result.image)

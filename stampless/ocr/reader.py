@@ -47,7 +47,7 @@ from stampless.ocr.fields import (
     reread_mode,
 )
 from stampless.ocr.ppocr import REC_HEIGHT, REC_STRIDE, PpOcr, TextLine, crop_quad
-from stampless.ocr.preprocess import correct_illumination, remove_seal
+from stampless.ocr.preprocess import correct_illumination, remove_seal, save_step
 
 # Pages are read at most this long on their long side: text is then still taller than
 # the recognizer's 48 px input on any certificate, and a 600-DPI A4 scan costs no more.
@@ -154,11 +154,8 @@ def prepare(page: Page, ctx: Context) -> Page:
 
 
 def _keep(steps_dir: Path | None, number: int, name: str, image: Image.Image) -> None:
-    if steps_dir is None:
-        return
-    steps_dir.mkdir(parents=True, exist_ok=True)
-    # Fast compression: these files are for a reviewer's eyes, not for archiving.
-    image.save(steps_dir / f"{number:02d}-{name}.png", compress_level=1)
+    if steps_dir is not None:
+        save_step(steps_dir, number, name, image)
 
 
 def _stretch(gray: np.ndarray) -> tuple[np.ndarray, int]:
