@@ -37,6 +37,7 @@ from stampless.config import (  # noqa: E402
     QueueConfig,
     SystemConfig,
 )
+from stampless.intake import Job  # noqa: E402
 from stampless.models import Request, Tier, Verdict, VerdictKind, utcnow  # noqa: E402
 from stampless.queue import ItemState, open_queue  # noqa: E402
 from stampless.review.store import ReviewStore  # noqa: E402
@@ -68,30 +69,30 @@ class Lookup:
     def __init__(self, hang: bool) -> None:
         self.hang = hang
 
-    def _verdict(self, request: Request, kind: VerdictKind, **kw: Any) -> Verdict:
+    def _verdict(self, job: Job, kind: VerdictKind, reason: str | None = None) -> Verdict:
         return Verdict(
-            request_id=request.id,
-            type=request.type,
+            request_id=job.id,
+            type=job.request.type,
             tier=Tier.robot,
             verdict=kind,
-            received_at=kw["received_at"],
+            received_at=job.received_at,
             finished_at=utcnow(),
-            deadline=kw.get("deadline"),
-            attempts=kw.get("attempt", 1),
-            reasons=[kw["reason"]] if "reason" in kw else [],
+            deadline=job.deadline,
+            attempts=job.attempt,
+            reasons=[reason] if reason else [],
             stampless_version=__version__,
         )
 
-    async def process(self, request: Request, **kw: Any) -> Verdict:
+    async def process(self, job: Job) -> Verdict:
         if self.hang:
             await asyncio.sleep(3600)
-        return self._verdict(request, VerdictKind.verified, **kw)
+        return self._verdict(job, VerdictKind.verified)
 
-    async def escalate(self, request: Request, **kw: Any) -> Verdict:
-        return self._verdict(request, VerdictKind.needs_review, **kw)
+    async def escalate(self, job: Job, *, reason: str) -> Verdict:
+        return self._verdict(job, VerdictKind.needs_review, reason)
 
-    async def fail(self, request: Request, **kw: Any) -> Verdict:
-        return self._verdict(request, VerdictKind.error, **kw)
+    async def fail(self, job: Job, *, reason: str) -> Verdict:
+        return self._verdict(job, VerdictKind.error, reason)
 
 
 def _worker_main(var: Path, lease_s: float, hang: bool) -> None:

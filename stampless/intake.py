@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path, PurePath
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias
 
 from loguru import logger
 from pydantic import BaseModel, ValidationError
@@ -51,18 +51,214 @@ from stampless.models import Request, Tier, VerdictKind, describe_validation_err
 if TYPE_CHECKING:
     from stampless.audit import AuditLog
     from stampless.config import Config
+    from stampless.doctype import DocumentType
     from stampless.queue import QueueItem, WorkQueue
 
 MAX_FILE_BYTES = 512 * 1024  # a request or case JSON file
 MAX_BODY_BYTES = 64 * 1024 * 1024  # an HTTP submission with its scan inlined
 
 
-class Router(Protocol):
-    """What intake needs from the pipeline: validation and routing, no side effects."""
+# A request's document type and its validated claim.
+Checked: TypeAlias = "tuple[DocumentType, BaseModel]"
 
-    def validate(self, request: Request, base_dir: Path) -> object: ...
-    def tier_of(self, request: Request) -> Tier: ...
-    def system_of(self, request: Request) -> str | None: ...
+
+@dataclass(frozen=True)
+class Route:
+    """Where a request goes: its tier, the department system whose account it needs
+    (None: no browser), and the e-certificate its scan's QR code carries, if one does."""
+
+    tier: Tier
+    system: str | None = None
+    envelope: bytes | None = None
+
+
+class Router(Protocol):
+    """What intake needs to check and route a request; no side effects."""
+
+    def validate(self, request: Request, base_dir: Path) -> Checked | None:
+        """InputError unless the request can be processed; its type and claim when known."""
+        ...
+
+    def route(self, request: Request, base_dir: Path) -> Route:
+        """The request's tier and system, decided before any account is claimed."""
+        ...
+
+
+@dataclass(frozen=True)
+class Job:
+    """One request as every stage after intake sees it: checked, routed and timed once.
+
+    Intake builds it (:func:`build_job`); the queue stores what it needs to rebuild it
+    (:meth:`from_item`); the pipeline, the worker and ``stampless verify`` take it.
+    ``checked`` is the document type and validated claim when this process checked the
+    request; a job rebuilt from the queue parses its claim again in the pipeline (a
+    pydantic model does not cross the queue), but its files, tier, system and deadline
+    are never recomputed. ``envelope``: the e-certificate the routing read from the
+    scan's QR code, so the instant tier does not read it twice in one process.
+    """
+
+    request: Request
+    base_dir: Path
+    tier: Tier
+    system: str | None
+    received_at: datetime
+    deadline: datetime
+    attempt: int = 1
+    account: str | None = None
+    supersedes: str | None = None
+    checked: Checked | None = field(default=None, compare=False, repr=False)
+    envelope: bytes | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def id(self) -> str:
+        return self.request.id
+
+    @classmethod
+    def from_item(cls, item: QueueItem) -> Job:
+        """The job of a claimed queue item: attempt and account are the claim's."""
+        return cls(
+            request=item.request,
+            base_dir=item.base_dir,
+            tier=item.tier,
+            system=item.system,
+            received_at=item.received_at,
+            deadline=item.deadline,
+            attempt=item.attempts,
+            account=item.account,
+            supersedes=item.supersedes,
+        )
+
+
+def deadline_for(config: Config, tier: Tier, received_at: datetime) -> datetime:
+    """When a request of ``tier`` received at ``received_at`` is due (robot.toml's [tiers])."""
+    return received_at + timedelta(seconds=config.tiers.sla_seconds(tier))
+
+
+def build_job(
+    config: Config,
+    router: Router,
+    request: Request,
+    base_dir: Path,
+    *,
+    received_at: datetime,
+    check: bool = True,
+    supersedes: str | None = None,
+) -> Job:
+    """Check and route ``request`` into its :class:`Job`, the SLA clock started at
+    ``received_at``. ``check`` False: the caller checked it already (intake checks the
+    original files before it spools them, then routes the spooled copy)."""
+    checked = router.validate(request, base_dir) if check else None
+    route = router.route(request, base_dir)
+    return Job(
+        request=request,
+        base_dir=base_dir,
+        tier=route.tier,
+        system=route.system,
+        received_at=received_at,
+        deadline=deadline_for(config, route.tier, received_at),
+        supersedes=supersedes,
+        checked=checked,
+        envelope=route.envelope,
+    )
+
+
+def enqueue_recheck(
+    queue: WorkQueue, config: Config, item: QueueItem, new_id: str, *, now: datetime
+) -> bool:
+    """Queue a re-check of finished ``item`` under ``new_id``, superseding it; True if added.
+
+    The same claim and spooled files, routed as the original was, with a new SLA clock.
+    """
+    result = queue.enqueue(
+        item.request.model_copy(update={"id": new_id, "case_id": None}),
+        base_dir=item.base_dir,
+        tier=item.tier,
+        system=item.system,
+        received_at=now,
+        deadline=deadline_for(config, item.tier, now),
+        supersedes=item.request_id,
+    )
+    return result.added
+
+
+class DocumentRouter:
+    """robot.toml's document types: checks a request and routes it (the default router).
+
+    Routing happens here, at intake, before the queue claims an account for the request:
+    an e-certificate (a file, or a QR code on the scan of a type an issuer signs) sends
+    it to the instant tier, which needs no department system and so no account.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    def doctype(self, type_name: str) -> DocumentType:
+        """The document type of ``type_name`` (InputError when robot.toml does not know it)."""
+        from stampless.doctype import load_doctype
+
+        return load_doctype(self.config, type_name)
+
+    def parse_claim(self, request: Request) -> Checked:
+        """The request's document type and its claim parsed by the type's claim model."""
+        doctype = self.doctype(request.type)
+        try:
+            claim = doctype.claim_model.model_validate(request.claim)
+        except ValidationError as exc:
+            raise InputError(
+                f"Request {request.id}: claim {describe_validation_error(exc)}"
+            ) from None
+        return doctype, claim
+
+    def validate(self, request: Request, base_dir: Path) -> Checked:
+        """Check everything that can be checked without side effects; InputError if wrong."""
+        from stampless.ocr import open_image
+
+        doctype, claim = self.parse_claim(request)
+        files = request_files(request, base_dir, self.config)
+        if request.ecert is None:
+            if "scan" in files:
+                open_image(files["scan"], self.config.ocr).close()
+            elif not request.fetch or doctype.system is None:
+                raise InputError(
+                    f"Request {request.id}: 'scan' is required for {request.type}"
+                    + (
+                        "."
+                        if doctype.system is None
+                        else ', or "fetch": true to fetch the '
+                        "archived certificate from the department instead."
+                    )
+                )
+        return doctype, claim
+
+    def route(self, request: Request, base_dir: Path) -> Route:
+        """Instant for an e-certificate (the request's file, or a QR code on its scan),
+        else the document type's tier and system. A type declared ``tier = "instant"``
+        reads the e-certificate from the QR code on its scan."""
+        if request.ecert is not None:
+            return Route(Tier.instant)
+        doctype = self.doctype(request.type)
+        if doctype.tier is Tier.instant:
+            return Route(Tier.instant)
+        envelope = self._ecert_on_scan(request, base_dir)
+        if envelope is not None:
+            return Route(Tier.instant, envelope=envelope)
+        return Route(doctype.tier, doctype.system)
+
+    def _ecert_on_scan(self, request: Request, base_dir: Path) -> bytes | None:
+        """The e-certificate in the scan's QR code, if an issuer signs this document type.
+
+        Deployments without e-certificate issuers for the type pay nothing for the look.
+        """
+        if request.scan is None or not any(
+            not issuer.types or request.type in issuer.types
+            for issuer in self.config.issuers.values()
+        ):
+            return None
+        from stampless.ecert import find_ecert_in_scan
+
+        scan = request.scan_path(base_dir)
+        assert scan is not None
+        return find_ecert_in_scan(scan)
 
 
 class SubmitOutcome(BaseModel):
@@ -97,11 +293,7 @@ class Intake:
     ) -> None:
         self.config = config
         self.queue = queue
-        if router is None:
-            from stampless.pipeline import Pipeline
-
-            router = Pipeline(config)
-        self.router = router
+        self.router: Router = router or DocumentRouter(config)
         self.spool_dir = config.var_dir / "spool"
         self.cases = CaseStore.from_config(config)
         self._audit: AuditLog | None = None
@@ -233,13 +425,16 @@ class Intake:
         spool = self.spool(request, base_dir)
         try:
             spooled = Request.model_validate_json((spool / "request.json").read_bytes())
-            tier = self.router.tier_of(spooled)
-            deadline = received_at + timedelta(seconds=self.config.tiers.sla_seconds(tier))
+            # Checked before spooling (prepare_data); routed here, on the spooled files.
+            job = build_job(
+                self.config, self.router, spooled, spool, received_at=received_at, check=False
+            )
+            tier, deadline = job.tier, job.deadline
             result = self.queue.enqueue(
                 spooled,
                 base_dir=spool,
                 tier=tier,
-                system=self.router.system_of(spooled),
+                system=job.system,
                 received_at=received_at,
                 deadline=deadline,
                 content_sha256=digest,

@@ -1,23 +1,24 @@
-"""The orchestrator: one request in, one sealed verdict out (README.md, "What it is").
+"""The orchestrator: one job in, one sealed verdict out (README.md, "What it is").
 
-It reads like the recipe it is::
+Intake has checked and routed the request into a :class:`~stampless.intake.Job` (claim
+model of the document type, scan opened safely; instant, robot or manual tier, its QR
+e-certificate included); the pipeline follows the route it was given::
 
-    validate  -> claim model of the document type, scan opened safely
-    route     -> instant (e-certificate), robot, or manual tier
+    instant   -> the e-certificate checked against the issuer's key (no browser, no OCR)
     gather    -> robot lookup on the department system  ||  OCR of the scan (in a thread)
     decide    -> compare claim / OCR / record field by field
     seal      -> evidence bundle with a signed manifest, audit entries
 
-The pipeline never writes the outbox and never retries across attempts: the caller
-(``stampless verify`` or a queue worker) does both. One ``Pipeline`` per process owns
-one browser (through :class:`stampless.robot.RobotRuntime`), started on first use.
+The pipeline never writes the outbox and never retries across attempts: the caller (a
+queue worker, or ``stampless verify``) does both. One ``Pipeline`` per process owns one
+browser (through :class:`stampless.robot.RobotRuntime`), started on first use.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from datetime import datetime, timedelta
+from datetime import datetime
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,13 +27,13 @@ from loguru import logger
 
 from stampless._version import __version__
 from stampless.audit import AuditLog
-from stampless.boundary import request_files
 from stampless.compare import Decision, verify_and_decide
 from stampless.config import Config
-from stampless.doctype import DocumentType, load_doctype
-from stampless.errors import InputError, RecordNotFound, RecordRevoked
+from stampless.doctype import DocumentType
+from stampless.errors import RecordNotFound, RecordRevoked
 from stampless.evidence import EvidenceBundle
 from stampless.idempotency import request_digest
+from stampless.intake import DocumentRouter, Job
 from stampless.metrics import DECISIONS, STAGE_SECONDS
 from stampless.models import (
     FieldResult,
@@ -42,7 +43,6 @@ from stampless.models import (
     Tier,
     Verdict,
     VerdictKind,
-    describe_validation_error,
     utcnow,
 )
 
@@ -73,6 +73,7 @@ class Pipeline:
         self._circuits = circuits
         self._runtime: RobotRuntime | None = None
         self._runtime_lock = asyncio.Lock()
+        self.router = DocumentRouter(config)
         self.audit = AuditLog(config.audit_dir, rotate_bytes=config.audit.rotate_bytes)
 
     async def __aenter__(self) -> Pipeline:
@@ -86,146 +87,46 @@ class Pipeline:
             await self._runtime.__aexit__(None, None, None)
             self._runtime = None
 
-    # -- routing -----------------------------------------------------------------------
-
-    def doctype(self, type_name: str) -> DocumentType:
-        """The document type of ``type_name`` (InputError when robot.toml does not know it)."""
-        return load_doctype(self.config, type_name)
-
-    def tier_of(self, request: Request) -> Tier:
-        """Instant when the request carries an e-certificate, else the document type's tier.
-
-        A type declared ``tier = "instant"`` in robot.toml reads the e-certificate from
-        the QR code on its scan.
-        """
-        if request.ecert is not None:
-            return Tier.instant
-        return self.doctype(request.type).tier
-
-    def system_of(self, request: Request) -> str | None:
-        """The department system whose account a worker must hold, or None (no browser)."""
-        if self.tier_of(request) is Tier.instant:
-            return None
-        return self.doctype(request.type).system
-
-    def deadline_for(self, request: Request, received_at: datetime) -> datetime:
-        return received_at + timedelta(seconds=self.config.tiers.sla_seconds(self.tier_of(request)))
-
     # -- the stages ----------------------------------------------------------------------
 
-    def validate(self, request: Request, base_dir: Path) -> tuple[DocumentType, BaseModel]:
-        """Check everything that can be checked without side effects; InputError if wrong."""
-        from pydantic import ValidationError
+    async def process(self, job: Job) -> Verdict:
+        """Verify one job and seal its evidence; see the module docstring.
 
-        from stampless.ocr import open_image
-
-        doctype = self.doctype(request.type)
-        try:
-            claim = doctype.claim_model.model_validate(request.claim)
-        except ValidationError as exc:
-            raise InputError(
-                f"Request {request.id}: claim {describe_validation_error(exc)}"
-            ) from None
-        files = request_files(request, base_dir, self.config)
-        if request.ecert is None:
-            if "scan" in files:
-                open_image(files["scan"], self.config.ocr).close()
-            elif not request.fetch or doctype.system is None:
-                raise InputError(
-                    f"Request {request.id}: 'scan' is required for {request.type}"
-                    + (
-                        "."
-                        if doctype.system is None
-                        else ', or "fetch": true to fetch the '
-                        "archived certificate from the department instead."
-                    )
-                )
-        return doctype, claim
-
-    async def process(
-        self,
-        request: Request,
-        *,
-        base_dir: Path,
-        received_at: datetime,
-        deadline: datetime | None = None,
-        attempt: int = 1,
-        account: str | None = None,
-    ) -> Verdict:
-        """Verify one request and seal its evidence; see the module docstring.
-
+        The job was checked and routed at intake (:func:`stampless.intake.build_job`).
         Returns the verdict (verified, mismatch, not_found or needs_review). Raises
         InputError for a bad request (final) and SystemFailure when the department
         system or the robot failed (the caller retries).
         """
         started = time.perf_counter()
+        request, base_dir = job.request, job.base_dir
         with logger.contextualize(request_id=request.id):
-            doctype, claim = self.validate(request, base_dir)
-            tier = self.tier_of(request)
-            deadline = deadline or self.deadline_for(request, received_at)
-            bundle = self._open_bundle(request, base_dir, attempt=attempt, received_at=received_at)
-            # An e-certificate QR code on the scan settles the request at once.
-            envelope = (
-                None if tier is Tier.instant else await self._ecert_on_scan(request, base_dir)
-            )
-            if tier is Tier.instant or envelope is not None:
-                tier = Tier.instant
-                decision = await self._instant(request, base_dir, envelope, claim)
+            doctype, claim = job.checked or self.router.parse_claim(request)
+            bundle = self._open_bundle(job)
+            if job.tier is Tier.instant:
+                decision = await self._instant(request, base_dir, job.envelope, claim)
             else:
                 decision = await self._gather_and_decide(
-                    request, base_dir, doctype, claim, bundle, account, deadline
+                    request, base_dir, doctype, claim, bundle, job.account, job.deadline
                 )
             # The preprocessing steps explain a machine's doubt; a clear answer needs only
             # the image OCR read (docs/evidence.md, "Size").
             doubt = decision.verdict in (VerdictKind.mismatch, VerdictKind.needs_review)
-            DECISIONS.labels(tier.value, decision.verdict.value).inc()
-            if tier is Tier.manual:
+            DECISIONS.labels(job.tier.value, decision.verdict.value).inc()
+            if job.tier is Tier.manual:
                 decision = _to_review(decision, MANUAL_REASON)
-            verdict = await self._seal(
-                request,
-                base_dir,
-                bundle,
-                decision,
-                tier=tier,
-                received_at=received_at,
-                deadline=deadline,
-                attempts=attempt,
-                keep_steps=doubt,
-            )
+            verdict = await self._seal(job, bundle, decision, keep_steps=doubt)
             STAGE_SECONDS.labels("total").observe(time.perf_counter() - started)
             return verdict
 
-    async def escalate(
-        self,
-        request: Request,
-        *,
-        base_dir: Path,
-        received_at: datetime,
-        deadline: datetime | None,
-        attempts: int,
-        reason: str,
-    ) -> Verdict:
+    async def escalate(self, job: Job, *, reason: str) -> Verdict:
         """Seal what earlier attempts gathered as a needs_review verdict for a person."""
         decision = Decision(verdict=VerdictKind.needs_review, fields=[], reasons=[reason])
-        return await self._finish_without_decision(
-            request, base_dir, decision, received_at, deadline, attempts, event="escalated"
-        )
+        return await self._finish_without_decision(job, decision, event="escalated")
 
-    async def fail(
-        self,
-        request: Request,
-        *,
-        base_dir: Path,
-        received_at: datetime,
-        deadline: datetime | None,
-        attempts: int,
-        reason: str,
-    ) -> Verdict:
+    async def fail(self, job: Job, *, reason: str) -> Verdict:
         """Seal an ``error`` verdict (bad input found late, or a type that cannot go to review)."""
         decision = Decision(verdict=VerdictKind.error, fields=[], reasons=[reason])
-        return await self._finish_without_decision(
-            request, base_dir, decision, received_at, deadline, attempts, event="failed"
-        )
+        return await self._finish_without_decision(job, decision, event="failed")
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -254,19 +155,18 @@ class Pipeline:
                 self._runtime = runtime
             return self._runtime
 
-    def _open_bundle(
-        self, request: Request, base_dir: Path, *, attempt: int, received_at: datetime
-    ) -> EvidenceBundle:
+    def _open_bundle(self, job: Job) -> EvidenceBundle:
         """The request's bundle for this run: its reception (one queue item, or one
         ``stampless verify``). Its retries continue it; a new run starts a new one."""
+        request = job.request
         bundle = EvidenceBundle.open(
-            self.config.evidence_dir, request.id, run=f"received {received_at.isoformat()}"
+            self.config.evidence_dir, request.id, run=f"received {job.received_at.isoformat()}"
         )
         if not bundle.path("request.json").exists():
             bundle.add_json("request.json", request.model_dump(mode="json"), kind="request")
             for kind, source in (
-                ("scan", request.scan_path(base_dir)),
-                ("ecert", request.ecert_path(base_dir)),
+                ("scan", request.scan_path(job.base_dir)),
+                ("ecert", request.ecert_path(job.base_dir)),
             ):
                 if source is not None:
                     bundle.add_file(
@@ -274,7 +174,7 @@ class Pipeline:
                         f"{kind}{source.suffix.lower()}",
                         kind="scan" if kind == "scan" else "request",
                     )
-        bundle.set_meta(stampless_version=__version__, type=request.type, attempts=attempt)
+        bundle.set_meta(stampless_version=__version__, type=request.type, attempts=job.attempt)
         return bundle
 
     async def _fetched_scan(
@@ -417,22 +317,6 @@ class Pipeline:
         )
         return decision
 
-    async def _ecert_on_scan(self, request: Request, base_dir: Path) -> bytes | None:
-        """The e-certificate in the scan's QR code, if an issuer signs this document type.
-
-        Deployments without e-certificate issuers for the type pay nothing for the look.
-        """
-        if request.scan is None or not any(
-            not issuer.types or request.type in issuer.types
-            for issuer in self.config.issuers.values()
-        ):
-            return None
-        from stampless.ecert import find_ecert_in_scan
-
-        scan = request.scan_path(base_dir)
-        assert scan is not None
-        return await asyncio.to_thread(find_ecert_in_scan, scan)
-
     async def _instant(
         self, request: Request, base_dir: Path, envelope: bytes | None, claim: BaseModel
     ) -> Decision:
@@ -466,52 +350,21 @@ class Pipeline:
         return decision
 
     async def _finish_without_decision(
-        self,
-        request: Request,
-        base_dir: Path,
-        decision: Decision,
-        received_at: datetime,
-        deadline: datetime | None,
-        attempts: int,
-        *,
-        event: str,
+        self, job: Job, decision: Decision, *, event: str
     ) -> Verdict:
-        with logger.contextualize(request_id=request.id):
-            bundle = self._open_bundle(request, base_dir, attempt=attempts, received_at=received_at)
-            self._step(
-                event, request.id, f"{event}: {decision.reasons[0]}", reason=decision.reasons[0]
-            )
-            try:
-                tier = self.tier_of(request)
-            except InputError:
-                tier = Tier.robot
-            return await self._seal(
-                request,
-                base_dir,
-                bundle,
-                decision,
-                tier=tier,
-                received_at=received_at,
-                deadline=deadline,
-                attempts=attempts,
-                keep_steps=True,  # a person takes over: keep all that explains the page
-            )
+        with logger.contextualize(request_id=job.id):
+            bundle = self._open_bundle(job)
+            reason = decision.reasons[0]
+            self._step(event, job.id, f"{event}: {reason}", reason=reason)
+            # A person takes over: keep all that explains the page.
+            return await self._seal(job, bundle, decision, keep_steps=True)
 
     async def _seal(
-        self,
-        request: Request,
-        base_dir: Path,
-        bundle: EvidenceBundle,
-        decision: Decision,
-        *,
-        tier: Tier,
-        received_at: datetime,
-        deadline: datetime | None,
-        attempts: int,
-        keep_steps: bool,
+        self, job: Job, bundle: EvidenceBundle, decision: Decision, *, keep_steps: bool
     ) -> Verdict:
         """Seal the bundle with the verdict; ``keep_steps``: keep every preprocessing step."""
         started = time.perf_counter()
+        request = job.request
         # Re-encoding images is CPU work: off the event loop the other workers' pages use.
         await asyncio.to_thread(
             bundle.compact_images, keep_steps=keep_steps or self.config.evidence.keep_steps
@@ -520,19 +373,20 @@ class Pipeline:
         verdict = Verdict(
             request_id=request.id,
             type=request.type,
-            tier=tier,
+            tier=job.tier,
             verdict=decision.verdict,
             fields=[_as_received(f, request.claim) for f in decision.fields],
             reasons=decision.reasons,
             evidence=None,
-            received_at=received_at,
+            received_at=job.received_at,
             finished_at=finished,
-            deadline=deadline,
-            sla_met=None if deadline is None else finished <= deadline,
-            attempts=attempts,
+            deadline=job.deadline,
+            sla_met=finished <= job.deadline,
+            attempts=job.attempt,
             stampless_version=__version__,
             case_id=request.case_id,
-            request_sha256=request_digest(request, base_dir),
+            request_sha256=request_digest(request, job.base_dir),
+            supersedes=job.supersedes,
         )
         verdict_json: dict[str, Any] = verdict.model_dump(mode="json")
         bundle.add_json(
@@ -548,7 +402,7 @@ class Pipeline:
         self._step(
             "verdict",
             request.id,
-            f"{verdict.verdict.value} ({tier.value} tier), evidence sealed in {sealed.path}",
+            f"{verdict.verdict.value} ({job.tier.value} tier), evidence sealed in {sealed.path}",
             verdict=verdict.verdict,
             manifest_sha256=sealed.manifest_sha256,
         )

@@ -521,6 +521,7 @@ def recheck(queue: WorkQueue, config: Config, type_name: str, older_than_days: f
     Each re-check is a new item ``<id>.recheck-<time>`` whose verdict supersedes the
     original; the original verdict is never changed.
     """
+    from stampless.intake import enqueue_recheck
     from stampless.outbox import recheck_name
     from stampless.queue import ItemState
     from stampless.retention import read_tombstone
@@ -543,18 +544,7 @@ def recheck(queue: WorkQueue, config: Config, type_name: str, older_than_days: f
         if read_tombstone(config.evidence_dir / item.request_id) is not None:
             continue  # its spooled request went with its evidence (retention)
         new_id = recheck_name(item.request_id, stamp)
-        request = item.request.model_copy(update={"id": new_id, "case_id": None})
-        tier = item.tier
-        result = queue.enqueue(
-            request,
-            base_dir=item.base_dir,
-            tier=tier,
-            system=item.system,
-            received_at=now,
-            deadline=now + timedelta(seconds=config.tiers.sla_seconds(tier)),
-            supersedes=item.request_id,
-        )
-        if result.added:
+        if enqueue_recheck(queue, config, item, new_id, now=now):
             added.append(new_id)
         if len(added) >= RECHECK_BATCH:
             break

@@ -1,8 +1,8 @@
 """One-off verification: a request file in, a verdict in the outbox (or review queue) out.
 
-This is what ``stampless verify`` and ``stampless demo`` run; queue workers use the same
-:func:`deliver` after the pipeline, so a verdict reaches the outbox or the review store
-the same way whichever way it was produced.
+This is what ``stampless verify`` and ``stampless demo`` run: intake's checks and routing
+into a :class:`~stampless.intake.Job` (the same :func:`~stampless.intake.build_job` the
+queue's intake uses), the pipeline, then :func:`deliver`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from loguru import logger
 from stampless.config import Config
 from stampless.errors import ExitCode
 from stampless.idempotency import check_answered, check_queued, request_digest
+from stampless.intake import Job, build_job
 from stampless.models import Request, Verdict, VerdictKind, utcnow
 from stampless.outbox import FINAL_VERDICTS, read_verdict, sign_verdict, write_verdict
 from stampless.pipeline import Pipeline
@@ -43,18 +44,16 @@ class Outcome:
         return EXIT_CODES[self.verdict.verdict]
 
 
-def deliver(
-    config: Config, verdict: Verdict, request: Request, base_dir: Path, *, signer: Signer
-) -> Outcome:
+def deliver(config: Config, verdict: Verdict, job: Job, *, signer: Signer) -> Outcome:
     """Final verdicts go to the outbox, signed; needs_review goes to the review store."""
-    with logger.contextualize(request_id=request.id):
+    with logger.contextualize(request_id=job.id):
         if verdict.verdict in FINAL_VERDICTS:
             signed = sign_verdict(verdict, signer)
             return Outcome(signed, write_verdict(config.outbox_dir, signed))
         from stampless.review.store import ReviewStore
 
         ReviewStore.from_config(config).add(
-            verdict, request=request, base_dir=base_dir, reason=" ".join(verdict.reasons)
+            verdict, request=job.request, base_dir=job.base_dir, reason=" ".join(verdict.reasons)
         )
         return Outcome(verdict, None)
 
@@ -67,12 +66,17 @@ async def verify_request(
     pipeline: Pipeline,
     supersedes: str | None = None,
 ) -> Outcome:
-    """Verify ``request`` unless its id already has a verdict (ids are idempotent).
+    """Intake, process, deliver ``request``, unless its id already has a verdict.
 
-    The stored verdict is given only to the same content: a known id with another claim
-    or scan raises :class:`~stampless.errors.RequestConflict`. ``supersedes``: the id
-    whose verdict this one replaces (a re-check, see :func:`recheck_request`).
+    Intake checks and routes it into a :class:`~stampless.intake.Job` as it does for the
+    queue (:func:`~stampless.intake.build_job`), so bad input fails here whatever the
+    id. The stored verdict is given only to the same content: a known id with another
+    claim or scan raises :class:`~stampless.errors.RequestConflict`. ``supersedes``: the
+    id whose verdict this one replaces (a re-check, see :func:`recheck_request`).
     """
+    job = build_job(
+        config, pipeline.router, request, base_dir, received_at=utcnow(), supersedes=supersedes
+    )
     digest = request_digest(request, base_dir)
     known = check_answered(config, request, digest)
     if known is not None and known.in_outbox:
@@ -82,12 +86,9 @@ async def verify_request(
         logger.info("{} is already waiting for a reviewer; nothing to do", request.id)
         return Outcome(known.verdict, None, already_done=True)
     check_queued(config, request, digest)
-    received = utcnow()
     pipeline.audit.append("received", request_id=request.id, type=request.type, via="verify")
-    verdict = await pipeline.process(request, base_dir=base_dir, received_at=received)
-    if supersedes is not None:
-        verdict = verdict.model_copy(update={"supersedes": supersedes})
-    return deliver(config, verdict, request, base_dir, signer=pipeline.signer)
+    verdict = await pipeline.process(job)
+    return deliver(config, verdict, job, signer=pipeline.signer)
 
 
 def recheck_request(config: Config, request_id: str) -> tuple[Request, Path]:
@@ -152,7 +153,6 @@ async def verify_file(
         request = Request.from_file(path)
         base_dir = path.resolve().parent
     async with Pipeline(config, signer=signer) as pipeline:
-        pipeline.validate(request, base_dir)
         return await verify_request(
             config, request, base_dir, pipeline=pipeline, supersedes=recheck
         )

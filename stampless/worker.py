@@ -58,7 +58,8 @@ from stampless.errors import (
     SystemFailure,
 )
 from stampless.idempotency import refuse_conflict
-from stampless.models import Request, Tier, Verdict, VerdictKind, utcnow
+from stampless.intake import Job
+from stampless.models import Tier, Verdict, VerdictKind, utcnow
 from stampless.outbox import OutboxConflict, read_verdict, write_verdict
 from stampless.queue import Claim, ItemState, LeaseLost, QueueItem, WorkQueue
 
@@ -73,38 +74,17 @@ DEFAULT_ESTIMATE_S = 5.0
 class Processor(Protocol):
     """What a worker needs from the pipeline (:class:`stampless.pipeline.Pipeline`)."""
 
-    async def process(
-        self,
-        request: Request,
-        *,
-        base_dir: Path,
-        received_at: datetime,
-        deadline: datetime | None,
-        attempt: int = 1,
-        account: str | None = None,
-    ) -> Verdict: ...
+    async def process(self, job: Job) -> Verdict:
+        """The job's verdict, evidence sealed; InputError (final) or SystemFailure (retried)."""
+        ...
 
-    async def escalate(
-        self,
-        request: Request,
-        *,
-        base_dir: Path,
-        received_at: datetime,
-        deadline: datetime | None,
-        attempts: int,
-        reason: str,
-    ) -> Verdict: ...
+    async def escalate(self, job: Job, *, reason: str) -> Verdict:
+        """A needs_review verdict with what the attempts gathered, for a person."""
+        ...
 
-    async def fail(
-        self,
-        request: Request,
-        *,
-        base_dir: Path,
-        received_at: datetime,
-        deadline: datetime | None,
-        attempts: int,
-        reason: str,
-    ) -> Verdict: ...
+    async def fail(self, job: Job, *, reason: str) -> Verdict:
+        """An ``error`` verdict."""
+        ...
 
 
 @dataclass
@@ -443,16 +423,7 @@ class WorkerPool:
     async def _run(self, claim: Claim) -> Verdict | None:
         item = claim.item
         started = time.monotonic()
-        attempt = asyncio.ensure_future(
-            self.processor.process(
-                item.request,
-                base_dir=item.base_dir,
-                received_at=item.received_at,
-                deadline=item.deadline,
-                attempt=item.attempts,
-                account=item.account,
-            )
-        )
+        attempt = asyncio.ensure_future(self.processor.process(Job.from_item(item)))
         heartbeat = asyncio.create_task(self._heartbeat(claim, attempt))
         try:
             verdict = await attempt
@@ -494,14 +465,7 @@ class WorkerPool:
         except (InputError, BusinessError) as exc:
             # Final, never retried as an outage: the request is wrong, or robot.toml cannot
             # process it (an unknown type or system, a task module that does not load).
-            return await self.processor.fail(
-                item.request,
-                base_dir=item.base_dir,
-                received_at=item.received_at,
-                deadline=item.deadline,
-                attempts=item.attempts,
-                reason=str(exc),
-            )
+            return await self.processor.fail(Job.from_item(item), reason=str(exc))
         except StamplessError:
             raise
         except Exception as exc:
@@ -599,21 +563,12 @@ class WorkerPool:
         # why is a user-facing message (never a secret): it is kept as the last error.
         """Robot and manual tiers go to a person; instant-tier items end in an error."""
         item = claim.item
-        kwargs: dict[str, Any] = {
-            "base_dir": item.base_dir,
-            "received_at": item.received_at,
-            "deadline": item.deadline,
-            "attempts": item.attempts,
-        }
+        job = Job.from_item(item)
         if item.tier is Tier.instant:
-            verdict = await self.processor.fail(
-                item.request, reason=f"Could not verify in time: {why}", **kwargs
-            )
+            verdict = await self.processor.fail(job, reason=f"Could not verify in time: {why}")
         else:
             verdict = await self.processor.escalate(
-                item.request,
-                reason=f"The robot could not finish before the deadline: {why}",
-                **kwargs,
+                job, reason=f"The robot could not finish before the deadline: {why}"
             )
             self.stats.escalated += 1
         await self._finish(claim, verdict, error=why)

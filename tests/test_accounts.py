@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from stampless.circuit import CircuitBreaker
 from stampless.config import Config, load_config
 from stampless.fixtures.accounts import fixture_env
 from stampless.fixtures.records import records
+from stampless.intake import Job
 from stampless.models import Request, Tier, Verdict, VerdictKind, utcnow
 from stampless.queue import WorkQueue, open_queue
 from stampless.review.store import ReviewStore
@@ -42,14 +43,11 @@ class LookupProcessor(HttpProcessor):
         super().__init__("")
         self.runtime = RobotRuntime(config, attempts=2, backoff_s=0.05, circuits=circuits)
 
-    async def process(  # type: ignore[override]
-        self, request: Request, *, received_at: datetime, deadline: datetime | None, **kw: Any
-    ) -> Verdict:
-        account: str | None = kw.get("account")
-        key = str(request.claim["credit_code"])
-        await self.runtime.lookup(SYSTEM, key, account=account, deadline=deadline)
+    async def process(self, job: Job) -> Verdict:
+        key = str(job.request.claim["credit_code"])
+        await self.runtime.lookup(SYSTEM, key, account=job.account, deadline=job.deadline)
         return self._verdict(
-            request, VerdictKind.verified, received_at=received_at, deadline=deadline
+            job.request, VerdictKind.verified, received_at=job.received_at, deadline=job.deadline
         )
 
     async def aclose(self) -> None:

@@ -27,6 +27,7 @@ from stampless.audit import write_checkpoint
 from stampless.config import Config, load_config
 from stampless.evidence import verify_bundle
 from stampless.fixtures.accounts import accounts, fixture_env
+from stampless.intake import Job
 from stampless.models import VerdictKind
 from stampless.outbox import write_verdict
 from stampless.pipeline import Pipeline
@@ -162,9 +163,7 @@ def test_harvest_fetch_and_push_close_the_loop_once(hall: Any, project: Config) 
 
     async def verify() -> Any:
         async with Pipeline(project, signer=SIGNER) as pipeline:
-            return await pipeline.process(
-                item.request, base_dir=item.base_dir, received_at=item.received_at
-            )
+            return await pipeline.process(Job.from_item(item))
 
     verdict = asyncio.run(verify())
     assert verdict.verdict in (VerdictKind.verified, VerdictKind.needs_review), verdict.reasons

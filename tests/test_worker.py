@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ from stampless.errors import (
     InputError,
     SecretUnavailable,
 )
+from stampless.intake import Job, Route
 from stampless.models import Request, Tier, Verdict, VerdictKind, utcnow
 from stampless.outbox import JOURNAL_DIR, read_verdict, write_verdict
 from stampless.queue import ItemState, WorkQueue, open_queue
@@ -151,16 +152,9 @@ class HttpProcessor:
             case_id=request.case_id,
         )
 
-    async def process(
-        self,
-        request: Request,
-        *,
-        base_dir: Path,
-        received_at: datetime,
-        deadline: datetime | None,
-        attempt: int = 1,
-        account: str | None = None,
-    ) -> Verdict:
+    async def process(self, job: Job) -> Verdict:
+        request, account, attempt = job.request, job.account, job.attempt
+        received_at, deadline = job.received_at, job.deadline
         self.calls += 1
         if request.claim.get("bad"):
             raise InputError(f"Request {request.id}: the claim is unreadable.")
@@ -195,13 +189,21 @@ class HttpProcessor:
             await self._client.aclose()
             self._client = None
 
-    async def escalate(self, request: Request, **kw: Any) -> Verdict:
-        kw.pop("base_dir")
-        return self._verdict(request, VerdictKind.needs_review, reasons=[kw.pop("reason")], **kw)
+    async def escalate(self, job: Job, *, reason: str) -> Verdict:
+        return self._job_verdict(job, VerdictKind.needs_review, reason)
 
-    async def fail(self, request: Request, **kw: Any) -> Verdict:
-        kw.pop("base_dir")
-        return self._verdict(request, VerdictKind.error, reasons=[kw.pop("reason")], **kw)
+    async def fail(self, job: Job, *, reason: str) -> Verdict:
+        return self._job_verdict(job, VerdictKind.error, reason)
+
+    def _job_verdict(self, job: Job, kind: VerdictKind, reason: str) -> Verdict:
+        return self._verdict(
+            job.request,
+            kind,
+            reasons=[reason],
+            received_at=job.received_at,
+            deadline=job.deadline,
+            attempts=job.attempt,
+        )
 
 
 class FileRouter:
@@ -214,11 +216,8 @@ class FileRouter:
         if request.claim.get("system") not in SYSTEMS:
             raise InputError(f"Request {request.id}: claim.system must name a known system.")
 
-    def tier_of(self, request: Request) -> Tier:
-        return Tier.robot
-
-    def system_of(self, request: Request) -> str | None:
-        return str(request.claim["system"])
+    def route(self, request: Request, base_dir: Path) -> Route:
+        return Route(Tier.robot, str(request.claim["system"]))
 
 
 SYSTEMS = {"civil_affairs": ["civil01", "civil02"], "market_supervision": ["market01", "market02"]}

@@ -243,8 +243,7 @@ def register(app: typer.Typer) -> None:
     @queue_app.command("retry")
     def retry(request_id: Annotated[str, typer.Argument(help="The request id.")]) -> None:
         """Run a waiting item now; re-check a finished one under a new id that supersedes it."""
-        from datetime import timedelta
-
+        from stampless.intake import enqueue_recheck
         from stampless.models import utcnow
         from stampless.outbox import recheck_name
         from stampless.queue import ItemState, open_queue
@@ -264,17 +263,8 @@ def register(app: typer.Typer) -> None:
             raise InputError(
                 f"{request_id} is waiting for a person; decide it in the review console."
             )
-        now = utcnow()
         new_id = recheck_name(request_id)
-        queue.enqueue(
-            item.request.model_copy(update={"id": new_id, "case_id": None}),
-            base_dir=item.base_dir,
-            tier=item.tier,
-            system=item.system,
-            received_at=now,
-            deadline=now + timedelta(seconds=config.tiers.sla_seconds(item.tier)),
-            supersedes=request_id,
-        )
+        enqueue_recheck(queue, config, item, new_id, now=utcnow())
         console.print(
             f"{request_id} is finished and its verdict stays; queued re-check {new_id}.",
             markup=False,
