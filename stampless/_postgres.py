@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from stampless.errors import ConfigError, SystemFailure
+from stampless.review.abc import create_table
 
 if TYPE_CHECKING:
     import psycopg
@@ -89,6 +90,26 @@ CREATE TABLE accounts (
 -- Fencing tokens: every claim takes a larger one, so a system that records the token
 -- can refuse a write from a holder whose lease was taken over.
 CREATE SEQUENCE lease_fence;
+""",
+    ),
+    Migration(
+        2,
+        "review store: review items and reviewer accounts",
+        # The review items' columns are the SQLite store's (review.abc.COLUMNS, frozen
+        # as of this migration: a new column is a new migration here and an added
+        # column there).
+        create_table("review_items", "timestamptz")
+        + """
+CREATE INDEX review_items_pending ON review_items (status, deadline);
+CREATE TABLE reviewers (
+    name          text PRIMARY KEY,
+    role          text NOT NULL CHECK (role IN ('reviewer', 'admin')),
+    password_hash text NOT NULL,
+    created_at    timestamptz NOT NULL,
+    failed        integer NOT NULL DEFAULT 0,
+    locked_until  timestamptz,
+    session_epoch integer NOT NULL DEFAULT 0
+);
 """,
     ),
 )
@@ -169,11 +190,12 @@ def schema_version(conn: psycopg.Connection[Any]) -> int:
     return int(row["v"]) if row else 0
 
 
-def migrate(conn: psycopg.Connection[Any]) -> list[Migration]:
-    """Apply the migrations the database lacks, in order; the ones applied."""
+def migrate(conn: psycopg.Connection[Any], *, upto: int | None = None) -> list[Migration]:
+    """Apply the migrations the database lacks, in order, up to version ``upto`` (None:
+    all of them); the ones applied."""
     applied: list[Migration] = []
     with translated("migrating the schema"):
-        for migration in MIGRATIONS:
+        for migration in MIGRATIONS[:upto]:
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
                 conn.execute(_VERSION_TABLE)

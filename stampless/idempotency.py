@@ -133,9 +133,10 @@ def check_answered(config: Config, request: Request, digest: str) -> Answered | 
             request, digest, final, evidence_dir=config.evidence_dir, where="in the outbox"
         )
         return Answered(final, in_outbox=True)
-    if not ReviewStore.path_for(config).exists():
+    store = ReviewStore.existing(config)
+    if store is None:
         return None
-    waiting = ReviewStore.from_config(config).get(request.id)
+    waiting = store.get(request.id)
     if waiting is None:
         return None
     check_verdict(

@@ -136,10 +136,11 @@ class DeploymentCollector(Collector):
         from stampless.models import utcnow
         from stampless.review.store import ReviewStore
 
-        if not ReviewStore.path_for(self.config).exists():
+        store = ReviewStore.existing(self.config)
+        if store is None:
             return
         now = utcnow()
-        pending = ReviewStore.from_config(self.config).pending(now)
+        pending = store.pending(now)
         family = GaugeMetricFamily(
             "stampless_review_waiting",
             "Items waiting for a reviewer, overdue or not.",

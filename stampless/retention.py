@@ -85,7 +85,7 @@ def due(
     from stampless.review.store import ReviewStore
 
     cutoff = (now or utcnow()) - older_than
-    review = ReviewStore.from_config(config) if ReviewStore.path_for(config).exists() else None
+    review = ReviewStore.existing(config)
     out = []
     for bundle in reversed(list_bundles(config.evidence_dir)):
         if bundle.finished_at is None or bundle.finished_at >= cutoff:

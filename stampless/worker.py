@@ -62,6 +62,7 @@ from stampless.intake import Job
 from stampless.models import Tier, Verdict, VerdictKind, utcnow
 from stampless.outbox import OutboxConflict, read_verdict, write_verdict
 from stampless.queue import Claim, ItemState, LeaseLost, QueueItem, WorkQueue
+from stampless.queue.abc import answers, settle_reviewed, settlement
 
 if TYPE_CHECKING:
     from stampless.config import Config
@@ -371,7 +372,7 @@ class WorkerPool:
         opts = self.options
         existing = read_verdict(self.outbox_dir, item.request_id)
         if existing is not None:
-            if not _answers(existing, item):
+            if not answers(existing, item):
                 self._refuse_conflict(claim, "in the outbox")
                 return
             logger.info("{} already has a verdict in the outbox; not run again.", item.request_id)
@@ -379,13 +380,14 @@ class WorkerPool:
             return
         waiting = self.review.get(item.request_id)
         if waiting is not None:
-            if not _answers(waiting.verdict, item):
+            if not answers(waiting.verdict, item):
                 # The reviewer's decision would settle this item: it must be for this content.
                 self._refuse_conflict(claim, "waiting for a reviewer")
                 return
             self.queue.complete(
                 claim, state=ItemState.review, verdict=None, sla_met=None, finished_at=utcnow()
             )
+            self._settle_if_decided(item.request_id)
             return
         if item.attempts > opts.max_attempts:
             await self._give_up(claim, f"it failed {item.attempts - 1} times ({item.last_error})")
@@ -590,6 +592,7 @@ class WorkerPool:
             )
             self.stats.review += 1
             logger.info("{} sent to manual review: {}", item.request_id, reason)
+            self._settle_if_decided(item.request_id)
             return
         try:
             write_verdict(self.outbox_dir, verdict, signer=self.signer)
@@ -598,11 +601,18 @@ class WorkerPool:
             existing = read_verdict(self.outbox_dir, item.request_id)
             if existing is None:
                 raise
-            if not _answers(existing, item):  # `stampless verify` raced it with other content
+            if not answers(existing, item):  # `stampless verify` raced it with other content
                 self._refuse_conflict(claim, "in the outbox")
                 return
             verdict = existing
         self._complete(claim, verdict, error=error)
+
+    def _settle_if_decided(self, request_id: str) -> None:
+        """Settle an item just marked ``review`` whose decision is already made: a
+        reviewer quick enough to decide before it was marked found nothing to settle."""
+        decided = self.review.get(request_id)
+        if decided is not None and decided.final is not None:
+            settle_reviewed(self.queue, decided.final)
 
     def _refuse_conflict(self, claim: Claim, where: str) -> None:
         """Fail an item whose id `stampless verify` answered (``where``) for other content:
@@ -714,14 +724,6 @@ class WorkerPool:
         )
 
 
-def _answers(verdict: Verdict, item: QueueItem) -> bool:
-    """True when ``verdict`` was made for this item's content (or either is from before
-    digests were kept, when a crash after the outbox write is the likely story)."""
-    if verdict.request_sha256 is None or item.content_sha256 is None:
-        return True
-    return verdict.request_sha256 == item.content_sha256
-
-
 def sweep_deadlines(
     queue: WorkQueue, review: ReviewStore, cases: CaseStore, outbox_dir: Path
 ) -> dict[str, list[str]]:
@@ -730,21 +732,14 @@ def sweep_deadlines(
     for rid in overdue:
         logger.warning("{} is past its deadline without a final verdict (overdue).", rid)
     settled: list[str] = []
+    # A decision settles its queue item itself (review.abc.ReviewStore.decide); this
+    # scan of the outbox only finds what a crash between the two left unsettled.
     for item in queue.list(states=[ItemState.review], limit=5000):
         final = read_verdict(outbox_dir, item.request_id)
-        if final is not None and not _answers(final, item):
-            # A decision on other content under this id (a race the worker's check missed):
-            # never report it as this request's verdict.
-            logger.error("{}", refuse_conflict(item.request_id, "in the outbox"))
-            queue.settle(
-                item.request_id, verdict=VerdictKind.error, sla_met=None, finished_at=utcnow()
-            )
-        elif final is not None:
-            met = final.finished_at <= item.deadline
-            if queue.settle(
-                item.request_id, verdict=final.verdict, sla_met=met, finished_at=final.finished_at
-            ):
-                settled.append(item.request_id)
+        if final is not None and queue.settle(
+            item.request_id, **settlement(final, item).model_dump()
+        ):
+            settled.append(item.request_id)
     return {"overdue": overdue, "settled": settled, "cases": cases.settle_all()}
 
 

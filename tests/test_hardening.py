@@ -719,7 +719,7 @@ def _open_stores(var: str, barrier: Any, out: Any) -> None:
 
     from stampless.delivery import Delivery
     from stampless.queue.sqlite import SqliteQueue
-    from stampless.review.store import ReviewStore
+    from stampless.review.sqlite import SqliteReviewStore
 
     errors: list[str] = []
     for n in range(ROUNDS):
@@ -728,7 +728,7 @@ def _open_stores(var: str, barrier: Any, out: Any) -> None:
         time.sleep(random.uniform(0, 0.03))
         try:
             queue = SqliteQueue(folder / "queue.db", {"civil_affairs": ["a"]})
-            ReviewStore(folder / "review.db")
+            SqliteReviewStore(folder / "review.db")
             Delivery(folder / "delivery.db", folder / "outbox", url="http://127.0.0.1:9")
             queue.counts()
             queue.close()
@@ -746,7 +746,7 @@ def test_row10_twenty_processes_open_one_var_at_once_and_all_keep_working(
     # Forked with the modules already imported, so the twenty really start together.
     import stampless.delivery
     import stampless.queue.sqlite
-    import stampless.review.store  # noqa: F401
+    import stampless.review.sqlite  # noqa: F401
 
     ctx = multiprocessing.get_context("fork")
     barrier = ctx.Barrier(20)
@@ -1212,9 +1212,9 @@ def test_row12_a_locked_account_answers_like_a_wrong_password(tmp_path: Path) ->
     import statistics
     import time
 
-    from stampless.review.users import LoginFailed, UserStore
+    from stampless.review.users import FileUserStore, LoginFailed
 
-    users = UserStore(tmp_path / "users.json", max_failed=3, lockout_minutes=10)
+    users = FileUserStore(tmp_path / "users.json", max_failed=3, lockout_minutes=10)
     users.add("locked", "locked-password-1", "reviewer")
     users.add("open", "open-password-1", "reviewer")
     messages: dict[str, set[str]] = {"locked": set(), "open": set()}

@@ -17,7 +17,6 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -27,10 +26,9 @@ import pytest
 from deployment_keys import SIGNER, signing_env
 
 from stampless.config import Config, load_config
-from stampless.errors import InputError
 from stampless.models import Record, Request, Tier, Verdict, VerdictKind, utcnow
-from stampless.review.store import ReviewConflict, ReviewStore
-from stampless.review.users import AccountLocked, LoginFailed, UserStore
+from stampless.review.store import ReviewStore
+from stampless.review.users import UserStore
 
 ROOT = Path(__file__).resolve().parents[1]
 PASSWORDS = {
@@ -273,73 +271,7 @@ def _login(browser: Any, console: Console, name: str, password: str | None = Non
     return page
 
 
-# -- store and accounts, no browser ----------------------------------------------------------
-
-
-def _verdict(rid: str, deadline_in: timedelta | None) -> tuple[Verdict, Request]:
-    now = utcnow()
-    request = Request(id=rid, type="social_security_record", claim={"person_name": "苏晨"})
-    verdict = Verdict(
-        request_id=rid,
-        type=request.type,
-        tier=Tier.manual,
-        verdict=VerdictKind.needs_review,
-        received_at=now,
-        finished_at=now,
-        deadline=None if deadline_in is None else now + deadline_in,
-        stampless_version="test",
-    )
-    return verdict, request
-
-
-def test_store_orders_overdue_first_and_is_idempotent(tmp_path: Path) -> None:
-    store = ReviewStore(tmp_path / "review.db")
-    for rid, minutes in (("A", 20), ("B", -1), ("C", None), ("D", 5), ("E", -10)):
-        v, r = _verdict(rid, None if minutes is None else timedelta(minutes=minutes))
-        assert store.add(v, request=r, reason="manual tier")
-    v, r = _verdict("A", timedelta(minutes=1))
-    assert not store.add(v, request=r, reason="again")
-    pending = store.pending()
-    assert [i.request_id for i in pending] == ["E", "B", "D", "A", "C"]
-    assert [i.overdue() for i in pending] == [True, True, False, False, False]
-
-
-def test_take_is_atomic_across_threads(tmp_path: Path) -> None:
-    store = ReviewStore(tmp_path / "review.db")
-    v, r = _verdict("RACE-1", timedelta(minutes=5))
-    store.add(v, request=r, reason="manual tier")
-    names = [f"reviewer{i}" for i in range(8)]
-    with ThreadPoolExecutor(8) as pool:
-        results = list(
-            pool.map(lambda n: ReviewStore(tmp_path / "review.db").take("RACE-1", n, 5), names)
-        )
-    assert results.count(True) == 1
-    winner = names[results.index(True)]
-    item = store.get("RACE-1")
-    assert item is not None and item.held_by() == winner
-    loser = next(n for n in names if n != winner)
-    with pytest.raises(ReviewConflict):
-        store.decide("RACE-1", loser, VerdictKind.verified, "looks fine", outbox_dir=tmp_path)
-    store.release("RACE-1", winner)
-    assert store.take("RACE-1", loser, 5)
-
-
-@pytest.mark.slow
-def test_users_lockout_and_hashing(tmp_path: Path) -> None:
-    users = UserStore(tmp_path / "users.json", max_failed=2, lockout_minutes=10)
-    users.add("erin", "erin-password-1", "admin")
-    raw = (tmp_path / "users.json").read_text()
-    assert "erin-password-1" not in raw and "$argon2" in raw
-    assert (tmp_path / "users.json").stat().st_mode & 0o777 == 0o600
-    assert users.authenticate("erin", "erin-password-1").role.value == "admin"
-    with pytest.raises(LoginFailed):
-        users.authenticate("erin", "wrong")
-    with pytest.raises(AccountLocked):
-        users.authenticate("erin", "wrong again")
-    with pytest.raises(AccountLocked):
-        users.authenticate("erin", "erin-password-1")
-    with pytest.raises(LoginFailed):
-        users.authenticate("nobody", "whatever-it-is")
+# -- accounts, no browser (the store's contract: tests/test_review_store.py) -----------------
 
 
 def test_add_user_never_takes_the_password_from_argv(tmp_path: Path) -> None:
@@ -636,46 +568,6 @@ def test_secure_cookie_default_and_session_key_file(tmp_path: Path) -> None:
         data={"name": "gina", "password": "gina-password-9", "csrf_token": token},
     )
     assert response.status_code == 302 and response.headers["Location"] == "/"
-
-
-def test_decide_is_rolled_back_when_the_outbox_refuses(tmp_path: Path) -> None:
-    from stampless.audit import AuditLog, entries_for
-    from stampless.outbox import write_verdict
-
-    config = _config(tmp_path / "var")
-    store = ReviewStore.from_config(config)
-    audit = AuditLog(config.audit_dir)
-    for rid in ("D-1", "D-2"):
-        v, r = _verdict(rid, timedelta(minutes=-1))
-        store.add(v, request=r, reason="manual tier")
-    # Another verdict already sits in the outbox under D-2's id: the decision must not
-    # be recorded, and the item stays pending for a person to sort out.
-    other, _ = _verdict("D-2", None)
-    write_verdict(config.outbox_dir, other.model_copy(update={"verdict": VerdictKind.error}))
-    from stampless.outbox import OutboxConflict
-
-    with pytest.raises(OutboxConflict):
-        store.decide("D-2", "alice", VerdictKind.verified, "ok", outbox_dir=config.outbox_dir)
-    item = store.get("D-2")
-    assert item is not None and item.status == "pending"
-    with pytest.raises(InputError):
-        store.decide("D-1", "alice", VerdictKind.verified, "  ", outbox_dir=config.outbox_dir)
-    with pytest.raises(InputError):
-        store.decide("D-1", "alice", VerdictKind.needs_review, "x", outbox_dir=config.outbox_dir)
-    final = store.decide(
-        "D-1",
-        "alice",
-        VerdictKind.not_found,
-        "no such person in the register",
-        outbox_dir=config.outbox_dir,
-        audit=audit,
-        evidence_dir=config.evidence_dir,
-        signer=SIGNER,
-    )
-    assert final.decided_by == "alice" and final.sla_met is False  # decided after the deadline
-    assert [e["actor"] for e in entries_for(config.audit_dir, "D-1")] == ["alice"]
-    assert (config.evidence_dir / "D-1.review" / "manifest.json").is_file()
-    assert store.pending()[0].request_id == "D-2"
 
 
 @pytest.mark.slow

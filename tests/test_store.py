@@ -16,6 +16,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from test_review_store import needs_review
 
 from stampless._postgres import SCHEMA_VERSION, migrate, schema_version
 from stampless.config import load_config
@@ -24,6 +25,7 @@ from stampless.fixtures.postgres import PostgresServer
 from stampless.models import Request, Tier, utcnow
 from stampless.queue import WorkQueue
 from stampless.queue.postgres import PostgresQueue
+from stampless.review.postgres import PostgresReviewStore
 
 ACCOUNTS = {"market_supervision": ["ms1"]}
 
@@ -132,6 +134,33 @@ def test_migrations_apply_once_whoever_runs_them(postgres_server: PostgresServer
         assert migrate(conn) == []
 
 
+def test_a_database_of_the_queue_alone_upgrades_to_the_review_store(
+    postgres_server: PostgresServer,
+) -> None:
+    url = postgres_server.create_database("migrate_upgrade")
+    request = Request(id="BEFORE-UPGRADE", type="business_license", claim={})
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert [m.version for m in migrate(conn, upto=1)] == [1]
+        # An item queued by the stampless that knew only the queue.
+        conn.execute(
+            """INSERT INTO items (request_id, type, tier, base_dir, request, state,
+               received_at, deadline, updated_at)
+               VALUES (%s, %s, 'robot', '/spool', %s, 'queued', now(), now(), now())""",
+            (request.id, request.type, request.model_dump_json()),
+        )
+    for opening in (lambda: PostgresQueue(url, ACCOUNTS), lambda: PostgresReviewStore(url)):
+        with pytest.raises(ConfigError, match="run 'stampless db migrate'"):
+            opening()
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert [m.version for m in migrate(conn)] == list(range(2, SCHEMA_VERSION + 1))
+    store = PostgresReviewStore(url)
+    assert store.pending() == []
+    upgraded = PostgresQueue(url, ACCOUNTS)
+    item = upgraded.get("BEFORE-UPGRADE")
+    upgraded.close()
+    assert item is not None and item.state.value == "queued"
+
+
 def _project(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "robot.toml").write_text(
@@ -172,7 +201,7 @@ def test_store_settings_are_checked(tmp_path: Path) -> None:
     # What every machine must see goes to the shared folder; a path of its own still wins.
     assert config.evidence_dir == Path("/mnt/shared/evidence")
     assert config.outbox_dir == Path("/mnt/shared/outbox")
-    # Each machine's audit chain in it, under its name; queue and review stay in var/.
+    # Each machine's audit chain in it, under its name; the SQLite files' paths in var/.
     assert config.audit_dir == Path("/mnt/shared/audit") / str(config.audit_writer)
     assert config.queue_path == config.var_dir / "queue.db"
     own = config.with_overrides({"outbox.path": "/srv/outbox"})
@@ -220,11 +249,20 @@ def test_commands_read_the_shared_store(
     assert row["request_id"] == "SHARED-1" and row["lease_owner"] == "machine-b"
     accounts = cli("accounts", "ls", cwd=project, env=env)
     assert accounts.returncode == 0 and "SHARED-1" in accounts.stdout
+    # An item another machine sent to a person waits in this machine's review queue too.
+    escalated, request = needs_review("SHARED-2", None)
+    PostgresReviewStore(url).add(escalated, request=request, reason="a near miss")
+    waiting = cli("review", "ls", "--json", cwd=project, env=env)
+    assert waiting.returncode == 0, waiting.stderr
+    [row] = [json.loads(line) for line in waiting.stdout.splitlines()]
+    assert row["request_id"] == "SHARED-2" and row["reason"] == "a near miss"
 
     no_secret = cli("queue", "ls", cwd=project, env={**env, "STAMPLESS_DATABASE_URL": ""})
     assert no_secret.returncode == 2
     assert "STAMPLESS_DATABASE_URL" in no_secret.stderr
-    assert not (tmp_path / "var" / "queue.db").exists()  # nothing fell back to SQLite
+    # Nothing fell back to SQLite.
+    assert not (tmp_path / "var" / "queue.db").exists()
+    assert not (tmp_path / "var" / "review.db").exists()
 
 
 # -- many machines: worker processes with their own var/, one shared store ---------------

@@ -459,15 +459,25 @@ def test_down_system_retries_then_escalates_others_keep_going(tmp_path: Path) ->
     civil_calls = [e for e in entries if e["system"] == "civil_affairs"]
     assert 3 <= len(civil_calls) <= 6
     assert not (config.outbox_dir / "CA0.json").exists()
-    # A person decides; the deadline sweep then finishes the queue item.
+    # A person decides: the decision itself finishes the queue item, no sweep needed.
     review.decide(
         "CA0", "alice", VerdictKind.verified, "Phoned the registry.", outbox_dir=config.outbox_dir
     )
-    swept = sweep_deadlines(queue, review, CaseStore.from_config(config), config.outbox_dir)
-    assert swept["settled"] == ["CA0"]
     decided = queue.get("CA0")
     assert decided is not None and decided.state is ItemState.done
     assert decided.verdict is VerdictKind.verified and decided.sla_met is True
+    # A verdict in the outbox whose item is still in review (a crash between a decision's
+    # outbox write and its commit) is what the deadline sweep still settles.
+    waiting = review.get("CA1")
+    assert waiting is not None
+    crashed = waiting.verdict.model_copy(
+        update={"verdict": VerdictKind.mismatch, "finished_at": utcnow()}
+    )
+    write_verdict(config.outbox_dir, crashed)
+    swept = sweep_deadlines(queue, review, CaseStore.from_config(config), config.outbox_dir)
+    assert swept["settled"] == ["CA1"]
+    settled = queue.get("CA1")
+    assert settled is not None and settled.verdict is VerdictKind.mismatch
 
 
 def test_lost_lease_stops_the_attempt(tmp_path: Path, server: Any) -> None:

@@ -91,7 +91,7 @@ def add_user(
 
     store = UserStore.from_config(get_config())
     user = store.add(name, _read_password(name), role, replace=replace)
-    console.print(f"saved {user.name} ({user.role.value}) in {store.path}", markup=False)
+    console.print(f"saved {user.name} ({user.role.value}) in {store.location}", markup=False)
 
 
 @review_app.command("ls")

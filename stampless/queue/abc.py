@@ -17,9 +17,11 @@ every worker and process until ``enable_account`` (``stampless accounts enable``
 
 ``attempts`` counts claims. ``release`` (graceful shutdown) gives the attempt back;
 ``fail`` and an expired lease keep it. ``done``, ``review`` and ``failed`` are terminal
-for the queue (a reviewer's decision later reaches the outbox, and the deadline sweep
-then marks a ``review`` item ``done``). The ``overdue`` flag is set by the deadline sweep
-on items still unfinished after their deadline.
+for the queue, except that a reviewer's decision settles a ``review`` item as ``done``
+(:func:`settlement`; in the decision's transaction when the review store shares the
+queue's database, and the deadline sweep settles from the outbox what a crash left).
+The ``overdue`` flag is set by the deadline sweep on items still unfinished after their
+deadline.
 """
 
 from __future__ import annotations
@@ -31,10 +33,11 @@ from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 
+from loguru import logger
 from pydantic import BaseModel, ConfigDict
 
 from stampless.errors import StamplessError
-from stampless.models import Request, Tier, VerdictKind
+from stampless.models import Request, Tier, Verdict, VerdictKind, utcnow
 
 
 class ItemState(StrEnum):
@@ -295,3 +298,44 @@ class WorkQueue(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional for backends without resources
         """Release the backend's resources."""
+
+
+def answers(verdict: Verdict, item: QueueItem) -> bool:
+    """True when ``verdict`` was made for this item's content (or either is from before
+    digests were kept, when a crash after the outbox write is the likely story)."""
+    if verdict.request_sha256 is None or item.content_sha256 is None:
+        return True
+    return verdict.request_sha256 == item.content_sha256
+
+
+class Settlement(BaseModel):
+    """What a reviewer's final verdict makes of the queue's ``review`` item."""
+
+    verdict: VerdictKind
+    sla_met: bool | None
+    finished_at: datetime
+
+
+def settlement(final: Verdict, item: QueueItem) -> Settlement:
+    """How ``final`` (a reviewer's decision) settles ``item``: its verdict, within the
+    item's deadline or not; an ``error`` when the decision was made for other content
+    under the same id (a race the worker's check missed), never reported as this
+    request's verdict."""
+    if not answers(final, item):
+        from stampless.idempotency import refuse_conflict
+
+        logger.error("{}", refuse_conflict(item.request_id, "in the outbox"))
+        return Settlement(verdict=VerdictKind.error, sla_met=None, finished_at=utcnow())
+    return Settlement(
+        verdict=final.verdict,
+        sla_met=final.finished_at <= item.deadline,
+        finished_at=final.finished_at,
+    )
+
+
+def settle_reviewed(queue: WorkQueue, final: Verdict) -> bool:
+    """Settle the queue's ``review`` item that ``final`` decides; True if it changed."""
+    item = queue.get(final.request_id)
+    if item is None or item.state is not ItemState.review:
+        return False
+    return queue.settle(item.request_id, **settlement(final, item).model_dump())

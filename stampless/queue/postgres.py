@@ -51,8 +51,15 @@ _CLAIM_SCAN = 200
 
 _CLEAR_LEASE = "lease_token = NULL, lease_owner = NULL, lease_expires = NULL"
 
+# A reviewed item's settlement (WorkQueue.settle), also run by the review store inside a
+# decision's transaction (stampless.review.postgres).
+SETTLE = """UPDATE items SET state = 'done', verdict = %(verdict)s, sla_met = %(sla_met)s,
+    finished_at = %(finished_at)s, updated_at = clock_timestamp()
+    WHERE request_id = %(request_id)s AND state = 'review'"""
 
-def _item(row: Mapping[str, Any]) -> QueueItem:
+
+def item_from_row(row: Mapping[str, Any]) -> QueueItem:
+    """The queue item of an ``items`` row."""
     data = {name: row[name] for name in QueueItem.model_fields if name in row}
     data["request"] = Request.model_validate_json(row["request"])
     return QueueItem.model_validate(data)
@@ -127,7 +134,7 @@ class PostgresQueue(WorkQueue):
 
     def _get(self, db: psycopg.Connection[DictRow], request_id: str) -> QueueItem | None:
         row = db.execute("SELECT * FROM items WHERE request_id = %s", (request_id,)).fetchone()
-        return None if row is None else _item(row)
+        return None if row is None else item_from_row(row)
 
     # -- the interface -----------------------------------------------------------------
 
@@ -263,7 +270,7 @@ class PostgresQueue(WorkQueue):
                     assert system is not None
                     no_free.add(system)
                     continue
-                item = _item(claimed)
+                item = item_from_row(claimed)
                 assert item.lease_expires is not None
                 return Claim(
                     item=item,
@@ -348,7 +355,7 @@ class PostgresQueue(WorkQueue):
             if row is None:
                 raise _lost(claim.request_id)
             self._notify(db, claim.item.system)
-        return _item(row)
+        return item_from_row(row)
 
     def renew(self, claim: Claim, *, lease_s: float) -> Claim:
         with self._tx("renewing a lease") as db:
@@ -493,7 +500,7 @@ class PostgresQueue(WorkQueue):
                 )
                 .fetchall()
             )
-        return [_item(r) for r in rows]
+        return [item_from_row(r) for r in rows]
 
     def counts(self) -> dict[ItemState, int]:
         out = dict.fromkeys(ItemState, 0)
@@ -536,10 +543,13 @@ class PostgresQueue(WorkQueue):
     ) -> bool:
         with self._tx("settling a reviewed item") as db:
             changed = db.execute(
-                """UPDATE items SET state = 'done', verdict = %s, sla_met = %s,
-                   finished_at = %s, updated_at = clock_timestamp()
-                   WHERE request_id = %s AND state = 'review'""",
-                (VerdictKind(verdict).value, sla_met, finished_at, request_id),
+                SETTLE,
+                {
+                    "request_id": request_id,
+                    "verdict": VerdictKind(verdict).value,
+                    "sla_met": sla_met,
+                    "finished_at": finished_at,
+                },
             ).rowcount
         return changed == 1
 

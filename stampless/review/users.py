@@ -2,7 +2,9 @@
 
 The accounts live in one JSON file (default ``<var_dir>/review/users.json``, mode 0600)
 rewritten atomically under an exclusive lock, so ``review add-user`` and a running
-console can change it at the same time. Only hashes are stored, never passwords.
+console can change it at the same time; with ``[store] backend = "postgres"`` they live
+in the shared database (``review/postgres.py``), so a reviewer logs in to the console on
+any machine. Only hashes are stored, never passwords.
 
 Failed logins are limited twice. Per account (:meth:`UserStore.authenticate`): after
 ``max_failed`` in a row it is locked for ``lockout_minutes``; a locked account answers
@@ -22,6 +24,7 @@ import os
 import re
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -80,6 +83,10 @@ REFUSED = (
 )
 
 
+# What a backend's session yields: the accounts read, and how to write them back.
+Session = tuple[dict[str, User], Callable[[dict[str, User]], None]]
+
+
 class LoginFailed(InputError):
     """Wrong name or password, or a locked account (the message never says which)."""
 
@@ -88,61 +95,66 @@ class AccountLocked(LoginFailed):
     """Too many failed logins; the account is locked for a while (same message)."""
 
 
-class UserStore:
-    """The reviewer accounts file."""
+class UserStore(ABC):
+    """The reviewer accounts; open the deployment's with :meth:`from_config`.
 
-    def __init__(self, path: Path, *, max_failed: int = 5, lockout_minutes: float = 15) -> None:
-        self.path = Path(path)
+    Backends: :class:`FileUserStore` (a JSON file, the embedded default) and
+    ``review/postgres.py``'s (``[store] backend = "postgres"``: every machine's console
+    shares the accounts). They provide :meth:`all`, :meth:`get` and :meth:`_session`;
+    the rules (names, passwords, lockouts) are written once, here.
+    """
+
+    def __init__(self, *, max_failed: int = 5, lockout_minutes: float = 15) -> None:
         self.max_failed = max_failed
         self.lockout = timedelta(minutes=lockout_minutes)
 
     @classmethod
     def from_config(cls, config: Config) -> UserStore:
         rc = config.review
-        path = config.path(rc.users_path, "review/users.json")
-        return cls(path, max_failed=rc.max_failed_logins, lockout_minutes=rc.lockout_minutes)
+        limits: dict[str, Any] = {
+            "max_failed": rc.max_failed_logins,
+            "lockout_minutes": rc.lockout_minutes,
+        }
+        if config.store.backend == "postgres":
+            from stampless._postgres import database_url
+            from stampless.review.postgres import PostgresUserStore
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[dict[str, User]]:
-        """Read-modify-write under an exclusive lock; changes are written back on exit."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        lock = self.path.with_name(self.path.name + ".lock")
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            users = self._read()
-            before = {n: u.model_dump_json() for n, u in users.items()}
-            try:
-                yield users
-            finally:
-                # Also when the caller raises: a failed login must still be counted.
-                if {n: u.model_dump_json() for n, u in users.items()} != before:
-                    self._write(users)
-        finally:
-            os.close(fd)
+            return PostgresUserStore(database_url(config), **limits)
+        return FileUserStore(config.path(rc.users_path, "review/users.json"), **limits)
 
-    def _read(self) -> dict[str, User]:
-        try:
-            data: Any = json.loads(self.path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as exc:
-            raise InputError(
-                f"{self.path}: the reviewer accounts file is unreadable; restore it from a "
-                "backup or remove it and add the accounts again."
-            ) from exc
-        return {name: User.model_validate(u) for name, u in data.get("users", {}).items()}
+    @property
+    @abstractmethod
+    def location(self) -> str:
+        """Where the accounts are kept, for messages."""
 
-    def _write(self, users: dict[str, User]) -> None:
-        data = {"users": {n: u.model_dump(mode="json") for n, u in sorted(users.items())}}
-        write_atomic(self.path, json.dumps(data, indent=2), mode=0o600)
-
+    @abstractmethod
     def all(self) -> list[User]:
         """Every account, by name."""
-        return sorted(self._read().values(), key=lambda u: u.name)
 
+    @abstractmethod
     def get(self, name: str) -> User | None:
-        return self._read().get(name)
+        """The account ``name``, or None."""
+
+    @abstractmethod
+    def _session(self, name: str) -> contextlib.AbstractContextManager[Session]:
+        """Lock account ``name`` against every other writer (also while it does not exist
+        yet) and read it: yields the accounts read (``name``'s, if it exists, and maybe
+        others) and the function that writes them back, still under the lock."""
+
+    @contextlib.contextmanager
+    def _locked(self, name: str) -> Iterator[dict[str, User]]:
+        """Read-modify-write ``name`` under the lock; changes are written back on exit."""
+        with self._session(name) as (users, save):
+            before = {n: u.model_dump_json() for n, u in users.items()}
+            failure: Exception | None = None
+            try:
+                yield users
+            except Exception as exc:
+                failure = exc  # a failed login must still be counted: save, then raise
+            if {n: u.model_dump_json() for n, u in users.items()} != before:
+                save(users)
+        if failure is not None:
+            raise failure
 
     def add(self, name: str, password: str, role: Role | str, *, replace: bool = False) -> User:
         """Create an account (or, with ``replace``, set a new password and role)."""
@@ -156,7 +168,7 @@ class UserStore:
             role = Role(role)
         except ValueError:
             raise InputError("The role is 'reviewer' or 'admin'.") from None
-        with self._locked() as users:
+        with self._locked(name) as users:
             if name in users and not replace:
                 raise InputError(f"Reviewer {name!r} exists already; pass --replace to reset.")
             old = users.get(name)
@@ -173,7 +185,7 @@ class UserStore:
 
     def end_sessions(self, name: str) -> None:
         """End every console session of ``name`` (on logout)."""
-        with self._locked() as users:
+        with self._locked(name) as users:
             if name in users:
                 users[name].session_epoch += 1
 
@@ -184,7 +196,7 @@ class UserStore:
         ``lockout_minutes`` (even the right password is refused meanwhile).
         """
         now = utcnow()
-        with self._locked() as users:
+        with self._locked(name) as users:
             user = users.get(name)
             if user is None:
                 with contextlib.suppress(VerificationError, InvalidHashError):
@@ -211,6 +223,54 @@ class UserStore:
             if _hasher.check_needs_rehash(user.password_hash):
                 user.password_hash = _hasher.hash(password)
             return user
+
+
+class FileUserStore(UserStore):
+    """The reviewer accounts in one JSON file (mode 0600), rewritten atomically under
+    an exclusive lock, so ``review add-user`` and a running console can change it at
+    the same time."""
+
+    def __init__(self, path: Path, *, max_failed: int = 5, lockout_minutes: float = 15) -> None:
+        super().__init__(max_failed=max_failed, lockout_minutes=lockout_minutes)
+        self.path = Path(path)
+
+    @contextlib.contextmanager
+    def _session(self, name: str) -> Iterator[Session]:
+        # One lock for the whole file: every account is rewritten with it.
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock = self.path.with_name(self.path.name + ".lock")
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield self._read(), self._write
+        finally:
+            os.close(fd)
+
+    def _read(self) -> dict[str, User]:
+        try:
+            data: Any = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise InputError(
+                f"{self.path}: the reviewer accounts file is unreadable; restore it from a "
+                "backup or remove it and add the accounts again."
+            ) from exc
+        return {name: User.model_validate(u) for name, u in data.get("users", {}).items()}
+
+    def _write(self, users: dict[str, User]) -> None:
+        data = {"users": {n: u.model_dump(mode="json") for n, u in sorted(users.items())}}
+        write_atomic(self.path, json.dumps(data, indent=2), mode=0o600)
+
+    @property
+    def location(self) -> str:
+        return str(self.path)
+
+    def all(self) -> list[User]:
+        return sorted(self._read().values(), key=lambda u: u.name)
+
+    def get(self, name: str) -> User | None:
+        return self._read().get(name)
 
 
 @dataclass
