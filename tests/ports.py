@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 def free_port_block(n: int) -> int:
@@ -28,6 +32,22 @@ def free_port_block(n: int) -> int:
         if ok:
             return base
     raise RuntimeError("no block of free ports")
+
+
+@contextlib.contextmanager
+def serving(app: Any) -> Iterator[str]:
+    """Serve the WSGI ``app`` (the reviewer console) from a thread on a free port of
+    127.0.0.1 until the block ends; its base URL."""
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
 
 
 def env_after(script: str, cwd: Path, env: dict[str, str]) -> dict[str, str]:

@@ -1056,9 +1056,7 @@ ACCOUNTS = {f"user{n}": f"correct-horse-{n}" for n in range(6)}
 def _console(env: dict[str, str], **settings: str) -> Iterator[str]:
     """The reviewer console on a free port of 127.0.0.1, with six accounts; ``settings``
     are extra environment entries (``STAMPLESS__REVIEW__...``)."""
-    import threading
-
-    from werkzeug.serving import make_server
+    from ports import serving
 
     from stampless.config import load_config
     from stampless.review.app import create_app
@@ -1070,14 +1068,8 @@ def _console(env: dict[str, str], **settings: str) -> Iterator[str]:
     users = UserStore.from_config(config)
     for name, password in ACCOUNTS.items():
         users.add(name, password, "reviewer")
-    server = make_server("127.0.0.1", 0, create_app(config), threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join(timeout=10)
+    with serving(create_app(config)) as url:
+        yield url
 
 
 @pytest.fixture

@@ -7,25 +7,30 @@ Everything here runs on a real server (conftest's ``postgres_server``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import threading
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
+from deployment_keys import SIGNER
 from test_review_store import needs_review
 
 from stampless._postgres import SCHEMA_VERSION, migrate, schema_version
 from stampless.config import load_config
 from stampless.errors import ConfigError
 from stampless.fixtures.postgres import PostgresServer
-from stampless.models import Request, Tier, utcnow
-from stampless.queue import WorkQueue
+from stampless.models import Request, Tier, VerdictKind, utcnow
+from stampless.queue import ItemState, WorkQueue
 from stampless.queue.postgres import PostgresQueue
-from stampless.review.postgres import PostgresReviewStore
+from stampless.review.postgres import PostgresReviewStore, PostgresUserStore
 
 ACCOUNTS = {"market_supervision": ["ms1"]}
 
@@ -263,6 +268,92 @@ def test_commands_read_the_shared_store(
     # Nothing fell back to SQLite.
     assert not (tmp_path / "var" / "queue.db").exists()
     assert not (tmp_path / "var" / "review.db").exists()
+
+
+@contextlib.contextmanager
+def _console_of(machine: Path) -> Iterator[str]:
+    """The reviewer console of one machine (a var/ of its own) on the shared store
+    (``STAMPLESS_DATABASE_URL``), served on a free port of 127.0.0.1; its base URL."""
+    from ports import serving
+
+    from stampless.review.app import create_app
+
+    environ = {
+        "STAMPLESS__STORE__SHARED_DIR": str(machine.parent / "shared"),
+        "STAMPLESS__STORE__MACHINE": machine.name,
+        "STAMPLESS__REVIEW__LANGUAGE": "en",
+    }
+    config = load_config(_project(machine) / "robot.toml", environ=environ)
+    # One cookie-signing key for every console, as docs/review.md asks of several.
+    key = machine.parent / "session.key"
+    if not key.exists():
+        key.write_bytes(os.urandom(32))
+    (config.var_dir / "review").mkdir(parents=True, exist_ok=True)
+    (config.var_dir / "review" / "session.key").write_bytes(key.read_bytes())
+    with serving(create_app(config, signer=SIGNER)) as base:
+        yield base
+
+
+def _log_in(base: str, name: str, password: str) -> tuple[httpx.Client, str]:
+    """A browser's session on a console, logged in, and its CSRF token."""
+    client = httpx.Client(base_url=base, timeout=30)
+    form = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/login").text)
+    assert form is not None
+    data = {"name": name, "password": password, "csrf_token": form.group(1)}
+    assert client.post("/login", data=data).status_code == 302
+    page = client.get("/")
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+    assert page.status_code == 200 and token is not None
+    return client, token.group(1)
+
+
+def test_consoles_on_two_machines_share_items_accounts_and_settle_the_queue(
+    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STAMPLESS_DATABASE_URL", postgres_url)  # what [store] url names
+    queue = PostgresQueue(postgres_url, {})
+    store = PostgresReviewStore(postgres_url)
+    verdict, request = needs_review("BOTH-1", timedelta(minutes=5))
+    queue.enqueue(
+        request,
+        base_dir=Path("/spool"),
+        tier=Tier.manual,
+        system=None,
+        received_at=verdict.received_at,
+        deadline=verdict.received_at + timedelta(minutes=5),
+    )
+    claim = queue.claim("machine-c", lease_s=60)
+    assert claim is not None
+    store.add(verdict, request=request, reason="a person decides")
+    queue.complete(claim, state=ItemState.review, verdict=None, sla_met=None, finished_at=utcnow())
+    # One account, made from machine a, logs in on both machines' consoles.
+    PostgresUserStore(postgres_url).add("alice", "alice-password-1", "reviewer")
+    PostgresUserStore(postgres_url).add("bob", "bob-password-1", "reviewer")
+    with (
+        _console_of(tmp_path / "a") as a,
+        _console_of(tmp_path / "b") as b,
+    ):
+        alice, token = _log_in(b, "alice", "alice-password-1")
+        bob, _ = _log_in(a, "bob", "bob-password-1")
+        assert "BOTH-1" in bob.get("/").text  # machine a's queue shows what c escalated
+        assert alice.get("/item/BOTH-1").status_code == 200  # alice takes it on machine b
+        held = bob.get("/item/BOTH-1")
+        assert held.status_code == 409 and "alice" in held.text  # bob sees it on machine a
+        decided = alice.post(
+            "/item/BOTH-1/decide",
+            data={"action": "verified", "reason": "phoned the registry", "csrf_token": token},
+        )
+        assert decided.status_code == 302
+        alice.close()
+        bob.close()
+    # The decision itself finished the queue's item: no sweep ran, nobody read the outbox.
+    item = queue.get("BOTH-1")
+    queue.close()
+    assert item is not None and item.state is ItemState.done
+    assert item.verdict is VerdictKind.verified and item.sla_met is True
+    decision = store.get("BOTH-1")
+    assert decision is not None and decision.decided_by == "alice"
+    assert (tmp_path / "shared" / "outbox" / "BOTH-1.json").is_file()
 
 
 # -- many machines: worker processes with their own var/, one shared store ---------------
