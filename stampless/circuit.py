@@ -17,6 +17,7 @@ import json
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +33,7 @@ from stampless.errors import (
     RobotBug,
     SystemFailure,
 )
+from stampless.models import utcnow
 
 if TYPE_CHECKING:
     from stampless.config import Config
@@ -68,10 +70,11 @@ def counts_against_system(exc: BaseException) -> bool:
 
 
 class CircuitBreaker:
-    """Circuit breakers for every department system, shared by a process's workers.
+    """Circuit breakers for every department system: one per process, shared by its
+    workers (or by ``stampless verify``'s attempts) and obeyed by its robot runtime.
 
-    Thread-safe. ``allow(system)`` before calling the system, then ``success`` or
-    ``failure``. Systems not in robot.toml use the defaults.
+    Thread-safe. ``allow(system)`` before calling the system, then :meth:`record` the
+    outcome. Systems not in robot.toml use the defaults.
     """
 
     def __init__(
@@ -89,11 +92,13 @@ class CircuitBreaker:
         self._load()
 
     @classmethod
-    def from_config(cls, config: Config) -> CircuitBreaker:
+    def from_config(cls, config: Config, *, persist: bool = True) -> CircuitBreaker:
+        """The breaker of robot.toml's systems; ``persist`` False: kept in memory only (a
+        one-off ``stampless verify`` neither reads nor writes the workers' states)."""
         limits = {
             name: (s.circuit_failures, s.circuit_reset_s) for name, s in config.systems.items()
         }
-        return cls(config.var_dir / "health", limits=limits)
+        return cls(config.var_dir / "health" if persist else None, limits=limits)
 
     def _limit(self, system: str) -> tuple[int, float]:
         return self.limits.get(system, (DEFAULT_FAILURES, DEFAULT_RESET_S))
@@ -202,6 +207,21 @@ class CircuitBreaker:
                     reset_s,
                 )
             self._save()
+
+    def record(self, system: str, error: BaseException | None, *, deadline: datetime) -> None:
+        """How one attempt on ``system`` ended: ``error`` None for success (a business
+        outcome, such as no such record, is one).
+
+        A failure at or after the deadline is most likely the deadline cutting the attempt
+        short, and a failure about us (:func:`counts_against_system`) says nothing about
+        the department system: neither counts, and a half-open trial is given back.
+        """
+        if error is None:
+            self.success(system)
+        elif counts_against_system(error) and utcnow() < deadline:
+            self.failure(system)
+        else:
+            self.cancel_trial(system)
 
     def blocked(self) -> set[str]:
         """Systems that would refuse a request now (open, or half-open with a trial out)."""

@@ -9,14 +9,16 @@ e-certificate included); the pipeline follows the route it was given::
     decide    -> compare claim / OCR / record field by field
     seal      -> evidence bundle with a signed manifest, audit entries
 
-The pipeline never writes the outbox and never retries across attempts: the caller (a
-queue worker, or ``stampless verify``) does both. One ``Pipeline`` per process owns one
-browser (through :class:`stampless.robot.RobotRuntime`), started on first use.
+The pipeline never writes the outbox and never retries: the caller (a queue worker, or
+``stampless verify``, through the one retry layer, :mod:`stampless.retry`) does both.
+One ``Pipeline`` per process owns one browser (through
+:class:`stampless.robot.RobotRuntime`), started on first use.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from datetime import datetime
 from functools import cached_property
@@ -27,6 +29,7 @@ from loguru import logger
 
 from stampless._version import __version__
 from stampless.audit import AuditLog
+from stampless.circuit import CircuitBreaker
 from stampless.compare import Decision, verify_and_decide
 from stampless.config import Config
 from stampless.doctype import DocumentType
@@ -49,7 +52,6 @@ from stampless.models import (
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
-    from stampless.circuit import CircuitBreaker
     from stampless.robot import RobotRuntime
     from stampless.signing import Signer
 
@@ -67,10 +69,12 @@ class Pipeline:
         signer: Signer | None = None,
         circuits: CircuitBreaker | None = None,
     ) -> None:
-        """``circuits``: a worker pool's breaker, which the robot runtime then obeys."""
+        """``circuits``: the process's breaker (a worker pool's), which the robot runtime
+        obeys and the caller's retry layer keeps; without one, an in-memory breaker of
+        this pipeline's own (``stampless verify``, the demo)."""
         self.config = config
         self._signer = signer
-        self._circuits = circuits
+        self.circuits = circuits or CircuitBreaker.from_config(config, persist=False)
         self._runtime: RobotRuntime | None = None
         self._runtime_lock = asyncio.Lock()
         self.router = DocumentRouter(config)
@@ -150,7 +154,8 @@ class Pipeline:
             if self._runtime is None:
                 from stampless.robot import RobotRuntime
 
-                runtime = RobotRuntime(self.config, circuits=self._circuits)
+                # The pipeline's callers retry (stampless.retry); the runtime does not.
+                runtime = RobotRuntime(self.config, circuits=self.circuits, caller_retries=True)
                 await runtime.__aenter__()
                 self._runtime = runtime
             return self._runtime
@@ -296,10 +301,22 @@ class Pipeline:
             record = await self._lookup(request, doctype, claim, bundle, account, deadline)
             ocr = OcrResult(type=request.type, fields={})
         else:
-            ocr, record = await asyncio.gather(
-                self._read_scan(request, base_dir, doctype, bundle, fetched),
-                self._lookup(request, doctype, claim, bundle, account, deadline),
+            reading = asyncio.ensure_future(
+                self._read_scan(request, base_dir, doctype, bundle, fetched)
             )
+            try:
+                record = await self._lookup(request, doctype, claim, bundle, account, deadline)
+            except Exception:
+                # OCR in its thread cannot be stopped: let it finish before the failure is
+                # raised, or it would race the retry's OCR (or the escalation's seal) on
+                # the bundle's files. Its result stays in the bundle for the retry.
+                with contextlib.suppress(Exception):
+                    await reading
+                raise
+            except BaseException:
+                reading.cancel()  # the attempt itself was stopped: do not wait for OCR
+                raise
+            ocr = await reading
         _, decision = await asyncio.to_thread(
             verify_and_decide,
             doctype,

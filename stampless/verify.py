@@ -2,7 +2,8 @@
 
 This is what ``stampless verify`` and ``stampless demo`` run: intake's checks and routing
 into a :class:`~stampless.intake.Job` (the same :func:`~stampless.intake.build_job` the
-queue's intake uses), the pipeline, then :func:`deliver`.
+queue's intake uses), the pipeline under the queue's retry policy
+(:func:`stampless.retry.run_with_retries`), then :func:`deliver`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from stampless.intake import Job, build_job
 from stampless.models import Request, Verdict, VerdictKind, utcnow
 from stampless.outbox import FINAL_VERDICTS, read_verdict, sign_verdict, write_verdict
 from stampless.pipeline import Pipeline
+from stampless.retry import RetryPolicy, run_with_retries
 from stampless.signing import Signer, production_signer
 
 EXIT_CODES = {
@@ -87,7 +89,9 @@ async def verify_request(
         return Outcome(known.verdict, None, already_done=True)
     check_queued(config, request, digest)
     pipeline.audit.append("received", request_id=request.id, type=request.type, via="verify")
-    verdict = await pipeline.process(job)
+    # The queue's retry policy, applied here in-process; its last failure exits 4.
+    policy = RetryPolicy.from_config(config)
+    verdict = await run_with_retries(pipeline, job, policy=policy, circuits=pipeline.circuits)
     return deliver(config, verdict, job, signer=pipeline.signer)
 
 

@@ -7,7 +7,8 @@ tasks keep two cores busy. Per item:
 * a verdict already in the outbox (a crash after writing it) completes the item
   without running it again; so does an item already in the review store;
 * a :class:`~stampless.errors.SystemFailure` is retried with exponential backoff and
-  jitter while a retry can still finish before the deadline and attempts remain;
+  jitter while a retry can still finish before the deadline and attempts remain (the one
+  retry layer, :class:`stampless.retry.RetryPolicy`; nothing below it retries);
   otherwise the item is *escalated*: robot and manual tiers go to the review store with
   what was gathered, instant-tier items get an ``error`` verdict;
 * an :class:`~stampless.errors.InputError` is final: an ``error`` verdict (so is a
@@ -47,8 +48,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from loguru import logger
 
 from stampless.cases import CaseStore
-from stampless.circuit import CircuitBreaker, counts_against_system
-from stampless.delivery import Delivery, backoff_s
+from stampless.circuit import CircuitBreaker
+from stampless.delivery import Delivery
 from stampless.errors import (
     BusinessError,
     InputError,
@@ -63,13 +64,12 @@ from stampless.models import Tier, Verdict, VerdictKind, utcnow
 from stampless.outbox import OutboxConflict, read_verdict, write_verdict
 from stampless.queue import Claim, ItemState, LeaseLost, QueueItem, WorkQueue
 from stampless.queue.abc import answers, settle_reviewed, settlement
+from stampless.retry import DEFAULT_ESTIMATE_S, RetryPolicy, expected_s, too_late
 
 if TYPE_CHECKING:
     from stampless.config import Config
     from stampless.review.store import ReviewStore
     from stampless.signing import Signer
-
-DEFAULT_ESTIMATE_S = 5.0
 
 
 class Processor(Protocol):
@@ -172,6 +172,9 @@ class WorkerPool:
         self.queue = queue
         self.processor = processor
         self.options = options or WorkerOptions.from_config(config)
+        self.retry = RetryPolicy(
+            self.options.max_attempts, self.options.backoff_base_s, self.options.backoff_max_s
+        )
         if review is None:
             from stampless.review.store import ReviewStore
 
@@ -340,8 +343,7 @@ class WorkerPool:
         self._release(claim, "account refused at login")
 
     def _fail_internal(self, claim: Claim, exc: Exception) -> None:
-        opts = self.options
-        delay = backoff_s(claim.item.attempts, opts.backoff_base_s, opts.backoff_max_s)
+        delay = self.retry.delay_s(claim.item.attempts)
         try:
             self.queue.fail(
                 claim,
@@ -447,13 +449,8 @@ class WorkerPool:
             self._account_refused(claim, exc)
             return None
         except SystemFailure as exc:
-            # A failure at or after the deadline is most likely the deadline cutting the
-            # attempt short, which says nothing about the department system.
-            blame = counts_against_system(exc) and utcnow() < item.deadline
-            if item.system is not None and blame:
-                self.circuits.failure(item.system)
-            elif item.system is not None:
-                self.circuits.cancel_trial(item.system)
+            if item.system is not None:
+                self.circuits.record(item.system, exc, deadline=item.deadline)
             await self._retry_or_give_up(claim, exc)
             return None
         except SecretUnavailable as exc:
@@ -488,7 +485,7 @@ class WorkerPool:
             with contextlib.suppress(asyncio.CancelledError, LeaseLost):
                 await heartbeat
         if item.system is not None:
-            self.circuits.success(item.system)
+            self.circuits.record(item.system, None, deadline=item.deadline)
         self._learn(item.system, time.monotonic() - started)
         return verdict
 
@@ -517,8 +514,7 @@ class WorkerPool:
             return learned
         if item is None:
             return DEFAULT_ESTIMATE_S
-        window = (item.deadline - item.received_at).total_seconds()
-        return min(DEFAULT_ESTIMATE_S, 0.25 * window)
+        return expected_s((item.deadline - item.received_at).total_seconds())
 
     def _learn(self, system: str | None, seconds: float) -> None:
         old = self._estimates.get(system)
@@ -527,24 +523,26 @@ class WorkerPool:
         self._estimates[None] = max(self._estimates.get(None, 0.0) * 0.8 + 0.2 * seconds, 0.5)
 
     def _too_late(self, item: QueueItem, when: datetime) -> bool:
-        return when + timedelta(seconds=self._margin(item.system, item)) >= item.deadline
+        return too_late(item.deadline, self._margin(item.system, item), when)
 
     async def _retry_or_give_up(self, claim: Claim, exc: SystemFailure) -> None:
+        """The one retry layer (:mod:`stampless.retry`), through the queue: the item goes
+        back with ``not_before``, or, when the policy gives up, to a person."""
         item = claim.item
-        opts = self.options
-        delay = backoff_s(item.attempts, opts.backoff_base_s, opts.backoff_max_s)
-        retry_at = utcnow() + timedelta(seconds=delay)
-        if not exc.retryable:
-            # A bug in the robot (or a selector that matches several elements) fails the
-            # same way every time: a person gets the item now, with the reason.
-            logger.error("{}: {} Not retried.", item.request_id, exc)
+        retry = self.retry.after(
+            exc,
+            attempt=item.attempts,
+            deadline=item.deadline,
+            margin_s=self._margin(item.system, item),
+        )
+        delay = retry.delay_s
+        if retry.at is None:
+            # Not retryable (a bug in the robot fails the same way every time): a person
+            # gets the item now, with the reason; out of time or attempts: escalated.
+            logger.warning("{}: {} {}; escalating.", item.request_id, exc, retry.why)
             await self._give_up(claim, str(exc))
             return
-        if item.attempts >= opts.max_attempts or self._too_late(item, retry_at):
-            logger.warning("{}: {} No time or attempts left; escalating.", item.request_id, exc)
-            await self._give_up(claim, str(exc))
-            return
-        self.queue.fail(claim, error=str(exc), retry_at=retry_at)
+        self.queue.fail(claim, error=str(exc), retry_at=retry.at)
         self.stats.retried += 1
         self.audit.append(
             "retried",

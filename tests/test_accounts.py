@@ -41,7 +41,7 @@ class LookupProcessor(HttpProcessor):
 
     def __init__(self, config: Config, circuits: CircuitBreaker) -> None:
         super().__init__("")
-        self.runtime = RobotRuntime(config, attempts=2, backoff_s=0.05, circuits=circuits)
+        self.runtime = RobotRuntime(config, circuits=circuits, caller_retries=True)
 
     async def process(self, job: Job) -> Verdict:
         key = str(job.request.claim["credit_code"])

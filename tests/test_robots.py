@@ -100,7 +100,7 @@ def loop() -> Iterator[LoopThread]:
 
 @pytest.fixture(scope="module")
 def runtime(config: Config, loop: LoopThread) -> Iterator[RobotRuntime]:
-    rt = RobotRuntime(config, attempts=2, backoff_s=0.05)
+    rt = RobotRuntime(config)
     yield rt
     loop.run(rt.close())
 
@@ -188,7 +188,7 @@ def test_exit_entry_robot_reads_latin_fields_through_a_changed_ui(
         r for r in records("work_permit", 7) if r["status"] == "valid" and " " in r["nationality"]
     )
     loop = LoopThread()
-    runtime = RobotRuntime(config, attempts=2, backoff_s=0.05)
+    runtime = RobotRuntime(config)
     try:
         record = loop.run(runtime.lookup("exit_entry", wanted["permit_no"], account="exit03"))
     finally:

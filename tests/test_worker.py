@@ -332,6 +332,48 @@ def no_overlap_per_account(entries: list[dict[str, Any]]) -> int:
     return peak
 
 
+def test_verify_retries_once_per_attempt_and_stops_when_the_circuit_opens(
+    tmp_path: Path,
+) -> None:
+    """`stampless verify`'s in-process retries: the queue's policy, one request per attempt
+    (no second loop below it), each outcome told to the one breaker."""
+    from stampless.retry import RetryPolicy, run_with_retries
+
+    server = LookupServer(tmp_path, down="market_supervision")
+    now = utcnow()
+
+    def job(rid: str, system: str) -> Job:
+        request = Request(id=rid, type="marriage_certificate", claim={"system": system})
+        deadline = now + timedelta(seconds=60)
+        return Job(request, tmp_path, Tier.robot, system, now, deadline)
+
+    async def verify(one: Job, failures: int) -> Verdict:
+        circuits = CircuitBreaker(None, limits={"market_supervision": (failures, 60)})
+        policy = RetryPolicy(max_attempts=3, backoff_base_s=0.01, backoff_max_s=0.02)
+        processor = HttpProcessor(server.url)
+        try:
+            return await run_with_retries(processor, one, policy=policy, circuits=circuits)
+        finally:
+            await processor.aclose()
+            opened.append(circuits.is_open("market_supervision"))
+
+    opened: list[bool] = []
+    try:
+        verdict = asyncio.run(verify(job("UP-1", "civil_affairs"), 5))
+        assert verdict.verdict is VerdictKind.verified and verdict.attempts == 1
+        with pytest.raises(DepartmentUnavailable):
+            asyncio.run(verify(job("DOWN-1", "market_supervision"), 5))
+        # The policy's three attempts, each one request: the old runtime loop made 3 each.
+        assert [e["attempt"] for e in server.entries() if e["id"] == "DOWN-1"] == ["1", "2", "3"]
+        with pytest.raises(DepartmentUnavailable):
+            asyncio.run(verify(job("DOWN-2", "market_supervision"), 2))
+        # The breaker opened after two failures: the third attempt was not sent.
+        assert [e["attempt"] for e in server.entries() if e["id"] == "DOWN-2"] == ["1", "2"]
+        assert opened == [False, False, True]
+    finally:
+        server.stop()
+
+
 def test_pool_finishes_all_and_never_shares_an_account(tmp_path: Path, server: Any) -> None:
     config = make_config(tmp_path / "var")
     queue = open_queue(config)

@@ -1,4 +1,4 @@
-"""The robot runtime: sessions per account, selector maps, evidence, retries.
+"""The robot runtime: sessions per account, selector maps, evidence, re-login.
 
 Robot authors use :class:`Robot`, :class:`RobotPage` (with :class:`Element`),
 :class:`Credentials` and the errors of :mod:`stampless.errors`; the pipeline uses

@@ -29,7 +29,7 @@ or a ``download``). With them:
     the reads since the last action are the reads of one record. If a frame that had
     a document when they began has committed another one since, or has a navigation
     request in flight, the read is refused (:class:`~stampless.errors.PageChanged`, which
-    the runtime retries within the request's deadline). A record assembled from two
+    the retry layer tries again within the request's deadline). A record assembled from two
     versions of a page therefore cannot be returned.
 """
 

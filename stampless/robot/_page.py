@@ -420,7 +420,7 @@ class Element:
         for the element (Playwright's auto-wait) but never for a navigation: the reads
         since the last action are those of one record, and if the page loaded another
         document since they began (or is loading one) the read raises PageChanged, which
-        the runtime retries, so a record is never assembled from two versions of a page.
+        the request's retry tries again, so a record is never assembled from two versions of a page.
         """
         return str(await self._read(lambda loc, t: loc.inner_text(timeout=t)))
 

@@ -1,22 +1,23 @@
-"""RobotRuntime: one browser per process, one logged-in context per account, retries.
+"""RobotRuntime: one browser per process, one logged-in context per account.
 
 The pipeline calls :meth:`RobotRuntime.lookup` and :meth:`RobotRuntime.fetch`. Each call
 takes the account's lock (a context is never driven by two coroutines at once), makes
 sure the account is logged in (logging in only when it is not), records a trace when
-``browser.trace`` asks for one (see ``_traced``), runs the robot, and sorts the outcome:
+``browser.trace`` asks for one (see ``_traced``), runs the robot once, and sorts the
+outcome:
 
 * a :class:`~stampless.BusinessError` (no such record, revoked) is final: re-raised at once;
 * :class:`~stampless.SessionLost` (the system logged us out): log in again, as the
   :class:`~stampless.robot._watchdog.Watchdog` allows, and run the step again;
-* any other failure is translated into a :class:`~stampless.SystemFailure`, a screenshot
-  and the trace go into the evidence, and it is retried with exponential backoff, at most
-  ``attempts`` times and never past the request's deadline.
+* any other failure is translated into a :class:`~stampless.SystemFailure` (a
+  :class:`~stampless.RobotBug` for an exception in the robot's own code), a screenshot
+  and the trace go into the evidence, and it is raised.
 
-A system that fails ``circuit_failures`` requests in a row is not asked again for
-``circuit_reset_s`` seconds (its requests fail at once with DepartmentUnavailable). The
-circuit is asked before every attempt and every login, so an open circuit stops all
-traffic to the system; a worker pool hands the runtime its own breaker (``circuits``),
-which the pool alone keeps up to date.
+The runtime does not retry: the caller's one retry layer (:mod:`stampless.retry`: the
+queue's workers, ``stampless verify``) decides whether a failure is tried again, within
+the request's deadline. Nor does it count failures: it obeys the process's circuit
+breaker (``circuits``), which that layer keeps, asking it before every call and every
+login, so an open circuit stops all traffic to the system (DepartmentUnavailable).
 
 A refused login (:class:`~stampless.LoginRejected`) is final for that account: it is
 marked unusable in the account table (``accounts``, by default the queue's, which every
@@ -40,7 +41,6 @@ from loguru import logger
 
 from stampless._logging import scrub
 from stampless.checksums import mask_id
-from stampless.circuit import CircuitBreaker, counts_against_system
 from stampless.errors import (
     AccountDisabled,
     BrowserError,
@@ -84,6 +84,7 @@ if TYPE_CHECKING:
     from playwright.async_api import Browser, Playwright
 
     from stampless.audit import AuditLog
+    from stampless.circuit import CircuitBreaker
     from stampless.config import Config, SystemConfig
     from stampless.robot._evidence import BundleLike
 
@@ -141,27 +142,23 @@ class RobotRuntime:
         self,
         config: Config,
         *,
-        attempts: int = 3,
-        backoff_s: float = 0.5,
         circuits: CircuitBreaker | None = None,
         accounts: AccountBook | None = None,
+        caller_retries: bool = False,
     ) -> None:
+        """``circuits``: the process's breaker, obeyed here and kept by the retry layer
+        (None: no circuit to obey). ``caller_retries``: the caller tries a failed call
+        again (the pipeline's callers do), so with ``browser.trace = "on_failure"`` only
+        the retries are recorded; else every call is, as it is the only attempt."""
         self.config = config
-        self.attempts = max(1, attempts)
-        self.backoff_s = backoff_s
+        self.caller_retries = caller_retries
         self._systems: dict[str, _System] = {}
         self._playwright: Playwright | None = None
         self._browser: Browser | None = None
         self._browser_lock = asyncio.Lock()
         self._drift = DriftLog(config.var_dir)
         self._repairs = Repairs(FingerprintStore(config.var_dir), config.var_dir)
-        # A worker pool's breaker is its own to keep (it counts one failure per item);
-        # without one, an in-process breaker guards one-off runs and the retry loop.
-        self._own_circuits = circuits is None
-        self._circuits = circuits or CircuitBreaker(
-            None,
-            limits={n: (s.circuit_failures, s.circuit_reset_s) for n, s in config.systems.items()},
-        )
+        self._circuits = circuits
         self._accounts = accounts
         self._rejected: dict[tuple[str, str], str] = {}  # refused in this process: why
         self._audit: AuditLog | None = None
@@ -171,7 +168,6 @@ class RobotRuntime:
             "operations": 0,
             "business_outcomes": 0,
             "failures": 0,
-            "retries": 0,
             "relogins": 0,
             "recycles": 0,
             "browser_launches": 0,
@@ -266,7 +262,7 @@ class RobotRuntime:
     ) -> Record:
         """The record of ``key`` on ``system``, read by its robot with ``account``.
 
-        Raises RecordNotFound / RecordRevoked (final) or a SystemFailure after retries.
+        Raises RecordNotFound / RecordRevoked (final) or a SystemFailure (the caller retries).
         """
         self._counts["lookups"] += 1
 
@@ -367,7 +363,7 @@ class RobotRuntime:
     ) -> list[Submission] | list[Record] | None:
         """Run robot operation ``name`` of ``system`` (a scheduled job's), as a lookup runs.
 
-        The same account lock, login, watchdog, retries, evidence and audit; the value is
+        The same account lock, login, watchdog, evidence and audit; the value is
         checked against what the operation declares (``@operation(returns=...)``).
         """
         returns = self.require_operation(system, name)
@@ -391,7 +387,7 @@ class RobotRuntime:
         return returns
 
     def stats(self) -> dict[str, Any]:
-        """Counters of this runtime: logins per account, lookups, retries, recycles, selectors."""
+        """Counters of this runtime: logins per account, lookups, failures, recycles, selectors."""
         logins: dict[str, int] = {}
         selectors: dict[str, dict[str, dict[str, int]]] = {}
         for system in self._systems.values():
@@ -468,7 +464,7 @@ class RobotRuntime:
 
     def _gate(self, system: _System) -> None:
         """DepartmentUnavailable while the system's circuit is open: no request, no login."""
-        if self._circuits.is_open(system.name):
+        if self._circuits is not None and self._circuits.is_open(system.name):
             raise DepartmentUnavailable(
                 f"The {system.name} system failed {system.config.circuit_failures} requests in "
                 f"a row; stampless sends it nothing for {system.config.circuit_reset_s:.0f} s "
@@ -497,12 +493,6 @@ class RobotRuntime:
         session = self._session(system, account)
         request_id: str | None = getattr(bundle, "request_id", None)
         self._gate(system)
-        if self._own_circuits and not self._circuits.allow(system.name):
-            # Half open, and another request is the one trial let through.
-            raise DepartmentUnavailable(
-                f"The {system.name} system is being tried again by another request; this one "
-                "is retried."
-            )
         if bundle is not None:
             bundle.set_meta(
                 system=system.name,
@@ -512,23 +502,19 @@ class RobotRuntime:
                 **system.selectors.meta(),
             )
         async with session.lock:
-            attempt = 0
             while True:
-                attempt += 1
-                if attempt > 1:
-                    self._gate(system)  # opened meanwhile (by another request): stop here
+                # Every run of the step whose evidence the bundle holds, retries included.
+                done = int(getattr(bundle, "meta", {}).get(f"{op}_attempts", 0))
                 if bundle is not None:
-                    # Every attempt whose evidence the bundle holds, this run's retries too.
-                    done = getattr(bundle, "meta", {}).get(f"{op}_attempts", 0)
-                    bundle.set_meta(**{f"{op}_attempts": int(done) + 1})
+                    bundle.set_meta(**{f"{op}_attempts": done + 1})
                 evidence = self._evidence(system, bundle)
                 page: RobotPage | None = None
                 started = time.perf_counter()
                 try:
                     async with _time_limit(deadline):
                         page = await self._ready(system, session, evidence, deadline)
-                        if self._traced(attempt):
-                            await self._start_trace(session, f"{op} {system.name} #{attempt}")
+                        if self._traced(retry=done > 0):
+                            await self._start_trace(session, f"{op} {system.name} #{done + 1}")
                         result = await step(system.robot, page)
                 except Exception as exc:
                     error = self._classify(system, exc, op)
@@ -547,35 +533,16 @@ class RobotRuntime:
                         logger.info("{} {}: {}", system.name, mask_id(key), _outcome(error))
                         raise
                     await self._failed_attempt(system, session, evidence, page, error)
-                    if isinstance(error, InputError) or not getattr(error, "retryable", True):
-                        self._final_failure(system, error, deadline)
-                        raise error from exc
                     if isinstance(error, SessionLost) and not isinstance(error, ReloginRefused):
-                        # Not a failed attempt: the watchdog bounds how often this happens.
+                        # Not a failed call: the watchdog bounds how often this happens.
                         session.logged_in = False
                         session.lost = True
                         forget_state(session)
                         self._counts["relogins"] += 1
-                        attempt -= 1
+                        self._gate(system)  # opened meanwhile (by another request): stop here
                         continue
-                    if isinstance(error, ReloginRefused) or attempt >= self.attempts:
-                        self._final_failure(system, error, deadline)
-                        raise error from exc
-                    delay = self.backoff_s * (2 ** (attempt - 1))
-                    if deadline is not None and (deadline - utcnow()).total_seconds() <= delay:
-                        self._final_failure(system, error, deadline)
-                        raise error from exc
-                    self._counts["retries"] += 1
-                    logger.warning(
-                        "{} {} attempt {} failed ({}); retrying in {:.1f} s",
-                        system.name,
-                        op,
-                        attempt,
-                        error,
-                        delay,
-                    )
-                    await asyncio.sleep(delay)
-                    continue
+                    self._counts["failures"] += 1
+                    raise error from exc
                 finally:
                     if page is not None:
                         await page.close_popups()
@@ -606,23 +573,7 @@ class RobotRuntime:
         bug = robot_bug(exc, system.name, system.robot_file, self.config.root)
         return bug if bug is not None else translate_error(exc, op)
 
-    def _final_failure(
-        self, system: _System, error: StamplessError, deadline: datetime | None
-    ) -> None:
-        self._counts["failures"] += 1
-        if not self._own_circuits:
-            return  # the pool that owns the breaker counts the item's failure
-        if deadline is not None and utcnow() >= deadline:
-            # Our own time ran out: that says nothing about the department system.
-            self._circuits.cancel_trial(system.name)
-        elif counts_against_system(error):
-            self._circuits.failure(system.name)
-        else:
-            self._circuits.cancel_trial(system.name)
-
     def _succeeded(self, system: _System, session: Session) -> None:
-        if self._own_circuits:
-            self._circuits.success(system.name)
         system.watchdog.succeeded(session.name)
         session.uses += 1
 
@@ -808,19 +759,20 @@ class RobotRuntime:
             evidence.bundle.note_file(evidence._bundle_name(target), kind="trace")
         logger.info("trace kept: {} (open with 'playwright show-trace')", target.name)
 
-    def _traced(self, attempt: int) -> bool:
-        """Whether this attempt is recorded as a Playwright trace.
+    def _traced(self, *, retry: bool) -> bool:
+        """Whether this call is recorded as a Playwright trace.
 
-        ``always``: every attempt. ``on_failure``: the attempts after a failure (and the
-        only one, when there is a single attempt): recording DOM snapshots costs about
-        15% of a lookup, and a failure that is retried is likely to fail again, so the
-        trace kept with a failed request is that of its last, failing attempt, while the
-        first attempt of the healthy majority of requests runs at full speed.
+        ``always``: every call. ``on_failure``: a retry (the evidence holds an earlier
+        attempt), and every call of a runtime whose caller does not retry: recording DOM
+        snapshots costs about 15% of a lookup, and a failure that is retried is likely to
+        fail again, so the trace kept with a failed request is that of its last, failing
+        attempt, while the first attempt of the healthy majority of requests runs at
+        full speed.
         """
         mode = self.config.browser.trace
         if mode == "always" or self.config.evidence.keep_trace_on_success:
             return True
-        return mode == "on_failure" and (attempt > 1 or self.attempts == 1)
+        return mode == "on_failure" and (retry or not self.caller_retries)
 
     async def _start_trace(self, session: Session, title: str) -> None:
         """Record this attempt's trace (DOM snapshots and network, no screencast).
