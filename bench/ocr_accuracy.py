@@ -134,7 +134,7 @@ def _one(job: tuple[str, str, str, str]) -> dict[str, Any]:
     if verified_ocr is not None:
         for name, f in verified_ocr.fields.items():
             if f.check is not None and f.check.margin is not None:
-                margins[name] = (f.check.status.value, f.check.margin)
+                margins[name] = (f.check.status.value, f.check.margin, f.check.best_other)
     style = truth.get("style", {})
     return {
         "path": path_name,
@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.margins:
         with args.margins.open("w", encoding="utf-8") as out:
             for r in rows:
-                for field, (status, margin) in r.get("margins", {}).items():
+                for field, (status, margin, other) in r.get("margins", {}).items():
                     item = {
                         "split": r["split"],
                         "difficulty": r["difficulty"],
@@ -353,6 +353,9 @@ def main(argv: list[str] | None = None) -> int:
                         "altered": r["altered_field"] == field,
                         "status": status,
                         "margin": margin,
+                        "best_other": other,
+                        "layout": r["layout"],
+                        "verdict": r["verdict"],
                     }
                     out.write(json.dumps(item) + "\n")
     command = "python bench/ocr_accuracy.py " + " ".join(sys.argv[1:] if argv is None else argv)

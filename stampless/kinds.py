@@ -80,6 +80,10 @@ class FieldKind:
     script: Literal["digits", "latin", "cjk", "any"] = "any"
     rule: Rule = Rule.exact
     ignore_case: bool = False
+    # Punctuation carries no meaning in values of the kind (names, free text): a stray or
+    # lost mark ("有限责任公司自然人独资)") is the same value. Never for dates or amounts,
+    # where 2024.1.12 and 2024.11.2 differ only in where the marks are.
+    loose_marks: bool = False
     # Characters a value of the kind is made of, for a format search of the whole page
     # when its label cannot be read; None: the kind is found by its label only.
     search: re.Pattern[str] | None = field(default=None, compare=False)
@@ -90,6 +94,11 @@ class FieldKind:
         and no case if so set."""
         compact = fold_variants(_no_spaces(value))
         return compact.casefold() if self.ignore_case else compact
+
+    def skeleton(self, value: str) -> str:
+        """:meth:`key` without punctuation if the kind's marks carry no meaning, else the key."""
+        key = self.key(value)
+        return "".join(ch for ch in key if ch.isalnum()) if self.loose_marks else key
 
     def printed(self, value: str) -> list[str]:
         """The forms ``value`` may be printed in, in every case if case does not count."""
@@ -161,6 +170,9 @@ def name_forms(value: str) -> list[str]:
     return list(dict.fromkeys([value, value.replace("·", "•")]))
 
 
+_CJK = re.compile(f"[{norm.CJK}]")
+
+
 def check_latin_text(text: str | None) -> tuple[str | None, bool]:
     """Latin text (titles, statuses, English names of things): half-width, single
     spaces between words, case kept; valid when it holds two letters or digits."""
@@ -169,7 +181,9 @@ def check_latin_text(text: str | None) -> tuple[str | None, bool]:
     value = norm.cjk_spacing(norm.to_halfwidth(text)).strip(" :;,")
     if not value:
         return None, False
-    return value, sum(ch.isalnum() for ch in value) >= 2
+    # Two letters or digits at least, and no CJK (alphanumeric to Python too: "科技股份有限公司"
+    # is no passport number; "MÜLLER" is Latin).
+    return value, sum(ch.isalnum() for ch in value) >= 2 and _CJK.search(value) is None
 
 
 def _checker(normalizer: Callable[[str | None], str | None]) -> Checker:
@@ -248,9 +262,9 @@ for _kind in (
     ),
     FieldKind("date", _checker(norm.normalize_date), date_forms, "0123456789年月日-./", "cjk"),
     FieldKind("month", _checker(norm.normalize_month), month_forms, "0123456789年月-./", "cjk"),
-    FieldKind("name", check_name, name_forms, None, "any", Rule.name),
-    FieldKind("text", check_text, text_forms, None, "any", Rule.text),
-    FieldKind("latin_text", check_latin_text, _same, None, "latin", Rule.text),
+    FieldKind("name", check_name, name_forms, None, "any", Rule.name, loose_marks=True),
+    FieldKind("text", check_text, text_forms, None, "any", Rule.text, loose_marks=True),
+    FieldKind("latin_text", check_latin_text, _same, None, "latin", Rule.text, loose_marks=True),
     FieldKind("capital", _checker(norm.normalize_capital), capital_forms, None, "cjk"),
     FieldKind("integer", _checker(norm.normalize_integer), integer_forms, "0123456789", "digits"),
     FieldKind("decimal", _checker(norm.normalize_decimal), _same, "0123456789.-", "digits"),

@@ -6,6 +6,8 @@ per run of digits, with boxes. Real pages are read in test_ocr.py.
 
 from __future__ import annotations
 
+import dataclasses
+
 from stampless.checksums import resident_id_check_char
 from stampless.doctype import bundled_tasks_dir, load_doctype_file
 from stampless.models import OcrField
@@ -164,3 +166,54 @@ def test_a_misread_english_gloss_is_still_skipped() -> None:
     assert _gloss_length("2022-08-11", own) == 0
     assert _gloss_length("name:smith", ("姓名", "Name")) == 4
     assert _gloss_length("nme:smith", ("姓名", "Name")) == 0  # short labels only exactly
+
+
+WP = load_doctype_file(bundled_tasks_dir() / "work_permit.py")
+
+
+def _line(k: int, words: list[Word]) -> list[Word]:
+    """``words`` as the detector's text line ``k`` (``Word.line``)."""
+    return [dataclasses.replace(w, line=(0, 0, k)) for w in words]
+
+
+def test_a_bilingual_label_stacked_over_its_english_stays_two_rows() -> None:
+    """许可证号 printed just above "Permit No.", closer than half a line: words sorted by x
+    in one row interleaved them ("许Permit可证No.号") and neither label was found."""
+    words = (
+        _line(0, _words(100, (100, "许可证号")))
+        + _line(1, _words(118, (100, "Permit No.")))
+        + _line(2, _words(100, (700, "发证日期")))
+        + _line(3, _words(118, (700, "Date of Issue")))
+    )
+    rows = [ln.text.replace(" ", "") for ln in group_lines(words, by_line=True)]
+    assert rows == ["许可证号发证日期", "PermitNo.DateofIssue"]
+    # Grouped word by word, the two stacked lines are one row: what by_line prevents.
+    assert len(group_lines(words)) == 1
+
+
+def test_text_running_under_a_label_is_not_the_value_below_it() -> None:
+    """ "Passport No." ends its row; the row below is another field's, running on from the
+    left ("工作单位:长沙宇达科技股份有限公司"): its middle is no passport number."""
+    rows = group_lines(
+        _line(
+            0, _words(100, (100, "国籍:"), (270, "FRANCE"), (560, "护照号码:"), (790, "60VN02860"))
+        )
+        + _line(1, _words(150, (100, "Nationality"), (560, "Passport No.")))
+        + _line(2, _words(200, (100, "工作单位:长沙宇达科技股份有限公司"))),
+        by_line=True,
+    )
+    spec = WP.field("passport_no")
+    read = [value_of(spec, c.raw) for c in extract_raw(rows, WP, spec)]
+    assert [(value, valid) for value, valid in read if value] == [("60VN02860", True)]
+
+
+def test_a_near_match_that_is_another_label_printed_is_not_this_label() -> None:
+    """出生日期 and "Date of Birth" unreadable under a seal: the looser second search must
+    not take "Date of Issue", the issue date's own label, for the birth date's."""
+    rows = group_lines(
+        _line(0, _words(100, (100, "出19m0a2 a107"), (500, "1999年08月23日")))
+        + _line(1, _words(300, (100, "Date of Issue"), (500, "2023年09月28日"))),
+        by_line=True,
+    )
+    spec = WP.field("birth_date")
+    assert [value_of(spec, c.raw)[0] for c in extract_raw(rows, WP, spec)] == []

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict
 from stampless import DocumentType, FieldKind, FieldSpec, LatinText, Rule, Tier, get_kind
 from stampless.compare import agree, decide
 from stampless.doctype import load_doctype_file
-from stampless.kinds import KINDS, date_forms
+from stampless.kinds import KINDS, check, date_forms
 from stampless.models import OcrField, OcrResult, Record, VerdictKind
 from stampless.normalize import normalize, normalize_text
 
@@ -150,3 +150,19 @@ def test_a_kind_object_can_be_given_directly() -> None:
     assert doc.field("note").kind == "shouting"
     assert get_kind("shouting") is upper
     assert re.fullmatch(r"\w+", normalize("shouting", "hey") or "")
+
+
+def test_latin_text_holds_no_cjk() -> None:
+    """A passport number taken from the wrong place ("科技股份有限公司") is no Latin text."""
+    assert check("latin_text", "科技股份有限公司")[1] is False
+    assert check("latin_text", "月08日")[1] is False
+    assert check("latin_text", "MÜLLER")[1] is True
+    assert check("latin_text", "B1385538") == ("B1385538", True)
+
+
+def test_marks_mean_nothing_in_text_but_do_in_dates() -> None:
+    """A lost bracket is the same company type; the dots of a date say which date it is."""
+    text, date = get_kind("text"), get_kind("date")
+    assert text.skeleton("有限责任公司自然人独资)") == text.skeleton("有限责任公司(自然人独资)")
+    assert text.skeleton("有限责任公司(法人独资)") != text.skeleton("有限责任公司(自然人独资)")
+    assert date.skeleton("2024.1.12") != date.skeleton("2024.11.2")

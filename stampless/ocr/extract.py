@@ -91,28 +91,40 @@ def _join(words: list[Word]) -> tuple[str, list[int]]:
     return text, starts
 
 
-def group_lines(words: list[Word]) -> list[Line]:
-    """Group words into lines by vertical overlap, top to bottom, each left to right."""
+def group_lines(words: list[Word], *, by_line: bool = False) -> list[Line]:
+    """Group words into lines by vertical overlap, top to bottom, each left to right.
+
+    ``by_line``: the words come from a detector's text lines (``Word.line``), which are
+    kept whole, and two lines that overlap horizontally are never one row: they are
+    stacked (a bilingual label, 许可证号 printed over "Permit No."), however close.
+    """
     rows: list[list[Word]] = []
     centers: list[float] = []
     heights: list[float] = []
+    row_of: dict[tuple[int, int, int], int] = {}
     for w in sorted(words, key=lambda w: (w.box[1] + w.box[3] / 2, w.box[0])):
         cy = w.box[1] + w.box[3] / 2
         h = max(1, w.box[3])
-        best = None
+        best = row_of.get(w.line) if by_line else None
         for i in range(len(rows) - 1, max(-1, len(rows) - 4), -1):
-            if abs(cy - centers[i]) <= 0.5 * max(heights[i], h):
-                best = i
+            if best is not None:
                 break
+            if abs(cy - centers[i]) <= 0.5 * max(heights[i], h) and not (
+                by_line and _collides(w, rows[i])
+            ):
+                best = i
         if best is None:
             rows.append([w])
             centers.append(cy)
             heights.append(h)
+            best = len(rows) - 1
         else:
             rows[best].append(w)
             n = len(rows[best])
             centers[best] = centers[best] + (cy - centers[best]) / n
             heights[best] = max(heights[best], h) if n < 3 else heights[best]
+        if by_line:
+            row_of.setdefault(w.line, best)
     lines = []
     for row in rows:
         row.sort(key=lambda w: w.box[0])
@@ -120,6 +132,18 @@ def group_lines(words: list[Word]) -> list[Line]:
         lines.append(Line(words=row, text=text, starts=starts))
     lines.sort(key=lambda ln: ln.box[1])
     return lines
+
+
+def _collides(word: Word, row: list[Word]) -> bool:
+    """Whether ``word`` overlaps, horizontally, a third of a word of another line in ``row``."""
+    left, right = word.box[0], word.box[0] + word.box[2]
+    for other in row:
+        if other.line == word.line:
+            continue
+        lo, hi = other.box[0], other.box[0] + other.box[2]
+        if min(right, hi) - max(left, lo) > 0.3 * max(1, min(right - left, hi - lo)):
+            return True
+    return False
 
 
 @dataclass
@@ -376,6 +400,14 @@ def _line_below(lines: list[Line], anchor: Anchor, stop: list[str]) -> Line | No
         near = [w for w in column if abs(w.box[0] - label_x) < 3 * height]
         if not near:
             continue
+        at = nxt.words.index(near[0])
+        if at > 0:
+            before = nxt.words[at - 1]
+            if near[0].box[0] - (before.box[0] + before.box[2]) <= GAP_HEIGHTS * height:
+                # Text running on from the left under the label (another field's value
+                # or label, "工作单位:长沙宇达科技..." under "Passport No."): a value printed
+                # under its label starts there.
+                return None
         words = column[column.index(near[0]) :]
         for k, (prev, word) in enumerate(itertools.pairwise(words), start=1):
             if word.box[0] - (prev.box[0] + prev.box[2]) > GAP_HEIGHTS * height:
@@ -423,7 +455,7 @@ def _label_candidates(
     out: list[tuple[Candidate, int, int, int]] = []
     used: list[Anchor] = []
     for group in label_groups(spec.labels):
-        found = _group_anchors(group, anchors, lines)
+        found = _not_others(_group_anchors(group, anchors, lines), lines, group, stop)
         printed = _times_printed(doctype, group)
         exact = [a for a in found if a.score >= 100.0]
         if len(exact) >= printed:
@@ -431,8 +463,11 @@ def _label_candidates(
             # ("许可证" in the title 外国人工作许可证 is not the label 许可证号).
             found = exact
         if len(found) < printed and max(map(len, group)) >= FUZZY_LABEL_RETRY_MIN:
-            again = _group_anchors(
-                group, find_anchors(lines, group, FUZZY_LABEL_RETRY_SCORE), lines
+            again = _not_others(
+                _group_anchors(group, find_anchors(lines, group, FUZZY_LABEL_RETRY_SCORE), lines),
+                lines,
+                group,
+                stop,
             )
             # More matches than the label is printed: the looser score matched other text.
             if len(found) < len(again) <= printed:
@@ -472,6 +507,25 @@ def _label_candidates(
             raw, words, box, f"label:{anchor.label}", region, ambiguous=len(found) < printed
         )
         out.append((candidate, anchor.line, start, end))
+    return out
+
+
+def _not_others(
+    anchors: list[Anchor], lines: list[Line], group: tuple[str, ...], stop: list[str]
+) -> list[Anchor]:
+    """``anchors`` without the near matches that are another label printed exactly
+    ("Date of Birth" is not "Date of Issue", however close)."""
+    out = []
+    for a in anchors:
+        if a.score < 100.0 and any(
+            s < a.end and a.start < e
+            for label in stop
+            if label not in group
+            for s, e, score in find_label(lines[a.line], label)
+            if score >= 100.0
+        ):
+            continue
+        out.append(a)
     return out
 
 

@@ -358,7 +358,7 @@ def layout(page: Page, ctx: Context) -> Page:
                     src=(index, start, end),
                 )
             )
-    page.rows = group_lines(words)
+    page.rows = group_lines(words, by_line=True)
     page.note = f"skew {page.skew:.1f} degrees, {len(page.rows)} rows"
     return page
 

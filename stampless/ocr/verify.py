@@ -145,6 +145,7 @@ def check_field(
     lo, hi = _window(matrix, steps, start + len(lead), end - len(trail))
     scorer = _Scorer(matrix, labels, lo, hi)
     candidates = set(spec.kind_def.printed(record_value))
+    skeletons = {spec.kind_def.skeleton(form) for form in candidates}
     support = -math.inf
     best_form = None
     for form in candidates:
@@ -165,7 +166,11 @@ def check_field(
         # The window's edges may hold the space before or after the value.
         string = decode(label_seq).strip()
         value, valid = field_value(spec, string, stop)
-        if string in candidates or _same(spec, value, record_value):
+        if (
+            string in candidates
+            or _same(spec, value, record_value)
+            or spec.kind_def.skeleton(string) in skeletons
+        ):
             if score > support:
                 support, best_form = score, string
         elif other is None or score > other[0]:
@@ -280,7 +285,7 @@ def _check_lines(
             (
                 s
                 for seq, s in beam_search(scorer.window, beam=BEAM, per_step=PER_STEP)
-                if remove_spaces(decode(seq)) != piece
+                if spec.kind_def.skeleton(decode(seq)) != spec.kind_def.skeleton(piece)
             ),
             default=None,
         )
