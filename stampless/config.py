@@ -222,6 +222,11 @@ class CalibrationConfig(_Section):
     # Another valid value must be this much likelier than the record's to call the field
     # a mismatch (e^8: about 3,000 to 1); in between, a person decides.
     contradict_margin: float = Field(default=8.0, ge=0)
+    # A field in doubt whose margin is above -view_floor is read twice more, cropped
+    # apart from its line; it is verified when the mean margin reaches verify_margin and
+    # neither re-read favours another string (an altered field sits far below: -11 nats
+    # and less on the tune split).
+    view_floor: float = Field(default=3.0, ge=0)
     # Two readings that disagree keep this share of the lower confidence.
     disagreement_factor: float = Field(default=0.5, ge=0, le=1)
     # Highest confidence of a value repaired from another field (an ID from its printed

@@ -172,6 +172,9 @@ class FieldCheck(BaseModel):
     record_form: str | None = None
     best_other: str | None = None
     second_reader: str | None = None  # what the second reader (Tesseract) read, if asked
+    # The margins of the value cropped apart and read again, when the line's own was in
+    # doubt (stampless.ocr.verify); ``margin`` is then their mean with the line's.
+    views: list[float] | None = None
     reason: str = ""
 
 
@@ -236,11 +239,19 @@ class OcrResult(BaseModel):
     engine: str = "tesseract"
     steps: list[OcrStep] = []
     _matrices: dict[int, Any] = PrivateAttr(default_factory=dict)
+    _views: Any = PrivateAttr(default=None)
 
     @property
     def matrices(self) -> dict[int, Any]:
         """Line index -> :class:`stampless.ocr.ctc.TopK` (empty for Tesseract readings)."""
         return self._matrices
+
+    @property
+    def views(self) -> Any:
+        """While the page is in memory (PP-OCR): ``views(line, start, end)`` recognizes
+        those characters again, cropped two other ways, and returns their
+        :class:`~stampless.ocr.ctc.TopK` s; None once the reading is saved and loaded."""
+        return self._views
 
 
 class Record(BaseModel):

@@ -22,7 +22,7 @@ from stampless.doctype import bundled_tasks_dir, load_doctype_file
 from stampless.fixtures.degrade import degrade_scan
 from stampless.fixtures.records import records
 from stampless.fixtures.render import render_certificate
-from stampless.models import CheckStatus, Record, VerdictKind
+from stampless.models import CheckStatus, FieldCheck, Record, VerdictKind
 from stampless.ocr import read_document
 
 os.environ.setdefault("OMP_THREAD_LIMIT", "1")
@@ -137,6 +137,37 @@ def test_a_genuine_scan_is_verified_field_by_field(tmp_path: Path, doc_type: str
         assert check.margin is not None and check.margin >= CONFIG.calibration.verify_margin
     # The checks reach the comparison the evidence keeps.
     assert all(f.check is not None for f in decision.fields)
+
+
+@pytest.mark.slow
+def test_a_value_in_doubt_is_read_again_cropped_apart(tmp_path: Path) -> None:
+    """The second look: a field in doubt is re-read cropped apart from its line. The
+    genuine name's re-reads support it; one character changed in the record, they do not,
+    and the field stays with a person."""
+    from stampless.ocr.extract import stop_labels
+    from stampless.ocr.ppocr import get_ppocr
+    from stampless.ocr.verify import _Contest, _second_look
+
+    dt = doctype("marriage_certificate")
+    record = dict(records("marriage_certificate", 41, 3)[1])
+    ocr = read_document(scan(tmp_path, "marriage_certificate", record, seed=11), dt, CONFIG)
+    field = ocr.fields["holder_name"]
+    assert ocr.views is not None and len(field.spans) == 1
+    views = ocr.views(*field.spans[0])
+    assert len(views) == 2
+    engine = get_ppocr(CONFIG)
+    doubt = FieldCheck(status=CheckStatus.uncertain, margin=1.0)
+    stop = stop_labels(dt)
+    for value, supported in (
+        (record["holder_name"], True),
+        (_one_character(record["holder_name"]), False),
+    ):
+        contest = _Contest(dt.field("holder_name"), value, engine.labels, engine.decode, stop)
+        check = _second_look(doubt, contest, views, CONFIG.calibration.verify_margin)
+        assert check.views is not None and len(check.views) == 2
+        assert (check.status is CheckStatus.supported) is supported, (value, check)
+        if not supported:
+            assert max(check.views) < 0
 
 
 @pytest.mark.slow

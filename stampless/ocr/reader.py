@@ -35,6 +35,7 @@ from PIL import Image
 from stampless.config import CalibrationConfig, OcrConfig
 from stampless.doctype import DocumentType, FieldSpec
 from stampless.models import OcrField, OcrLine, OcrResult, OcrStep, OcrWord
+from stampless.ocr.ctc import TopK
 from stampless.ocr.engine import OcrEngine, Word, words_confidence
 from stampless.ocr.extract import Line, extract_raw, group_lines, stop_labels
 from stampless.ocr.fields import (
@@ -60,6 +61,9 @@ TARGET_DET_TEXT = 22.0
 MAX_DET_SIDE = 2400
 # A page whose lines read below this mean confidence is tried upside down.
 UPSIDE_DOWN_CONFIDENCE = 0.6
+# The taller of the two crops verification re-reads a doubtful value from (share of the
+# line's height added above and below).
+VIEW_PAD = 0.15
 # Kinds the second reader (Tesseract, with a whitelist) is asked about.
 SECOND_READER_KINDS = {"resident_id", "credit_code", "cert_no", "date", "month", "integer"}
 
@@ -446,23 +450,49 @@ def locate(page: Page, ctx: Context) -> Page:
 # --- 6. second reader --------------------------------------------------------------------
 
 
-def _value_crop(page: Page, spans: list[tuple[int, int, int]]) -> Image.Image | None:
-    """The straightened image of a one-line value, with a white margin."""
+def _value_crop(
+    page: Page, spans: list[tuple[int, int, int]], *, pad: float = 0.0
+) -> Image.Image | None:
+    """The straightened image of a one-line value, with a white margin; ``pad``: the line
+    cropped that share of its height taller on each side first."""
     if len(spans) != 1:
         return None
     index, start, end = spans[0]
-    line, crop = page.lines[index], page.crops[index]
+    line = page.lines[index]
     if len(line.char_share) < end:
         return None
-    half = 0.6 * crop.shape[0]
-    lo = max(0, round(line.char_share[start] * crop.shape[1] - half))
-    hi = min(crop.shape[1], round(line.char_share[end - 1] * crop.shape[1] + half))
+    crop = page.crops[index]
+    if pad:
+        assert page.gray is not None
+        crop = crop_quad(page.gray, np.asarray(line.quad, dtype=np.float32), pad=pad)
+    # Where the line's own crop starts within this one, and how long the line is there.
+    inset = (crop.shape[1] - page.crops[index].shape[1]) / 2
+    length = page.crops[index].shape[1]
+    half = 0.6 * page.crops[index].shape[0]
+    lo = max(0, round(inset + line.char_share[start] * length - half))
+    hi = min(crop.shape[1], round(inset + line.char_share[end - 1] * length + half))
     if hi - lo < 4:
         return None
     image = Image.fromarray(crop[:, lo:hi])
     padded = Image.new("L", (image.width + 24, image.height + 24), 255)
     padded.paste(image, (12, 12))
     return padded
+
+
+# Two more looks at a value in doubt: cropped apart from its line, tight and taller.
+VIEW_PADS = (0.0, VIEW_PAD)
+
+
+def _views(page: Page, engine: PpOcr) -> Callable[[int, int, int], list[TopK]]:
+    """``OcrResult.views``: the characters ``start``..``end`` of line ``index`` cropped
+    apart (:data:`VIEW_PADS`) and recognized again."""
+
+    def views(index: int, start: int, end: int) -> list[TopK]:
+        crops = [_value_crop(page, [(index, start, end)], pad=pad) for pad in VIEW_PADS]
+        shown = [np.asarray(c) for c in crops if c is not None]
+        return [r.matrix for r in engine.recognize(shown)] if shown else []
+
+    return views
 
 
 @_timed("second_reader")
@@ -576,4 +606,5 @@ def read_page(
     result.matrices.update(
         {i: ln.matrix for i, ln in enumerate(page.lines) if ln.matrix is not None}
     )
+    result._views = _views(page, engine)
     return result

@@ -50,6 +50,7 @@ EDGE_STEPS = 3
 
 Labels = Callable[[str], list[int] | None]
 Decode = Callable[[tuple[int, ...]], str]
+Views = Callable[[int, int, int], list[TopK]]
 
 
 class _Scorer:
@@ -120,8 +121,14 @@ def check_field(
     stop: list[str],
     verify_margin: float,
     contradict_margin: float,
+    *,
+    views: Views | None = None,
+    view_floor: float = 3.0,
 ) -> FieldCheck:
-    """The :class:`FieldCheck` of one field against its record value (canonical)."""
+    """The :class:`FieldCheck` of one field against its record value (canonical).
+
+    ``views`` (:attr:`OcrResult.views`) re-reads a value in doubt cropped apart from its
+    line (:func:`_second_look`)."""
     if not field.spans:
         return FieldCheck(status=CheckStatus.unavailable, reason="the value was not found")
     if len(field.spans) > 1:
@@ -143,43 +150,15 @@ def check_field(
     # Only the value's own characters are scored: a colon, the label's tail or a range's
     # other part around it says nothing about the value, however it is read.
     lo, hi = _window(matrix, steps, start + len(lead), end - len(trail))
-    scorer = _Scorer(matrix, labels, lo, hi)
-    candidates = set(spec.kind_def.printed(record_value))
-    skeletons = {spec.kind_def.skeleton(form) for form in candidates}
-    support = -math.inf
-    best_form = None
-    for form in candidates:
-        score = scorer.score(form)
-        if score is not None and score > support:
-            support, best_form = score, form
-    if best_form is None:
+    contest = _Contest(spec, record_value, labels, decode, stop)
+    found = contest.run(_Scorer(matrix, labels, lo, hi))
+    if found is None:
         return FieldCheck(
             status=CheckStatus.unavailable,
             reason="the record's value holds characters the recognizer does not know",
         )
-    other: tuple[float, str] | None = None
-    other_value: str | None = None
-    other_valid = False
-    weakest = math.inf
-    for label_seq, score in beam_search(scorer.window, beam=BEAM, per_step=PER_STEP):
-        weakest = min(weakest, score)
-        # The window's edges may hold the space before or after the value.
-        string = decode(label_seq).strip()
-        value, valid = field_value(spec, string, stop)
-        if (
-            string in candidates
-            or _same(spec, value, record_value)
-            or spec.kind_def.skeleton(string) in skeletons
-        ):
-            if score > support:
-                support, best_form = score, string
-        elif other is None or score > other[0]:
-            other, other_value, other_valid = (score, string), value, valid
-    if other is None:
-        # Every string the beam kept means the record's value: any other string is at
-        # most as likely as the weakest of them.
-        other = (min(weakest, support), "")
-    return _decide(
+    support, best_form, other, other_value, other_valid = found
+    check = _decide(
         field,
         support,
         best_form,
@@ -189,6 +168,93 @@ def check_field(
         contradict_margin,
         overlapping=_overlapping(spec, other_value, record_value),
     )
+    if (
+        check.status is CheckStatus.uncertain
+        and views is not None
+        and check.margin is not None
+        and check.margin > -view_floor
+    ):
+        check = _second_look(
+            check, contest, views(index, start + len(lead), end - len(trail)), verify_margin
+        )
+    return check
+
+
+class _Contest:
+    """The record's value against the best other string, on one window of scores."""
+
+    def __init__(
+        self, spec: FieldSpec, record_value: str, labels: Labels, decode: Decode, stop: list[str]
+    ) -> None:
+        self.spec, self.record_value, self.labels = spec, record_value, labels
+        self.decode, self.stop = decode, stop
+        self.candidates = set(spec.kind_def.printed(record_value))
+        self.skeletons = {spec.kind_def.skeleton(form) for form in self.candidates}
+
+    def run(self, scorer: _Scorer) -> tuple[float, str, tuple[float, str], str | None, bool] | None:
+        """(support, its form, (best other's score, string), its value, valid) or None
+        when the record's value holds characters the recognizer does not know."""
+        spec, kind = self.spec, self.spec.kind_def
+        support = -math.inf
+        best_form = None
+        for form in self.candidates:
+            score = scorer.score(form)
+            if score is not None and score > support:
+                support, best_form = score, form
+        if best_form is None:
+            return None
+        other: tuple[float, str] | None = None
+        other_value: str | None = None
+        other_valid = False
+        weakest = math.inf
+        for label_seq, score in beam_search(scorer.window, beam=BEAM, per_step=PER_STEP):
+            weakest = min(weakest, score)
+            # The window's edges may hold the space before or after the value.
+            string = self.decode(label_seq).strip()
+            value, valid = field_value(spec, string, self.stop)
+            if (
+                string in self.candidates
+                or _same(spec, value, self.record_value)
+                or kind.skeleton(string) in self.skeletons
+            ):
+                if score > support:
+                    support, best_form = score, string
+            elif other is None or score > other[0]:
+                other, other_value, other_valid = (score, string), value, valid
+        if other is None:
+            # Every string the beam kept means the record's value: any other string is at
+            # most as likely as the weakest of them.
+            other = (min(weakest, support), "")
+        return support, best_form, other, other_value, other_valid
+
+
+def _second_look(
+    check: FieldCheck, contest: _Contest, views: list[TopK], verify_margin: float
+) -> FieldCheck:
+    """``check`` (uncertain) decided again with the value cropped apart and re-read:
+    verified when the mean margin of the three reaches ``verify_margin`` and neither
+    re-read favours another string; else still uncertain, with the re-reads' margins."""
+    assert check.margin is not None
+    margins = []
+    for matrix in views:
+        found = contest.run(_Scorer(matrix, contest.labels, 0, matrix.steps))
+        if found is None:
+            return check
+        support, _, other, _, _ = found
+        margins.append(round(max(-99.0, min(99.0, support - other[0])), 2))
+    if not margins:
+        return check
+    mean = round((check.margin + sum(margins)) / (1 + len(margins)), 2)
+    if mean >= verify_margin and min(margins) >= 0:
+        return check.model_copy(
+            update={
+                "status": CheckStatus.supported,
+                "margin": mean,
+                "views": margins,
+                "reason": "the image supports the record's value, read three ways",
+            }
+        )
+    return check.model_copy(update={"views": margins})
 
 
 def _overlapping(spec: FieldSpec, other: str | None, record_value: str) -> bool:
@@ -382,6 +448,8 @@ def verify_result(
             stop,
             calibration.verify_margin,
             calibration.contradict_margin,
+            views=result.views,
+            view_floor=calibration.view_floor,
         )
         misplaced = _misplaced(spec, value, read, result, check, stop)
         if check.status is CheckStatus.contradicted and misplaced:
