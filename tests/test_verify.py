@@ -141,9 +141,9 @@ def test_a_genuine_scan_is_verified_field_by_field(tmp_path: Path, doc_type: str
 
 @pytest.mark.slow
 def test_a_value_in_doubt_is_read_again_cropped_apart(tmp_path: Path) -> None:
-    """The second look: a field in doubt is re-read cropped apart from its line. The
-    genuine name's re-reads support it; one character changed in the record, they do not,
-    and the field stays with a person."""
+    """The second look: a field in doubt or contradicted is re-read cropped apart from its
+    line. The genuine name's re-reads support it; one character changed in the record,
+    they do not: the doubt stays with a person and the contradiction stands."""
     from stampless.ocr.extract import stop_labels
     from stampless.ocr.ppocr import get_ppocr
     from stampless.ocr.verify import _Contest, _second_look
@@ -168,6 +168,12 @@ def test_a_value_in_doubt_is_read_again_cropped_apart(tmp_path: Path) -> None:
         assert (check.status is CheckStatus.supported) is supported, (value, check)
         if not supported:
             assert max(check.views) < 0
+        # A contradiction stands only if both re-reads favour another string too: against
+        # the changed record it does; against the genuine one it goes to a person.
+        contradicted = FieldCheck(status=CheckStatus.contradicted, margin=-9.0)
+        check = _second_look(contradicted, contest, views, CONFIG.calibration.verify_margin)
+        expected = CheckStatus.uncertain if supported else CheckStatus.contradicted
+        assert check.status is expected, (value, check)
 
 
 @pytest.mark.slow

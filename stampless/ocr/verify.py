@@ -168,12 +168,8 @@ def check_field(
         contradict_margin,
         overlapping=_overlapping(spec, other_value, record_value),
     )
-    if (
-        check.status is CheckStatus.uncertain
-        and views is not None
-        and check.margin is not None
-        and check.margin > -view_floor
-    ):
+    in_doubt = check.status is CheckStatus.uncertain and (check.margin or -99.0) > -view_floor
+    if views is not None and (in_doubt or check.status is CheckStatus.contradicted):
         check = _second_look(
             check, contest, views(index, start + len(lead), end - len(trail)), verify_margin
         )
@@ -228,22 +224,43 @@ class _Contest:
         return support, best_form, other, other_value, other_valid
 
 
-def _second_look(
-    check: FieldCheck, contest: _Contest, views: list[TopK], verify_margin: float
-) -> FieldCheck:
-    """``check`` (uncertain) decided again with the value cropped apart and re-read:
-    verified when the mean margin of the three reaches ``verify_margin`` and neither
-    re-read favours another string; else still uncertain, with the re-reads' margins."""
-    assert check.margin is not None
+def _view_margins(contest: _Contest, views: list[TopK]) -> list[float]:
+    """The margin of the record's value on each re-read (empty if one cannot be scored)."""
     margins = []
     for matrix in views:
         found = contest.run(_Scorer(matrix, contest.labels, 0, matrix.steps))
         if found is None:
-            return check
+            return []
         support, _, other, _, _ = found
         margins.append(round(max(-99.0, min(99.0, support - other[0])), 2))
+    return margins
+
+
+def _second_look(
+    check: FieldCheck, contest: _Contest, views: list[TopK], verify_margin: float
+) -> FieldCheck:
+    """``check`` decided again with the value cropped apart and re-read twice.
+
+    In doubt (uncertain): verified when the mean margin of the three reaches
+    ``verify_margin`` and neither re-read favours another string. Contradicted: a
+    mismatch only if both re-reads favour another string too; one that does not leaves
+    the field to a person (a misread of the line, not another value on the paper).
+    """
+    assert check.margin is not None
+    margins = _view_margins(contest, views)
     if not margins:
         return check
+    if check.status is CheckStatus.contradicted:
+        if max(margins) < 0:
+            return check.model_copy(update={"views": margins})
+        return check.model_copy(
+            update={
+                "status": CheckStatus.uncertain,
+                "views": margins,
+                "reason": "read apart from its line, the value does not clearly differ from "
+                "the record's",
+            }
+        )
     mean = round((check.margin + sum(margins)) / (1 + len(margins)), 2)
     if mean >= verify_margin and min(margins) >= 0:
         return check.model_copy(
