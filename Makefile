@@ -20,9 +20,16 @@ export OMP_THREAD_LIMIT := 1
 demo: install
 	$(BIN)/stampless demo
 
-# CI runs exactly this: the same lint as `make lint`, then every test (slow ones included).
+# CI runs exactly this: the same lint as `make lint`, then every test (slow ones included),
+# on three worker processes (pytest-xdist): most tests wait on Chromium, the emulated
+# systems and subprocesses, so three keep two cores busy. A test module stays on one
+# worker (--dist loadfile): its module-scoped fixtures (generated scans, a browser, an
+# emulated system of its own) are built once, as in a serial run. Modules are dealt out
+# in collection order, those with a test marked `long` first (tests/conftest.py), not
+# by their number of tests. TEST_WORKERS=0 runs them all in this one process.
+TEST_WORKERS ?= 3
 test: install lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 install: system-packages $(VENV)/.installed
 

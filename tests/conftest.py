@@ -72,6 +72,17 @@ from stampless.fixtures.postgres import PostgresServer
 from stampless.fixtures.records import SYSTEMS
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules with a test marked ``long`` run first, each module's order kept.
+
+    ``make test`` hands whole modules to its workers in this order (``--dist loadfile
+    --no-loadscope-reorder``); a module with a minute-long test dealt out last would
+    leave the other workers idle while it runs.
+    """
+    first = {item.path for item in items if item.get_closest_marker("long")}
+    items.sort(key=lambda item: item.path not in first)  # stable: the rest keep their order
+
+
 class FixtureServers:
     """A running ``stampless fixtures serve`` and helpers to inspect and steer it."""
 

@@ -99,6 +99,7 @@ def env() -> Iterator[None]:
         yield
 
 
+@pytest.mark.long
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_jittered_paging_reads_the_servers_row_or_fails_loudly(

@@ -429,6 +429,7 @@ def scan_results(
         return difficulty, list(pool.map(_evaluate, scans))
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_generated_scans_meet_the_verdict_rules(
     scan_results: tuple[str, list[dict[str, Any]]],

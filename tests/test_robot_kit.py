@@ -352,6 +352,7 @@ def test_a_robot_bug_in_a_unit_of_its_own(tmp_path: Path) -> None:
 # ---- the evidence of a run is its own; re-checking a finished id ---------------------------
 
 
+@pytest.mark.long
 def test_each_verify_run_has_its_own_evidence_and_a_recheck_supersedes(
     project: Path, tracker: str
 ) -> None:

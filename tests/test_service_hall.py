@@ -207,6 +207,7 @@ def _scan_downloads(servers: Any) -> list[dict[str, Any]]:
     return [e for e in servers.access_log("service_hall") if "/scan/" in e["path"]]
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_sigkill_mid_run_loses_no_application_and_uploads_nothing_twice(
     hall: Any, project: Config

@@ -694,6 +694,7 @@ if __name__ == "__main__":
 # -- end to end: stampless run, real pipeline, Chromium, Tesseract, fixture servers ------
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_e2e_sigkill_fault_escalation_and_account_exclusivity(
     tmp_path: Path, fixture_servers_factory: Any
