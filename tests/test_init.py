@@ -45,6 +45,7 @@ def test_init_refuses_a_folder_that_is_not_empty(tmp_path: Path) -> None:
 
 
 @pytest.mark.long
+@pytest.mark.timeout(900)
 @pytest.mark.slow
 def test_readme_commands_work_first_to_last(tmp_path: Path) -> None:
     """A new project's README, run as written (only the emulated systems' port differs,

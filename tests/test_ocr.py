@@ -430,6 +430,7 @@ def scan_results(
 
 
 @pytest.mark.long
+@pytest.mark.timeout(900)
 @pytest.mark.slow
 def test_generated_scans_meet_the_verdict_rules(
     scan_results: tuple[str, list[dict[str, Any]]],

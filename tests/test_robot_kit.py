@@ -353,6 +353,7 @@ def test_a_robot_bug_in_a_unit_of_its_own(tmp_path: Path) -> None:
 
 
 @pytest.mark.long
+@pytest.mark.timeout(900)
 def test_each_verify_run_has_its_own_evidence_and_a_recheck_supersedes(
     project: Path, tracker: str
 ) -> None:

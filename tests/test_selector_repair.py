@@ -118,6 +118,7 @@ def _accounts(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.long
+@pytest.mark.timeout(900)
 def test_every_renamed_element_is_proposed_as_certain_and_repaired(
     tmp_path: Path, changing: Any
 ) -> None:
@@ -167,6 +168,7 @@ def _stampless(project: Path, servers: Any, *args: str) -> subprocess.CompletedP
 
 
 @pytest.mark.long
+@pytest.mark.timeout(900)
 def test_without_self_repair_the_error_names_the_proposal_and_approve_fixes_the_map(
     tmp_path: Path, changing: Any
 ) -> None:

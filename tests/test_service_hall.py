@@ -208,6 +208,7 @@ def _scan_downloads(servers: Any) -> list[dict[str, Any]]:
 
 
 @pytest.mark.long
+@pytest.mark.timeout(900)
 @pytest.mark.slow
 def test_sigkill_mid_run_loses_no_application_and_uploads_nothing_twice(
     hall: Any, project: Config

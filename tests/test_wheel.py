@@ -89,6 +89,7 @@ def fresh_venv(tmp_path: Path, wheel: Path) -> Path:
 
 
 @pytest.mark.long
+@pytest.mark.timeout(900)
 def test_the_wheel_runs_the_demo_from_an_empty_folder(tmp_path: Path) -> None:
     wheel = build_wheel(tmp_path)
     names = zipfile.ZipFile(wheel).namelist()

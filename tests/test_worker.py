@@ -695,6 +695,7 @@ if __name__ == "__main__":
 
 
 @pytest.mark.long
+@pytest.mark.timeout(900)
 @pytest.mark.slow
 def test_e2e_sigkill_fault_escalation_and_account_exclusivity(
     tmp_path: Path, fixture_servers_factory: Any
