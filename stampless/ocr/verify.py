@@ -168,7 +168,11 @@ def check_field(
         contradict_margin,
         overlapping=_overlapping(spec, other_value, record_value),
     )
-    in_doubt = check.status is CheckStatus.uncertain and (check.margin or -99.0) > -view_floor
+    in_doubt = (
+        check.status is CheckStatus.uncertain
+        and check.margin is not None
+        and check.margin > -view_floor
+    )
     if views is not None and (in_doubt or check.status is CheckStatus.contradicted):
         check = _second_look(
             check, contest, views(index, start + len(lead), end - len(trail)), verify_margin
