@@ -106,13 +106,13 @@ def group_lines(words: list[Word], *, by_line: bool = False) -> list[Line]:
         cy = w.box[1] + w.box[3] / 2
         h = max(1, w.box[3])
         best = row_of.get(w.line) if by_line else None
-        for i in range(len(rows) - 1, max(-1, len(rows) - 4), -1):
-            if best is not None:
-                break
-            if abs(cy - centers[i]) <= 0.5 * max(heights[i], h) and not (
-                by_line and _collides(w, rows[i])
-            ):
-                best = i
+        if best is None:
+            for i in range(len(rows) - 1, max(-1, len(rows) - 4), -1):
+                if abs(cy - centers[i]) <= 0.5 * max(heights[i], h) and not (
+                    by_line and _collides(w, rows[i])
+                ):
+                    best = i
+                    break
         if best is None:
             rows.append([w])
             centers.append(cy)

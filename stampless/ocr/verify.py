@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
+from typing import NamedTuple
 
 from rapidfuzz.distance import Levenshtein
 
@@ -51,6 +52,25 @@ EDGE_STEPS = 3
 Labels = Callable[[str], list[int] | None]
 Decode = Callable[[tuple[int, ...]], str]
 Views = Callable[[int, int, int], list[TopK]]
+
+
+def _nats(margin: float) -> float:
+    """A margin as kept in a FieldCheck: two decimals, within +-99 nats."""
+    return round(max(-99.0, min(99.0, margin)), 2)
+
+
+class _Outcome(NamedTuple):
+    """The record's value against the best other string on one window of scores."""
+
+    support: float  # log-likelihood of the record's value (its likeliest form)
+    form: str  # that form
+    other: tuple[float, str]  # the best other string's log-likelihood, and the string
+    other_value: str | None  # what it means as a value of the field
+    other_valid: bool
+
+    @property
+    def margin(self) -> float:
+        return _nats(self.support - self.other[0])
 
 
 class _Scorer:
@@ -157,16 +177,12 @@ def check_field(
             status=CheckStatus.unavailable,
             reason="the record's value holds characters the recognizer does not know",
         )
-    support, best_form, other, other_value, other_valid = found
     check = _decide(
         field,
-        support,
-        best_form,
-        other,
-        other_valid,
+        found,
         verify_margin,
         contradict_margin,
-        overlapping=_overlapping(spec, other_value, record_value),
+        overlapping=_overlapping(spec, found.other_value, record_value),
     )
     in_doubt = (
         check.status is CheckStatus.uncertain
@@ -191,9 +207,9 @@ class _Contest:
         self.candidates = set(spec.kind_def.printed(record_value))
         self.skeletons = {spec.kind_def.skeleton(form) for form in self.candidates}
 
-    def run(self, scorer: _Scorer) -> tuple[float, str, tuple[float, str], str | None, bool] | None:
-        """(support, its form, (best other's score, string), its value, valid) or None
-        when the record's value holds characters the recognizer does not know."""
+    def run(self, scorer: _Scorer) -> _Outcome | None:
+        """The contest on ``scorer``'s window, or None when the record's value holds
+        characters the recognizer does not know."""
         spec, kind = self.spec, self.spec.kind_def
         support = -math.inf
         best_form = None
@@ -225,7 +241,7 @@ class _Contest:
             # Every string the beam kept means the record's value: any other string is at
             # most as likely as the weakest of them.
             other = (min(weakest, support), "")
-        return support, best_form, other, other_value, other_valid
+        return _Outcome(support, best_form, other, other_value, other_valid)
 
 
 def _view_margins(contest: _Contest, views: list[TopK]) -> list[float]:
@@ -235,8 +251,7 @@ def _view_margins(contest: _Contest, views: list[TopK]) -> list[float]:
         found = contest.run(_Scorer(matrix, contest.labels, 0, matrix.steps))
         if found is None:
             return []
-        support, _, other, _, _ = found
-        margins.append(round(max(-99.0, min(99.0, support - other[0])), 2))
+        margins.append(found.margin)
     return margins
 
 
@@ -287,10 +302,7 @@ def _overlapping(spec: FieldSpec, other: str | None, record_value: str) -> bool:
 
 def _decide(
     field: OcrField,
-    support: float,
-    form: str | None,
-    other: tuple[float, str],
-    other_valid: bool,
+    outcome: _Outcome,
     verify_margin: float,
     contradict_margin: float,
     *,
@@ -302,11 +314,13 @@ def _decide(
     neighbour's text run into the value, or the value read cut short): that is a doubt
     about where the value ends, never by itself proof of another value.
     """
-    margin = round(max(-99.0, min(99.0, support - other[0])), 2)
+    margin = outcome.margin
     if margin >= verify_margin:
         status = CheckStatus.supported
         reason = "the image supports the record's value"
-    elif -margin >= contradict_margin and other_valid and _placed(field) and not overlapping:
+    elif (
+        -margin >= contradict_margin and outcome.other_valid and _placed(field) and not overlapping
+    ):
         status = CheckStatus.contradicted
         reason = "the image supports another value"
     else:
@@ -315,8 +329,8 @@ def _decide(
     return FieldCheck(
         status=status,
         margin=margin,
-        record_form=form,
-        best_other=other[1] or None,
+        record_form=outcome.form,
+        best_other=outcome.other[1] or None,
         reason=reason,
     )
 
@@ -378,7 +392,7 @@ def _check_lines(
         )
         margins.append(best[0] - other if other is not None else verify_margin + 1.0)
         cut = best[1]
-    margin = round(max(-99.0, min(99.0, min(margins))), 2)
+    margin = _nats(min(margins))
     status = CheckStatus.supported if margin >= verify_margin else CheckStatus.uncertain
     return FieldCheck(
         status=status,
