@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -89,6 +90,36 @@ def write_verdict(
     if signer is not None:
         verdict = sign_verdict(verdict, signer)
     return write_once(outbox_dir, name or verdict.request_id, verdict_bytes(verdict))
+
+
+@dataclass(frozen=True)
+class Published:
+    """What the outbox holds for a verdict after :func:`publish`."""
+
+    verdict: Verdict  # the signed verdict written, or, on a conflict, the one found there
+    path: Path
+    conflict: OutboxConflict | None = None  # a different verdict was there first
+
+
+def publish(outbox_dir: Path, verdict: Verdict, *, signer: Signer | None) -> Published:
+    """Sign ``verdict`` and write it to the outbox once: the one way a verdict is delivered.
+
+    The worker, ``stampless verify`` and the review console all publish through here.
+    Writing the same verdict again returns it (a re-run after a crash). When the outbox
+    already holds a different verdict under the request id, nothing is written and the
+    result carries that verdict and the :class:`OutboxConflict`; each caller decides
+    what a conflict means for it (the worker keeps the first verdict of a racing lease
+    holder, ``verify`` reports it, a reviewer's retry after a crash adopts its own).
+    """
+    if signer is not None:
+        verdict = sign_verdict(verdict, signer)
+    try:
+        return Published(verdict, write_verdict(outbox_dir, verdict))
+    except OutboxConflict as exc:
+        found = read_verdict(outbox_dir, verdict.request_id)
+        if found is None or verdict.verdict not in FINAL_VERDICTS:  # refused, not taken
+            raise
+        return Published(found, outbox_path(outbox_dir, verdict.request_id), conflict=exc)
 
 
 def write_once(outbox_dir: Path, name: str, data: bytes) -> Path:

@@ -19,7 +19,7 @@ from stampless.errors import ExitCode
 from stampless.idempotency import check_answered, check_queued, request_digest
 from stampless.intake import Job, build_job
 from stampless.models import Request, Verdict, VerdictKind, utcnow
-from stampless.outbox import FINAL_VERDICTS, read_verdict, sign_verdict, write_verdict
+from stampless.outbox import FINAL_VERDICTS, publish, read_verdict
 from stampless.pipeline import Pipeline
 from stampless.retry import RetryPolicy, run_with_retries
 from stampless.signing import Signer, production_signer
@@ -50,8 +50,10 @@ def deliver(config: Config, verdict: Verdict, job: Job, *, signer: Signer) -> Ou
     """Final verdicts go to the outbox, signed; needs_review goes to the review store."""
     with logger.contextualize(request_id=job.id):
         if verdict.verdict in FINAL_VERDICTS:
-            signed = sign_verdict(verdict, signer)
-            return Outcome(signed, write_verdict(config.outbox_dir, signed))
+            published = publish(config.outbox_dir, verdict, signer=signer)
+            if published.conflict is not None:
+                raise published.conflict
+            return Outcome(published.verdict, published.path)
         from stampless.review.store import ReviewStore
 
         ReviewStore.from_config(config).add(

@@ -61,7 +61,7 @@ from stampless.errors import (
 from stampless.idempotency import refuse_conflict
 from stampless.intake import Job
 from stampless.models import Tier, Verdict, VerdictKind, utcnow
-from stampless.outbox import OutboxConflict, read_verdict, write_verdict
+from stampless.outbox import publish, read_verdict
 from stampless.queue import Claim, ItemState, LeaseLost, QueueItem, WorkQueue
 from stampless.queue.abc import answers, settle_reviewed, settlement
 from stampless.retry import DEFAULT_ESTIMATE_S, RetryPolicy, expected_s, too_late
@@ -592,18 +592,13 @@ class WorkerPool:
             logger.info("{} sent to manual review: {}", item.request_id, reason)
             self._settle_if_decided(item.request_id)
             return
-        try:
-            write_verdict(self.outbox_dir, verdict, signer=self.signer)
-        except OutboxConflict:
-            # Another holder of an expired lease wrote first; its verdict stands.
-            existing = read_verdict(self.outbox_dir, item.request_id)
-            if existing is None:
-                raise
-            if not answers(existing, item):  # `stampless verify` raced it with other content
-                self._refuse_conflict(claim, "in the outbox")
-                return
-            verdict = existing
-        self._complete(claim, verdict, error=error)
+        published = publish(self.outbox_dir, verdict, signer=self.signer)
+        # On a conflict another holder of an expired lease wrote first, and its verdict
+        # stands, unless `stampless verify` raced it with other content under this id.
+        if published.conflict is not None and not answers(published.verdict, item):
+            self._refuse_conflict(claim, "in the outbox")
+            return
+        self._complete(claim, published.verdict, error=error)
 
     def _settle_if_decided(self, request_id: str) -> None:
         """Settle an item just marked ``review`` whose decision is already made: a

@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from deployment_keys import SIGNER
 
 from stampless._version import __version__
 from stampless.models import Tier, Verdict, VerdictKind, utcnow
@@ -16,6 +17,7 @@ from stampless.outbox import (
     OutboxConflict,
     has_verdict,
     iter_verdicts,
+    publish,
     read_verdict,
     recheck_name,
     verdict_bytes,
@@ -61,6 +63,19 @@ def test_different_verdict_is_a_conflict(tmp_path: Path) -> None:
     with pytest.raises(OutboxConflict, match="never rewritten"):
         write_verdict(tmp_path, make_verdict(kind=VerdictKind.mismatch))
     assert (tmp_path / "REQ-1.json").read_bytes() == before
+
+
+def test_publish_signs_writes_once_and_reports_what_was_there(tmp_path: Path) -> None:
+    first = publish(tmp_path, make_verdict(), signer=SIGNER)
+    assert first.conflict is None and first.verdict.signature is not None
+    assert read_verdict(tmp_path, "REQ-1") == first.verdict
+    again = publish(tmp_path, first.verdict.model_copy(update={"signature": None}), signer=SIGNER)
+    assert again.conflict is None and again.path == first.path  # the same bytes: a no-op
+    other = publish(tmp_path, make_verdict(kind=VerdictKind.mismatch), signer=SIGNER)
+    assert isinstance(other.conflict, OutboxConflict)
+    assert other.verdict == first.verdict  # what the outbox holds, untouched
+    with pytest.raises(OutboxConflict, match="not final"):
+        publish(tmp_path, make_verdict(kind=VerdictKind.needs_review), signer=SIGNER)
 
 
 def test_recheck_supersedes_under_new_name(tmp_path: Path) -> None:
