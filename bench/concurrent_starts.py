@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 from stampless.delivery import Delivery  # noqa: E402
 from stampless.queue.sqlite import SqliteQueue  # noqa: E402
-from stampless.review.store import ReviewStore  # noqa: E402
+from stampless.review.sqlite import SqliteReviewStore  # noqa: E402
 
 
 def _opener(var: str, rounds: int, barrier: Any, out: Any) -> None:
@@ -45,7 +45,7 @@ def _opener(var: str, rounds: int, barrier: Any, out: Any) -> None:
         time.sleep(random.uniform(0, 0.03))
         try:
             queue = SqliteQueue(folder / "queue.db", {"civil_affairs": ["a"]})
-            ReviewStore(folder / "review.db")
+            SqliteReviewStore(folder / "queue.db")
             Delivery(folder / "delivery.db", folder / "outbox", url="http://127.0.0.1:9")
             queue.counts()
             queue.close()

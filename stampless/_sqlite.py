@@ -15,16 +15,28 @@ jittered back-off, so twenty processes starting on one var/ all start.
 from __future__ import annotations
 
 import random
+import re
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import closing, contextmanager
+from datetime import datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 BUSY_TIMEOUT_S = 30
 
 T = TypeVar("T")
+
+
+_NAMED = re.compile(r"%\((\w+)\)s")
+
+
+def named(sql: str, params: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A statement written in psycopg's ``%(name)s`` style, for sqlite3: ``:name``
+    placeholders, and instants as the UTC epoch seconds the stores keep."""
+    values = {k: v.timestamp() if isinstance(v, datetime) else v for k, v in params.items()}
+    return _NAMED.sub(r":\1", sql), values
 
 
 def _locked(exc: sqlite3.OperationalError) -> bool:
@@ -79,9 +91,9 @@ def prepare(path: Path, schema: str) -> None:
 
 
 @contextmanager
-def connection(path: Path) -> Iterator[sqlite3.Connection]:
+def connection(path: Path, *, synchronous: str | None = None) -> Iterator[sqlite3.Connection]:
     """A short-lived connection, closed on exit (for stores used from many threads)."""
-    conn = connect(path)
+    conn = connect(path, synchronous=synchronous)
     try:
         yield conn
     finally:

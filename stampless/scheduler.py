@@ -10,7 +10,7 @@ removed from the store.
 
 Job kinds: ``poll_inbox``, ``recheck`` (re-verify finished items of ``type`` whose last
 check is older than ``older_than_days``; the new result supersedes the first),
-``sweep_leases``, ``sweep_deadlines`` (overdue flags, reviewed items, case verdicts),
+``sweep_leases``, ``sweep_deadlines`` (overdue flags and case verdicts),
 ``deliver_outbox``, ``push_outbox`` (:mod:`stampless.push`; added by itself when
 ``[delivery] push`` is set), ``audit_checkpoint`` and ``prune_evidence`` (bundles past
 ``[evidence] retention`` give way to signed tombstones, :mod:`stampless.retention`),
@@ -370,7 +370,7 @@ class Daemon:
     def job_sweep_deadlines(self, job: JobConfig) -> dict[str, list[str]]:
         from stampless.worker import sweep_deadlines
 
-        return sweep_deadlines(self.queue, self.review, self.cases, self.config.outbox_dir)
+        return sweep_deadlines(self.queue, self.cases)
 
     def job_deliver_outbox(self, job: JobConfig) -> Any:
         if self.delivery is None:

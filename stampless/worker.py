@@ -42,7 +42,6 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from loguru import logger
@@ -63,7 +62,7 @@ from stampless.intake import Job
 from stampless.models import Tier, Verdict, VerdictKind, utcnow
 from stampless.outbox import publish, read_verdict
 from stampless.queue import Claim, ItemState, LeaseLost, QueueItem, WorkQueue
-from stampless.queue.abc import answers, settle_reviewed, settlement
+from stampless.queue.abc import answers, settle_reviewed
 from stampless.retry import DEFAULT_ESTIMATE_S, RetryPolicy, expected_s, too_late
 
 if TYPE_CHECKING:
@@ -675,7 +674,7 @@ class WorkerPool:
         while True:
             await asyncio.sleep(self.options.maintenance_s)
             try:
-                sweep_deadlines(self.queue, self.review, self.cases, self.outbox_dir)
+                sweep_deadlines(self.queue, self.cases)
             except Exception as exc:
                 logger.error("Deadline sweep failed: {}", exc)
 
@@ -717,23 +716,19 @@ class WorkerPool:
         )
 
 
-def sweep_deadlines(
-    queue: WorkQueue, review: ReviewStore, cases: CaseStore, outbox_dir: Path
-) -> dict[str, list[str]]:
-    """Flag overdue items, settle reviewed items and finished cases (the scheduled job)."""
+def sweep_deadlines(queue: WorkQueue, cases: CaseStore) -> dict[str, list[str]]:
+    """Flag overdue items and settle finished cases (the scheduled job).
+
+    It settles no reviewed item: a decision settles its queue item in its own
+    transaction (:meth:`stampless.review.abc.ReviewStore.decide`), and the outbox is
+    never read to learn of one. A verdict file that appears in the outbox for an item in
+    ``review`` by any other road leaves the item waiting for a reviewer, whose decision
+    then meets that file (docs/review.md).
+    """
     overdue = queue.mark_overdue()
     for rid in overdue:
         logger.warning("{} is past its deadline without a final verdict (overdue).", rid)
-    settled: list[str] = []
-    # A decision settles its queue item itself (review.abc.ReviewStore.decide); this
-    # scan of the outbox only finds what a crash between the two left unsettled.
-    for item in queue.list(states=[ItemState.review], limit=5000):
-        final = read_verdict(outbox_dir, item.request_id)
-        if final is not None and queue.settle(
-            item.request_id, **settlement(final, item).model_dump()
-        ):
-            settled.append(item.request_id)
-    return {"overdue": overdue, "settled": settled, "cases": cases.settle_all()}
+    return {"overdue": overdue, "cases": cases.settle_all()}
 
 
 def _want_progress(opts: WorkerOptions) -> bool:

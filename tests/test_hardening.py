@@ -445,8 +445,8 @@ def test_row1_a_worker_never_takes_another_contents_verdict_for_its_item(
         item = queue.get(rid)
         assert item.state is ItemState.failed and item.verdict is VerdictKind.error
         assert f"{rid} is already known ({where})" in item.last_error
-    # An item that reached review (a race with `stampless verify`) whose id's final verdict
-    # answers other content is settled as an error, never as that verdict.
+    # An item that reached review while `stampless verify` answered its id for other
+    # content is never settled with that verdict: the sweep does not read the outbox.
     intake.submit_files([write_request(tmp_path / "race", "W-RACE")])
     claim = queue.claim(worker="t", lease_s=30)
     assert claim is not None and claim.item.request_id == "W-RACE"
@@ -455,9 +455,9 @@ def test_row1_a_worker_never_takes_another_contents_verdict_for_its_item(
     )
     path = write_request(tmp_path / "race-b", "W-RACE", claim={**CLAIM, "holder_name": "王五"})
     write_verdict(config.outbox_dir, _verdict_for(path, "verified")[1])
-    sweep_deadlines(queue, review, CaseStore.from_config(config), config.outbox_dir)
+    sweep_deadlines(queue, CaseStore.from_config(config))
     item = queue.get("W-RACE")
-    assert item.state is ItemState.done and item.verdict is VerdictKind.error
+    assert item.state is ItemState.review and item.verdict is None
 
 
 # -- row 3: one bad file never blocks the inbox --------------------------------------------
@@ -728,7 +728,7 @@ def _open_stores(var: str, barrier: Any, out: Any) -> None:
         time.sleep(random.uniform(0, 0.03))
         try:
             queue = SqliteQueue(folder / "queue.db", {"civil_affairs": ["a"]})
-            SqliteReviewStore(folder / "review.db")
+            SqliteReviewStore(folder / "queue.db")
             Delivery(folder / "delivery.db", folder / "outbox", url="http://127.0.0.1:9")
             queue.counts()
             queue.close()

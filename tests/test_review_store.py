@@ -1,16 +1,18 @@
 """Contract tests of the review store and the reviewer accounts, run against every backend.
 
-SQLite (``review.db`` beside ``queue.db``, accounts in a JSON file) and PostgreSQL (one
-database for review items, accounts and the queue: conftest's ``postgres_url``, a real
-server). Each store is opened again for every "process" or "machine", as the console
-and the workers of a deployment open it. The console itself is driven in
-``tests/test_review.py``.
+SQLite (the review items in ``queue.db`` with the queue's, accounts in a JSON file) and
+PostgreSQL (one database for review items, accounts and the queue: conftest's
+``postgres_url``, a real server). Each store is opened again for every "process" or
+"machine", as the console and the workers of a deployment open it. The console itself
+is driven in ``tests/test_review.py``.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -20,13 +22,14 @@ import pytest
 from deployment_keys import SIGNER
 
 from stampless.audit import AuditLog, entries_for
+from stampless.config import Config
 from stampless.errors import InputError
 from stampless.models import Request, Tier, Verdict, VerdictKind, utcnow
 from stampless.outbox import OutboxConflict, read_verdict, write_verdict
 from stampless.queue import ItemState, WorkQueue
 from stampless.queue.postgres import PostgresQueue
 from stampless.queue.sqlite import SqliteQueue
-from stampless.review.abc import ReviewStore
+from stampless.review.abc import ReviewStore, create_table
 from stampless.review.postgres import PostgresReviewStore, PostgresUserStore
 from stampless.review.sqlite import SqliteReviewStore
 from stampless.review.store import ReviewConflict
@@ -48,8 +51,7 @@ class Backend:
     def review(self) -> ReviewStore:
         if self.name == "postgres":
             return self._keep(PostgresReviewStore(self.where))
-        folder = Path(self.where)
-        return SqliteReviewStore(folder / "review.db", queue_path=folder / "queue.db")
+        return SqliteReviewStore(Path(self.where) / "queue.db")
 
     def queue(self) -> WorkQueue:
         if self.name == "postgres":
@@ -239,6 +241,125 @@ def test_a_refused_outbox_write_rolls_the_decision_back(backend: Backend, tmp_pa
     assert [e["actor"] for e in entries_for(audit_dir, "D-1")] == ["alice"]
     assert (evidence / "D-1.review" / "manifest.json").is_file()
     assert [i.request_id for i in backend.review().pending()] == ["D-2"]
+
+
+def test_an_interrupted_decision_is_recorded_from_its_own_outbox_file(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outbox = tmp_path / "outbox"
+    store, queue = backend.review(), backend.queue()
+    for rid in ("CUT-1", "CUT-2"):
+        _escalate(queue, store, rid, timedelta(minutes=5))
+
+    def crash(*_: Any) -> bool:
+        raise KeyboardInterrupt  # the process dies between the outbox write and the commit
+
+    with monkeypatch.context() as patch:
+        patch.setattr(type(store), "_settle_queue", crash)
+        for rid in ("CUT-1", "CUT-2"):
+            with pytest.raises(KeyboardInterrupt):
+                store.decide(rid, "alice", VerdictKind.verified, "matches", outbox_dir=outbox)
+    # One transaction: neither the decision nor the queue's settlement happened, only
+    # the outbox file, written before the commit.
+    for rid in ("CUT-1", "CUT-2"):
+        item, queued = backend.review().get(rid), queue.get(rid)
+        assert item is not None and item.status == "pending"
+        assert queued is not None and queued.state is ItemState.review
+        assert read_verdict(outbox, rid) is not None
+    # The reviewer's retry records the decision the outbox holds and settles the queue.
+    final = backend.review().decide(rid, "alice", VerdictKind.verified, "again", outbox_dir=outbox)
+    assert final == read_verdict(outbox, "CUT-2")
+    assert final.reasons[-1] == "reviewed by alice: verified: matches"
+    # Another reviewer's different decision cannot replace the delivered one: it is
+    # recorded as delivered, and the second reviewer is told.
+    with pytest.raises(ReviewConflict, match="already decided verified by alice"):
+        backend.review().decide(
+            "CUT-1", "bob", VerdictKind.mismatch, "wrong name", outbox_dir=outbox
+        )
+    for rid in ("CUT-1", "CUT-2"):
+        decided, settled = backend.review().get(rid), queue.get(rid)
+        assert decided is not None and decided.status == "decided"
+        assert decided.decided_by == "alice" and decided.decision is VerdictKind.verified
+        assert settled is not None and settled.state is ItemState.done
+        assert settled.verdict is VerdictKind.verified
+
+
+# -- the embedded store's review.db from before -----------------------------------------------
+
+
+def _old_review_db(tmp_path: Path) -> Path:
+    """A ``review.db`` as stores before kept it (table ``items``): OLD-1 pending, OLD-2
+    decided; and a queue.db whose OLD-2 the old two-file store never settled."""
+    scratch = SqliteReviewStore(tmp_path / "scratch" / "queue.db")
+    queue = SqliteQueue(tmp_path / "var" / "queue.db", {})
+    for rid in ("OLD-1", "OLD-2"):
+        _escalate(queue, scratch, rid, timedelta(minutes=5))
+    queue.close()
+    scratch.decide("OLD-2", "alice", VerdictKind.verified, "ok", outbox_dir=tmp_path / "outbox")
+    old = tmp_path / "var" / "review.db"
+    with closing(sqlite3.connect(old)) as db:
+        db.executescript(create_table("items", "REAL"))
+        db.execute("ATTACH ? AS scratch", (str(scratch.db_path),))
+        db.execute("INSERT INTO items SELECT * FROM scratch.review_items")
+        db.commit()
+    return old
+
+
+def _opened(var: Path) -> SqliteReviewStore:
+    return SqliteReviewStore(var / "queue.db", legacy_path=var / "review.db")
+
+
+def _moved(var: Path) -> None:
+    """What every open after the move sees: both items in queue.db, OLD-2 settled."""
+    store, queue = _opened(var), SqliteQueue(var / "queue.db", {})
+    assert [i.request_id for i in store.pending()] == ["OLD-1"]
+    decided = store.get("OLD-2")
+    assert decided is not None and decided.decided_by == "alice"
+    settled = queue.get("OLD-2")
+    assert settled is not None and settled.state is ItemState.done
+    queue.close()
+
+
+def test_an_old_review_db_moves_into_queue_db_once(tmp_path: Path) -> None:
+    old = _old_review_db(tmp_path)
+    var = old.parent
+    _moved(var)
+    assert not old.exists() and (var / "review.db.migrated").is_file()
+    _moved(var)  # a second open finds nothing to move
+    assert sorted(p.name for p in var.glob("review.db*")) == ["review.db.migrated"]
+    assert ReviewStore.existing(_config_for(var)) is not None
+
+
+def test_a_move_cut_short_before_the_rename_is_completed_by_the_next_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stampless.review import sqlite as embedded
+
+    old = _old_review_db(tmp_path)
+    var = old.parent
+
+    def crash(_: Path) -> Path:
+        raise KeyboardInterrupt  # killed after the copy committed, before the rename
+
+    with monkeypatch.context() as patch:
+        patch.setattr(embedded, "_set_aside", crash)
+        with pytest.raises(KeyboardInterrupt):
+            _opened(var)
+    assert old.exists()
+    # Meanwhile a reviewer decides OLD-1 in queue.db: copying review.db again must not
+    # turn it back to pending.
+    SqliteReviewStore(var / "queue.db").decide(
+        "OLD-1", "bob", VerdictKind.mismatch, "wrong name", outbox_dir=tmp_path / "outbox"
+    )
+    store = _opened(var)
+    assert not old.exists() and (var / "review.db.migrated").is_file()
+    again = store.get("OLD-1")
+    assert again is not None and again.decided_by == "bob"
+    assert store.pending() == []
+
+
+def _config_for(var: Path) -> Config:
+    return Config.model_validate({"project": {"var_dir": str(var)}})
 
 
 # -- reviewer accounts ------------------------------------------------------------------------

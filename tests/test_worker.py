@@ -48,7 +48,7 @@ from stampless.errors import (
 )
 from stampless.intake import Job, Route
 from stampless.models import Request, Tier, Verdict, VerdictKind, utcnow
-from stampless.outbox import JOURNAL_DIR, read_verdict, write_verdict
+from stampless.outbox import JOURNAL_DIR, OutboxConflict, read_verdict, write_verdict
 from stampless.queue import ItemState, WorkQueue, open_queue
 from stampless.review.store import ReviewStore
 from stampless.worker import Stats, WorkerOptions, WorkerPool, sweep_deadlines
@@ -508,18 +508,23 @@ def test_down_system_retries_then_escalates_others_keep_going(tmp_path: Path) ->
     decided = queue.get("CA0")
     assert decided is not None and decided.state is ItemState.done
     assert decided.verdict is VerdictKind.verified and decided.sla_met is True
-    # A verdict in the outbox whose item is still in review (a crash between a decision's
-    # outbox write and its commit) is what the deadline sweep still settles.
+    # The sweep never reads the outbox: a verdict file dropped there by hand for an item
+    # in review settles nothing, and the item still waits for a person, whose decision
+    # then meets the file and is refused (it is no decision of theirs).
     waiting = review.get("CA1")
     assert waiting is not None
-    crashed = waiting.verdict.model_copy(
+    dropped = waiting.verdict.model_copy(
         update={"verdict": VerdictKind.mismatch, "finished_at": utcnow()}
     )
-    write_verdict(config.outbox_dir, crashed)
-    swept = sweep_deadlines(queue, review, CaseStore.from_config(config), config.outbox_dir)
-    assert swept["settled"] == ["CA1"]
-    settled = queue.get("CA1")
-    assert settled is not None and settled.verdict is VerdictKind.mismatch
+    write_verdict(config.outbox_dir, dropped)
+    swept = sweep_deadlines(queue, CaseStore.from_config(config))
+    assert "settled" not in swept
+    unsettled = queue.get("CA1")
+    assert unsettled is not None and unsettled.state is ItemState.review
+    with pytest.raises(OutboxConflict):
+        review.decide("CA1", "alice", VerdictKind.verified, "ok", outbox_dir=config.outbox_dir)
+    still = review.get("CA1")
+    assert still is not None and still.status == "pending"
 
 
 def test_lost_lease_stops_the_attempt(tmp_path: Path, server: Any) -> None:

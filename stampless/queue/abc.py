@@ -18,8 +18,8 @@ every worker and process until ``enable_account`` (``stampless accounts enable``
 ``attempts`` counts claims. ``release`` (graceful shutdown) gives the attempt back;
 ``fail`` and an expired lease keep it. ``done``, ``review`` and ``failed`` are terminal
 for the queue, except that a reviewer's decision settles a ``review`` item as ``done``
-(:func:`settlement`; in the decision's transaction when the review store shares the
-queue's database, and the deadline sweep settles from the outbox what a crash left).
+(:func:`settlement`, in the decision's own transaction: the review store shares the
+queue's database on every backend, and nothing reads the outbox to settle an item).
 The ``overdue`` flag is set by the deadline sweep on items still unfinished after their
 deadline.
 """

@@ -4,6 +4,10 @@ Every state change is one ``BEGIN IMMEDIATE`` transaction, so a claim (lease plu
 account lock) either happens whole or not at all, and a worker killed at any moment
 leaves the file consistent. Times are stored as UTC epoch seconds so SQL can compare
 and sort them.
+
+The file is the deployment's embedded store, as the PostgreSQL database is the shared
+one: it also holds the review store's table (``review_items``, ``review/sqlite.py``), so
+a reviewer's decision settles its queue item in the decision's own transaction.
 """
 
 from __future__ import annotations
@@ -14,12 +18,12 @@ import sqlite3
 import threading
 import uuid
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from stampless._sqlite import connect, prepare, retry_locked
+from stampless._sqlite import connect, named, prepare, retry_locked
 from stampless.errors import InputError, SystemFailure
 from stampless.models import Request, Tier, VerdictKind, utcnow
 from stampless.queue.abc import (
@@ -32,8 +36,10 @@ from stampless.queue.abc import (
     Tally,
     WorkQueue,
 )
+from stampless.review.abc import create_table
 
-_SCHEMA = """
+_SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS items (
     request_id    TEXT PRIMARY KEY,
     type          TEXT NOT NULL,
@@ -80,6 +86,19 @@ CREATE TABLE IF NOT EXISTS accounts (
     PRIMARY KEY (system, account)
 );
 """
+    + (
+        # The review store's items (review.abc.COLUMNS), as in PostgreSQL's migration 2.
+        create_table("review_items", "REAL", if_not_exists=True)
+        + "CREATE INDEX IF NOT EXISTS review_items_pending ON review_items (status, deadline);\n"
+    )
+)
+
+# A reviewed item's settlement (WorkQueue.settle), also run by the review store inside a
+# decision's transaction (stampless.review.sqlite); psycopg's style, as the review
+# store's SQL is written (stampless._sqlite.named).
+SETTLE = """UPDATE items SET state = 'done', verdict = %(verdict)s, sla_met = %(sla_met)s,
+    finished_at = %(finished_at)s, updated_at = (julianday('now') - 2440587.5) * 86400.0
+    WHERE request_id = %(request_id)s AND state = 'review'"""
 
 # Columns added after the first release: (name, SQL type), added to older files on open.
 _ADDED_COLUMNS = (("content_sha256", "TEXT"),)
@@ -114,6 +133,20 @@ def _add_columns(db: sqlite3.Connection) -> None:
                 raise
 
 
+def open_store(path: Path) -> None:
+    """Create the embedded store at ``path``, or bring an older file's schema up to date
+    (the queue opens it, and so does the review store, whichever comes first)."""
+    try:
+        prepare(path, _SCHEMA)
+        with closing(connect(path)) as db:
+            retry_locked(lambda: _add_columns(db))
+    except sqlite3.Error as exc:
+        raise SystemFailure(
+            f"Cannot open the queue database {path} ({exc}); check the folder's "
+            "permissions and free space."
+        ) from exc
+
+
 class SqliteQueue(WorkQueue):
     """:class:`WorkQueue` on one SQLite file.
 
@@ -126,14 +159,7 @@ class SqliteQueue(WorkQueue):
         self.accounts = {system: tuple(names) for system, names in accounts.items()}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        try:
-            prepare(self.path, _SCHEMA)
-            retry_locked(lambda: _add_columns(self._db()))
-        except sqlite3.Error as exc:
-            raise SystemFailure(
-                f"Cannot open the queue database {self.path} ({exc}); check the folder's "
-                "permissions and free space."
-            ) from exc
+        open_store(self.path)
 
     # -- connections -------------------------------------------------------------------
 
@@ -174,7 +200,7 @@ class SqliteQueue(WorkQueue):
     # -- rows --------------------------------------------------------------------------
 
     @staticmethod
-    def _item(row: sqlite3.Row) -> QueueItem:
+    def _item(row: sqlite3.Row | Mapping[str, Any]) -> QueueItem:
         return QueueItem(
             request_id=row["request_id"],
             type=row["type"],
@@ -536,18 +562,14 @@ class SqliteQueue(WorkQueue):
     def settle(
         self, request_id: str, *, verdict: VerdictKind, sla_met: bool | None, finished_at: datetime
     ) -> bool:
+        params = {
+            "verdict": VerdictKind(verdict).value,
+            "sla_met": sla_met,
+            "finished_at": finished_at,
+            "request_id": request_id,
+        }
         with self._tx() as db:
-            cur = db.execute(
-                """UPDATE items SET state = 'done', verdict = ?, sla_met = ?, finished_at = ?,
-                   updated_at = ? WHERE request_id = ? AND state = 'review'""",
-                (
-                    VerdictKind(verdict).value,
-                    None if sla_met is None else int(sla_met),
-                    finished_at.timestamp(),
-                    utcnow().timestamp(),
-                    request_id,
-                ),
-            )
+            cur = db.execute(*named(SETTLE, params))
         return cur.rowcount == 1
 
     def retry(self, request_id: str) -> QueueItem:

@@ -11,12 +11,14 @@ so the decision never edits the robot's bundle; the review bundle names the orig
 manifest's SHA-256 instead). "Ask for more" records a note, keeps the item pending and
 releases the claim.
 
-Backends: ``review/sqlite.py`` (the embedded default, ``<var_dir>/review.db``) and
-``review/postgres.py`` (``[store] backend = "postgres"``: the deployment's shared
-database, where the decision settles the queue's item in the same transaction). The
-public methods below are written once, here, over a few primitives a backend provides
-(:meth:`ReviewStore._transaction`, :meth:`ReviewStore._settle_queue`); their SQL is
-written once too, in psycopg's ``%(name)s`` style that the SQLite backend translates.
+Backends: ``review/sqlite.py`` (the embedded default, table ``review_items`` in
+``<var_dir>/queue.db``) and ``review/postgres.py`` (``[store] backend = "postgres"``,
+the same table in the deployment's shared database). On both the review items share
+the database with the work queue, so a decision, its outbox file and the settlement of
+the queue's item are one transaction: nothing polls the outbox to learn of a decision.
+The public methods below are written once, here, over a few primitives a backend
+provides (:meth:`ReviewStore._transaction`, :meth:`ReviewStore._queue_item`); their SQL
+is written once too, in psycopg's ``%(name)s`` style that the SQLite backend translates.
 Every backend passes the contract tests in ``tests/test_review_store.py``.
 """
 
@@ -40,6 +42,7 @@ from stampless.models import Request, Tier, Verdict, VerdictKind, utcnow
 if TYPE_CHECKING:
     from stampless.audit import AuditLog
     from stampless.config import Config
+    from stampless.queue.abc import QueueItem
     from stampless.signing import Signer
 
 FINAL_DECISIONS = (VerdictKind.verified, VerdictKind.mismatch, VerdictKind.not_found)
@@ -188,13 +191,16 @@ class ReviewStore(ABC):
 
     # The items' table, and what locks a row read in a write transaction (SQLite's
     # write transactions lock the whole file, so it needs nothing).
-    table: ClassVar[str]
+    table: ClassVar[str] = "review_items"
     for_update: ClassVar[str] = ""
+    # The queue's own statement that settles a ``review`` item (WorkQueue.settle).
+    settle_sql: ClassVar[str]
 
     @classmethod
     def from_config(cls, config: Config) -> ReviewStore:
         """The deployment's store: PostgreSQL with ``[store] backend = "postgres"``,
-        else ``<var_dir>/review.db`` (created when missing)."""
+        else the queue's file, ``<var_dir>/queue.db`` (created when missing; the items
+        of an older ``<var_dir>/review.db`` are moved into it)."""
         if config.store.backend == "postgres":
             from stampless._postgres import database_url
             from stampless.review.postgres import PostgresReviewStore
@@ -202,7 +208,10 @@ class ReviewStore(ABC):
             return PostgresReviewStore(database_url(config))
         from stampless.review.sqlite import SqliteReviewStore
 
-        return SqliteReviewStore(SqliteReviewStore.path_for(config), queue_path=config.queue_path)
+        return SqliteReviewStore(
+            SqliteReviewStore.path_for(config),
+            legacy_path=SqliteReviewStore.legacy_path_for(config),
+        )
 
     @classmethod
     def existing(cls, config: Config) -> ReviewStore | None:
@@ -211,7 +220,8 @@ class ReviewStore(ABC):
         if config.store.backend == "sqlite":
             from stampless.review.sqlite import SqliteReviewStore
 
-            if not SqliteReviewStore.path_for(config).exists():
+            paths = (SqliteReviewStore.path_for(config), SqliteReviewStore.legacy_path_for(config))
+            if not any(path.exists() for path in paths):
                 return None
         return cls.from_config(config)
 
@@ -223,13 +233,26 @@ class ReviewStore(ABC):
         its first statement, so check-then-update is atomic. Committed on exit, rolled
         back when the block raises."""
 
-    def _settle_queue(self, tx: Tx, final: Verdict) -> bool:
-        """Settle the work queue's ``review`` item for ``final`` (a reviewer's decision),
-        inside ``tx`` when the queue shares the store's database; True if it changed.
+    @abstractmethod
+    def _queue_item(self, row: Mapping[str, Any]) -> QueueItem:
+        """The work queue's item of one of its ``items`` rows, as the queue reads it."""
 
-        The default: no queue to settle (the deadline sweep settles from the outbox).
-        """
-        return False
+    def _settle_queue(self, tx: Tx, final: Verdict) -> bool:
+        """Settle the work queue's ``review`` item for ``final`` (a reviewer's decision)
+        inside ``tx``: the queue shares the store's database. True if it changed."""
+        from stampless.queue.abc import settlement
+
+        row = tx.row(
+            f"SELECT * FROM items WHERE request_id = %(id)s AND state = 'review'{self.for_update}",  # noqa: S608
+            {"id": final.request_id},
+        )
+        if row is None:
+            return False
+        outcome = settlement(final, self._queue_item(row))
+        return (
+            tx.execute(self.settle_sql, {"request_id": final.request_id, **outcome.model_dump()})
+            == 1
+        )
 
     def close(self) -> None:  # noqa: B027 - optional for backends without resources
         """Release the backend's resources."""
@@ -383,17 +406,23 @@ class ReviewStore(ABC):
         signer: Signer | None = None,
     ) -> Verdict:
         """Decide an item: write the final verdict to the outbox, record who decided and
-        settle the work queue's item.
+        settle the work queue's item, all in one transaction.
 
         ``decision`` is verified, mismatch or not_found; ``reason`` is required. The
         reviewer must hold the item or nobody may (a claim by someone else raises
         :class:`ReviewConflict`, as does an item already decided). The queue's item
-        (state ``review``) becomes ``done`` in the decision's transaction when the queue
-        shares the store's database (PostgreSQL), else in the queue's own file from the
-        same call, just before the decision commits. ``audit`` is a
+        (state ``review``) becomes ``done`` in the decision's transaction: the queue
+        shares the store's database on every backend. ``audit`` is a
         :class:`stampless.audit.AuditLog`. ``signer`` signs the outbox verdict, and with
         ``evidence_dir`` the decision is also sealed as the bundle
         ``<evidence_dir>/<id>.review/``.
+
+        The outbox file is written inside the transaction, before the commit: a crash
+        between the two leaves the file (final, maybe delivered already) and the item
+        still pending. Deciding the item again then finds its own interrupted decision
+        in the outbox and records that one, as it stands, instead of polling for it;
+        when the new decision differs, the recorded one is the delivered one and
+        :class:`ReviewConflict` says so after it is recorded.
         """
         decision = VerdictKind(decision)
         if decision not in FINAL_DECISIONS:
@@ -401,7 +430,7 @@ class ReviewStore(ABC):
         reason = _written(
             reason, "the reason", "Give a reason for the decision; it goes into the verdict."
         )
-        from stampless.outbox import write_verdict
+        from stampless.outbox import publish
         from stampless.review.store import seal_review
 
         with self._transaction() as tx:
@@ -411,10 +440,7 @@ class ReviewStore(ABC):
             final = original.model_copy(
                 update={
                     "verdict": decision,
-                    "reasons": [
-                        *original.reasons,
-                        f"reviewed by {reviewer}: {decision.value}: {reason}",
-                    ],
+                    "reasons": [*original.reasons, _decision_reason(reviewer, decision, reason)],
                     "finished_at": now,
                     "sla_met": None if item.deadline is None else now <= item.deadline,
                     "decided_by": reviewer,
@@ -423,37 +449,77 @@ class ReviewStore(ABC):
             )
             final = Verdict.model_validate(final.model_dump())
             # The outbox write is atomic and refuses to overwrite; only if it succeeds
-            # is the item marked decided (the transaction rolls back otherwise).
-            write_verdict(outbox_dir, final, signer=signer)
+            # (or finds this item's interrupted decision) is the item marked decided
+            # (the transaction rolls back otherwise).
+            published = publish(outbox_dir, final, signer=signer)
+            conflict = published.conflict
+            if conflict is not None and not _decision_of(published.verdict, original):
+                raise conflict
+            interrupted = conflict is not None
+            if interrupted:
+                final = published.verdict.model_copy(update={"signature": None})
+                reason = _reason_in(final)
+            decided_by = final.decided_by or reviewer
             tx.execute(
                 f"UPDATE {self.table} SET status = 'decided', decision = %(decision)s,"  # noqa: S608
                 " decided_by = %(who)s, decided_at = %(at)s, final = %(final)s,"
                 " claimed_by = NULL, claim_until = NULL WHERE request_id = %(id)s",
                 {
-                    "decision": decision.value,
-                    "who": reviewer,
-                    "at": now,
+                    "decision": final.verdict.value,
+                    "who": decided_by,
+                    "at": final.finished_at,
                     "final": final.model_dump_json(),
                     "id": request_id,
                 },
             )
             settled = self._settle_queue(tx, final)
         logger.info(
-            "review: {} decided {} by {}{}",
+            "review: {} decided {} by {}{}{}",
             request_id,
-            decision.value,
-            reviewer,
+            final.verdict.value,
+            decided_by,
+            " (recorded from the outbox after an interruption)" if interrupted else "",
             "; its queue item is done" if settled else "",
         )
         if audit is not None:
             audit.append(
                 "reviewed",
                 request_id=request_id,
-                actor=reviewer,
-                decision=decision.value,
+                actor=decided_by,
+                decision=final.verdict.value,
                 reason=reason,
                 manifest_sha256=original.manifest_sha256,
             )
         if evidence_dir is not None and signer is not None:
             seal_review(evidence_dir, item, final, reason=reason, signer=signer)
+        if interrupted and (final.verdict is not decision or decided_by != reviewer):
+            raise ReviewConflict(
+                f"{request_id} was already decided {final.verdict.value} by "
+                f"{decided_by}, and that verdict was delivered before an interruption; "
+                "it stands. Reload the queue."
+            )
         return final
+
+
+def _decision_reason(reviewer: str, decision: VerdictKind, reason: str) -> str:
+    return f"reviewed by {reviewer}: {decision.value}: {reason}"
+
+
+def _reason_in(final: Verdict) -> str:
+    """The reviewer's reason written into a decided verdict (its last reason)."""
+    prefix = _decision_reason(final.decided_by or "", final.verdict, "")
+    last = final.reasons[-1] if final.reasons else ""
+    return last.removeprefix(prefix) or last
+
+
+def _decision_of(found: Verdict, original: Verdict) -> bool:
+    """True when ``found`` (in the outbox) is a reviewer's decision on ``original``: only
+    :meth:`ReviewStore.decide` writes one, and on a pending item only an interrupted
+    decide (file written, transaction lost) can have."""
+    return (
+        found.decided_by is not None
+        and found.request_id == original.request_id
+        and found.received_at == original.received_at
+        and found.request_sha256 == original.request_sha256
+        and found.manifest_sha256 == original.manifest_sha256
+    )

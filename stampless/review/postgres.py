@@ -18,13 +18,15 @@ from contextlib import closing, contextmanager
 from typing import TYPE_CHECKING, Any
 
 from stampless._postgres import check_schema, connect, translated
-from stampless.models import Verdict
+from stampless.queue.postgres import SETTLE, item_from_row
 from stampless.review.abc import ReviewStore, Tx
 from stampless.review.users import Session, User, UserStore
 
 if TYPE_CHECKING:
     import psycopg
     from psycopg.rows import DictRow
+
+    from stampless.queue.abc import QueueItem
 
 
 class _PostgresTx(Tx):
@@ -55,8 +57,8 @@ class _Database:
 class PostgresReviewStore(ReviewStore):
     """:class:`ReviewStore` on a PostgreSQL database migrated by ``stampless db migrate``."""
 
-    table = "review_items"
     for_update = " FOR UPDATE"
+    settle_sql = SETTLE
 
     def __init__(self, url: str) -> None:
         self._database = _Database(url)
@@ -68,19 +70,8 @@ class PostgresReviewStore(ReviewStore):
         with self._database.transaction("using the review store") as tx:
             yield tx
 
-    def _settle_queue(self, tx: Tx, final: Verdict) -> bool:
-        from stampless.queue.abc import settlement
-        from stampless.queue.postgres import SETTLE, item_from_row
-
-        row = tx.row(
-            "SELECT * FROM items WHERE request_id = %(id)s AND state = 'review' FOR UPDATE",
-            {"id": final.request_id},
-        )
-        if row is None:
-            return False
-        outcome = settlement(final, item_from_row(row))
-        params = {"request_id": final.request_id, **outcome.model_dump()}
-        return tx.execute(SETTLE, params) == 1
+    def _queue_item(self, row: Mapping[str, Any]) -> QueueItem:
+        return item_from_row(row)
 
 
 class PostgresUserStore(UserStore):

@@ -2,8 +2,8 @@
 
 The store's interface and the logic every backend shares are in
 :mod:`stampless.review.abc`; the backends in ``review/sqlite.py`` (the embedded
-default, ``<var_dir>/review.db``) and ``review/postgres.py`` (``[store] backend =
-"postgres"``). Open the deployment's store with ``ReviewStore.from_config(config)``.
+default, a table in ``<var_dir>/queue.db``) and ``review/postgres.py`` (``[store]
+backend = "postgres"``). Open the deployment's store with ``ReviewStore.from_config(config)``.
 """
 
 from __future__ import annotations
