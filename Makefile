@@ -25,8 +25,10 @@ demo: install
 # systems and subprocesses, so three keep two cores busy. A test module stays on one
 # worker (--dist loadfile): its module-scoped fixtures (generated scans, a browser, an
 # emulated system of its own) are built once, as in a serial run. Modules are dealt out
-# in collection order, those with a test marked `long` first (tests/conftest.py), not
-# by their number of tests. TEST_WORKERS=0 runs them all in this one process.
+# longest first, by their tests' seconds in tests/durations.json (tests/conftest.py; a
+# run with --record-durations rewrites it), not by their number of tests: a long module
+# dealt out last leaves the other workers idle. TEST_WORKERS=0 runs them all in this one
+# process.
 TEST_WORKERS ?= 3
 test: install lint
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder

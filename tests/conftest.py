@@ -71,16 +71,62 @@ from stampless.fixtures.harness import FixtureProcess
 from stampless.fixtures.postgres import PostgresServer
 from stampless.fixtures.records import SYSTEMS
 
+DURATIONS = Path(__file__).with_name("durations.json")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--record-durations",
+        action="store_true",
+        help=f"write each test's seconds (1 s or more) to {DURATIONS.name}, "
+        "the order make test deals tests out in",
+    )
+
+
+def _durations() -> dict[str, float]:
+    try:
+        seconds: dict[str, float] = json.loads(DURATIONS.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    return seconds
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Modules with a test marked ``long`` run first, each module's order kept.
+    """The modules with the most seconds of tests run first, each module's order kept.
 
     ``make test`` hands whole modules to its workers in this order (``--dist loadfile
-    --no-loadscope-reorder``); a module with a minute-long test dealt out last would
-    leave the other workers idle while it runs.
+    --no-loadscope-reorder``): the longest first, so that no worker is left with a long
+    module at the end while the others idle. A module's seconds are its tests' in
+    tests/durations.json (``--record-durations`` rewrites it); a test marked ``long`` and
+    not listed there counts as a minute, any other unlisted test as nothing.
     """
-    first = {item.path for item in items if item.get_closest_marker("long")}
-    items.sort(key=lambda item: item.path not in first)  # stable: the rest keep their order
+    seconds = _durations()
+    cost: dict[Path, float] = {}
+    for item in items:
+        known = seconds.get(item.nodeid, 60.0 if item.get_closest_marker("long") else 0.0)
+        cost[item.path] = cost.get(item.path, 0.0) + known
+    items.sort(key=lambda item: -cost[item.path])  # stable: each module's order kept
+
+
+_RECORDED: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """With --record-durations: add up each test's setup, call and teardown."""
+    _RECORDED[report.nodeid] = _RECORDED.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    config = session.config
+    if not config.getoption("record_durations") or hasattr(config, "workerinput"):
+        return  # only the controller (or a run without xdist) writes the file
+    kept = _durations()  # a run of some modules updates their tests, keeps the others'
+    for nodeid, seconds in _RECORDED.items():
+        kept.pop(nodeid, None)
+        if seconds >= 1.0:
+            kept[nodeid] = round(seconds, 1)
+    text = json.dumps(dict(sorted(kept.items())), indent=0, ensure_ascii=False)
+    DURATIONS.write_text(text + "\n", encoding="utf-8")
 
 
 class FixtureServers:

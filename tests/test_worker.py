@@ -477,9 +477,7 @@ def test_down_system_retries_then_escalates_others_keep_going(tmp_path: Path) ->
             enqueue(queue, config, f"CA{i}", "civil_affairs")
             enqueue(queue, config, f"MS{i}", "market_supervision")
         pool = make_pool(config, queue, down.url, workers=2, until_empty=True)
-        started = time.monotonic()
         stats = run_pool(pool)
-        elapsed = time.monotonic() - started
         entries = down.entries()
     finally:
         down.stop()
@@ -490,9 +488,13 @@ def test_down_system_retries_then_escalates_others_keep_going(tmp_path: Path) ->
         assert ca is not None and ca.state is ItemState.review, ca
         assert "civil_affairs" in (ca.last_error or ""), ca.last_error
     assert stats.retried >= 1 and stats.escalated == 3
-    # Escalated before the 4 s deadline, not after it.
-    assert elapsed < 4 + 1
     review = ReviewStore.from_config(config)
+    # Each escalated before its 4 s deadline, not after it: the worker's own clock, so that
+    # a slow start of the pool on a loaded machine does not count against the escalation.
+    for i in range(3):
+        escalated = review.get(f"CA{i}")
+        assert escalated is not None and escalated.verdict.deadline is not None
+        assert escalated.verdict.finished_at <= escalated.verdict.deadline, escalated.verdict
     item = review.get("CA0")
     assert item is not None and "deadline" in item.reason
     # The circuit opened after 3 failures and stopped the hammering.
