@@ -413,6 +413,8 @@ def scan_results(
     difficulty = request.param
     out = tmp_path_factory.mktemp(f"scans-{difficulty}")
     scans: list[Path] = []
+    # Rendered in this process: a pool of two would get each type's four pages as one chunk
+    # and add only its start-up (the pages are the same whatever the number of workers).
     for type_name in TYPES:
         scans += generate(
             out / type_name,
@@ -422,7 +424,6 @@ def scan_results(
             difficulty=difficulty,
             altered_share=0.35,
             absent_share=0.1,
-            workers=2,
         )
     # One Tesseract per core: two pages at a time.
     with ThreadPoolExecutor(max_workers=2) as pool:
