@@ -222,6 +222,10 @@ class CalibrationConfig(_Section):
     # Another valid value must be this much likelier than the record's to call the field
     # a mismatch (e^8: about 3,000 to 1); in between, a person decides.
     contradict_margin: float = Field(default=8.0, ge=0)
+    # The same for names and free text (kinds whose marks carry no meaning): with no check
+    # character, a blurred genuine character can favour its look-alike by 8-14 nats, as
+    # much as some altered ones; below this a person decides (e^16: about 9 million to 1).
+    contradict_margin_text: float = Field(default=16.0, ge=0)
     # A field in doubt whose margin is above -view_floor is read twice more, cropped
     # apart from its line; it is verified when the mean margin reaches verify_margin and
     # neither re-read favours another string (an altered field sits far below: -11 nats
@@ -232,6 +236,10 @@ class CalibrationConfig(_Section):
     # Highest confidence of a value repaired from another field (an ID from its printed
     # birth date): below every threshold, so a person confirms it.
     repair_confidence: float = Field(default=0.5, ge=0, le=1)
+
+    def contradict(self, spec: Any) -> float:
+        """The margin another value needs to make field ``spec`` (a FieldSpec) a mismatch."""
+        return self.contradict_margin_text if spec.kind_def.loose_marks else self.contradict_margin
 
     def threshold(self, spec: Any, overrides: dict[str, float] | None = None) -> float:
         """The confidence threshold of field ``spec`` (a FieldSpec)."""

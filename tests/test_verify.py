@@ -399,3 +399,39 @@ def test_check_refuses_bad_input_with_one_line(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert done.returncode == 2 and "no such record file" in done.stderr
+
+
+def test_names_and_free_text_need_a_wider_margin_to_be_a_mismatch() -> None:
+    """A name has no check character: a blurred genuine character can favour its
+    look-alike as strongly as an altered one, so a mismatch needs contradict_margin_text."""
+    dt = doctype("marriage_certificate")
+    calibration = CONFIG.calibration
+    assert calibration.contradict(dt.field("holder_name")) == calibration.contradict_margin_text
+    assert calibration.contradict(dt.field("holder_id")) == calibration.contradict_margin
+    assert calibration.contradict_margin_text > calibration.contradict_margin
+    tuned = OcrConfig.model_validate({"calibration": {"contradict_margin_text": 12}})
+    assert tuned.calibration.contradict(dt.field("holder_name")) == 12
+
+
+@pytest.mark.slow
+def test_a_second_reader_does_not_outweigh_a_decisive_margin(tmp_path: Path) -> None:
+    """Tesseract reading another valid ID sends a supported field to a person, unless the
+    image supports the record's value by contradict_margin or more."""
+    from stampless.ocr import verify_fields
+
+    dt = doctype("marriage_certificate")
+    record = dict(records("marriage_certificate", 41, 3)[2])
+    ocr = read_document(scan(tmp_path, "marriage_certificate", record, seed=7), dt, CONFIG)
+    other = _other_id(record["holder_id"])
+    field = ocr.fields["holder_id"].model_copy(update={"second_value": other})
+    ocr = ocr.model_copy(update={"fields": {**ocr.fields, "holder_id": field}})
+    decisive = verify_fields(ocr, record_of("marriage_certificate", record), dt, CONFIG)
+    check = decisive.fields["holder_id"].check
+    assert check is not None and check.margin is not None
+    assert check.margin >= CONFIG.calibration.contradict_margin
+    assert check.status is CheckStatus.supported
+    strict = OcrConfig(engine="ppocr", calibration={"contradict_margin": 99.0})
+    doubted = verify_fields(ocr, record_of("marriage_certificate", record), dt, strict)
+    check = doubted.fields["holder_id"].check
+    assert check is not None and check.status is CheckStatus.uncertain
+    assert check.reason == f"the second reader read {other}"

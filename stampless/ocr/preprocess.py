@@ -262,19 +262,22 @@ def correct_illumination(image: Image.Image) -> Image.Image:
     """Divide the grey image by its estimated background (paper) so light becomes even.
 
     The background is the local maximum over a window wider than a character (text is
-    darker than paper), blurred and brought back to full size.
+    darker than paper), blurred and brought back to full size. OpenCV (which RapidOCR
+    brings) does the full-size resize and the division in 8 bits: about half the time of
+    the same steps in float32 numpy on a 300 DPI page.
     """
-    gray = image.convert("L")
-    factor = 256 / max(gray.size)
-    small = gray.resize(
-        (max(1, round(gray.width * factor)), max(1, round(gray.height * factor))),
-        Image.Resampling.BOX,
+    import cv2
+
+    gray = np.asarray(image.convert("L"))
+    h, w = gray.shape
+    factor = 256 / max(h, w)
+    small = cv2.resize(
+        gray, (max(1, round(w * factor)), max(1, round(h * factor))), interpolation=cv2.INTER_AREA
     )
-    background = small.filter(ImageFilter.MaxFilter(7)).filter(ImageFilter.GaussianBlur(4))
-    background = background.resize(gray.size, Image.Resampling.BILINEAR)
-    img = np.asarray(gray, dtype=np.float32)
-    bg = np.maximum(np.asarray(background, dtype=np.float32), 1.0)
-    out = np.clip(img / bg * 255.0, 0, 255).astype(np.uint8)
+    small_bg = Image.fromarray(small).filter(ImageFilter.MaxFilter(7))
+    small_bg = small_bg.filter(ImageFilter.GaussianBlur(4))
+    background = cv2.resize(np.asarray(small_bg), (w, h), interpolation=cv2.INTER_LINEAR)
+    out = cv2.divide(gray, np.maximum(background, 1), scale=255.0)
     return Image.fromarray(out, "L")
 
 

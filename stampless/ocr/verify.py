@@ -18,12 +18,15 @@ Their difference is the field's *margin*, a log-odds in nats. The field is
   field blurred or stamped over, whose plain reading slipped, is verified with its
   score in the evidence;
 * ``contradicted`` when another *valid* value is likelier by at least
-  ``calibration.contradict_margin`` and the value was found under its own label: an
+  ``calibration.contradict_margin`` (``contradict_margin_text`` for names and free text,
+  which have no check character) and the value was found under its own label: an
   altered digit, character or date;
 * ``uncertain`` otherwise: a person decides.
 
 When the second reader (Tesseract) read a valid value other than the record's, a
-``supported`` field becomes ``uncertain``: two engines disagreeing is for a person.
+``supported`` field becomes ``uncertain``: two engines disagreeing is for a person, unless
+the image supports the record's value by ``contradict_margin`` or more (as strongly as a
+mismatch would need the other way).
 """
 
 from __future__ import annotations
@@ -482,7 +485,7 @@ def verify_result(
             engine.decode,
             stop,
             calibration.verify_margin,
-            calibration.contradict_margin,
+            calibration.contradict(spec),
             views=result.views,
             view_floor=calibration.view_floor,
         )
@@ -494,6 +497,8 @@ def verify_result(
             check.status is CheckStatus.supported
             and second is not None
             and not _same(spec, second, value)
+            # A margin that would call a mismatch the other way outweighs the second reader.
+            and (check.margin is None or check.margin < calibration.contradict_margin)
         ):
             check = check.model_copy(
                 update={
