@@ -173,7 +173,7 @@ class FieldCheck(BaseModel):
     best_other: str | None = None
     second_reader: str | None = None  # what the second reader (Tesseract) read, if asked
     # The margins of the value cropped apart and read again, when the line's own was in
-    # doubt (stampless.ocr.verify); ``margin`` is then their mean with the line's.
+    # doubt (stampless.ocr.verify); ``margin`` is then their sum with the line's.
     views: list[float] | None = None
     reason: str = ""
 

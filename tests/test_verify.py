@@ -168,6 +168,10 @@ def test_a_value_in_doubt_is_read_again_cropped_apart(tmp_path: Path) -> None:
         assert (check.status is CheckStatus.supported) is supported, (value, check)
         if not supported:
             assert max(check.views) < 0
+        # The line itself favouring another string keeps the doubt, however the re-reads go.
+        leaning = FieldCheck(status=CheckStatus.uncertain, margin=-0.5)
+        check = _second_look(leaning, contest, views, CONFIG.calibration.verify_margin)
+        assert check.status is CheckStatus.uncertain, (value, check)
         # A contradiction stands only if both re-reads favour another string too: against
         # the changed record it does; against the genuine one it goes to a person.
         contradicted = FieldCheck(status=CheckStatus.contradicted, margin=-9.0)

@@ -263,10 +263,12 @@ def _second_look(
 ) -> FieldCheck:
     """``check`` decided again with the value cropped apart and re-read twice.
 
-    In doubt (uncertain): verified when the mean margin of the three reaches
-    ``verify_margin`` and neither re-read favours another string. Contradicted: a
-    mismatch only if both re-reads favour another string too; one that does not leaves
-    the field to a person (a misread of the line, not another value on the paper).
+    In doubt (uncertain): verified when none of the three readings favours another string
+    and together they reach ``verify_margin`` (their margins summed: three reads leaning
+    the same way are evidence that adds up; an altered field's re-reads sit at -9 nats
+    and below on the tune split). Contradicted: a mismatch only if both re-reads favour
+    another string too; one that does not leaves the field to a person (a misread of the
+    line, not another value on the paper).
     """
     assert check.margin is not None
     margins = _view_margins(contest, views)
@@ -283,12 +285,12 @@ def _second_look(
                 "the record's",
             }
         )
-    mean = round((check.margin + sum(margins)) / (1 + len(margins)), 2)
-    if mean >= verify_margin and min(margins) >= 0:
+    total = _nats(check.margin + sum(margins))
+    if total >= verify_margin and min(check.margin, *margins) >= 0:
         return check.model_copy(
             update={
                 "status": CheckStatus.supported,
-                "margin": mean,
+                "margin": total,
                 "views": margins,
                 "reason": "the image supports the record's value, read three ways",
             }
