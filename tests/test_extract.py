@@ -71,6 +71,23 @@ def test_the_format_search_skips_what_another_fields_label_took() -> None:
     assert width == 24 * 18
 
 
+def test_the_format_search_skips_a_value_another_label_took_below_it() -> None:
+    # Labels over their values; the holder's number is misread (a digit lost), so the
+    # holder's field searches the page by format. The spouse's number, under the spouse's
+    # own label, is not the holder's.
+    lines = group_lines(
+        _words(100, (100, "身份证件号"))
+        + _words(160, (100, HOLDER[:3] + HOLDER[4:]))
+        + _words(300, (100, "身份证件号"))
+        + _words(360, (100, SPOUSE))
+    )
+    holder = extract_raw(lines, MC, MC.field("holder_id"))
+    assert [c.source for c in holder] == ["label:身份证件号"]
+    assert not value_of(MC.field("holder_id"), holder[0].raw)[1]
+    spouse = extract_raw(lines, MC, MC.field("spouse_id"))
+    assert [value_of(MC.field("spouse_id"), c.raw)[0] for c in spouse] == [SPOUSE]
+
+
 def test_a_lower_label_score_finds_a_label_printed_more_often_than_read() -> None:
     lines = group_lines(
         _words(100, (100, "身份证件号"), (340, HOLDER), (900, "志从证件号"), (1140, "W035SeDit04"))

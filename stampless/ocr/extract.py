@@ -380,6 +380,15 @@ def _next_label_x(line: Line, anchor: Anchor, stop: list[str]) -> float:
     return float(line.x_at(anchor.end + nonspace[min(found)]))
 
 
+def _span_of(lines: list[Line], words: list[Word]) -> tuple[int, int, int]:
+    """(line index, start, end): the characters ``words`` (a run of one line's) cover."""
+    for i, line in enumerate(lines):
+        at = [k for k, w in enumerate(line.words) if w is words[0] or w is words[-1]]
+        if at:
+            return i, line.starts[at[0]], line.starts[at[-1]] + len(line.words[at[-1]].text)
+    raise ValueError("the words are on none of the lines")
+
+
 def _line_below(lines: list[Line], anchor: Anchor, stop: list[str]) -> Line | None:
     """The value printed under its label: the words of the label's column on the next
     line (2019 licences' credit code; forms with a row of labels over a row of values)."""
@@ -450,7 +459,7 @@ def _label_candidates(
     lines: list[Line], doctype: DocumentType, spec: FieldSpec, stop: list[str]
 ) -> list[tuple[Candidate, int, int, int]]:
     """(candidate, line index, value start, value end) per label group with the wanted
-    occurrence."""
+    occurrence: where the value was read, on the label's line or the line below it."""
     anchors = find_anchors(lines, spec.labels)
     out: list[tuple[Candidate, int, int, int]] = []
     used: list[Anchor] = []
@@ -498,15 +507,18 @@ def _label_candidates(
             region = _span_region(line, box, end)
         # Below the label only when nothing follows it on its line: text there, even
         # misread, is the value ("伍抬万元整"), and the line below is another field's.
+        at = anchor.line
         if not raw.strip(_PUNCT_LEAD):
             below = _line_below(lines, anchor, stop)
             if below is not None:
                 raw, words, region = below.text, below.words, below.box
                 box = below.box
+                # Where the value is, for the format search of another field to skip it.
+                at, start, end = _span_of(lines, below.words)
         candidate = Candidate(
             raw, words, box, f"label:{anchor.label}", region, ambiguous=len(found) < printed
         )
-        out.append((candidate, anchor.line, start, end))
+        out.append((candidate, at, start, end))
     return out
 
 
