@@ -486,7 +486,11 @@ def test_down_system_retries_then_escalates_others_keep_going(tmp_path: Path) ->
         assert ms is not None and ms.state is ItemState.done and ms.sla_met
         ca = queue.get(f"CA{i}")
         assert ca is not None and ca.state is ItemState.review, ca
-        assert "civil_affairs" in (ca.last_error or ""), ca.last_error
+        # Its attempt failed on the down system, or the circuit had opened before a worker
+        # reached it (3 failures of the others) and it waited in the queue: which one is a
+        # matter of timing, each is the reason a person is told.
+        why = ca.last_error or ""
+        assert "civil_affairs" in why or "waited in the queue" in why, why
     assert stats.retried >= 1 and stats.escalated == 3
     review = ReviewStore.from_config(config)
     # Each escalated before its 4 s deadline, not after it: the worker's own clock, so that
