@@ -33,17 +33,18 @@ from ocr_accuracy import TYPES, _doctype, _generate, _record
 
 
 def _padded(engine: Any, inputs: list[Any], columns: int) -> None:
-    """Run ``inputs`` in width-sorted batches of at most ``columns`` padded columns."""
+    """Run ``inputs`` in width-sorted batches of at most ``columns`` padded columns (0: one
+    line per run), each line padded to the batch's widest and at least REC_MIN_WIDTH."""
     import numpy as np
 
-    from stampless.ocr.ppocr import REC_HEIGHT
+    from stampless.ocr.ppocr import REC_HEIGHT, REC_MIN_WIDTH
 
     batch: list[Any] = []
     for x in [*sorted(inputs, key=lambda a: a.shape[2]), None]:
         if x is not None and (not batch or (len(batch) + 1) * x.shape[2] <= columns):
             batch.append(x)
             continue
-        widest = batch[-1].shape[2]
+        widest = max(REC_MIN_WIDTH, batch[-1].shape[2])
         padded = np.zeros((len(batch), 3, REC_HEIGHT, widest), dtype=np.float32)
         for k, item in enumerate(batch):
             padded[k, :, :, : item.shape[2]] = item
@@ -100,9 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         page = Image.open(jpg).convert("L")
         gray = np.asarray(page.resize(ocr.image_size) if page.size != ocr.image_size else page)
         inputs = [_rec_input(crop_quad(gray, np.asarray(ln.quad))) for ln in ocr.lines]
-        singles.append(
-            _cpu(lambda xs=inputs: [engine._rec.run(None, {engine._input: x[None]}) for x in xs])
-        )
+        singles.append(_cpu(lambda xs=inputs: [_padded(engine, [x], 0) for x in xs]))
         batched.append(_cpu(lambda xs=inputs: _padded(engine, xs, 4096)))
 
     def line(name: str, values: list[float]) -> str:

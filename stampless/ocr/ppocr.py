@@ -35,6 +35,10 @@ from stampless.ocr.engine import OcrEngine, Word
 REC_HEIGHT = 48
 # The recognizer emits one timestep per this many input columns.
 REC_STRIDE = 8
+# PP-OCR's recognizers are trained on lines padded to at least this width (48 x 320):
+# a shorter line is padded to it, else the same label reads less surely (a field's margin
+# fell from 6.9 to 0.7 nats unpadded).
+REC_MIN_WIDTH = 320
 # The model file names, newest first; the first one the installed rapidocr ships is used.
 REC_MODELS = (
     "PP-OCRv6_rec_small.onnx",
@@ -161,18 +165,21 @@ class PpOcr(OcrEngine):
     def recognize(self, crops: list[np.ndarray]) -> list[Recognized]:
         """Read each crop (an HxW or HxWx3 uint8 array) as one line of text.
 
-        One crop per run: on one onnxruntime thread, batches padded to their widest line
-        cost about 1.5 times as much per page (0.94 s against 0.64 s for the same lines,
-        bench/ocr_speed.py), and batching buys nothing without more threads.
+        One crop per run, padded to :data:`REC_MIN_WIDTH`: on one onnxruntime thread,
+        batches padded to their widest line cost more per page (bench/ocr_speed.py), and
+        batching buys nothing without more threads.
         """
         return [self._run(_rec_input(crop)) for crop in crops]
 
     def _run(self, x: np.ndarray) -> Recognized:
+        width = x.shape[2]
+        if width < REC_MIN_WIDTH:
+            x = np.pad(x, ((0, 0), (0, 0), (0, REC_MIN_WIDTH - width)))
         try:
             probs = self._rec.run(None, {self._input: x[None]})[0][0]
         except Exception as exc:
             raise OcrEngineError(f"PP-OCR recognition failed ({exc}); try again.") from exc
-        steps = min(probs.shape[0], math.ceil(x.shape[2] / REC_STRIDE) + 1)
+        steps = min(probs.shape[0], math.ceil(width / REC_STRIDE) + 1)
         matrix = TopK.from_probs(probs[:steps])
         labels, at = matrix.greedy()
         conf = [float(np.exp(matrix.logp[t, 0])) for t in at]
