@@ -84,9 +84,9 @@ def main() -> int:
         for i in range(args.count):
             body = dict(templates[i % len(templates)])
             body["id"] = f"BENCH-{i:05d}"
-            body["scan"] = str(scans[i % len(scans)])
-            path = work / "requests" / f"{body['id']}.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
+            # Beside its scan: intake refuses a scan outside the request's folder.
+            body["scan"] = scans[i % len(scans)].name
+            path = work / "scans" / f"{body['id']}.json"
             path.write_text(json.dumps(body, ensure_ascii=False), encoding="utf-8")
             requests.append(path)
 
@@ -96,7 +96,8 @@ def main() -> int:
         runner = subprocess.Popen(
             [
                 *(sys.executable, "-m", "stampless", "--config", str(REPO / "robot.toml")),
-                *("run", "--workers", str(args.workers), "--no-progress"),
+                # --dev: the bench signs with a development key, as the demo does.
+                *("run", "--dev", "--workers", str(args.workers), "--no-progress"),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
