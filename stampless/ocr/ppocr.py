@@ -35,9 +35,9 @@ from stampless.ocr.engine import OcrEngine, Word
 REC_HEIGHT = 48
 # The recognizer emits one timestep per this many input columns.
 REC_STRIDE = 8
-# PP-OCR's recognizers are trained on lines padded to at least this width (48 x 320):
-# a shorter line is padded to it, else the same label reads less surely (a field's margin
-# fell from 6.9 to 0.7 nats unpadded).
+# PP-OCR's recognizers are trained on lines padded to at least this width (48 x 320), so
+# a shorter line is padded to it (tune split, hard: 80.7 % straight-through against 78.9 %
+# unpadded, for 0.12 s more per page; bench/RESULTS.md).
 REC_MIN_WIDTH = 320
 # The model file names, newest first; the first one the installed rapidocr ships is used.
 REC_MODELS = (
