@@ -71,13 +71,11 @@ def sign_verdict(verdict: Verdict, signer: Signer) -> Verdict:
     return unsigned.model_copy(update={"signature": DocumentSignature.model_validate(block)})
 
 
-def write_verdict(
-    outbox_dir: Path, verdict: Verdict, *, name: str | None = None, signer: Signer | None = None
-) -> Path:
+def write_verdict(outbox_dir: Path, verdict: Verdict, *, name: str | None = None) -> Path:
     """Write ``verdict`` to ``<outbox_dir>/<name or request_id>.json`` atomically, once.
 
-    With ``signer`` (every production writer) the verdict is signed first
-    (:func:`sign_verdict`). Returns the path. If the file already holds exactly these
+    It writes the verdict as given: production writers sign it first through
+    :func:`publish`. Returns the path. If the file already holds exactly these
     bytes, returns quietly (idempotent: Ed25519 signatures are deterministic). If it
     holds anything else, raises :class:`OutboxConflict` and leaves the file alone.
     ``needs_review`` verdicts are refused: they are not final.
@@ -87,8 +85,6 @@ def write_verdict(
             f"Verdict {verdict.verdict.value!r} for {verdict.request_id} is not final; "
             "send it to the review store instead of the outbox."
         )
-    if signer is not None:
-        verdict = sign_verdict(verdict, signer)
     return write_once(outbox_dir, name or verdict.request_id, verdict_bytes(verdict))
 
 

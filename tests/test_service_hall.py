@@ -29,7 +29,7 @@ from stampless.evidence import verify_bundle
 from stampless.fixtures.accounts import accounts, fixture_env
 from stampless.intake import Job
 from stampless.models import VerdictKind
-from stampless.outbox import write_verdict
+from stampless.outbox import publish
 from stampless.pipeline import Pipeline
 from stampless.queue import ItemState, open_queue
 from stampless.scheduler import Daemon
@@ -177,7 +177,7 @@ def test_harvest_fetch_and_push_close_the_loop_once(hall: Any, project: Config) 
 
     # The final verdict goes back to the hall: the fetched certificate, the status, a
     # comment naming the bundle; the webhook's bookkeeping, the robot's hands.
-    write_verdict(project.outbox_dir, verdict, signer=SIGNER)
+    publish(project.outbox_dir, verdict, signer=SIGNER)
     write_checkpoint(project.audit_dir, project.outbox_dir, SIGNER)  # not a verdict: skipped
     pushed = daemon.run_job("push_outbox")
     assert pushed is not None and pushed.delivered == [exempt], pushed

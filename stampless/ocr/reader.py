@@ -61,9 +61,9 @@ TARGET_DET_TEXT = 22.0
 MAX_DET_SIDE = 2400
 # A page whose lines read below this mean confidence is tried upside down.
 UPSIDE_DOWN_CONFIDENCE = 0.6
-# The taller of the two crops verification re-reads a doubtful value from (share of the
-# line's height added above and below).
-VIEW_PAD = 0.15
+# Two more looks at a value in doubt, cropped apart from its line: tight, and taller by
+# this share of the line's height above and below.
+VIEW_PADS = (0.0, 0.15)
 # Kinds the second reader (Tesseract, with a whitelist) is asked about.
 SECOND_READER_KINDS = {"resident_id", "credit_code", "cert_no", "date", "month", "integer"}
 
@@ -479,8 +479,9 @@ def _value_crop(
     return padded
 
 
-# Two more looks at a value in doubt: cropped apart from its line, tight and taller.
-VIEW_PADS = (0.0, VIEW_PAD)
+# Two more looks at a value in doubt, cropped apart from its line: tight, and taller by
+# this share of the line's height above and below.
+VIEW_PADS = (0.0, 0.15)
 
 
 def _views(page: Page, engine: PpOcr) -> Callable[[int, int, int], list[TopK]]:
