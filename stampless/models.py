@@ -314,5 +314,5 @@ class Verdict(BaseModel):
     supersedes: str | None = None
     # SHA-256 of the request this verdict answers (stampless.idempotency.request_digest).
     request_sha256: str | None = None
-    # The deployment's signature, on the outbox copy (see stampless.outbox.write_verdict).
+    # The deployment's signature, on the outbox copy (see stampless.outbox.publish).
     signature: DocumentSignature | None = None

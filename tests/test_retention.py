@@ -13,7 +13,7 @@ from stampless.audit import AuditLog, verify_chain
 from stampless.config import load_config
 from stampless.evidence import BundleExists, EvidenceBundle
 from stampless.models import Request, Tier, Verdict, VerdictKind, utcnow
-from stampless.outbox import write_verdict
+from stampless.outbox import publish
 from stampless.retention import TOMBSTONE, _finish_interrupted, prune, read_tombstone
 from stampless.review.store import ReviewStore
 from stampless.signing import Signer, fingerprint
@@ -51,7 +51,7 @@ def _deployment(tmp_path: Path, signer: Signer) -> Path:
             request = Request(id=rid, type="marriage_certificate", claim={})
             ReviewStore.from_config(config).add(verdict, request=request, reason="unsure")
         else:
-            write_verdict(config.outbox_dir, verdict, signer=signer)
+            publish(config.outbox_dir, verdict, signer=signer)
     return config.var_dir
 
 
