@@ -74,7 +74,11 @@ ROBOT = GridRobot
 
 
 def _grid_project(root: Path, urls: dict[str, str]) -> Config:
-    path = write_project(root, urls)
+    # No Playwright trace: a runtime whose caller does not retry records one with DOM
+    # snapshots on every call (browser.trace = "on_failure"), and this test, which asserts
+    # only what was read, would throw one away per lookup; the snapshots also slow every
+    # action down, which gives a robot that reads too early fewer chances to do so.
+    path = write_project(root, urls, extra_browser='trace = "off"')
     robot = root / "grid_robot.py"
     robot.write_text(GRID_ROBOT, encoding="utf-8")
     text = path.read_text(encoding="utf-8").replace(
