@@ -75,6 +75,10 @@ def _config(project: Path, servers: Any) -> Config:
     overrides: dict[str, Any] = {f"systems.{s}.url": servers.url(s) for s in SYSTEMS}
     overrides["project.var_dir"] = str(project / "var")
     overrides["browser.timeout_ms"] = 3000  # a selector gives up (and is repaired) sooner
+    # These runtimes have no retrying caller, so each lookup would record a DOM-snapshot
+    # trace (browser.trace = "on_failure"); what is checked here is the proposals and
+    # their screenshots, never a trace.
+    overrides["browser.trace"] = "off"
     return load_config(project / "robot.toml").with_overrides(overrides)
 
 
