@@ -12,8 +12,9 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from loguru import logger
 
@@ -75,6 +76,32 @@ def _patch(record: Record) -> None:
             exc.value.args = tuple(_scrub_value(a) for a in exc.value.args)
 
 
+@dataclass(frozen=True)
+class _Console:
+    sink: TextIO | Callable[[str], None]
+    level: str
+    debug: bool
+
+
+@dataclass(frozen=True)
+class _File:
+    path: Path
+    level: str
+
+
+# The handlers setup_logging installed: loguru's id -> what it was added with. A call that
+# asks for the same again keeps them: loguru's add() costs milliseconds (its exception
+# formatter asks sysconfig for the library folders each time), one command sets logging
+# up twice, and tests run commands hundreds of times in one process.
+_installed: dict[int, _Console | _File] = {}
+
+
+def _handler_ids() -> set[int] | None:
+    """loguru's handler ids now, or None if this loguru does not show them."""
+    handlers = getattr(getattr(logger, "_core", None), "handlers", None)
+    return set(handlers) if isinstance(handlers, dict) else None
+
+
 def setup_logging(
     config: Config | None = None,
     *,
@@ -83,30 +110,56 @@ def setup_logging(
     console_level: str | None = None,
     sink: Callable[[str], None] | None = None,
 ) -> Path | None:
-    """Configure loguru once per process; returns the JSON-lines log file, if any."""
-    logger.remove()
+    """Configure loguru once per process; returns the JSON-lines log file, if any.
+
+    Every handler it did not install is removed; one it installed with the same settings
+    is kept, so that calling it again with the same arguments costs nothing.
+    """
     logger.configure(patcher=_patch, extra={"request_id": "-"})
     level = "DEBUG" if debug else (config.logging.level if config else "INFO")
+    wanted: list[_Console | _File] = []
     if console:
-        logger.add(
-            sink or sys.stderr,
-            level=console_level or level,
-            format=_CONSOLE_FORMAT,
-            colorize=None,
-            backtrace=debug,
-            diagnose=False,  # diagnose prints local variables: they may hold secrets
-        )
+        wanted.append(_Console(sink or sys.stderr, console_level or level, debug))
+    path = _log_file(config)
+    if path is not None:
+        wanted.append(_File(path, "DEBUG" if debug else "INFO"))
+    if _handler_ids() != set(_installed):
+        logger.remove()  # another's handler (loguru's default one), or one of ours is gone
+        _installed.clear()
+    for handler, settings in list(_installed.items()):
+        if settings not in wanted:
+            logger.remove(handler)
+            del _installed[handler]
+    for settings in wanted:
+        if settings not in _installed.values():
+            _installed[_add(settings)] = settings
+    return path
+
+
+def _log_file(config: Config | None) -> Path | None:
+    """The JSON-lines log of ``config`` (its folder made), or None without one."""
     if config is None:
         return None
-    log_dir = config.log_dir
     try:
-        log_dir.mkdir(parents=True, exist_ok=True)
+        config.log_dir.mkdir(parents=True, exist_ok=True)
     except OSError:
         return None
-    path = log_dir / "stampless.jsonl"
-    logger.add(
-        path,
-        level="DEBUG" if debug else "INFO",
+    return config.log_dir / "stampless.jsonl"
+
+
+def _add(settings: _Console | _File) -> int:
+    if isinstance(settings, _Console):
+        return logger.add(
+            settings.sink,
+            level=settings.level,
+            format=_CONSOLE_FORMAT,
+            colorize=None,
+            backtrace=settings.debug,
+            diagnose=False,  # diagnose prints local variables: they may hold secrets
+        )
+    return logger.add(
+        settings.path,
+        level=settings.level,
         serialize=True,
         rotation="50 MB",
         retention=10,
@@ -114,4 +167,3 @@ def setup_logging(
         backtrace=False,
         diagnose=False,
     )
-    return path
