@@ -29,8 +29,13 @@ demo: install
 # run with --record-durations rewrites it), not by their number of tests: a long module
 # dealt out last leaves the other workers idle. TEST_WORKERS=0 runs them all in this one
 # process.
+# Bytecode first: `pip install -e` compiles nothing, and where PYTHONDONTWRITEBYTECODE is
+# set no process writes any, so each stampless process the tests start (commands,
+# emulated systems, workers) would compile the modules it imports again
+# (compileall writes whatever that variable says).
 TEST_WORKERS ?= 3
 test: install lint
+	$(BIN)/python -m compileall -q stampless tests
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 install: system-packages $(VENV)/.installed
