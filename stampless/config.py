@@ -227,9 +227,9 @@ class CalibrationConfig(_Section):
     # much as some altered ones; below this a person decides (e^16: about 9 million to 1).
     contradict_margin_text: float = Field(default=16.0, ge=0)
     # A field in doubt whose margin is above -view_floor is read twice more, cropped
-    # apart from its line; it is verified when no reading favours another string and the
-    # three margins sum to verify_margin (an altered field's re-reads sit at -9 nats and
-    # below on the tune split).
+    # apart from its line; it is verified when every reading is above -view_floor and the
+    # three margins sum to verify_margin (on the tune split an altered field's lowest
+    # reading sits at -14 nats and below, its next lowest at -9).
     view_floor: float = Field(default=3.0, ge=0)
     # Two readings that disagree keep this share of the lower confidence.
     disagreement_factor: float = Field(default=0.5, ge=0, le=1)

@@ -343,7 +343,8 @@ def check_cert_no(text: str | None) -> tuple[str | None, bool]:
     if not text:
         return None, False
     t = remove_spaces(to_halfwidth(text)).upper()
-    t = re.sub(r"[_~=]", "-", t)
+    # The two separators are read as other marks now and then ("J370102-2019.096294").
+    t = re.sub(r"[_~=.·—–]", "-", t)
     m = _CERT_RE.search(t)
     if not m:
         # Tesseract reads the leading J as 'j', ']' or '1' now and then.

@@ -264,6 +264,9 @@ def test_cert_no() -> None:
     assert norm.check_cert_no("J320102-2024-001234") == ("J320102-2024-001234", True)
     assert norm.check_cert_no("j32O102—2024—OO1234") == ("J320102-2024-001234", True)
     assert norm.check_cert_no("J3201-2024") == ("J3201-2024", False)
+    # A separator read as another mark is still the separator.
+    assert norm.check_cert_no("J370102-2019.096294") == ("J370102-2019-096294", True)
+    assert norm.check_cert_no("J370102·2019–096294") == ("J370102-2019-096294", True)
 
 
 def test_unknown_kind_is_an_error() -> None:

@@ -49,6 +49,7 @@ from stampless.ocr.fields import (
 )
 from stampless.ocr.ppocr import REC_HEIGHT, REC_STRIDE, PpOcr, TextLine, crop_quad
 from stampless.ocr.preprocess import correct_illumination, remove_seal, save_step
+from stampless.ocr.verify import Views
 
 # Pages are read at most this long on their long side: text is then still taller than
 # the recognizer's 48 px input on any certificate, and a 600-DPI A4 scan costs no more.
@@ -484,14 +485,74 @@ def _value_crop(
 VIEW_PADS = (0.0, 0.15)
 
 
-def _views(page: Page, engine: PpOcr) -> Callable[[int, int, int], list[TopK]]:
-    """``OcrResult.views``: the characters ``start``..``end`` of line ``index`` cropped
-    apart (:data:`VIEW_PADS`) and recognized again."""
+# A value at the end of its detected line may have lost characters the detector missed
+# (faint ink, a seal over them): the wider look reaches this many line heights past the
+# line's end, never closer than WIDEN_GAP heights to the next text on the row.
+WIDEN_REACH = 4.0
+WIDEN_GAP = 0.3
 
-    def views(index: int, start: int, end: int) -> list[TopK]:
-        crops = [_value_crop(page, [(index, start, end)], pad=pad) for pad in VIEW_PADS]
-        shown = [np.asarray(c) for c in crops if c is not None]
-        return [r.matrix for r in engine.recognize(shown)] if shown else []
+
+def _room(page: Page, index: int, side: int) -> float:
+    """Free space, in pixels along the line, from line ``index``'s end on ``side`` (+1
+    right, -1 left) to the nearest other line on the same row, capped at the reach."""
+    line = page.lines[index]
+    height = max(1.0, line.height)
+    left, top, width, tall = line.box
+    room = WIDEN_REACH * height
+    for k, other in enumerate(page.lines):
+        if k == index:
+            continue
+        o_left, o_top, o_width, o_tall = other.box
+        overlap = min(top + tall, o_top + o_tall) - max(top, o_top)
+        if overlap < 0.4 * min(tall, o_tall):
+            continue
+        gap = o_left - (left + width) if side > 0 else left - (o_left + o_width)
+        if gap >= -0.5 * height:
+            room = min(room, gap - WIDEN_GAP * height)
+    return max(0.0, room)
+
+
+def _widened_crop(page: Page, index: int, start: int, end: int, pad: float) -> np.ndarray | None:
+    """Characters ``start``..``end`` of line ``index`` cropped with the free space past
+    whichever end of the line they reach, or None when they reach neither end or no end
+    has room for half a character."""
+    assert page.gray is not None
+    line = page.lines[index]
+    if len(line.char_share) < end or start >= end:
+        return None
+    height = max(1.0, line.height)
+    right = _room(page, index, +1) if end == len(line.text) else 0.0
+    left = _room(page, index, -1) if start == 0 else 0.0
+    if max(left, right) < 0.5 * height:
+        return None
+    quad = np.asarray(line.quad, dtype=np.float32)
+    length = max(1.0, float(np.linalg.norm(quad[1] - quad[0])))
+    lo = line.char_share[start] - (0.6 * height + left) / length
+    hi = line.char_share[end - 1] + (0.6 * height + right) / length
+    top, bottom = quad[1] - quad[0], quad[2] - quad[3]
+    box = np.array(
+        [quad[0] + lo * top, quad[0] + hi * top, quad[3] + hi * bottom, quad[3] + lo * bottom],
+        dtype=np.float32,
+    )
+    crop = crop_quad(page.gray, box, pad=pad)
+    framed = np.full((crop.shape[0] + 24, crop.shape[1] + 24), 255, dtype=np.uint8)
+    framed[12:-12, 12:-12] = crop
+    return framed
+
+
+def _views(page: Page, engine: PpOcr) -> Views:
+    """``OcrResult.views``: the characters ``start``..``end`` of line ``index`` cropped
+    apart (:data:`VIEW_PADS`) and recognized again; ``widen``: cropped with the free
+    space past the line's end (:func:`_widened_crop`), an empty list when there is none."""
+
+    def views(index: int, start: int, end: int, *, widen: bool = False) -> list[TopK]:
+        if widen:
+            shown = [_widened_crop(page, index, start, end, pad) for pad in VIEW_PADS]
+        else:
+            crops = [_value_crop(page, [(index, start, end)], pad=pad) for pad in VIEW_PADS]
+            shown = [np.asarray(c) if c is not None else None for c in crops]
+        kept = [c for c in shown if c is not None]
+        return [r.matrix for r in engine.recognize(kept)] if kept else []
 
     return views
 

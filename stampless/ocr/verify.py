@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from rapidfuzz.distance import Levenshtein
 
@@ -54,7 +54,13 @@ EDGE_STEPS = 3
 
 Labels = Callable[[str], list[int] | None]
 Decode = Callable[[tuple[int, ...]], str]
-Views = Callable[[int, int, int], list[TopK]]
+
+
+class Views(Protocol):
+    """Re-reads of characters ``start``..``end`` of line ``index`` cropped other ways
+    (``OcrResult.views``); ``widen``: with the free space past the line's end."""
+
+    def __call__(self, index: int, start: int, end: int, *, widen: bool = False) -> list[TopK]: ...
 
 
 def _nats(margin: float) -> float:
@@ -194,8 +200,15 @@ def check_field(
     )
     if views is not None and (in_doubt or check.status is CheckStatus.contradicted):
         check = _second_look(
-            check, contest, views(index, start + len(lead), end - len(trail)), verify_margin
+            check,
+            contest,
+            views(index, start + len(lead), end - len(trail)),
+            verify_margin,
+            view_floor,
         )
+    if views is not None and check.status in (CheckStatus.uncertain, CheckStatus.contradicted):
+        wider = views(index, start + len(lead), end - len(trail), widen=True)
+        check = _wider_look(check, contest, wider, verify_margin)
     return check
 
 
@@ -259,16 +272,21 @@ def _view_margins(contest: _Contest, views: list[TopK]) -> list[float]:
 
 
 def _second_look(
-    check: FieldCheck, contest: _Contest, views: list[TopK], verify_margin: float
+    check: FieldCheck,
+    contest: _Contest,
+    views: list[TopK],
+    verify_margin: float,
+    view_floor: float = 3.0,
 ) -> FieldCheck:
     """``check`` decided again with the value cropped apart and re-read twice.
 
     In doubt (uncertain): verified when none of the three readings favours another string
-    and together they reach ``verify_margin`` (their margins summed: three reads leaning
-    the same way are evidence that adds up; an altered field's re-reads sit at -9 nats
-    and below on the tune split). Contradicted: a mismatch only if both re-reads favour
-    another string too; one that does not leaves the field to a person (a misread of the
-    line, not another value on the paper).
+    by ``view_floor`` or more and together they reach ``verify_margin`` (their margins
+    summed: three reads of one value are evidence that adds up). On the tune split an
+    altered field's readings sit at -14 nats and below for the lowest, -9 for the next:
+    no reading of one comes near -view_floor twice. Contradicted: a mismatch only if both
+    re-reads favour another string too; one that does not leaves the field to a person (a
+    misread of the line, not another value on the paper).
     """
     assert check.margin is not None
     margins = _view_margins(contest, views)
@@ -286,7 +304,7 @@ def _second_look(
             }
         )
     total = _nats(check.margin + sum(margins))
-    if total >= verify_margin and min(check.margin, *margins) >= 0:
+    if total >= verify_margin and min(check.margin, *margins) > -view_floor:
         return check.model_copy(
             update={
                 "status": CheckStatus.supported,
@@ -296,6 +314,40 @@ def _second_look(
             }
         )
     return check.model_copy(update={"views": margins})
+
+
+def _wider_look(
+    check: FieldCheck, contest: _Contest, views: list[TopK], verify_margin: float
+) -> FieldCheck:
+    """``check`` decided again on the value cropped with the free space past its detected
+    line (``views(..., widen=True)``): a detector that missed a faint or stamped-over
+    character cuts the value short, and the line then supports neither the record's value
+    nor another clearly.
+
+    Both wider crops must support the record's value by ``verify_margin`` each. Then an
+    uncertain field is verified, and a contradicted one goes to a person (the line's
+    reading may have been cut, but the contradiction is not cleared).
+    """
+    margins = _view_margins(contest, views)
+    if len(margins) < 2 or min(margins) < verify_margin:
+        return check
+    if check.status is CheckStatus.contradicted:
+        return check.model_copy(
+            update={
+                "status": CheckStatus.uncertain,
+                "views": margins,
+                "reason": "read with the space past its line, the value supports the record's",
+            }
+        )
+    return check.model_copy(
+        update={
+            "status": CheckStatus.supported,
+            "margin": _nats(min(margins)),
+            "views": margins,
+            "reason": "the image supports the record's value, read past the end of its "
+            "detected line",
+        }
+    )
 
 
 def _overlapping(spec: FieldSpec, other: str | None, record_value: str) -> bool:
