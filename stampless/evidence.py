@@ -241,6 +241,8 @@ class EvidenceBundle:
         self.work_dir = work
         self._state = state
         self._sealed: SealedBundle | None = None
+        # Preprocessing steps held in memory until compact_images knows whether to keep them.
+        self._held: list[tuple[str, Any]] = []
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -450,6 +452,12 @@ class EvidenceBundle:
 
     # ------------------------------------------------------------------ size
 
+    def hold_steps(self, steps: list[tuple[int, str, Any]]) -> None:
+        """Preprocessing steps (``(number, name, PIL image)``, :attr:`OcrResult.pending_steps`)
+        written into ``preprocessed/`` by :meth:`compact_images` only if it keeps the steps:
+        a clear verdict then costs no image encoding for files that would be removed."""
+        self._held = [(f"preprocessed/{n:02d}-{name}.png", image) for n, name, image in steps]
+
     def compact_images(self, *, keep_steps: bool) -> None:
         """Re-encode the bundle's PNG images smaller, before sealing.
 
@@ -462,6 +470,10 @@ class EvidenceBundle:
         are. CPU-bound: call it off the event loop.
         """
         self._check_open()
+        held, self._held = self._held, []
+        for name, image in held if keep_steps else []:
+            image.save(self.path(name), compress_level=1)
+            self.note_file(name, kind="preprocessed")
         if not _webp_supported():
             return
         for name in list(self._walk()):

@@ -240,6 +240,7 @@ class OcrResult(BaseModel):
     steps: list[OcrStep] = []
     _matrices: dict[int, Any] = PrivateAttr(default_factory=dict)
     _views: Any = PrivateAttr(default=None)
+    _pending_steps: list[Any] = PrivateAttr(default_factory=list)
 
     @property
     def matrices(self) -> dict[int, Any]:
@@ -252,6 +253,12 @@ class OcrResult(BaseModel):
         those characters again, cropped two other ways, and returns their
         :class:`~stampless.ocr.ctc.TopK` s; None once the reading is saved and loaded."""
         return self._views
+
+    @property
+    def pending_steps(self) -> list[Any]:
+        """Preprocessing steps read with ``defer_steps`` and not saved yet: ``(number,
+        name, PIL image)``, for the caller to save only when a verdict needs them."""
+        return self._pending_steps
 
 
 class Record(BaseModel):

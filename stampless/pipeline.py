@@ -226,9 +226,12 @@ class Pipeline:
             self.config.ocr,
             steps_dir=steps_dir,
             thresholds=self.config.types[request.type].thresholds,
+            defer_steps=True,
         )
         for step in sorted(steps_dir.glob("*.png")) if steps_dir.is_dir() else []:
             bundle.note_file(f"preprocessed/{step.name}", kind="preprocessed")
+        # The steps before the image OCR read are saved only for a doubt (at sealing).
+        bundle.hold_steps(result.pending_steps)
         # The recognizer's scores, so each field's check can be redone from the evidence.
         if save_scores(result, bundle.path(OCR_SCORES)):
             bundle.note_file(OCR_SCORES, kind="ocr")

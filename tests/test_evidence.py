@@ -429,10 +429,12 @@ def test_images_are_compacted_and_steps_kept_only_when_asked(
         bundle.add_bytes(f"preprocessed/{name}", read, kind="preprocessed")
     shot = bundle.screenshot_path("record detail")
     shot.write_bytes(_png("查询结果 detail", size=(1280, 900)))
+    # A step the reader left in memory (OcrResult.pending_steps) is written only if kept.
+    bundle.hold_steps([(3, "contrast", Image.open(io.BytesIO(page)))])
     bundle.compact_images(keep_steps=keep_steps)
     sealed = bundle.seal(signer)
     files = {f["name"]: f for f in json.loads((sealed.path / "manifest.json").read_text())["files"]}
-    steps = {"preprocessed/01-perspective.webp"}
+    steps = {"preprocessed/01-perspective.webp", "preprocessed/03-contrast.webp"}
     expected = {"scan.png", "preprocessed/ocr-input.webp", "screenshots/01-record-detail.webp"}
     assert set(files) == expected | (steps if keep_steps else set())
     assert (sealed.path / "scan.png").read_bytes() == page

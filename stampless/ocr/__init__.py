@@ -131,6 +131,7 @@ def read_image(
     workers: int | None = None,
     engine: OcrEngine | None = None,
     thresholds: dict[str, float] | None = None,
+    defer_steps: bool = False,
 ) -> OcrResult:
     """:func:`read_document` on an image already opened (see there)."""
     kind = engine.name if engine is not None else engine_in_use(config)
@@ -141,7 +142,14 @@ def read_image(
         from stampless.ocr.reader import read_page as read_ppocr
 
         return read_ppocr(
-            image, doctype, config, primary, second, steps_dir=steps_dir, thresholds=thresholds
+            image,
+            doctype,
+            config,
+            primary,
+            second,
+            steps_dir=steps_dir,
+            thresholds=thresholds,
+            defer_steps=defer_steps,
         )
     from stampless.ocr.tesseract_reader import read_page as read_tesseract
 
@@ -166,12 +174,15 @@ def read_document(
     workers: int | None = None,
     engine: OcrEngine | None = None,
     thresholds: dict[str, float] | None = None,
+    defer_steps: bool = False,
 ) -> OcrResult:
     """Read every field of ``doctype`` from the scan at ``image``.
 
     Each preprocessing step's output is saved into ``steps_dir`` when
     ``config.preprocess.save_steps`` is set, and the image OCR read is saved as
     ``steps_dir/"ocr-input.png"`` (boxes in the result are in its coordinates).
+    ``defer_steps`` (PP-OCR): the steps before that image are left unsaved on
+    :attr:`OcrResult.pending_steps`, for a caller that keeps them only for a doubt.
     ``workers`` threads re-read fields in parallel in the Tesseract reader (default: one
     per core, at most 2). ``thresholds`` are robot.toml's ``[types.T] thresholds``. Raises
     InputError for a bad image and OcrEngineError when the
@@ -188,6 +199,7 @@ def read_document(
             workers=workers,
             engine=engine,
             thresholds=thresholds,
+            defer_steps=defer_steps,
         )
     finally:
         opened.close()

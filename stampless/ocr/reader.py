@@ -89,6 +89,8 @@ class Page:
     rows: list[Line] = field(default_factory=list)
     fields: dict[str, OcrField] = field(default_factory=dict)
     crops: list[np.ndarray] = field(default_factory=list)  # straightened line images
+    # Preprocessing steps held for the caller to save only if they explain a doubt.
+    kept: list[tuple[int, str, Image.Image]] = field(default_factory=list)
     steps: list[OcrStep] = field(default_factory=list)
     note: str = ""  # what the running pass decided, for its step record
 
@@ -104,6 +106,7 @@ class Context:
     engine: PpOcr
     second: OcrEngine | None
     steps_dir: Path | None = None
+    defer_steps: bool = False
 
     def threshold(self, spec: FieldSpec) -> float:
         return self.calibration.threshold(spec, self.thresholds)
@@ -144,23 +147,28 @@ def prepare(page: Page, ctx: Context) -> Page:
         image = image.resize(size, Image.Resampling.BOX)
     pre = ctx.config.preprocess
     # Each step's image is kept for the reviewer (preprocessed/ in the evidence bundle).
-    save = ctx.steps_dir if ctx.steps_dir is not None and pre.save_steps else None
     gray = remove_seal(image) if pre.remove_seal else image.convert("L")
-    _keep(save, 1, "seal-removed" if pre.remove_seal else "grey", gray)
+    _keep(page, ctx, 1, "seal-removed" if pre.remove_seal else "grey", gray)
     if pre.illumination:
         gray = correct_illumination(gray)
-        _keep(save, 2, "illumination", gray)
+        _keep(page, ctx, 2, "illumination", gray)
     evened = np.asarray(gray)
     page.gray, darkest = _stretch(evened)
     if page.gray is not evened:
-        _keep(save, 3, "contrast", Image.fromarray(page.gray))
+        _keep(page, ctx, 3, "contrast", Image.fromarray(page.gray))
     page.note = f"{gray.width}x{gray.height} px, darkest ink {darkest}"
     return page
 
 
-def _keep(steps_dir: Path | None, number: int, name: str, image: Image.Image) -> None:
-    if steps_dir is not None:
-        save_step(steps_dir, number, name, image)
+def _keep(page: Page, ctx: Context, number: int, name: str, image: Image.Image) -> None:
+    """One preprocessing step's image for the evidence: saved now, or held on the page
+    (``defer_steps``) for the caller, who saves it only when the verdict needs it."""
+    if ctx.steps_dir is None or not ctx.config.preprocess.save_steps:
+        return
+    if ctx.defer_steps:
+        page.kept.append((number, name, image))
+    else:
+        save_step(ctx.steps_dir, number, name, image)
 
 
 def _stretch(gray: np.ndarray) -> tuple[np.ndarray, int]:
@@ -630,8 +638,13 @@ def read_page(
     *,
     steps_dir: Path | None = None,
     thresholds: dict[str, float] | None = None,
+    defer_steps: bool = False,
 ) -> OcrResult:
-    """Every field of ``doctype`` read from ``image`` by PP-OCR (see the module)."""
+    """Every field of ``doctype`` read from ``image`` by PP-OCR (see the module).
+
+    ``defer_steps``: the preprocessing steps before the image OCR read are not saved
+    into ``steps_dir`` but left on :attr:`OcrResult.pending_steps`.
+    """
     if not isinstance(engine, PpOcr):
         raise TypeError("the PP-OCR reader needs the PP-OCR engine")
     started = time.perf_counter()
@@ -643,6 +656,7 @@ def read_page(
         engine=engine,
         second=second,
         steps_dir=steps_dir,
+        defer_steps=defer_steps,
     )
     page = Page(image=image.convert("RGB"))
     for step in PASSES:
@@ -669,4 +683,5 @@ def read_page(
         {i: ln.matrix for i, ln in enumerate(page.lines) if ln.matrix is not None}
     )
     result._views = _views(page, engine)
+    result._pending_steps = page.kept
     return result
