@@ -209,6 +209,19 @@ class _State:
         )
 
 
+def _webp_bytes(image: Any, *, lossless: bool) -> bytes:
+    """A PIL image as WebP: lossless for screenshots, :data:`PAGE_QUALITY` for pages."""
+    import io
+
+    out = io.BytesIO()
+    if lossless:
+        # method 4, effort 0: as small as the slowest setting, in a tenth of its time
+        image.save(out, format="WEBP", lossless=True, method=4, quality=0)
+    else:
+        image.save(out, format="WEBP", quality=PAGE_QUALITY, method=0)
+    return out.getvalue()
+
+
 def _kind_by_folder(name: str) -> str:
     top = name.split("/", 1)[0]
     return {
@@ -452,11 +465,19 @@ class EvidenceBundle:
 
     # ------------------------------------------------------------------ size
 
-    def hold_steps(self, steps: list[tuple[int, str, Any]]) -> None:
-        """Preprocessing steps (``(number, name, PIL image)``, :attr:`OcrResult.pending_steps`)
-        written into ``preprocessed/`` by :meth:`compact_images` only if it keeps the steps:
-        a clear verdict then costs no image encoding for files that would be removed."""
-        self._held = [(f"preprocessed/{n:02d}-{name}.png", image) for n, name, image in steps]
+    def hold_steps(self, steps: list[tuple[str, Any]]) -> None:
+        """Images of a reading (``(file name, PIL image)``, :attr:`OcrResult.pending_steps`)
+        into ``preprocessed/``, each encoded once in its final form. The image OCR read is
+        written now (a retry that reuses ocr.json still has it); the other steps are held
+        for :meth:`compact_images`, which writes them only if it keeps the steps (a clear
+        verdict costs no encoding of files it would remove; a retry loses them)."""
+        webp = _webp_supported()
+        self._held = []
+        for name, image in steps:
+            if PurePosixPath(name).stem == OCR_INPUT_STEM:
+                self._write_image(f"preprocessed/{name}", image, webp=webp)
+            else:
+                self._held.append((f"preprocessed/{name}", image))
 
     def compact_images(self, *, keep_steps: bool) -> None:
         """Re-encode the bundle's PNG images smaller, before sealing.
@@ -471,10 +492,10 @@ class EvidenceBundle:
         """
         self._check_open()
         held, self._held = self._held, []
+        webp = _webp_supported()
         for name, image in held if keep_steps else []:
-            image.save(self.path(name), compress_level=1)
-            self.note_file(name, kind="preprocessed")
-        if not _webp_supported():
+            self._write_image(name, image, webp=webp)
+        if not webp:
             return
         for name in list(self._walk()):
             if not name.lower().endswith(".png"):
@@ -508,22 +529,26 @@ class EvidenceBundle:
             if name != read[0] and same_size and path.read_bytes() == content:
                 self._remove(name)
 
+    def _write_image(self, name: str, image: Any, *, webp: bool) -> None:
+        """A held page image (``name`` ends in .png) written as lossy WebP, or as PNG
+        where Pillow has no WebP."""
+        if not webp:
+            image.save(self.path(name), compress_level=1)
+            self.note_file(name, kind="preprocessed")
+            return
+        target = str(PurePosixPath(name).with_suffix(".webp"))
+        write_atomic(self.path(target), _webp_bytes(image, lossless=False), durable=False)
+        self.note_file(target, kind="preprocessed")
+
     def _reencode(self, name: str, *, lossless: bool) -> None:
         """``name`` (a PNG) as WebP under the same name with ``.webp``; kind and caption kept."""
-        import io
-
         from PIL import Image
 
         source = self.work_dir / name
         target = str(PurePosixPath(name).with_suffix(".webp"))
-        out = io.BytesIO()
         with Image.open(source) as image:
-            if lossless:
-                # method 4, effort 0: as small as the slowest setting, in a tenth of its time
-                image.save(out, format="WEBP", lossless=True, method=4, quality=0)
-            else:
-                image.save(out, format="WEBP", quality=PAGE_QUALITY, method=0)
-        write_atomic(self.work_dir / target, out.getvalue(), durable=False)
+            data = _webp_bytes(image, lossless=lossless)
+        write_atomic(self.work_dir / target, data, durable=False)
         source.unlink()
         entry = self._state.files.pop(name, None)
         self._state.files[target] = entry or _FileEntry(

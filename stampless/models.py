@@ -256,8 +256,8 @@ class OcrResult(BaseModel):
 
     @property
     def pending_steps(self) -> list[Any]:
-        """Preprocessing steps read with ``defer_steps`` and not saved yet: ``(number,
-        name, PIL image)``, for the caller to save only when a verdict needs them."""
+        """Images of a reading with ``defer_steps``, not saved yet: ``(file name, PIL
+        image)`` of each preprocessing step and of the image OCR read (ocr-input.png)."""
         return self._pending_steps
 
 

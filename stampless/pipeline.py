@@ -230,7 +230,7 @@ class Pipeline:
         )
         for step in sorted(steps_dir.glob("*.png")) if steps_dir.is_dir() else []:
             bundle.note_file(f"preprocessed/{step.name}", kind="preprocessed")
-        # The steps before the image OCR read are saved only for a doubt (at sealing).
+        # The images are written at sealing: the steps only for a doubt (PP-OCR).
         bundle.hold_steps(result.pending_steps)
         # The recognizer's scores, so each field's check can be redone from the evidence.
         if save_scores(result, bundle.path(OCR_SCORES)):

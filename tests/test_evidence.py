@@ -412,6 +412,31 @@ def test_json_outputs_follow_docs_json_md(tmp_path: Path, signer: Signer, cli) -
 
 
 @pytest.mark.parametrize("keep_steps", [False, True])
+def test_held_images_are_written_once_in_their_final_form(
+    tmp_path: Path, signer: Signer, keep_steps: bool
+) -> None:
+    """The reader's images (OcrResult.pending_steps): the image OCR read is written at
+    once, straight as WebP; a step is held until sealing, written only if steps are kept."""
+    from PIL import Image
+
+    bundle = EvidenceBundle.open(tmp_path, "REQ-HELD")
+    read = Image.open(io.BytesIO(_png("the page OCR read " * 4, size=(1600, 1100))))
+    step = Image.open(io.BytesIO(_png("a step " * 4, size=(1600, 1100))))
+    bundle.hold_steps([("01-seal-removed.png", step), ("ocr-input.png", read)])
+    assert sorted(p.name for p in (bundle.work_dir / "preprocessed").iterdir()) == [
+        "ocr-input.webp"
+    ]
+    bundle.compact_images(keep_steps=keep_steps)
+    sealed = bundle.seal(signer)
+    files = {f["name"] for f in json.loads((sealed.path / "manifest.json").read_text())["files"]}
+    steps = {"preprocessed/01-seal-removed.webp"} if keep_steps else set()
+    assert files == {"preprocessed/ocr-input.webp"} | steps
+    with Image.open(sealed.path / "preprocessed/ocr-input.webp") as webp:
+        assert webp.size == (1600, 1100)
+    assert verify_bundle(sealed.path, trusted_keys=[signer.public_key_b64]).ok
+
+
+@pytest.mark.parametrize("keep_steps", [False, True])
 def test_images_are_compacted_and_steps_kept_only_when_asked(
     tmp_path: Path, signer: Signer, keep_steps: bool
 ) -> None:
@@ -430,7 +455,7 @@ def test_images_are_compacted_and_steps_kept_only_when_asked(
     shot = bundle.screenshot_path("record detail")
     shot.write_bytes(_png("查询结果 detail", size=(1280, 900)))
     # A step the reader left in memory (OcrResult.pending_steps) is written only if kept.
-    bundle.hold_steps([(3, "contrast", Image.open(io.BytesIO(page)))])
+    bundle.hold_steps([("03-contrast.png", Image.open(io.BytesIO(page)))])
     bundle.compact_images(keep_steps=keep_steps)
     sealed = bundle.seal(signer)
     files = {f["name"]: f for f in json.loads((sealed.path / "manifest.json").read_text())["files"]}

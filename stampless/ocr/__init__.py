@@ -181,8 +181,9 @@ def read_document(
     Each preprocessing step's output is saved into ``steps_dir`` when
     ``config.preprocess.save_steps`` is set, and the image OCR read is saved as
     ``steps_dir/"ocr-input.png"`` (boxes in the result are in its coordinates).
-    ``defer_steps`` (PP-OCR): the steps before that image are left unsaved on
-    :attr:`OcrResult.pending_steps`, for a caller that keeps them only for a doubt.
+    ``defer_steps`` (PP-OCR): those images are left unsaved on
+    :attr:`OcrResult.pending_steps`, for a caller that encodes them once, in their final
+    form, and the steps only for a doubt.
     ``workers`` threads re-read fields in parallel in the Tesseract reader (default: one
     per core, at most 2). ``thresholds`` are robot.toml's ``[types.T] thresholds``. Raises
     InputError for a bad image and OcrEngineError when the

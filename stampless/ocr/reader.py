@@ -89,8 +89,8 @@ class Page:
     rows: list[Line] = field(default_factory=list)
     fields: dict[str, OcrField] = field(default_factory=dict)
     crops: list[np.ndarray] = field(default_factory=list)  # straightened line images
-    # Preprocessing steps held for the caller to save only if they explain a doubt.
-    kept: list[tuple[int, str, Image.Image]] = field(default_factory=list)
+    # Images of the reading held for the caller (defer_steps): (file name, image).
+    kept: list[tuple[str, Image.Image]] = field(default_factory=list)
     steps: list[OcrStep] = field(default_factory=list)
     note: str = ""  # what the running pass decided, for its step record
 
@@ -166,7 +166,7 @@ def _keep(page: Page, ctx: Context, number: int, name: str, image: Image.Image) 
     if ctx.steps_dir is None or not ctx.config.preprocess.save_steps:
         return
     if ctx.defer_steps:
-        page.kept.append((number, name, image))
+        page.kept.append((f"{number:02d}-{name}.png", image))
     else:
         save_step(ctx.steps_dir, number, name, image)
 
@@ -642,8 +642,8 @@ def read_page(
 ) -> OcrResult:
     """Every field of ``doctype`` read from ``image`` by PP-OCR (see the module).
 
-    ``defer_steps``: the preprocessing steps before the image OCR read are not saved
-    into ``steps_dir`` but left on :attr:`OcrResult.pending_steps`.
+    ``defer_steps``: the preprocessing steps and the image OCR read are not saved into
+    ``steps_dir`` but left on :attr:`OcrResult.pending_steps`.
     """
     if not isinstance(engine, PpOcr):
         raise TypeError("the PP-OCR reader needs the PP-OCR engine")
@@ -662,7 +662,9 @@ def read_page(
     for step in PASSES:
         page = step(page, ctx)
     assert page.gray is not None
-    if steps_dir is not None:
+    if steps_dir is not None and defer_steps:
+        page.kept.append(("ocr-input.png", Image.fromarray(page.gray)))
+    elif steps_dir is not None:
         steps_dir.mkdir(parents=True, exist_ok=True)
         Image.fromarray(page.gray).save(steps_dir / "ocr-input.png", compress_level=1)
     result = OcrResult(
