@@ -234,3 +234,15 @@ def test_a_near_match_that_is_another_label_printed_is_not_this_label() -> None:
     )
     spec = WP.field("birth_date")
     assert [value_of(spec, c.raw)[0] for c in extract_raw(rows, WP, spec)] == []
+
+
+def test_a_misread_label_after_a_label_sends_its_value_below() -> None:
+    # A row of labels over a row of values; 成立日期 is read "立日期：" (its first
+    # character lost): still a label, not the registered capital.
+    bl = load_doctype_file(bundled_tasks_dir() / "business_license.py")
+    lines = group_lines(
+        _words(100, (100, "注册资本："), (700, "立日期："))
+        + _words(160, (100, "叁仟万元整"), (700, "2001年09月02日"))
+    )
+    capital = extract_raw(lines, bl, bl.field("registered_capital"))
+    assert [value_of(bl.field("registered_capital"), c.raw)[0] for c in capital] == ["3000"]

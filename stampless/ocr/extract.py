@@ -508,7 +508,9 @@ def _label_candidates(
         # Below the label only when nothing follows it on its line: text there, even
         # misread, is the value ("伍抬万元整"), and the line below is another field's.
         at = anchor.line
-        if not raw.strip(_PUNCT_LEAD):
+        # Another label after it (a row of labels over a row of values), even misread
+        # ("立日期：" for 成立日期：), is no value either.
+        if not raw.strip(_PUNCT_LEAD) or reads_as_label(raw, stop, min_fuzzy=3):
             below = _line_below(lines, anchor, stop)
             if below is not None:
                 raw, words, region = below.text, below.words, below.box
@@ -662,6 +664,26 @@ def cut_at_labels(text: str, labels: list[str] | tuple[str, ...]) -> str:
             # At 0 the text is another field's label: this field's value was not there.
             cut = idx
     return spaced[: index[cut]].rstrip() if cut < len(index) else spaced
+
+
+def reads_as_label(
+    text: str | None, stop: list[str] | tuple[str, ...], *, min_fuzzy: int = 2
+) -> bool:
+    """Whether ``text`` is one of the page's printed labels, up to one misread character in
+    four (注磨资本 for 注册资本, 立日期： for 成立日期:), colons and spaces aside: a value
+    read there came from the wrong place. A label shorter than ``min_fuzzy`` characters
+    must match exactly."""
+    if not text:
+        return False
+    compact = norm.remove_spaces(text).strip(_PUNCT_LEAD).lower()
+    for label in stop:
+        key = norm.remove_spaces(label).lower()
+        if len(key) < 2:
+            continue
+        allowed = max(1, len(key) // 4) if len(key) >= min_fuzzy else 0
+        if Levenshtein.distance(compact, key) <= allowed:
+            return True
+    return False
 
 
 _NAME_LIKE_LABELS = ("姓名", "性别", "国籍", "名称", "类型", "住所", "持证人", "单位")

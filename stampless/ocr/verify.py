@@ -36,14 +36,12 @@ import re
 from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
-from rapidfuzz.distance import Levenshtein
-
 from stampless.config import OcrConfig
 from stampless.doctype import DocumentType, FieldSpec
 from stampless.models import CheckStatus, FieldCheck, OcrField, OcrResult, Record
 from stampless.normalize import remove_spaces
 from stampless.ocr.ctc import TopK, beam_search, log_likelihood
-from stampless.ocr.extract import stop_labels
+from stampless.ocr.extract import reads_as_label, stop_labels
 from stampless.ocr.fields import field_value
 
 BEAM = 12
@@ -477,19 +475,6 @@ def _printed_elsewhere(spec: FieldSpec, value: str, read: OcrField, result: OcrR
     )
 
 
-def _looks_like_label(text: str | None, stop: list[str]) -> bool:
-    """Whether ``text`` is one of the page's printed labels, up to one misread character in
-    four (注磨资本 for 注册资本): the reading then came from the wrong place."""
-    if not text:
-        return False
-    compact = remove_spaces(text).lower()
-    return any(
-        Levenshtein.distance(compact, key) <= max(1, len(key) // 4)
-        for label in stop
-        if len(key := remove_spaces(label).lower()) >= 2
-    )
-
-
 def _misplaced(
     spec: FieldSpec,
     value: str,
@@ -505,7 +490,7 @@ def _misplaced(
             "the record's value is printed elsewhere on the page: the value may have been "
             "taken from the wrong place"
         )
-    if _looks_like_label(check.best_other, stop) or _looks_like_label(read.value, stop):
+    if reads_as_label(check.best_other, stop) or reads_as_label(read.value, stop):
         return (
             "the value read looks like one of the page's labels: it was taken from the wrong place"
         )
