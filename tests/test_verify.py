@@ -236,6 +236,13 @@ def test_a_reading_that_looks_like_a_label_is_a_doubt_not_a_contradiction() -> N
     # Where a label sends the value elsewhere (extract), a two-character one must match
     # exactly: a name one character off 姓名 or 住所 is still a name.
     assert reads_as_label("住听", stop) and not reads_as_label("住听", stop, min_fuzzy=3)
+    # Before a contradiction stands, a looser test: a long label misread further still.
+    from stampless.ocr.verify import _like_a_label
+
+    permit = stop_labels(doctype("work_permit"))
+    assert _like_a_label("Dute of isu", permit) and not reads_as_label("Dute of isu", permit)
+    assert not _like_a_label("AGI141793", permit)
+    assert not _like_a_label("PHILIPS CHIARA", permit)
 
 
 def _tune_layouts() -> list[tuple[str, int]]:

@@ -36,6 +36,8 @@ import re
 from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
+from rapidfuzz import fuzz
+
 from stampless.config import OcrConfig
 from stampless.doctype import DocumentType, FieldSpec
 from stampless.models import CheckStatus, FieldCheck, OcrField, OcrResult, Record
@@ -483,11 +485,31 @@ def _misplaced(
             "the record's value is printed elsewhere on the page: the value may have been "
             "taken from the wrong place"
         )
-    if reads_as_label(check.best_other, stop) or reads_as_label(read.value, stop):
+    if _like_a_label(check.best_other, stop) or _like_a_label(read.value, stop):
         return (
             "the value read looks like one of the page's labels: it was taken from the wrong place"
         )
     return None
+
+
+# A reading this similar (rapidfuzz ratio, spaces and case aside) to a label of four or
+# more characters may be that label misread ("Dute of isu" for Date of Issue, 80).
+LABEL_LIKENESS = 75.0
+
+
+def _like_a_label(text: str | None, stop: list[str]) -> bool:
+    """:func:`reads_as_label`, or close to a long label by ratio: looser than what moves a
+    value (extract), because here it only sends a contradiction to a person."""
+    if reads_as_label(text, stop):
+        return True
+    if not text:
+        return False
+    compact = remove_spaces(text).lower()
+    return any(
+        fuzz.ratio(compact, key) >= LABEL_LIKENESS
+        for label in stop
+        if len(key := remove_spaces(label).lower()) >= 4
+    )
 
 
 def verify_result(
