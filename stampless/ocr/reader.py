@@ -482,10 +482,14 @@ def _value_crop(
     hi = min(crop.shape[1], round(inset + line.char_share[end - 1] * length + half))
     if hi - lo < 4:
         return None
-    image = Image.fromarray(crop[:, lo:hi])
-    padded = Image.new("L", (image.width + 24, image.height + 24), 255)
-    padded.paste(image, (12, 12))
-    return padded
+    return Image.fromarray(_framed(crop[:, lo:hi]))
+
+
+def _framed(crop: np.ndarray) -> np.ndarray:
+    """A value's crop inside a 12-pixel white margin, as both looks at a value read it."""
+    framed = np.full((crop.shape[0] + 24, crop.shape[1] + 24), 255, dtype=np.uint8)
+    framed[12:-12, 12:-12] = crop
+    return framed
 
 
 # Two more looks at a value in doubt, cropped apart from its line: tight, and taller by
@@ -542,10 +546,7 @@ def _widened_crop(page: Page, index: int, start: int, end: int, pad: float) -> n
         [quad[0] + lo * top, quad[0] + hi * top, quad[3] + hi * bottom, quad[3] + lo * bottom],
         dtype=np.float32,
     )
-    crop = crop_quad(page.gray, box, pad=pad)
-    framed = np.full((crop.shape[0] + 24, crop.shape[1] + 24), 255, dtype=np.uint8)
-    framed[12:-12, 12:-12] = crop
-    return framed
+    return _framed(crop_quad(page.gray, box, pad=pad))
 
 
 def _views(page: Page, engine: PpOcr) -> Views:
