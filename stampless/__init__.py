@@ -37,7 +37,7 @@ from stampless.errors import (
     StamplessError,
     SystemFailure,
 )
-from stampless.kinds import FieldKind, get_kind, register_kind
+from stampless.kinds import FieldKind, fixed_digits, get_kind, register_kind
 from stampless.models import (
     FieldResult,
     FieldStatus,
@@ -112,6 +112,7 @@ __all__ = [
     "VerdictKind",
     "YearMonth",
     "__version__",
+    "fixed_digits",
     "get_kind",
     "operation",
     "register_kind",

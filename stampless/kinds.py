@@ -210,6 +210,33 @@ def check_text(text: str | None) -> tuple[str | None, bool]:
     return value, value is not None and len(norm.remove_spaces(value)) >= 2
 
 
+def fixed_digits(name: str, length: int) -> FieldKind:
+    """A kind for a number printed as exactly ``length`` digits (a permit, file or account
+    number): spaces drop, look-alike letters between digits are read as digits, and a
+    value is valid only at that length. Its whitelist and script bring the second reader
+    (Tesseract) for a reading in doubt, and its format finds it on a page whose label
+    cannot be read::
+
+        PERMIT_NO = register_kind(fixed_digits("permit_no", 15))
+    """
+
+    def check_digits(text: str | None) -> tuple[str | None, bool]:
+        runs = norm.digit_runs(text)
+        if not runs:
+            return None, False
+        exact = [run for run in runs if len(run) == length]
+        value = exact[0] if exact else max(runs, key=len)
+        return value, len(value) == length
+
+    return FieldKind(
+        name,
+        check_digits,
+        whitelist="0123456789",
+        script="digits",
+        search=re.compile(rf"(?<![0-9])[0-9OoDQIl|BS]{{{length}}}(?![0-9])"),
+    )
+
+
 KINDS: dict[str, FieldKind] = {}
 
 

@@ -100,6 +100,14 @@ _DIGIT_LOOKALIKES = str.maketrans(
 )
 
 
+def digit_runs(text: str | None) -> list[str]:
+    """The runs of digits in ``text`` once spaces are dropped and look-alike letters between
+    digits are read as digits ("1101 O5 4363" holds the run 1101054363)."""
+    if not text:
+        return []
+    return re.findall(r"\d+", _digits_fixed(remove_spaces(to_halfwidth(text))))
+
+
 def _digits_fixed(text: str) -> str:
     """Map look-alike letters to digits only where they sit between digits or date marks."""
     return re.sub(

@@ -9,9 +9,23 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
-from stampless import DocumentType, FieldSpec, IsoDate, LatinText, PersonName, Rule, Text, Tier
+from stampless import (
+    DocumentType,
+    FieldSpec,
+    IsoDate,
+    LatinText,
+    PersonName,
+    Rule,
+    Text,
+    Tier,
+    fixed_digits,
+    register_kind,
+)
 
 LATIN_CODE = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+# A permit number is 15 digits: the issuing division's six-digit code and nine more. As
+# free text, a label beside it read in its place ("Dute of isu") was a value like any.
+PERMIT_NO = register_kind(fixed_digits("permit_no", 15))
 
 
 class WorkPermitClaim(BaseModel):
@@ -47,8 +61,7 @@ DOCUMENT = DocumentType(
         FieldSpec(
             name="permit_no",
             labels=("许可证号", "Permit No."),
-            kind="text",
-            whitelist="0123456789",
+            kind=PERMIT_NO,
         ),
         # Latin names: the same words in any order ("SMITH JOHN" is "John Smith").
         FieldSpec(

@@ -166,3 +166,28 @@ def test_marks_mean_nothing_in_text_but_do_in_dates() -> None:
     assert text.skeleton("有限责任公司自然人独资)") == text.skeleton("有限责任公司(自然人独资)")
     assert text.skeleton("有限责任公司(法人独资)") != text.skeleton("有限责任公司(自然人独资)")
     assert date.skeleton("2024.1.12") != date.skeleton("2024.11.2")
+
+
+def test_a_number_of_fixed_length_reads_through_spaces_and_look_alike_letters() -> None:
+    """A permit number as the work permit task registers it: 15 digits, nothing else."""
+    from stampless.kinds import fixed_digits
+    from stampless.ocr.extract import value_of
+
+    permit = fixed_digits("permit_no_test", 15)
+    assert permit.check("1101 0543 6358 455") == ("110105436358455", True)
+    assert permit.check("11O1O5436358455") == ("110105436358455", True)
+    # One digit lost or a label read in the value's place: no valid value to contradict.
+    assert permit.check("11010543635845") == ("11010543635845", False)
+    assert permit.check("Dute of isu") == (None, False)
+    # A resident ID is 18 digits, never a permit number, on the page or in one word.
+    spec = FieldSpec(name="permit", labels=("许可证号",), kind=permit)
+    assert value_of(spec, "110105436358455 Date of Issue") == ("110105436358455", True)
+    assert value_of(spec, "110101199003071234")[1] is False
+    assert permit.search is not None and permit.search.search("110101199003071234") is None
+
+
+def test_the_work_permit_task_reads_its_permit_number_as_digits() -> None:
+    doc = load_doctype_file(Path(__file__).parent.parent / "tasks" / "work_permit.py")
+    spec = doc.field("permit_no")
+    assert spec.kind_def.script == "digits"
+    assert spec.kind_def.check("Permit No. 310104435115463")[0] == "310104435115463"

@@ -50,7 +50,8 @@ class Reading:
 
 def reread_mode(spec: FieldSpec) -> tuple[str | None, str]:
     """(whitelist, script) of a field's re-read; fields sharing a mode are read together."""
-    if spec.kind in LATIN_KINDS and (spec.whitelist is None or spec.whitelist.isascii()):
+    latin = spec.kind in LATIN_KINDS or spec.kind_def.script == "digits"
+    if latin and (spec.whitelist is None or spec.whitelist.isascii()):
         return spec.whitelist, "latin"
     if spec.kind in ("date", "month"):
         return spec.whitelist or DATE_WHITELIST, "cjk"

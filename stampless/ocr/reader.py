@@ -65,7 +65,8 @@ UPSIDE_DOWN_CONFIDENCE = 0.6
 # Two more looks at a value in doubt, cropped apart from its line: tight, and taller by
 # this share of the line's height above and below.
 VIEW_PADS = (0.0, 0.15)
-# Kinds the second reader (Tesseract, with a whitelist) is asked about.
+# Kinds the second reader (Tesseract, with a whitelist) is asked about, besides any kind
+# of digits a task registers (kinds.fixed_digits).
 SECOND_READER_KINDS = {"resident_id", "credit_code", "cert_no", "date", "month", "integer"}
 
 
@@ -492,11 +493,6 @@ def _framed(crop: np.ndarray) -> np.ndarray:
     return framed
 
 
-# Two more looks at a value in doubt, cropped apart from its line: tight, and taller by
-# this share of the line's height above and below.
-VIEW_PADS = (0.0, 0.15)
-
-
 # A value at the end of its detected line may have lost characters the detector missed
 # (faint ink, a seal over them): the wider look reaches this many line heights past the
 # line's end, never closer than WIDEN_GAP heights to the next text on the row.
@@ -576,7 +572,8 @@ def second_reader(page: Page, ctx: Context) -> Page:
     asked: dict[tuple[str | None, str], list[tuple[str, Image.Image]]] = {}
     for spec in ctx.doctype.fields:
         f = page.fields[spec.name]
-        if spec.kind not in SECOND_READER_KINDS or not f.spans:
+        asked_about = spec.kind in SECOND_READER_KINDS or spec.kind_def.script == "digits"
+        if not asked_about or not f.spans:
             continue
         if f.valid and f.confidence >= ctx.threshold(spec):
             continue
