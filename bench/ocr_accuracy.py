@@ -13,7 +13,8 @@ against the record the lookup would return, decides, and prints:
 * seconds per page on one core: wall time, and the process's CPU time (steadier when
   other work shares the machine);
 * straight-through per layout, and the margins of verified fields (``--margins`` writes
-  every field's margin to a JSON-lines file, for calibrating ``[ocr.calibration]``).
+  every field's margin, plain reading and printed value to a JSON-lines file, for
+  calibrating ``[ocr.calibration]`` and for seeing what was misread).
 
 Splits: ``tune`` is what stampless is developed against; ``heldout`` has a layout,
 fonts and seeds the tune split never draws. Nothing is tuned on the held-out split.
@@ -125,13 +126,14 @@ def _one(job: tuple[str, str, str, str]) -> dict[str, Any]:
     # benchmark's own second question and is not timed.
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     _, scan_only = verify_and_decide(doctype, {}, ocr, record, config)
-    correct = {}
+    correct, values = {}, {}
     for spec in doctype.fields:
         expected = spec.kind_def.check(truth["fields"].get(spec.name))[0]
         got = ocr.fields[spec.name].value
         correct[spec.name] = got is not None and (
             expected is not None and spec.kind_def.key(got) == spec.kind_def.key(expected)
         )
+        values[spec.name] = (got, expected)
     margins = {}
     if verified_ocr is not None:
         for name, f in verified_ocr.fields.items():
@@ -164,6 +166,7 @@ def _one(job: tuple[str, str, str, str]) -> dict[str, Any]:
         "scan_only": scan_only.verdict.value,
         "reasons": decision.reasons[:3],
         "margins": margins,
+        "values": values,
         "seconds": seconds,
         "cpu": cpu,
     }
@@ -321,7 +324,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--scans", type=Path, default=Path("var/bench-scans"))
     parser.add_argument("--markdown", type=Path, help="also write the tables to this file")
-    parser.add_argument("--margins", type=Path, help="write every field's margin (JSON lines)")
+    parser.add_argument(
+        "--margins",
+        type=Path,
+        help="write every field's margin, reading and printed value (JSON lines)",
+    )
     args = parser.parse_args(argv)
 
     from stampless.fixtures.records import DOC_TYPES
@@ -351,7 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.margins:
         with args.margins.open("w", encoding="utf-8") as out:
             for r in rows:
-                for field, (status, margin, other, views) in r.get("margins", {}).items():
+                for field, (read, printed) in r.get("values", {}).items():
+                    status, margin, other, views = r["margins"].get(field, (None,) * 4)
                     item = {
                         "split": r["split"],
                         "difficulty": r["difficulty"],
@@ -364,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
                         "margin": margin,
                         "best_other": other,
                         "views": views,
+                        "read": read,
+                        "printed": printed,
                         "layout": r["layout"],
                         "verdict": r["verdict"],
                     }

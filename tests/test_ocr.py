@@ -266,6 +266,7 @@ def test_clean_render_reads_every_field_and_saves_steps(tmp_path: Path) -> None:
         "recognize",
         "layout",
         "locate",
+        "decode_checked",
         "second_reader",
     ]
     assert all(f.source and f.source.startswith("ppocr:label:") for f in result.fields.values())
@@ -550,3 +551,56 @@ def test_cli_ocr_bad_input_exits_2(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "not an image" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def _code_page(printed: str, misread_at: int, wrong: str, p_right: float) -> Any:
+    """A page of one line, the credit code ``printed``, whose recognizer favoured
+    ``wrong`` at character ``misread_at`` and gave the printed character ``p_right``."""
+    from stampless.models import OcrField
+    from stampless.ocr.ctc import TopK
+    from stampless.ocr.ppocr import TextLine, get_ppocr
+    from stampless.ocr.reader import Page
+
+    engine = get_ppocr(CONFIG)
+    probs = np.full((2 * len(printed) + 1, len(engine.characters)), 1e-9, dtype=np.float32)
+    for t in range(probs.shape[0]):
+        probs[t, 0] = 1.0  # blanks between characters
+    for i, ch in enumerate(printed):
+        t = 2 * i + 1
+        probs[t, 0] = 0.0
+        if i == misread_at:
+            probs[t, engine.index[wrong]] = 1.0 - p_right
+            probs[t, engine.index[ch]] = p_right
+        else:
+            probs[t, engine.index[ch]] = 1.0
+    matrix = TopK.from_probs(probs)
+    text = engine.decode(matrix.greedy()[0])
+    line = TextLine(text, ((0, 0), (100, 0), (100, 10), (0, 10)), 0.9, matrix=matrix)
+    field = OcrField(value=text, valid=False, confidence=0.9, spans=[(0, 0, len(text))])
+    page = Page(image=Image.new("RGB", (100, 10)), lines=[line])
+    page.fields = {"credit_code": field}
+    return page, engine
+
+
+@pytest.mark.parametrize(("p_right", "decoded"), [(0.35, True), (1e-6, False)])
+def test_a_code_failing_its_check_is_decoded_again_with_the_check(
+    p_right: float, decoded: bool
+) -> None:
+    """91340104623532441J read with a 9 for its seventh character fails its check; the
+    recognizer's second choice there passes, and is taken only if the image supports it."""
+    from stampless.models import OcrField
+    from stampless.ocr.reader import Context, decode_checked
+
+    dt = load_doctype_file(bundled_tasks_dir() / "business_license.py")
+    page, engine = _code_page("91340104623532441J", 6, "9", p_right)
+    assert page.fields["credit_code"].value == "91340194623532441J"
+    for spec in dt.fields:
+        page.fields.setdefault(spec.name, OcrField(value=None, confidence=0.0, valid=False))
+    field = decode_checked(page, Context(dt, CONFIG, CONFIG.calibration, {}, engine, None)).fields[
+        "credit_code"
+    ]
+    assert field.valid is decoded
+    assert (field.value == "91340104623532441J") is decoded
+    if decoded:
+        assert field.source == "ppocr:decoded" and 0 < field.confidence < 0.9
+        assert page.steps[-1].name == "decode_checked" and page.steps[-1].note == "credit_code"

@@ -89,6 +89,10 @@ class TopK:
             previous = label
         return labels, steps
 
+    def part(self, lo: int, hi: int) -> TopK:
+        """Timesteps ``lo``..``hi`` alone (one value's window of a line)."""
+        return TopK(self.classes[lo:hi], self.logp[lo:hi], self.floor[lo:hi])
+
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {"classes": self.classes, "logp": self.logp, "floor": self.floor}
 
@@ -99,6 +103,23 @@ class TopK:
             np.asarray(logp, np.float32),
             np.asarray(floor, np.float32),
         )
+
+
+# A value's window of timesteps reaches this many beyond its first and last character,
+# and never into a neighbouring character's peak.
+EDGE_STEPS = 3
+
+
+def span_window(matrix: TopK, steps: list[int], start: int, end: int) -> tuple[int, int]:
+    """The timesteps ``(lo, hi)`` covering characters ``start``..``end`` of a line whose
+    greedy reading peaks at ``steps`` (:meth:`TopK.greedy`)."""
+    lo = steps[start] - EDGE_STEPS if start < len(steps) else 0
+    hi = steps[end - 1] + EDGE_STEPS + 1 if 0 < end <= len(steps) else matrix.steps
+    if start > 0:
+        lo = max(lo, steps[start - 1] + 1)
+    if end < len(steps):
+        hi = min(hi, steps[end])
+    return max(0, lo), min(matrix.steps, max(hi, lo + 1))
 
 
 def log_likelihood(matrix: TopK, labels: list[int]) -> float:

@@ -15,9 +15,11 @@ decided), which ocr.json keeps:
 5. :func:`locate`    each field found by its label anywhere on the page, its value to
                      the right of the label, after it in the same line, or below it
                      (:mod:`stampless.ocr.extract`)
-6. :func:`second_reader`  Tesseract re-reads digit and code fields PP-OCR is unsure of
+6. :func:`decode_checked`  an ID or code failing its check character is decoded
+                     again from the recognizer's probabilities, the check as a constraint
+7. :func:`second_reader`  Tesseract re-reads digit and code fields PP-OCR is unsure of
 
-Verifying each field against the record is the seventh pass, run once the robot has the
+Verifying each field against the record is the eighth pass, run once the robot has the
 record (:mod:`stampless.ocr.verify`).
 """
 
@@ -35,9 +37,9 @@ from PIL import Image
 from stampless.config import CalibrationConfig, OcrConfig
 from stampless.doctype import DocumentType, FieldSpec
 from stampless.models import OcrField, OcrLine, OcrResult, OcrStep, OcrWord
-from stampless.ocr.ctc import TopK
+from stampless.ocr.ctc import TopK, beam_search, span_window
 from stampless.ocr.engine import OcrEngine, Word, words_confidence
-from stampless.ocr.extract import Line, extract_raw, group_lines, stop_labels
+from stampless.ocr.extract import CHECKED_KINDS, Line, extract_raw, group_lines, stop_labels
 from stampless.ocr.fields import (
     DISAGREEMENT_FACTOR,
     Reading,
@@ -49,7 +51,7 @@ from stampless.ocr.fields import (
 )
 from stampless.ocr.ppocr import REC_HEIGHT, REC_STRIDE, PpOcr, TextLine, crop_quad
 from stampless.ocr.preprocess import correct_illumination, remove_seal, save_step
-from stampless.ocr.verify import Views
+from stampless.ocr.verify import PER_STEP, Views
 
 # Pages are read at most this long on their long side: text is then still taller than
 # the recognizer's 48 px input on any certificate, and a 600-DPI A4 scan costs no more.
@@ -457,7 +459,74 @@ def locate(page: Page, ctx: Context) -> Page:
     return page
 
 
-# --- 6. second reader --------------------------------------------------------------------
+# --- 6. decode checked codes ---------------------------------------------------------------
+
+# A code with a check character whose reading fails the check is decoded again: the
+# likeliest strings of its window (this many), best first; the first that passes is taken
+# when it is at most CHECKED_LOSS nats less likely than the reading and no other passing
+# string comes within CHECKED_GAP nats of it (a check character lets one in 11 or 31
+# random strings pass, so a close second is a coin toss, not a reading).
+CHECKED_BEAM = 16
+CHECKED_LOSS = 8.0
+CHECKED_GAP = 2.0
+
+
+@_timed("decode_checked")
+def decode_checked(page: Page, ctx: Context) -> Page:
+    """Resident IDs and credit codes read as failing their check character, decoded again
+    from the recognizer's probabilities with the check as a constraint."""
+    decoded = []
+    for spec in ctx.doctype.fields:
+        f = page.fields[spec.name]
+        if f.valid or f.value is None or spec.kind not in CHECKED_KINDS or len(f.spans) != 1:
+            continue
+        found = _decode_checked(page, ctx.engine, spec, f.spans[0])
+        if found is not None:
+            value, posterior = found
+            page.fields[spec.name] = f.model_copy(
+                update={
+                    "value": value,
+                    "valid": True,
+                    "confidence": round(min(f.confidence, posterior), 4),
+                    "source": f"{f.source}:decoded" if f.source else "ppocr:decoded",
+                }
+            )
+            decoded.append(spec.name)
+    page.note = ", ".join(decoded) or "none"
+    return page
+
+
+def _decode_checked(
+    page: Page, engine: PpOcr, spec: FieldSpec, span: tuple[int, int, int]
+) -> tuple[str, float] | None:
+    """(value, its share of the window's likeliest strings) of the one likely string of
+    line ``span`` that passes ``spec``'s check, or None."""
+    index, start, end = span
+    matrix = page.lines[index].matrix
+    if matrix is None:
+        return None
+    _, steps = matrix.greedy()
+    if len(steps) != len(page.lines[index].text):
+        return None
+    lo, hi = span_window(matrix, steps, start, end)
+    beams = beam_search(matrix.part(lo, hi), beam=CHECKED_BEAM, per_step=PER_STEP)
+    if not beams:
+        return None
+    passing: dict[str, float] = {}
+    for labels, score in beams:
+        value, valid = spec.kind_def.check(engine.decode(labels))
+        if valid and value is not None and value not in passing:
+            passing[value] = score
+    ranked = sorted(passing.items(), key=lambda kv: -kv[1])
+    if not ranked or beams[0][1] - ranked[0][1] > CHECKED_LOSS:
+        return None
+    if len(ranked) > 1 and ranked[0][1] - ranked[1][1] < CHECKED_GAP:
+        return None
+    total = float(np.logaddexp.reduce([score for _, score in beams]))
+    return ranked[0][0], math.exp(ranked[0][1] - total)
+
+
+# --- 7. second reader --------------------------------------------------------------------
 
 
 def _value_crop(
@@ -624,7 +693,15 @@ def _second_reading(
 
 # --- the recipe --------------------------------------------------------------------------
 
-PASSES: tuple[Pass, ...] = (prepare, detect, recognize, layout, locate, second_reader)
+PASSES: tuple[Pass, ...] = (
+    prepare,
+    detect,
+    recognize,
+    layout,
+    locate,
+    decode_checked,
+    second_reader,
+)
 
 
 def read_page(

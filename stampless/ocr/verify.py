@@ -42,15 +42,12 @@ from stampless.config import OcrConfig
 from stampless.doctype import DocumentType, FieldSpec
 from stampless.models import CheckStatus, FieldCheck, OcrField, OcrResult, Record
 from stampless.normalize import remove_spaces
-from stampless.ocr.ctc import TopK, beam_search, log_likelihood
+from stampless.ocr.ctc import TopK, beam_search, log_likelihood, span_window
 from stampless.ocr.extract import reads_as_label, stop_labels
 from stampless.ocr.fields import field_value
 
 BEAM = 12
 PER_STEP = 6
-# A window of timesteps around the value: this many beyond the value's first and last
-# character, and never into a neighbouring character's peak.
-EDGE_STEPS = 3
 
 Labels = Callable[[str], list[int] | None]
 Decode = Callable[[tuple[int, ...]], str]
@@ -86,7 +83,7 @@ class _Scorer:
     """Scores strings on one line's matrix, within the timesteps of one value."""
 
     def __init__(self, matrix: TopK, labels: Labels, lo: int, hi: int) -> None:
-        self.window = TopK(matrix.classes[lo:hi], matrix.logp[lo:hi], matrix.floor[lo:hi])
+        self.window = matrix.part(lo, hi)
         self.labels = labels
 
     def score(self, text: str) -> float | None:
@@ -94,17 +91,6 @@ class _Scorer:
         if labels is None:
             return None
         return log_likelihood(self.window, labels)
-
-
-def _window(matrix: TopK, steps: list[int], start: int, end: int) -> tuple[int, int]:
-    """Timesteps covering characters ``start``..``end`` of a line read with peaks ``steps``."""
-    lo = steps[start] - EDGE_STEPS if start < len(steps) else 0
-    hi = steps[end - 1] + EDGE_STEPS + 1 if 0 < end <= len(steps) else matrix.steps
-    if start > 0:
-        lo = max(lo, steps[start - 1] + 1)
-    if end < len(steps):
-        hi = min(hi, steps[end])
-    return max(0, lo), min(matrix.steps, max(hi, lo + 1))
 
 
 def _same(spec: FieldSpec, a: str | None, b: str) -> bool:
@@ -178,7 +164,7 @@ def check_field(
     lead, trail = before + lead, trail + after
     # Only the value's own characters are scored: a colon, the label's tail or a range's
     # other part around it says nothing about the value, however it is read.
-    lo, hi = _window(matrix, steps, start + len(lead), end - len(trail))
+    lo, hi = span_window(matrix, steps, start + len(lead), end - len(trail))
     contest = _Contest(spec, record_value, labels, decode, stop)
     found = contest.run(_Scorer(matrix, labels, lo, hi))
     if found is None:
@@ -412,7 +398,7 @@ def _check_lines(
         text = result.lines[index].text
         if len(steps) != len(text):
             return FieldCheck(status=CheckStatus.unavailable, reason="reading and scores disagree")
-        lo, hi = _window(matrix, steps, start, end)
+        lo, hi = span_window(matrix, steps, start, end)
         pieces.append((_Scorer(matrix, labels, lo, hi), remove_spaces(text[start:end])))
     target = remove_spaces(record_value)
     margins = []
