@@ -266,7 +266,7 @@ def test_clean_render_reads_every_field_and_saves_steps(tmp_path: Path) -> None:
         "recognize",
         "layout",
         "locate",
-        "decode_checked",
+        "decode",
         "second_reader",
     ]
     assert all(f.source and f.source.startswith("ppocr:label:") for f in result.fields.values())
@@ -553,8 +553,8 @@ def test_cli_ocr_bad_input_exits_2(tmp_path: Path) -> None:
     assert len(done.stderr.strip().splitlines()) == 1
 
 
-def _code_page(printed: str, misread_at: int, wrong: str, p_right: float) -> Any:
-    """A page of one line, the credit code ``printed``, whose recognizer favoured
+def _misread_page(name: str, printed: str, misread_at: int, wrong: str, p_right: float) -> Any:
+    """A page of one line, field ``name`` printed as ``printed``, whose recognizer favoured
     ``wrong`` at character ``misread_at`` and gave the printed character ``p_right``."""
     from stampless.models import OcrField
     from stampless.ocr.ctc import TopK
@@ -576,31 +576,39 @@ def _code_page(printed: str, misread_at: int, wrong: str, p_right: float) -> Any
     matrix = TopK.from_probs(probs)
     text = engine.decode(matrix.greedy()[0])
     line = TextLine(text, ((0, 0), (100, 0), (100, 10), (0, 10)), 0.9, matrix=matrix)
-    field = OcrField(value=text, valid=False, confidence=0.9, spans=[(0, 0, len(text))])
+    field = OcrField(value=None, valid=False, confidence=0.9, spans=[(0, 0, len(text))])
     page = Page(image=Image.new("RGB", (100, 10)), lines=[line])
-    page.fields = {"credit_code": field}
-    return page, engine
+    page.fields = {name: field}
+    return page, engine, text
 
 
-@pytest.mark.parametrize(("p_right", "decoded"), [(0.35, True), (1e-6, False)])
-def test_a_code_failing_its_check_is_decoded_again_with_the_check(
-    p_right: float, decoded: bool
+@pytest.mark.parametrize(
+    ("doc_type", "name", "printed", "at", "wrong", "value"),
+    [
+        # A 0 read as 9 in a credit code: the check character fails.
+        ("business_license", "credit_code", "91340104623532441J", 6, "9", "91340104623532441J"),
+        # A 0 read as 2 in a date: there is no 22nd month.
+        ("social_security_record", "period_from", "2015年01月", 5, "2", "2015-01"),
+    ],
+)
+@pytest.mark.parametrize("p_right", [0.35, 1e-6])
+def test_a_value_read_as_invalid_is_decoded_again_within_its_kind(
+    doc_type: str, name: str, printed: str, at: int, wrong: str, value: str, p_right: float
 ) -> None:
-    """91340104623532441J read with a 9 for its seventh character fails its check; the
-    recognizer's second choice there passes, and is taken only if the image supports it."""
+    """The recognizer's second choice at the misread character makes a valid value; it is
+    taken only if the image supports it (a second choice at 1e-6 is no reading)."""
     from stampless.models import OcrField
-    from stampless.ocr.reader import Context, decode_checked
+    from stampless.ocr.reader import Context, decode
 
-    dt = load_doctype_file(bundled_tasks_dir() / "business_license.py")
-    page, engine = _code_page("91340104623532441J", 6, "9", p_right)
-    assert page.fields["credit_code"].value == "91340194623532441J"
+    dt = load_doctype_file(bundled_tasks_dir() / f"{doc_type}.py")
+    page, engine, text = _misread_page(name, printed, at, wrong, p_right)
+    assert text != printed
     for spec in dt.fields:
         page.fields.setdefault(spec.name, OcrField(value=None, confidence=0.0, valid=False))
-    field = decode_checked(page, Context(dt, CONFIG, CONFIG.calibration, {}, engine, None)).fields[
-        "credit_code"
-    ]
+    field = decode(page, Context(dt, CONFIG, CONFIG.calibration, {}, engine, None)).fields[name]
+    decoded = p_right > 0.1
     assert field.valid is decoded
-    assert (field.value == "91340104623532441J") is decoded
+    assert (field.value == value) is decoded
     if decoded:
         assert field.source == "ppocr:decoded" and 0 < field.confidence < 0.9
-        assert page.steps[-1].name == "decode_checked" and page.steps[-1].note == "credit_code"
+        assert page.steps[-1].name == "decode" and page.steps[-1].note == name

@@ -15,8 +15,9 @@ decided), which ocr.json keeps:
 5. :func:`locate`    each field found by its label anywhere on the page, its value to
                      the right of the label, after it in the same line, or below it
                      (:mod:`stampless.ocr.extract`)
-6. :func:`decode_checked`  an ID or code failing its check character is decoded
-                     again from the recognizer's probabilities, the check as a constraint
+6. :func:`decode`    a formatted value read as invalid (an ID failing its check
+                     character, a date with a 22nd month) is decoded again from the
+                     recognizer's probabilities, the kind's check as a constraint
 7. :func:`second_reader`  Tesseract re-reads digit and code fields PP-OCR is unsure of
 
 Verifying each field against the record is the eighth pass, run once the robot has the
@@ -39,7 +40,7 @@ from stampless.doctype import DocumentType, FieldSpec
 from stampless.models import OcrField, OcrLine, OcrResult, OcrStep, OcrWord
 from stampless.ocr.ctc import TopK, beam_search, span_window
 from stampless.ocr.engine import OcrEngine, Word, words_confidence
-from stampless.ocr.extract import CHECKED_KINDS, Line, extract_raw, group_lines, stop_labels
+from stampless.ocr.extract import Line, extract_raw, group_lines, stop_labels
 from stampless.ocr.fields import (
     DISAGREEMENT_FACTOR,
     Reading,
@@ -459,28 +460,31 @@ def locate(page: Page, ctx: Context) -> Page:
     return page
 
 
-# --- 6. decode checked codes ---------------------------------------------------------------
+# --- 6. decode within the kind ------------------------------------------------------------
 
-# A code with a check character whose reading fails the check is decoded again: the
-# likeliest strings of its window (this many), best first; the first that passes is taken
-# when it is at most CHECKED_LOSS nats less likely than the reading and no other passing
-# string comes within CHECKED_GAP nats of it (a check character lets one in 11 or 31
-# random strings pass, so a close second is a coin toss, not a reading).
-CHECKED_BEAM = 16
-CHECKED_LOSS = 8.0
-CHECKED_GAP = 2.0
+# A value of a formatted kind read as invalid (an ID or code failing its check character,
+# a date with a 22nd month) is decoded again: the likeliest strings of its window (this
+# many), best first; the first that is a valid value is taken when it is at most
+# DECODE_LOSS nats less likely than the reading and no other valid value comes within
+# DECODE_GAP nats of it (a check character lets one random string in 11 or 31 pass, so a
+# close second is a coin toss, not a reading).
+DECODE_BEAM = 16
+DECODE_LOSS = 8.0
+DECODE_GAP = 2.0
 
 
-@_timed("decode_checked")
-def decode_checked(page: Page, ctx: Context) -> Page:
-    """Resident IDs and credit codes read as failing their check character, decoded again
-    from the recognizer's probabilities with the check as a constraint."""
+@_timed("decode")
+def decode(page: Page, ctx: Context) -> Page:
+    """Fields of formatted kinds (IDs, codes, dates, numbers: a kind with a whitelist)
+    read as invalid, decoded again from the recognizer's probabilities with the kind's
+    check as a constraint."""
+    stop = stop_labels(ctx.doctype)
     decoded = []
     for spec in ctx.doctype.fields:
         f = page.fields[spec.name]
-        if f.valid or f.value is None or spec.kind not in CHECKED_KINDS or len(f.spans) != 1:
+        if f.valid or spec.kind_def.whitelist is None or len(f.spans) != 1:
             continue
-        found = _decode_checked(page, ctx.engine, spec, f.spans[0])
+        found = _decode_valid(page, ctx.engine, spec, f.spans[0], stop)
         if found is not None:
             value, posterior = found
             page.fields[spec.name] = f.model_copy(
@@ -496,11 +500,11 @@ def decode_checked(page: Page, ctx: Context) -> Page:
     return page
 
 
-def _decode_checked(
-    page: Page, engine: PpOcr, spec: FieldSpec, span: tuple[int, int, int]
+def _decode_valid(
+    page: Page, engine: PpOcr, spec: FieldSpec, span: tuple[int, int, int], stop: list[str]
 ) -> tuple[str, float] | None:
     """(value, its share of the window's likeliest strings) of the one likely string of
-    line ``span`` that passes ``spec``'s check, or None."""
+    line ``span`` that is a valid value of ``spec``, or None."""
     index, start, end = span
     matrix = page.lines[index].matrix
     if matrix is None:
@@ -509,18 +513,18 @@ def _decode_checked(
     if len(steps) != len(page.lines[index].text):
         return None
     lo, hi = span_window(matrix, steps, start, end)
-    beams = beam_search(matrix.part(lo, hi), beam=CHECKED_BEAM, per_step=PER_STEP)
+    beams = beam_search(matrix.part(lo, hi), beam=DECODE_BEAM, per_step=PER_STEP)
     if not beams:
         return None
     passing: dict[str, float] = {}
     for labels, score in beams:
-        value, valid = spec.kind_def.check(engine.decode(labels))
+        value, valid = field_value(spec, engine.decode(labels), stop)
         if valid and value is not None and value not in passing:
             passing[value] = score
     ranked = sorted(passing.items(), key=lambda kv: -kv[1])
-    if not ranked or beams[0][1] - ranked[0][1] > CHECKED_LOSS:
+    if not ranked or beams[0][1] - ranked[0][1] > DECODE_LOSS:
         return None
-    if len(ranked) > 1 and ranked[0][1] - ranked[1][1] < CHECKED_GAP:
+    if len(ranked) > 1 and ranked[0][1] - ranked[1][1] < DECODE_GAP:
         return None
     total = float(np.logaddexp.reduce([score for _, score in beams]))
     return ranked[0][0], math.exp(ranked[0][1] - total)
@@ -699,7 +703,7 @@ PASSES: tuple[Pass, ...] = (
     recognize,
     layout,
     locate,
-    decode_checked,
+    decode,
     second_reader,
 )
 
