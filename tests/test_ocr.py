@@ -612,3 +612,34 @@ def test_a_value_read_as_invalid_is_decoded_again_within_its_kind(
     if decoded:
         assert field.source == "ppocr:decoded" and 0 < field.confidence < 0.9
         assert page.steps[-1].name == "decode" and page.steps[-1].note == name
+
+
+def test_text_under_a_seal_stays_and_the_seal_goes() -> None:
+    """A red seal printed over black text (seal ink multiplies), blurred as a scanner
+    blurs: the strokes' soft edges under the seal are reddish, and dropping them to paper
+    left only broken stroke cores (股份 of a company name lost under a seal's star)."""
+    from stampless.ocr.preprocess import remove_seal
+
+    page = np.full((120, 240, 3), 235, dtype=np.float32)
+    text = np.ones((120, 240), dtype=np.float32)
+    for x in range(20, 220, 12):  # vertical strokes, 2 px wide: small print
+        text[30:90, x : x + 2] = 0.12
+    seal = np.ones((120, 240, 3), dtype=np.float32)
+    yy, xx = np.mgrid[0:120, 0:240]
+    disk = (yy - 60) ** 2 + (xx - 170) ** 2 < 55**2
+    seal[disk] = (0.93, 0.33, 0.33)
+    rgb = page * text[..., None] * seal
+    image = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8)).filter(
+        ImageFilter.GaussianBlur(1.5)
+    )
+    out = np.asarray(remove_seal(image), dtype=np.float32)
+    strokes = text < 0.5
+    under, bare = strokes & disk, strokes & ~disk
+    # The seal four pixels or more from any stroke, inside its disk.
+    clear = np.all([np.roll(text, k, axis=1) > 0.5 for k in range(-4, 5)], axis=0)
+    seal_only = disk & clear & ((yy - 60) ** 2 + (xx - 170) ** 2 < 50**2)
+    # The seal itself is paper again; the strokes under it are as dark, nearly, as the
+    # strokes beside it.
+    assert out[seal_only].mean() > 200
+    assert out[under].mean() < out[bare].mean() + 20
+    assert out[under].mean() < out[seal_only].mean() - 60
