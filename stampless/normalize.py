@@ -473,8 +473,14 @@ def normalize_capital(text: str | None) -> str | None:
     if re.search(r"\d[年月日]|[年月]\d", t):
         return None  # a date (2039年01月18日) is no amount
     t = re.sub(r"(人民币|\(人民币\)|[¥￥])", "", t)
-    m = re.search(r"(\d+(?:\.\d+)?)(万|亿)?元?", _digits_fixed(t))
+    fixed = _digits_fixed(t)
+    m = re.search(r"(\d+(?:\.\d+)?)(万|亿)?元?", fixed)
     if m and m.group(1):
+        around = {fixed[m.start() - 1 : m.start()], fixed[m.end() : m.end() + 1]}
+        if around & {*_CN_DIGITS, *_CN_UNITS}:
+            # Figures run into an amount in words ("11仟叁佰玖拾肆万元整": a seal over
+            # 陆 read as 11) are a misreading, not an amount.
+            return None
         number = float(m.group(1))
         unit = m.group(2)
         if unit == "亿":

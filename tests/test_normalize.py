@@ -220,6 +220,9 @@ def test_months() -> None:
         ("伍佰肆拾", None),
         ("万元整", None),
         ("", None),
+        # Figures run into an amount in words: a seal over 陆 read as "11,".
+        ("11,仟叁佰玖拾肆万元整", None),
+        ("陆仟叁佰玖拾4万元整", None),
     ],
 )
 def test_normalize_capital(text: str, expected: str | None) -> None:
