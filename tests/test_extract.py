@@ -246,3 +246,24 @@ def test_a_misread_label_after_a_label_sends_its_value_below() -> None:
     )
     capital = extract_raw(lines, bl, bl.field("registered_capital"))
     assert [value_of(bl.field("registered_capital"), c.raw)[0] for c in capital] == ["3000"]
+
+
+def test_a_title_beside_a_code_label_is_not_the_code_below_it() -> None:
+    # 统一社会信用代码 over its code, the licence's title 营业执照 printed to the right of
+    # the label: text that is no credit code is passed over for the code below.
+    bl = load_doctype_file(bundled_tasks_dir() / "business_license.py")
+    spec = bl.field("credit_code")
+    lines = group_lines(
+        _words(100, (100, "统一社会信用代码"), (600, "营业执照"))
+        + _words(150, (100, "914301022465369646"))
+    )
+    found = extract_raw(lines, bl, spec)
+    assert [(value_of(spec, c.raw)[0], c.source) for c in found] == [
+        ("914301022465369646", "label:统一社会信用代码")
+    ]
+    # Text after a label is still its value when the line below is no code either.
+    lines = group_lines(
+        _words(100, (100, "统一社会信用代码"), (600, "9143010224653696"))
+        + _words(150, (100, "名称"), (300, "长沙隆信房地产开发股份有限公司"))
+    )
+    assert [c.raw for c in extract_raw(lines, bl, spec)] == ["9143010224653696"]

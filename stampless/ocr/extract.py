@@ -509,14 +509,21 @@ def _label_candidates(
         # misread, is the value ("伍抬万元整"), and the line below is another field's.
         at = anchor.line
         # Another label after it (a row of labels over a row of values), even misread
-        # ("立日期：" for 成立日期：), is no value either.
+        # ("立日期：" for 成立日期：), is no value either; nor, for a code of a strict
+        # format, is text that is no such code when the line below holds one (a title
+        # printed to the right of a label whose value is below it).
+        below = None
         if not raw.strip(_PUNCT_LEAD) or reads_as_label(raw, stop, min_fuzzy=3):
             below = _line_below(lines, anchor, stop)
-            if below is not None:
-                raw, words, region = below.text, below.words, below.box
-                box = below.box
-                # Where the value is, for the format search of another field to skip it.
-                at, start, end = _span_of(lines, below.words)
+        elif spec.kind_def.search is not None and not value_of(spec, raw)[1]:
+            below = _line_below(lines, anchor, stop)
+            if below is not None and not value_of(spec, below.text)[1]:
+                below = None
+        if below is not None:
+            raw, words, region = below.text, below.words, below.box
+            box = below.box
+            # Where the value is, for the format search of another field to skip it.
+            at, start, end = _span_of(lines, below.words)
         candidate = Candidate(
             raw, words, box, f"label:{anchor.label}", region, ambiguous=len(found) < printed
         )

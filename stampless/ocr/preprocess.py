@@ -281,6 +281,11 @@ def correct_illumination(image: Image.Image) -> Image.Image:
     return Image.fromarray(out, "L")
 
 
+# Red ink a little darker than the brightest around it (its own texture, a scanner's
+# noise) is still ink alone: darkness is measured against this share of the brightest.
+REDDISH_INK = 0.9
+
+
 def remove_seal(image: Image.Image) -> Image.Image:
     """Drop red ink by reading the red channel only (scanners call this colour dropout).
 
@@ -293,17 +298,22 @@ def remove_seal(image: Image.Image) -> Image.Image:
     rgb = np.asarray(image)
     red = rgb[..., 0]
     # Where the light or the camera left seal ink darker than paper in the red channel,
-    # what is clearly red (red well above green and blue) is lifted by the ratio of paper
-    # to the seal's own red: the seal becomes paper, while the soft edges of small print
-    # under it, reddish too but darker, stay strokes (set to paper, they left only broken
-    # stroke cores: 股份 of a company name was lost under a seal's star).
+    # what is clearly red (red well above green and blue) is divided by the brightest red
+    # ink around it (within four pixels) and scaled to paper. Red ink alone (the seal, a
+    # red title) is its own brightest and becomes paper; black print under a seal
+    # multiplies the seal's colour by its darkness and keeps that darkness, so small
+    # print's soft, reddish stroke edges stay whole. (Set to paper, they left broken
+    # stroke cores: 股份 of a company name was lost under a seal's star.)
     reddish = (red.astype(np.int16) - np.maximum(rgb[..., 1], rgb[..., 2]) > 48) & (red > 110)
     if not reddish.any():
         return Image.fromarray(red, "L")
+    import cv2
+
     paper = float(np.percentile(red[::8, ::8], 90))
-    seal = float(np.median(red[reddish]))
+    ink = cv2.dilate(np.where(reddish, red, 0).astype(np.uint8), np.ones((9, 9), np.uint8))
+    darkness = red[reddish] / np.maximum(ink[reddish], 1.0)
     out = red.copy()
-    out[reddish] = np.clip(red[reddish].astype(np.float32) * (paper / max(seal, 1.0)), 0, 255)
+    out[reddish] = np.clip(paper * darkness / REDDISH_INK, 0, paper).astype(np.uint8)
     return Image.fromarray(out, "L")
 
 
