@@ -267,3 +267,15 @@ def test_a_title_beside_a_code_label_is_not_the_code_below_it() -> None:
         + _words(150, (100, "名称"), (300, "长沙隆信房地产开发股份有限公司"))
     )
     assert [c.raw for c in extract_raw(lines, bl, spec)] == ["9143010224653696"]
+
+
+def test_a_value_whose_box_reaches_over_its_labels_colon_is_beside_it() -> None:
+    """The detector pads its lines: 冯新琪's box began before the end of
+    "法定代表人：" on the same height, and the two were taken for stacked lines, so the
+    legal representative was not found on a normal scan. Here they overlap by 20 px."""
+    bl = load_doctype_file(bundled_tasks_dir() / "business_license.py")
+    spec = bl.field("legal_representative")
+    words = _line(0, _words(100, (100, "法定代表人："))) + _line(1, _words(104, (340, "冯新琪")))
+    rows = group_lines(words, by_line=True)
+    assert [ln.text.replace(" ", "") for ln in rows] == ["法定代表人:冯新琪"]
+    assert [value_of(spec, c.raw)[0] for c in extract_raw(rows, bl, spec)] == ["冯新琪"]

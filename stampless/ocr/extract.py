@@ -135,13 +135,19 @@ def group_lines(words: list[Word], *, by_line: bool = False) -> list[Line]:
 
 
 def _collides(word: Word, row: list[Word]) -> bool:
-    """Whether ``word`` overlaps, horizontally, a third of a word of another line in ``row``."""
+    """Whether ``word`` overlaps, horizontally, a third of a word of another line in
+    ``row`` that sits higher or lower (stacked). Two words centred on one height are side
+    by side, however their boxes overlap: a detector pads its lines, so a label's colon
+    may reach over the first character of the value right after it."""
     left, right = word.box[0], word.box[0] + word.box[2]
+    cy = word.box[1] + word.box[3] / 2
     for other in row:
         if other.line == word.line:
             continue
+        level = abs(other.box[1] + other.box[3] / 2 - cy) <= 0.25 * max(word.box[3], other.box[3])
         lo, hi = other.box[0], other.box[0] + other.box[2]
-        if min(right, hi) - max(left, lo) > 0.3 * max(1, min(right - left, hi - lo)):
+        overlap = min(right, hi) - max(left, lo)
+        if not level and overlap > 0.3 * max(1, min(right - left, hi - lo)):
             return True
     return False
 
