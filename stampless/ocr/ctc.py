@@ -110,9 +110,13 @@ class TopK:
 EDGE_STEPS = 3
 
 
-def span_window(matrix: TopK, steps: list[int], start: int, end: int) -> tuple[int, int]:
-    """The timesteps ``(lo, hi)`` covering characters ``start``..``end`` of a line whose
-    greedy reading peaks at ``steps`` (:meth:`TopK.greedy`)."""
+def span_window(matrix: TopK, text: str, start: int, end: int) -> tuple[int, int] | None:
+    """The timesteps ``(lo, hi)`` covering characters ``start``..``end`` of ``text``, the
+    line's greedy reading (:meth:`TopK.greedy`); None when ``text`` is not that reading
+    (its characters cannot be placed on the scores)."""
+    _, steps = matrix.greedy()
+    if len(steps) != len(text):
+        return None
     lo = steps[start] - EDGE_STEPS if start < len(steps) else 0
     hi = steps[end - 1] + EDGE_STEPS + 1 if 0 < end <= len(steps) else matrix.steps
     if start > 0:

@@ -509,11 +509,10 @@ def _decode_valid(
     matrix = page.lines[index].matrix
     if matrix is None:
         return None
-    _, steps = matrix.greedy()
-    if len(steps) != len(page.lines[index].text):
+    window = span_window(matrix, page.lines[index].text, start, end)
+    if window is None:
         return None
-    lo, hi = span_window(matrix, steps, start, end)
-    beams = beam_search(matrix.part(lo, hi), beam=DECODE_BEAM, per_step=PER_STEP)
+    beams = beam_search(matrix.part(*window), beam=DECODE_BEAM, per_step=PER_STEP)
     if not beams:
         return None
     passing: dict[str, float] = {}

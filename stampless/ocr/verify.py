@@ -48,6 +48,8 @@ from stampless.ocr.fields import field_value
 
 BEAM = 12
 PER_STEP = 6
+# Why a field whose line's text is not the recognizer's reading cannot be checked.
+DISAGREE = "reading and scores disagree"
 
 Labels = Callable[[str], list[int] | None]
 Decode = Callable[[tuple[int, ...]], str]
@@ -154,17 +156,17 @@ def check_field(
     matrix = result.matrices.get(index)
     if matrix is None or index >= len(result.lines):
         return FieldCheck(status=CheckStatus.unavailable, reason="no recognizer scores")
-    _, steps = matrix.greedy()
     text = result.lines[index].text
-    if len(steps) != len(text):
-        return FieldCheck(status=CheckStatus.unavailable, reason="reading and scores disagree")
     core = text[start:end]
     before, core, after = _part(core, spec)
     lead, trail = _decorated(core, field.value, spec)
     lead, trail = before + lead, trail + after
     # Only the value's own characters are scored: a colon, the label's tail or a range's
     # other part around it says nothing about the value, however it is read.
-    lo, hi = span_window(matrix, steps, start + len(lead), end - len(trail))
+    window = span_window(matrix, text, start + len(lead), end - len(trail))
+    if window is None:
+        return FieldCheck(status=CheckStatus.unavailable, reason=DISAGREE)
+    lo, hi = window
     contest = _Contest(spec, record_value, labels, decode, stop)
     found = contest.run(_Scorer(matrix, labels, lo, hi))
     if found is None:
@@ -394,11 +396,11 @@ def _check_lines(
         matrix = result.matrices.get(index)
         if matrix is None or index >= len(result.lines):
             return FieldCheck(status=CheckStatus.unavailable, reason="no recognizer scores")
-        _, steps = matrix.greedy()
         text = result.lines[index].text
-        if len(steps) != len(text):
-            return FieldCheck(status=CheckStatus.unavailable, reason="reading and scores disagree")
-        lo, hi = span_window(matrix, steps, start, end)
+        window = span_window(matrix, text, start, end)
+        if window is None:
+            return FieldCheck(status=CheckStatus.unavailable, reason=DISAGREE)
+        lo, hi = window
         pieces.append((_Scorer(matrix, labels, lo, hi), remove_spaces(text[start:end])))
     target = remove_spaces(record_value)
     margins = []
