@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -14,24 +15,35 @@ from typing import Any
 
 
 def free_port_block(n: int) -> int:
-    """The first of ``n`` consecutive ports that are free now (RuntimeError if none)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + n > 65535:
-            continue
-        ok = True
-        for p in range(base, base + n):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", p))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
+    """The first of ``n`` consecutive ports that are free now (RuntimeError if none).
+
+    The block is drawn at random from below the kernel's ephemeral range: a port the
+    kernel hands out for port 0 or for an outgoing connection (Chromium's, a client's in
+    another test) can be taken by anyone between this check and the server's bind, and a
+    fixed start would make two parallel tests meet.
+    """
+    low = _ephemeral_low()
+    for _ in range(200):
+        base = random.randrange(max(1024, low - 12000), low - n)
+        if all(_bindable(p) for p in range(base, base + n)):
             return base
     raise RuntimeError("no block of free ports")
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 @contextlib.contextmanager

@@ -16,10 +16,22 @@ or a ``download``). With them:
     1. makes one round trip to each frame of the page that resolves on a zero-delay timer
        of the page's own (``setTimeout(resolve, 0)``): timers of equal delay fire in the
        order they were set, and tasks queued before it (a ``javascript:`` URL, a form
-       submission) run before it, so a navigation the action's handlers started has
-       issued its request by then;
+       submission) run before it. The timer is set twice, one inside the other: a form
+       submission that a timer's handler asked for (an AutoPostBack's
+       ``setTimeout('__doPostBack(...)', 0)``) is a task queued when that handler ran, so
+       only the second timer comes after it. The round trip answers whether the document
+       has begun to navigate away meanwhile: the context's init script (:data:`LEAVING_JS`)
+       notes each cross-document ``navigate`` event (the Navigation API) in the document.
+       A round trip that fails says so too: Playwright holds an evaluation from the moment
+       it knows that the frame's navigation began and fails it when the new document
+       commits, and that failure can reach us before the ``framenavigated`` event;
     2. waits until every navigation request seen on a frame has committed its new
-       document (``framenavigated``) or failed;
+       document (``framenavigated``) or failed, and until every frame whose document
+       answered "leaving" in step 1 has committed a new document or seen its navigation
+       end without one. The request of a navigation the renderer has begun reaches us
+       from the browser process, which on a loaded machine can be later than the round
+       trip's answer: without the answer, the action would return before the post-back
+       had begun, and the next read would see the old page;
     3. waits for DOMContentLoaded in every frame that committed a new document since the
        action began (``frame.wait_for_load_state("domcontentloaded")``, which is right
        once the frame has committed, and covers its child frames).
@@ -44,15 +56,33 @@ from loguru import logger
 if TYPE_CHECKING:
     from playwright.async_api import Download, Frame, Page, Request
 
-# Resolves on the page's own timer queue: after every zero-delay timer set before it.
-_BARRIER_JS = "() => new Promise(resolve => setTimeout(resolve, 0))"
+# Run in every document of a robot's context before its own scripts (open_context adds
+# it): a cross-document navigation has begun in this document (a form submission, a
+# location change, a link), whether or not its request has reached the robot yet.
+LEAVING_JS = """(() => {
+  if (!window.navigation) return;
+  window.navigation.addEventListener("navigate", event => {
+    if (!event.destination.sameDocument) window.__stamplessLeaving = true;
+  });
+})();"""
+
+# Resolves on the page's own timer queue after every zero-delay timer set before it and
+# every task those timers queued, with whether the document has begun to leave (and
+# forgets it: a navigation that ends without a new document is waited for once).
+_BARRIER_JS = """() => new Promise(resolve => setTimeout(() => setTimeout(() => {
+  const leaving = window.__stamplessLeaving === true;
+  window.__stamplessLeaving = false;
+  resolve(leaving);
+}, 0), 0))"""
 
 
 @dataclass(frozen=True)
 class Mark:
-    """The documents of a page's frames at one moment (frame -> documents committed)."""
+    """The documents of a page's frames at one moment (frame -> documents committed), and
+    their navigations that had ended without a document (frame -> how many)."""
 
     documents: dict[Frame, int] = field(default_factory=dict)
+    ended: dict[Frame, int] = field(default_factory=dict)
 
 
 class NavigationWatch:
@@ -62,6 +92,7 @@ class NavigationWatch:
         self.raw = raw
         self._documents: dict[Frame, int] = {}
         self._pending: dict[Frame, Request] = {}
+        self._ended: dict[Frame, int] = {}
         self._moved = asyncio.Event()
         self._reading: Mark | None = None
         # A page handed over with its first document (a popup) has committed it already.
@@ -83,16 +114,22 @@ class NavigationWatch:
 
     def _on_request_failed(self, request: Request) -> None:
         # An error, an abort (a newer navigation, a download): no document will come.
-        if request.is_navigation_request() and self._pending.get(request.frame) is request:
-            del self._pending[request.frame]
+        if request.is_navigation_request():
+            self._end(request.frame)
+            if self._pending.get(request.frame) is request:
+                del self._pending[request.frame]
             self._moved.set()
 
     def _on_download(self, download: Download) -> None:
         # A navigation answered with an attachment becomes a download, not a document.
-        for frame, request in list(self._pending.items()):
-            if request.url == download.url:
-                del self._pending[frame]
+        frames = [f for f, request in self._pending.items() if request.url == download.url]
+        for frame in frames or [self.raw.main_frame]:
+            self._pending.pop(frame, None)
+            self._end(frame)
         self._moved.set()
+
+    def _end(self, frame: Frame) -> None:
+        self._ended[frame] = self._ended.get(frame, 0) + 1
 
     def _on_frame_navigated(self, frame: Frame) -> None:
         self._documents[frame] = self._documents.get(frame, 0) + 1
@@ -108,7 +145,7 @@ class NavigationWatch:
 
     def mark(self) -> Mark:
         """The frames' documents now; :meth:`settle` waits for those that change after it."""
-        return Mark(dict(self._documents))
+        return Mark(dict(self._documents), dict(self._ended))
 
     @property
     def navigating(self) -> bool:
@@ -121,15 +158,32 @@ class NavigationWatch:
         ``barrier=False`` skips step 1, for a wait that follows another settle (nothing
         new was started since). Returns whether a frame committed a new document. Raises
         TimeoutError when a navigation did not commit, or a document did not load, within
-        ``timeout_s``.
+        ``timeout_s``. A document that said it was leaving but whose navigation never sent
+        a request (a script of the page called it off) is waited for until ``timeout_s``,
+        then taken as it is.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
+        leaving: dict[Frame, int] = {}
         if barrier:
-            await asyncio.wait_for(self._barrier(), timeout_s)
-        while self._pending:
+            leaving = await asyncio.wait_for(self._barrier(), timeout_s)
+
+        def left(frame: Frame) -> bool:
+            return (
+                frame.is_detached()
+                or self._documents.get(frame, 0) != leaving[frame]
+                or self._ended.get(frame, 0) != mark.ended.get(frame, 0)
+            )
+
+        while self._pending or not all(left(frame) for frame in leaving):
             self._moved.clear()
-            await asyncio.wait_for(self._moved.wait(), max(0.0, deadline - loop.time()))
+            try:
+                await asyncio.wait_for(self._moved.wait(), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                if self._pending:
+                    raise
+                logger.debug("a document said it was leaving, but no navigation came")
+                break
         changed = [
             frame
             for frame, count in self._documents.items()
@@ -145,16 +199,27 @@ class NavigationWatch:
                 raise TimeoutError(f"the document of a frame did not load ({exc})") from exc
         return bool(changed)
 
-    async def _barrier(self) -> None:
+    async def _barrier(self) -> dict[Frame, int]:
+        """Step 1: the frames whose document answered that it is leaving, each with the
+        count of its documents when the round trip began."""
+        leaving: dict[Frame, int] = {}
+
         async def one(frame: Frame) -> None:
+            documents = self._documents.get(frame, 0)
             try:
-                await frame.evaluate(_BARRIER_JS)
+                if await frame.evaluate(_BARRIER_JS):
+                    leaving[frame] = documents
             except Exception as exc:
-                # The frame navigated or went away during the round trip: the events
-                # say which, and step 2 waits for it.
+                # The document went away during the round trip (Playwright holds an
+                # evaluation from the moment it knows a navigation began, and fails it
+                # when the new document commits): it left, though the event saying so
+                # may come after this answer. Step 2 waits for it.
                 logger.trace("navigation barrier in a frame: {}", type(exc).__name__)
+                if not frame.is_detached():
+                    leaving[frame] = documents
 
         await asyncio.gather(*(one(frame) for frame in self.raw.frames))
+        return leaving
 
     # ---- reads ------------------------------------------------------------------------
 

@@ -536,7 +536,7 @@ class RobotPage:
         self._policies: list[_DialogPolicy] = []
         self._watch = NavigationWatch(raw)
         self._quiet = 0  # inside the runtime's logout probe: its looks are not record reads
-        self._probed: Mark | None = None  # the documents the last logout probe looked at
+        self._probed: dict[Frame, int] | None = None  # documents the last logout probe saw
         self._typed_secrets: set[str] = set()  # what fill_secret typed (scrubbed from traces)
         raw.on("dialog", self._on_dialog)
         if health is None:
@@ -631,7 +631,7 @@ class RobotPage:
         finally:
             self._watch.new_record()
         self._raise_if_unhealthy()
-        documents = self._watch.mark()
+        documents = self._watch.mark().documents
         if navigated and documents != self._probed:
             # A new document may be the login page (a post-back after the session ended).
             await self._check_logged_out()

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from loguru import logger
 
 from stampless._files import write_atomic
+from stampless.robot._navigation import LEAVING_JS
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser, BrowserContext
@@ -125,6 +126,8 @@ async def open_context(
     context = await browser.new_context(
         storage_state=storage, **context_options(system, config, root)
     )
+    # Every document notes that it has begun to navigate away, for the action's settle.
+    await context.add_init_script(LEAVING_JS)
     context.set_default_timeout(config.timeout_ms)
     context.set_default_navigation_timeout(config.navigation_timeout_ms)
     session.context = context
