@@ -111,7 +111,7 @@ def _one(job: tuple[str, str, str, str]) -> dict[str, Any]:
     if path_name == "tesseract":
         config = OcrConfig(engine="tesseract", second_opinion="none")
     else:
-        config = OcrConfig(engine="ppocr")
+        config = OcrConfig(engine="ppocr", detector=os.environ.get("BENCH_DETECTOR", "int8"))
     started, cpu = time.perf_counter(), time.process_time()
     try:
         if path_name == "bare":
@@ -322,6 +322,9 @@ def main(argv: list[str] | None = None) -> int:
         "--paths", nargs="+", default=["ppocr"], choices=["ppocr", "tesseract", "bare"]
     )
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--detector", choices=("int8", "float"), default="int8", help="PP-OCR's text detector"
+    )
     parser.add_argument("--scans", type=Path, default=Path("var/bench-scans"))
     parser.add_argument("--markdown", type=Path, help="also write the tables to this file")
     parser.add_argument(
@@ -330,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         help="write every field's margin, reading and printed value (JSON lines)",
     )
     args = parser.parse_args(argv)
+    os.environ["BENCH_DETECTOR"] = args.detector  # read by the worker processes
 
     from stampless.fixtures.records import DOC_TYPES
 

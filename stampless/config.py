@@ -254,6 +254,9 @@ class OcrConfig(_Section):
     # The other engine as second reader: Tesseract re-reads digit and code fields PP-OCR
     # is unsure of; PP-OCR re-reads names for Tesseract. "none" asks no one.
     second_opinion: Literal["auto", "none", "ppocr", "tesseract"] = "auto"
+    # PP-OCR's text detector: "int8", stampless's 8-bit form of RapidOCR's model (a third
+    # of the CPU, the same lines: bench/quantize_detector.py), or "float", RapidOCR's own.
+    detector: Literal["int8", "float"] = "int8"
     languages: str = "chi_sim+eng"
     tesseract_cmd: str | None = None
     # "auto": the system's libtesseract in-process when found (and tesseract_cmd unset);

@@ -122,7 +122,12 @@ def _ocr_engine(config: Config) -> Check:
     second = second_opinion(config.ocr)
     second_text = f"{second} reads a second time" if second else "no second reader"
     if primary == "ppocr":
-        return Check("OCR engine", True, f"PP-OCR reads and verifies fields; {second_text}")
+        detector = "8-bit" if config.ocr.detector == "int8" else "float"
+        return Check(
+            "OCR engine",
+            True,
+            f"PP-OCR reads and verifies fields ({detector} text detector); {second_text}",
+        )
     # Tesseract alone works, but sends more genuine scans to a person.
     return Check(
         "OCR engine",

@@ -341,6 +341,52 @@ def test_second_opinion_agreeing_without_the_label_tail_lifts_confidence() -> No
     assert other.value == "尹星" and other.confidence < 0.3  # disagreement: a person looks
 
 
+def _box(quad: np.ndarray) -> tuple[float, float, float, float]:
+    return float(quad[:, 0].min()), float(quad[:, 1].min()), *quad.max(axis=0).tolist()
+
+
+def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
+    return w * h / union if union > 0 else 0.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("type_name", ["business_license", "social_security_record"])
+def test_the_8bit_detector_finds_the_lines_the_float_one_finds(
+    tmp_path: Path, type_name: str
+) -> None:
+    """The shipped 8-bit detector is RapidOCR's float one made smaller: on a hard page it
+    finds the same lines (a box over each of the float model's, intersection over union at
+    least 0.5), and neither detector finds nothing."""
+    from stampless.fixtures.scans import generate
+    from stampless.ocr.ppocr import get_ppocr
+
+    scan = next(p for p in generate(tmp_path, type_name, 2, 77, difficulty="hard"))
+    image = Image.open(scan).convert("RGB")
+    image.thumbnail((1100, 1100))
+    page = np.asarray(image)
+    lines = {
+        detector: [_box(q) for q in get_ppocr(OcrConfig(detector=detector)).detect(page)]
+        for detector in ("float", "int8")
+    }
+    assert len(lines["float"]) >= 10
+    found = [any(_iou(a, b) >= 0.5 for b in lines["int8"]) for a in lines["float"]]
+    assert sum(found) >= 0.95 * len(found), (sum(found), len(found))
+    assert abs(len(lines["int8"]) - len(lines["float"])) <= 0.1 * len(lines["float"])
+
+
+def test_a_missing_8bit_detector_says_how_to_go_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stampless.ocr import ppocr
+
+    monkeypatch.setattr(ppocr, "DET_INT8", tmp_path / "det_int8.onnx")
+    with pytest.raises(OcrEngineError, match=r'is missing; .* ocr\.detector = "float"'):
+        ppocr.PpOcr(OcrConfig(detector="int8"))
+
+
 @pytest.mark.slow
 def test_ppocr_reads_rare_name_characters(tmp_path: Path) -> None:
     """Names with characters Tesseract's chi_sim misreads with confidence (霞 as 起, 倩 as

@@ -99,6 +99,7 @@ def test_the_wheel_runs_the_demo_from_an_empty_folder(tmp_path: Path) -> None:
         assert f"stampless/demo_project/{part}" in demo
     assert "stampless/demo_project/selectors/civil_affairs.toml" in demo
     assert not [n for n in demo if "/selectors/" in n and not n.endswith(".toml")]
+    assert "stampless/ocr/models/det_int8.onnx" in names  # the 8-bit text detector
 
     venv = fresh_venv(tmp_path, wheel)
     empty = tmp_path / "empty"
@@ -111,6 +112,7 @@ def test_the_wheel_runs_the_demo_from_an_empty_folder(tmp_path: Path) -> None:
     result = run(venv / "bin" / "stampless", "demo", "--json", cwd=empty, timeout=540)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
+    assert "reading scans with Tesseract alone" not in result.stderr  # PP-OCR loaded
     out = json.loads(result.stdout)
     wrong = [r for r in out["requests"] if not r["as_expected"]]
     assert (out["as_expected"], out["total"]) == (9, 9), wrong

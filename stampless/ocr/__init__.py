@@ -56,10 +56,14 @@ __all__ = [
 
 @lru_cache(maxsize=8)
 def _engine(
-    kind: str, languages: str, cmd: str | None, library: str, timeout_s: float
+    kind: str, languages: str, cmd: str | None, library: str, timeout_s: float, detector: str
 ) -> OcrEngine:
     config = OcrConfig(
-        languages=languages, tesseract_cmd=cmd, tesseract_library=library, timeout_s=timeout_s
+        languages=languages,
+        tesseract_cmd=cmd,
+        tesseract_library=library,
+        timeout_s=timeout_s,
+        detector=detector,  # type: ignore[arg-type]
     )
     if kind == "ppocr":
         from stampless.ocr.ppocr import get_ppocr
@@ -79,6 +83,7 @@ def get_engine(config: OcrConfig, kind: str | None = None) -> OcrEngine:
         config.tesseract_cmd,
         config.tesseract_library,
         config.timeout_s,
+        config.detector,
     )
 
 
@@ -87,16 +92,16 @@ def engine_in_use(config: OcrConfig) -> str:
     installed and its models load, else Tesseract."""
     if config.engine != "auto":
         return config.engine
-    return "ppocr" if _ppocr_loads() else "tesseract"
+    return "ppocr" if _ppocr_loads(config.detector) else "tesseract"
 
 
-@lru_cache(maxsize=1)
-def _ppocr_loads() -> bool:
+@lru_cache(maxsize=2)
+def _ppocr_loads(detector: str) -> bool:
     if not ppocr_installed():
         logger.warning("PP-OCR is not installed; reading scans with Tesseract alone")
         return False
     try:
-        _engine("ppocr", "chi_sim+eng", None, "auto", 60.0)
+        _engine("ppocr", "chi_sim+eng", None, "auto", 60.0, detector)
     except OcrEngineError as exc:
         logger.warning("PP-OCR could not load ({}); reading scans with Tesseract alone", exc)
         return False
