@@ -269,6 +269,23 @@ def test_a_title_beside_a_code_label_is_not_the_code_below_it() -> None:
     assert [c.raw for c in extract_raw(lines, bl, spec)] == ["9143010224653696"]
 
 
+def test_a_misread_next_label_beside_a_date_label_is_not_the_date_below_it() -> None:
+    # A row of labels over a row of values; 结婚证字号, right of 登记日期, is read as no
+    # label at all ("热线V号"): no date, so the date under 登记日期 is its value.
+    spec = MC.field("registered_on")
+    lines = group_lines(
+        _words(100, (100, "持证人"), (500, "登记日期"), (900, "热线V号"))
+        + _words(150, (100, "夏桂"), (500, "2024年02月16日"), (900, "J510104-2024-669783"))
+    )
+    assert [value_of(spec, c.raw)[0] for c in extract_raw(lines, MC, spec)] == ["2024-02-16"]
+    # A date misread beside its label stays the value when the line below holds no date.
+    lines = group_lines(
+        _words(100, (100, "登记日期"), (500, "2024年02月46日"))
+        + _words(150, (100, "持证人"), (500, "夏桂"))
+    )
+    assert [c.raw for c in extract_raw(lines, MC, spec)] == ["2024年02月46日"]
+
+
 def test_a_value_whose_box_reaches_over_its_labels_colon_is_beside_it() -> None:
     """The detector pads its lines: 冯新琪's box began before the end of
     "法定代表人：" on the same height, and the two were taken for stacked lines, so the

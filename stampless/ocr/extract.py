@@ -515,13 +515,14 @@ def _label_candidates(
         # misread, is the value ("伍抬万元整"), and the line below is another field's.
         at = anchor.line
         # Another label after it (a row of labels over a row of values), even misread
-        # ("立日期：" for 成立日期：), is no value either; nor, for a code of a strict
-        # format, is text that is no such code when the line below holds one (a title
-        # printed to the right of a label whose value is below it).
+        # ("立日期：" for 成立日期：), is no value either; nor is text that is no valid
+        # value of the field's kind when the line below holds one (a title printed to the
+        # right of a label whose value is below it; the next label of a row of labels read
+        # as no label, "热线V号" for 结婚证字号, right of 登记日期 over its date).
         below = None
         if not raw.strip(_PUNCT_LEAD) or reads_as_label(raw, stop, min_fuzzy=3):
             below = _line_below(lines, anchor, stop)
-        elif spec.kind_def.search is not None and not value_of(spec, raw)[1]:
+        elif not value_of(spec, raw)[1]:
             below = _line_below(lines, anchor, stop)
             if below is not None and not value_of(spec, below.text)[1]:
                 below = None
