@@ -28,6 +28,7 @@ from stampless.compare import decide, verify_and_decide
 from stampless.config import OcrConfig
 from stampless.doctype import bundled_tasks_dir, load_doctype_file
 from stampless.errors import InputError, OcrEngineError
+from stampless.fixtures.scans import generate as generate_scans
 from stampless.models import Record, VerdictKind
 from stampless.normalize import normalize
 from stampless.ocr import get_engine, open_image, read_document
@@ -375,6 +376,54 @@ def test_the_8bit_detector_finds_the_lines_the_float_one_finds(
     found = [any(_iou(a, b) >= 0.5 for b in lines["int8"]) for a in lines["float"]]
     assert sum(found) >= 0.95 * len(found), (sum(found), len(found))
     assert abs(len(lines["int8"]) - len(lines["float"])) <= 0.1 * len(lines["float"])
+
+
+@pytest.mark.slow
+def test_a_value_whose_label_was_not_read_is_found_by_the_record_and_only_so(
+    tmp_path: Path,
+) -> None:
+    """A label too small or blurred to read leaves its value unplaced: the record's value
+    is then looked for on the lines no field took, as a whole line. One line supporting
+    it verifies the field; a record that differs by one character finds none, and two
+    fields that would take one line get it neither."""
+    from stampless.models import OcrField
+
+    dt = doctype("work_permit")
+    scan = generate_scans(tmp_path, "work_permit", 1, 5, altered_share=0, absent_share=0)[0]
+    truth = json.loads(scan.with_name(scan.stem + ".truth.json").read_text(encoding="utf-8"))
+    looked = {k: str(v) for k, v in truth["lookup_record"].items() if k != "status"}
+    result = read_document(scan, dt, CONFIG, workers=1)
+    assert result.fields["employer"].spans  # read under its label
+
+    def decided(fields: dict[str, str], *unplaced: str) -> Any:
+        blank = OcrField(value=None, confidence=0.0, valid=False)
+        ocr = result.model_copy(
+            update={"fields": {**result.fields, **dict.fromkeys(unplaced, blank)}}
+        )
+        ocr.matrices.update(result.matrices)
+        record = Record(system=dt.system or "", key=fields[dt.key_field], fields=fields)
+        return verify_and_decide(dt, truth["claim"], ocr, record, CONFIG)
+
+    verified, decision = decided(looked, "employer")
+    employer = verified.fields["employer"]
+    assert employer.source == "ppocr:search" and employer.check.status == "supported"
+    assert decision.verdict == VerdictKind.verified
+    # One character of the record's employer changed: no line supports it.
+    other = (
+        looked["employer"][:-3]
+        + ("集" if looked["employer"][-3] != "集" else "团")
+        + looked["employer"][-2:]
+    )
+    verified, decision = decided({**looked, "employer": other}, "employer")
+    assert verified.fields["employer"].check.status != "supported"
+    assert decision.verdict != VerdictKind.verified
+    # Two fields unplaced whose record values are one printed line: neither takes it.
+    verified, decision = decided(
+        {**looked, "nationality": looked["employer"]}, "employer", "nationality"
+    )
+    assert verified.fields["employer"].check.status != "supported"
+    assert verified.fields["nationality"].check.status != "supported"
+    assert decision.verdict != VerdictKind.verified
 
 
 def test_a_missing_8bit_detector_says_how_to_go_on(

@@ -440,6 +440,95 @@ def _check_lines(
     )
 
 
+def _found_by_value(
+    doctype: DocumentType,
+    record: Record,
+    fields: dict[str, OcrField],
+    result: OcrResult,
+    labels: Labels,
+    decode: Decode,
+    stop: list[str],
+    config: OcrConfig,
+) -> dict[str, OcrField]:
+    """Fields whose label was not read, found by their record value instead.
+
+    A label too small or too blurred to read leaves its value unplaced, though the value
+    may be printed clearly. Each line that no field was read from and that is about as
+    long as a printed form of the record's value is scored as that whole value (nothing
+    else on the line). A field is ``supported`` when exactly one such line supports it
+    by ``verify_margin`` and no other field's search took that line; anything else
+    leaves it as it was (a person decides). A line found this way never contradicts the
+    record: nothing says it is this field's.
+    """
+    calibration = config.calibration
+    used = {index for field in fields.values() for index, _, _ in field.spans}
+    free = [
+        i
+        for i, line in enumerate(result.lines)
+        if i not in used and i in result.matrices and not _like_a_label(line.text, stop)
+    ]
+    found: dict[str, list[tuple[int, FieldCheck]]] = {}
+    for spec in doctype.fields:
+        read = fields.get(spec.name)
+        recorded = record.fields.get(spec.name)
+        value = spec.kind_def.check(recorded)[0] if recorded is not None else None
+        if read is None or read.spans or value is None:
+            continue
+        kind = spec.kind_def
+        lengths = {len(kind.key(form)) for form in kind.printed(value)}
+        hits = []
+        for i in free:
+            text = result.lines[i].text
+            if min(abs(len(kind.key(text)) - n) for n in lengths) > 2:
+                continue
+            trial = read.model_copy(
+                update={"spans": [(i, 0, len(text))], "source": "ppocr:search", "value": None}
+            )
+            check = check_field(
+                spec,
+                trial,
+                value,
+                result,
+                labels,
+                decode,
+                stop,
+                calibration.verify_margin,
+                calibration.contradict(spec),
+                views=result.views,
+                view_floor=calibration.view_floor,
+            )
+            if check.status is CheckStatus.supported:
+                hits.append((i, check))
+        found[spec.name] = hits
+    taken = [i for hits in found.values() for i, _ in hits]
+    out = {}
+    for name, hits in found.items():
+        if len(hits) != 1 or taken.count(hits[0][0]) > 1:
+            continue
+        index, check = hits[0]
+        line = result.lines[index]
+        xs = [x for x, _ in line.quad]
+        ys = [y for _, y in line.quad]
+        box = (int(min(xs)), int(min(ys)), int(max(xs) - min(xs)), int(max(ys) - min(ys)))
+        spec = doctype.field(name)
+        value, valid = field_value(spec, line.text, stop)
+        out[name] = fields[name].model_copy(
+            update={
+                "value": value,
+                "valid": valid,
+                "raw": line.text,
+                "box": box,
+                "confidence": line.confidence,
+                "source": "ppocr:search",
+                "spans": [(index, 0, len(line.text))],
+                "check": check.model_copy(
+                    update={"reason": "its label was not read; found by the record's value"}
+                ),
+            }
+        )
+    return out
+
+
 def _printed_elsewhere(spec: FieldSpec, value: str, read: OcrField, result: OcrResult) -> bool:
     """Whether a line other than the one the field was read from holds the record's value
     in one of its printed forms (a bare number under four digits says too little)."""
@@ -551,6 +640,9 @@ def verify_result(
         if second is not None:
             check = check.model_copy(update={"second_reader": second})
         fields[spec.name] = read.model_copy(update={"check": check})
+    fields.update(
+        _found_by_value(doctype, record, fields, result, engine.labels, engine.decode, stop, config)
+    )
     verified = result.model_copy(update={"fields": fields})
     verified.matrices.update(result.matrices)
     return verified
