@@ -26,6 +26,7 @@ from __future__ import annotations
 import time
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from loguru import logger
 from PIL import Image
@@ -56,14 +57,19 @@ __all__ = [
 
 @lru_cache(maxsize=8)
 def _engine(
-    kind: str, languages: str, cmd: str | None, library: str, timeout_s: float, detector: str
+    kind: str,
+    languages: str,
+    cmd: str | None,
+    library: str,
+    timeout_s: float,
+    detector: Literal["int8", "float"],
 ) -> OcrEngine:
     config = OcrConfig(
         languages=languages,
         tesseract_cmd=cmd,
         tesseract_library=library,
         timeout_s=timeout_s,
-        detector=detector,  # type: ignore[arg-type]
+        detector=detector,
     )
     if kind == "ppocr":
         from stampless.ocr.ppocr import get_ppocr
@@ -96,7 +102,7 @@ def engine_in_use(config: OcrConfig) -> str:
 
 
 @lru_cache(maxsize=2)
-def _ppocr_loads(detector: str) -> bool:
+def _ppocr_loads(detector: Literal["int8", "float"]) -> bool:
     if not ppocr_installed():
         logger.warning("PP-OCR is not installed; reading scans with Tesseract alone")
         return False

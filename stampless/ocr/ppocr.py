@@ -113,7 +113,6 @@ class PpOcr(OcrEngine):
                 '(pip install stampless), or set ocr.engine = "tesseract".'
             )
         try:
-            import onnxruntime as ort
             from rapidocr import RapidOCR
 
             params = {
@@ -136,13 +135,7 @@ class PpOcr(OcrEngine):
                     )
                 params["Det.model_path"] = str(DET_INT8)
             self._det: Any = RapidOCR(params=params)
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = 1
-            options.inter_op_num_threads = 1
-            options.log_severity_level = 3
-            self._rec = ort.InferenceSession(
-                str(_rec_model_path()), options, providers=["CPUExecutionProvider"]
-            )
+            self._rec = onnx_session(_rec_model_path())
         except OcrEngineError:
             raise
         except Exception as exc:  # any failure to load a model is an engine failure
@@ -245,6 +238,18 @@ class PpOcr(OcrEngine):
                 text = "".join(ch for ch in text if ch in whitelist or ch == " ")
             out.append((text, reading.confidence if text else 0.0))
         return out
+
+
+def onnx_session(path: Path) -> Any:
+    """An onnxruntime session of the model at ``path`` on one thread (stampless runs one
+    page per core), with onnxruntime's own warnings off."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def _rapidocr_models() -> Path:

@@ -461,6 +461,15 @@ def _found_by_value(
     record: nothing says it is this field's.
     """
     calibration = config.calibration
+    unplaced = []
+    for spec in doctype.fields:
+        read = fields.get(spec.name)
+        recorded = record.fields.get(spec.name)
+        value = spec.kind_def.check(recorded)[0] if recorded is not None else None
+        if read is not None and not read.spans and value is not None:
+            unplaced.append((spec, read, value))
+    if not unplaced:
+        return {}
     used = {index for field in fields.values() for index, _, _ in field.spans}
     free = [
         i
@@ -468,12 +477,7 @@ def _found_by_value(
         if i not in used and i in result.matrices and not _like_a_label(line.text, stop)
     ]
     found: dict[str, list[tuple[int, FieldCheck]]] = {}
-    for spec in doctype.fields:
-        read = fields.get(spec.name)
-        recorded = record.fields.get(spec.name)
-        value = spec.kind_def.check(recorded)[0] if recorded is not None else None
-        if read is None or read.spans or value is None:
-            continue
+    for spec, read, value in unplaced:
         kind = spec.kind_def
         lengths = {len(kind.key(form)) for form in kind.printed(value)}
         hits = []
