@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytesseract
 import pytest
+from images import loaded_width
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from stampless.audit import AuditLog
@@ -231,7 +232,7 @@ def test_report_in_chromium_shows_fields_screenshots_and_boxes(report_bundle, tm
             shot = shots.nth(i)
             shot.scroll_into_view_if_needed()
             expect(shot.locator("img")).to_be_visible()
-            assert shot.locator("img").evaluate("i => i.complete && i.naturalWidth") == 900
+            assert loaded_width(shot.locator("img")) == 900
             expect(shot.locator("figcaption")).to_contain_text(caption)
 
         boxes = page.locator("#ocr-overlay .box.word")

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 from deployment_keys import SIGNER, signing_env
+from images import loaded_width
 
 from stampless.config import Config, load_config
 from stampless.models import Record, Request, Tier, Verdict, VerdictKind, utcnow
@@ -407,7 +408,7 @@ def test_reviewer_decides_and_outbox_audit_and_report_show_it(
         page.goto(here + "?lang=en")
         page.goto(here)
     # Scan with toggleable OCR boxes, the record, the field table, the screenshot.
-    assert page.locator("#scan-image").evaluate("img => img.naturalWidth") > 500
+    assert loaded_width(page.locator("#scan-image")) > 500
     boxes = page.locator("svg.ocr")
     assert boxes.count() == 1 and boxes.is_visible()
     # The boxes are drawn on the image OCR read, in its pixel coordinates.
@@ -420,7 +421,7 @@ def test_reviewer_decides_and_outbox_audit_and_report_show_it(
     record = page.locator("#record").inner_text()
     assert built.request.claim["person_name"] in record
     assert page.locator("#fields tbody tr").count() >= 3
-    assert page.locator(".shots img").evaluate("img => img.naturalWidth") > 100
+    assert loaded_width(page.locator(".shots img")) > 100
 
     # A reason is required: the browser refuses the empty form, the server too.
     page.click("#btn-verified")
