@@ -533,10 +533,10 @@ def _decode_valid(
 
 
 def _value_crop(
-    page: Page, spans: list[tuple[int, int, int]], *, pad: float = 0.0
+    page: Page, spans: list[tuple[int, int, int]], *, pad: float = 0.0, border: float | None = None
 ) -> Image.Image | None:
-    """The straightened image of a one-line value, with a white margin; ``pad``: the line
-    cropped that share of its height taller on each side first."""
+    """The straightened image of a one-line value, with a white margin (:func:`_framed`);
+    ``pad``: the line cropped that share of its height taller on each side first."""
     if len(spans) != 1:
         return None
     index, start, end = spans[0]
@@ -555,13 +555,24 @@ def _value_crop(
     hi = min(crop.shape[1], round(inset + line.char_share[end - 1] * length + half))
     if hi - lo < 4:
         return None
-    return Image.fromarray(_framed(crop[:, lo:hi]))
+    return Image.fromarray(_framed(crop[:, lo:hi], border))
 
 
-def _framed(crop: np.ndarray) -> np.ndarray:
-    """A value's crop inside a 12-pixel white margin, as both looks at a value read it."""
-    framed = np.full((crop.shape[0] + 24, crop.shape[1] + 24), 255, dtype=np.uint8)
-    framed[12:-12, 12:-12] = crop
+# The white margin around a value the second reader (Tesseract) reads, in pixels...
+SECOND_READER_BORDER = 12
+# ...and around one PP-OCR's recognizer looks at again, as a share of the crop's height.
+# That recognizer scales every crop to one height, so a margin of fixed pixels shrinks the
+# text of a low-resolution page: at 12 pixels, a 137-dpi card's 22-pixel line came out at
+# a third of the height it was read at in the line, and the look dropped characters.
+VIEW_BORDER = 0.1
+
+
+def _framed(crop: np.ndarray, border: float | None = None) -> np.ndarray:
+    """A value's crop inside a white margin: ``border`` times its height (at least 2
+    pixels), or :data:`SECOND_READER_BORDER` pixels when None."""
+    size = SECOND_READER_BORDER if border is None else max(2, round(border * crop.shape[0]))
+    framed = np.full((crop.shape[0] + 2 * size, crop.shape[1] + 2 * size), 255, dtype=np.uint8)
+    framed[size:-size, size:-size] = crop
     return framed
 
 
@@ -614,7 +625,7 @@ def _widened_crop(page: Page, index: int, start: int, end: int, pad: float) -> n
         [quad[0] + lo * top, quad[0] + hi * top, quad[3] + hi * bottom, quad[3] + lo * bottom],
         dtype=np.float32,
     )
-    return _framed(crop_quad(page.gray, box, pad=pad))
+    return _framed(crop_quad(page.gray, box, pad=pad), VIEW_BORDER)
 
 
 def _views(page: Page, engine: PpOcr) -> Views:
@@ -626,7 +637,10 @@ def _views(page: Page, engine: PpOcr) -> Views:
         if widen:
             shown = [_widened_crop(page, index, start, end, pad) for pad in VIEW_PADS]
         else:
-            crops = [_value_crop(page, [(index, start, end)], pad=pad) for pad in VIEW_PADS]
+            crops = [
+                _value_crop(page, [(index, start, end)], pad=pad, border=VIEW_BORDER)
+                for pad in VIEW_PADS
+            ]
             shown = [np.asarray(c) if c is not None else None for c in crops]
         kept = [c for c in shown if c is not None]
         return [r.matrix for r in engine.recognize(kept)] if kept else []
