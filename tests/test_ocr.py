@@ -648,6 +648,38 @@ def test_cli_ocr_bad_input_exits_2(tmp_path: Path) -> None:
     assert len(done.stderr.strip().splitlines()) == 1
 
 
+def _detected_line(text: str, left: float, right: float, top: float = 0.0) -> Any:
+    """A detected line of ``text`` whose characters are evenly spaced between its ends."""
+    from stampless.ocr.ppocr import TextLine
+
+    step = (right - left) / len(text)
+    xs = [left + step * (i + 0.5) for i in range(len(text))]
+    return TextLine(
+        text,
+        ((left, top), (right, top), (right, top + 40), (left, top + 40)),
+        0.9,
+        char_conf=[0.9] * len(text),
+        char_x=xs,
+        char_share=[(x - left) / (right - left) for x in xs],
+    )
+
+
+def test_a_label_tail_detected_apart_from_its_value_is_no_part_of_the_value() -> None:
+    """'登记日期:' misread '登记日.期:' leaves '期:' before the date in the row; the date
+    is still one line's alone, so the record's value is scored on that line only (it was
+    split over both, and the genuine date came out at -55 nats)."""
+    from stampless.ocr.ppocr import get_ppocr
+    from stampless.ocr.reader import Context, Page, layout, locate
+
+    dt = load_doctype_file(bundled_tasks_dir() / "marriage_certificate.py")
+    ctx = Context(dt, CONFIG, CONFIG.calibration, {}, get_ppocr(CONFIG), None)
+    lines = [_detected_line("登记日.期:", 100, 300), _detected_line("2021年06月03日", 330, 680, 2)]
+    page = locate(layout(Page(image=Image.new("RGB", (800, 100)), lines=lines), ctx), ctx)
+    field = page.fields["registered_on"]
+    assert field.raw == "期:2021年06月03日"  # the row as read, label tail and all
+    assert (field.value, field.spans) == ("2021-06-03", [(1, 0, 11)])
+
+
 def _misread_page(name: str, printed: str, misread_at: int, wrong: str, p_right: float) -> Any:
     """A page of one line, field ``name`` printed as ``printed``, whose recognizer favoured
     ``wrong`` at character ``misread_at`` and gave the printed character ``p_right``."""

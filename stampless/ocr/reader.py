@@ -404,6 +404,26 @@ def _spans(words: list[Word]) -> list[tuple[int, int, int]]:
     return [(line, lo, hi) for line, (lo, hi) in sorted(ranges.items())]
 
 
+def _own_spans(
+    page: Page,
+    spec: FieldSpec,
+    value: str | None,
+    spans: list[tuple[int, int, int]],
+    stop: list[str],
+) -> list[tuple[int, int, int]]:
+    """``spans`` without the lines that hold none of ``value``: a value whose words come
+    from several detected lines, one of which holds it whole, is that line's alone (the
+    label's tail detected apart, "期:" of a misread "登记日.期:" beside its date). The
+    verification scores the record's value on the spans, and would split it over both."""
+    if len(spans) < 2 or value is None:
+        return spans
+    for index, start, end in spans:
+        alone, valid = field_value(spec, page.lines[index].text[start:end], stop)
+        if valid and alone == value:
+            return [(index, start, end)]
+    return spans
+
+
 def _page_box(page: Page, spans: list[tuple[int, int, int]]) -> tuple[int, int, int, int] | None:
     """An axis-aligned box, in the read image, around the characters of ``spans``."""
     xs: list[float] = []
@@ -434,7 +454,7 @@ def locate(page: Page, ctx: Context) -> Page:
             if cand.ambiguous:
                 ambiguous.add((spec.name, i))
             value, valid = field_value(spec, cand.raw, stop)
-            spans = _spans(cand.words)
+            spans = _own_spans(page, spec, value, _spans(cand.words), stop)
             readings.append(
                 Reading(
                     value,
