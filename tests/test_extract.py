@@ -296,3 +296,18 @@ def test_a_value_whose_box_reaches_over_its_labels_colon_is_beside_it() -> None:
     rows = group_lines(words, by_line=True)
     assert [ln.text.replace(" ", "") for ln in rows] == ["法定代表人:冯新琪"]
     assert [value_of(spec, c.raw)[0] for c in extract_raw(rows, bl, spec)] == ["冯新琪"]
+
+
+def test_a_latin_label_matched_fuzzily_inside_a_word_is_no_label() -> None:
+    """'Name' is three letters of four of 'JAME' in the holder's name 'FISCHER JAMES':
+    taken for the label, it cut the name to 'JAMES'. A fuzzy match must be whole words;
+    a misread label that is ('Nane:') still counts."""
+    from stampless.ocr.extract import find_label
+
+    value = group_lines(_words(100, (100, "FISCHER"), (300, "JAMES"), (460, "男/M")))[0]
+    misread = group_lines(_words(100, (100, "Nane:"), (300, "FISCHER")))[0]
+    assert value.text.startswith("FISCHER JAMES")
+    assert find_label(value, "Name") == []
+    assert [(s, e) for s, e, _ in find_label(misread, "Name")] == [(0, 4)]
+    spec = WP.field("holder_name")
+    assert [c.raw for c in extract_raw([value], WP, spec)] == []

@@ -173,14 +173,19 @@ def find_label(
 
     Latin letters match in any case ("STATUS" is the label Status); a label that starts
     with a Latin letter must start a word ("Title" is not in "Subtitle"), and a short
-    one (under four characters) must end one too ("No" is not in "Note").
+    one (under four characters) or one matched only fuzzily must end one too ("No" is
+    not in "Note", nor "Name" in the value "FISCHER JAMES").
     """
     key = norm.remove_spaces(norm.to_halfwidth(label)).translate(_ASCII_LOWER)
     text = line.text.replace(" ", "").translate(_ASCII_LOWER)
     spans = _label_spans(key, text, cutoff)
     spans = _unspace(line, spans)
     if key[:1].isascii() and key[:1].isalpha():
-        spans = [sp for sp in spans if _whole_word(line.text, sp, short=len(key) < FUZZY_LABEL_MIN)]
+        spans = [
+            sp
+            for sp in spans
+            if _whole_word(line.text, sp, short=len(key) < FUZZY_LABEL_MIN or sp[2] < 100.0)
+        ]
     return spans
 
 
