@@ -31,7 +31,7 @@ from stampless.errors import InputError, OcrEngineError
 from stampless.fixtures.scans import generate as generate_scans
 from stampless.models import Record, VerdictKind
 from stampless.normalize import normalize
-from stampless.ocr import get_engine, open_image, read_document
+from stampless.ocr import get_engine, open_image, read_document, verify_fields
 from stampless.ocr.engine import OcrEngine, Word
 from stampless.ocr.preprocess import median3
 
@@ -424,6 +424,35 @@ def test_a_value_whose_label_was_not_read_is_found_by_the_record_and_only_so(
     assert verified.fields["employer"].check.status != "supported"
     assert verified.fields["nationality"].check.status != "supported"
     assert decision.verdict != VerdictKind.verified
+
+
+@pytest.mark.slow
+def test_a_value_after_a_misread_labels_colon_is_found_by_the_record(tmp_path: Path) -> None:
+    """A label misread past recognition ('0记11期' for 登记日期) is still followed by its
+    colon: the record's value is looked for after it too. Another date finds nothing."""
+    from PIL import ImageDraw
+
+    from stampless.fixtures.fonts import font
+
+    image = Image.new("L", (1000, 160), 255)
+    ImageDraw.Draw(image).text((40, 50), "0记11期：2021年09月03日", font=font("sans", 44), fill=0)
+    image.save(tmp_path / "line.png")
+    dt = doctype("marriage_certificate")
+    result = read_document(tmp_path / "line.png", dt, CONFIG, workers=1)
+    assert not result.fields["registered_on"].spans  # no label read
+
+    def registered(on: str) -> Any:
+        record = Record(system="", key="J", fields={"registered_on": on})
+        return verify_fields(result, record, dt, CONFIG).fields["registered_on"]
+
+    found = registered("2021-09-03")
+    assert (found.value, found.source, found.check.status) == (
+        "2021-09-03",
+        "ppocr:search",
+        "supported",
+    )
+    assert found.spans[0][1] == len("0记11期：")
+    assert registered("2021-09-08").check.status != "supported"
 
 
 def test_a_missing_8bit_detector_says_how_to_go_on(

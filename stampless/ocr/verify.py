@@ -455,7 +455,9 @@ def _found_by_value(
     A label too small or too blurred to read leaves its value unplaced, though the value
     may be printed clearly. Each line that no field was read from and that is about as
     long as a printed form of the record's value is scored as that whole value (nothing
-    else on the line). A field is ``supported`` when exactly one such line supports it
+    else on the line), and so is a line's part after a colon near its start (the colon
+    of a misread label, :func:`_value_starts`). A field is ``supported`` when exactly one
+    such line supports it
     by ``verify_margin`` and no other field's search took that line; anything else
     leaves it as it was (a person decides). A line found this way never contradicts the
     record: nothing says it is this field's.
@@ -476,17 +478,18 @@ def _found_by_value(
         for i, line in enumerate(result.lines)
         if i not in used and i in result.matrices and not _like_a_label(line.text, stop)
     ]
-    found: dict[str, list[tuple[int, FieldCheck]]] = {}
+    places = [(i, start) for i in free for start in _value_starts(result.lines[i].text)]
+    found: dict[str, list[tuple[int, int, FieldCheck]]] = {}
     for spec, read, value in unplaced:
         kind = spec.kind_def
         lengths = {len(kind.key(form)) for form in kind.printed(value)}
         hits = []
-        for i in free:
+        for i, start in places:
             text = result.lines[i].text
-            if min(abs(len(kind.key(text)) - n) for n in lengths) > 2:
+            if min(abs(len(kind.key(text[start:])) - n) for n in lengths) > 2:
                 continue
             trial = read.model_copy(
-                update={"spans": [(i, 0, len(text))], "source": "ppocr:search", "value": None}
+                update={"spans": [(i, start, len(text))], "source": "ppocr:search", "value": None}
             )
             check = check_field(
                 spec,
@@ -502,35 +505,50 @@ def _found_by_value(
                 view_floor=calibration.view_floor,
             )
             if check.status is CheckStatus.supported:
-                hits.append((i, check))
+                hits.append((i, start, check))
         found[spec.name] = hits
-    taken = [i for hits in found.values() for i, _ in hits]
+    taken = [i for hits in found.values() for i, _, _ in hits]
     out = {}
     for name, hits in found.items():
         if len(hits) != 1 or taken.count(hits[0][0]) > 1:
             continue
-        index, check = hits[0]
+        index, start, check = hits[0]
         line = result.lines[index]
         xs = [x for x, _ in line.quad]
         ys = [y for _, y in line.quad]
         box = (int(min(xs)), int(min(ys)), int(max(xs) - min(xs)), int(max(ys) - min(ys)))
         spec = doctype.field(name)
-        value, valid = field_value(spec, line.text, stop)
+        value, valid = field_value(spec, line.text[start:], stop)
         out[name] = fields[name].model_copy(
             update={
                 "value": value,
                 "valid": valid,
-                "raw": line.text,
+                "raw": line.text[start:],
                 "box": box,
                 "confidence": line.confidence,
                 "source": "ppocr:search",
-                "spans": [(index, 0, len(line.text))],
+                "spans": [(index, start, len(line.text))],
                 "check": check.model_copy(
                     update={"reason": "its label was not read; found by the record's value"}
                 ),
             }
         )
     return out
+
+
+# The part of a line after a colon this near its start may be a value whose label, before
+# the colon, was misread ("0记11期：2021年09月03日").
+LABEL_SLOT = 8
+
+
+def _value_starts(text: str) -> list[int]:
+    """Where a value may start on a free line: at its start, and after a colon that ends
+    a label's room (a misread label is still followed by its colon)."""
+    starts = [0]
+    colon = min((at for at in (text.find("："), text.find(":")) if at >= 0), default=-1)
+    if 0 < colon < LABEL_SLOT and text[colon + 1 :].strip():
+        starts.append(colon + 1)
+    return starts
 
 
 def _printed_elsewhere(spec: FieldSpec, value: str, read: OcrField, result: OcrResult) -> bool:
