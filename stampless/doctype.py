@@ -207,6 +207,11 @@ def _strict(kind: str, what: str, *, syntax: str | None = None) -> AfterValidato
                 f"is not exactly {what}: it holds other characters too, which are never "
                 "cut away or repaired; send the value alone"
             )
+        # The value is kept with its word spaces where its kind keeps them ("WEBER
+        # DANIEL", "Marriage record MR-0001"): spacing is not the value, but it is shown.
+        spaced, valid = norm.check(kind, value.translate(_FULL_WIDTH))
+        if valid and spaced is not None and norm.remove_spaces(spaced) == canonical:
+            return spaced
         return canonical
 
     return AfterValidator(validate)

@@ -191,3 +191,30 @@ def test_the_work_permit_task_reads_its_permit_number_as_digits() -> None:
     spec = doc.field("permit_no")
     assert spec.kind_def.script == "digits"
     assert spec.kind_def.check("Permit No. 310104435115463")[0] == "310104435115463"
+
+
+def test_a_claim_keeps_the_word_spaces_of_what_it_shows() -> None:
+    """Spacing is not the value ('WEBER  DANIEL' claims what 'WEBERDANIEL' does), but
+    what is kept and shown keeps one space between words; CJK and codes stay unspaced."""
+    from stampless.doctype import IsoDate, PersonName, ResidentId, Text
+
+    class Claim(BaseModel):
+        name: PersonName
+        cjk: PersonName
+        title: Text
+        person_id: ResidentId
+        on: IsoDate
+
+    claim = Claim(
+        name="Weber  Daniel",
+        cjk="罗 德蕾",
+        title="Marriage  record MR-0001",
+        person_id="11010519491231002x",
+        on="2024-01-02",
+    )
+    assert (claim.name, claim.cjk, claim.title) == (
+        "WEBER DANIEL",
+        "罗德蕾",
+        "Marriage record MR-0001",
+    )
+    assert (claim.person_id, claim.on) == ("11010519491231002X", "2024-01-02")
