@@ -453,14 +453,14 @@ def _found_by_value(
     """Fields whose label was not read, found by their record value instead.
 
     A label too small or too blurred to read leaves its value unplaced, though the value
-    may be printed clearly. Each line that no field was read from and that is about as
-    long as a printed form of the record's value is scored as that whole value (nothing
-    else on the line), and so is a line's part after a colon near its start (the colon
-    of a misread label, :func:`_value_starts`). A field is ``supported`` when exactly one
-    such line supports it
-    by ``verify_margin`` and no other field's search took that line; anything else
-    leaves it as it was (a person decides). A line found this way never contradicts the
-    record: nothing says it is this field's.
+    may be printed clearly. Each line that no field was read from, about as long as a
+    printed form of the record's value and reading alike to it (:data:`SEARCH_LIKENESS`),
+    is scored as that whole value (nothing else on the line); so is a line's part after
+    a colon near its start (the colon of a misread label, :func:`_value_starts`). A
+    field is ``supported`` when exactly one such line supports it by ``verify_margin``
+    and no other field's search took that line; anything else leaves it as it was (a
+    person decides). A line found this way never contradicts the record: nothing says it
+    is this field's.
     """
     calibration = config.calibration
     unplaced = []
@@ -482,12 +482,16 @@ def _found_by_value(
     found: dict[str, list[tuple[int, int, FieldCheck]]] = {}
     for spec, read, value in unplaced:
         kind = spec.kind_def
-        lengths = {len(kind.key(form)) for form in kind.printed(value)}
+        keys = {kind.key(form) for form in kind.printed(value)}
         hits = []
         for i, start in places:
-            text = result.lines[i].text
-            if min(abs(len(kind.key(text[start:])) - n) for n in lengths) > 2:
+            text = kind.key(result.lines[i].text[start:])
+            if not any(
+                abs(len(text) - len(key)) <= 2 and fuzz.ratio(text, key) >= SEARCH_LIKENESS
+                for key in keys
+            ):
                 continue
+            text = result.lines[i].text
             trial = read.model_copy(
                 update={"spans": [(i, start, len(text))], "source": "ppocr:search", "value": None}
             )
@@ -535,6 +539,12 @@ def _found_by_value(
         )
     return out
 
+
+# A line is scored as a field's record value only when its reading is at least this alike
+# to a printed form of the value (rapidfuzz's ratio, 0-100): a two-character name with one
+# character misread is 50. Scoring every line of about the right length cost a
+# recognizer's second look at each, a fifth of a second a page on the tune split.
+SEARCH_LIKENESS = 50.0
 
 # The part of a line after a colon this near its start may be a value whose label, before
 # the colon, was misread ("0记11期：2021年09月03日").
