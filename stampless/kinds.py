@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -55,10 +56,19 @@ def _t2s() -> Callable[[str], str]:
 
 
 def fold_variants(text: str) -> str:
-    """``text`` with traditional Chinese characters as their simplified forms."""
+    """``text`` with traditional Chinese characters as their simplified forms, and Latin
+    letters without their accents (a record's ROBERTS is the name printed RÓBERTS, and
+    the recognizer reads O as Ó now and then)."""
     if text.isascii():
         return text
-    return _t2s()(text)
+    return _t2s()("".join(map(_unaccented, text)))
+
+
+def _unaccented(ch: str) -> str:
+    if ch.isascii():
+        return ch
+    base = unicodedata.normalize("NFD", ch)[0]
+    return base if base.isascii() and base.isalpha() else ch
 
 
 def _same(value: str) -> list[str]:
@@ -91,7 +101,7 @@ class FieldKind:
     def key(self, value: str) -> str:
         """What values of this kind are compared by: no spaces, traditional characters as
         their simplified forms (蔣 is 蒋: a calligraphic face prints one like the other),
-        and no case if so set."""
+        Latin letters without accents, and no case if so set."""
         compact = fold_variants(_no_spaces(value))
         return compact.casefold() if self.ignore_case else compact
 

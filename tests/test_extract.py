@@ -300,8 +300,9 @@ def test_a_value_whose_box_reaches_over_its_labels_colon_is_beside_it() -> None:
 
 def test_a_latin_label_matched_fuzzily_inside_a_word_is_no_label() -> None:
     """'Name' is three letters of four of 'JAME' in the holder's name 'FISCHER JAMES':
-    taken for the label, it cut the name to 'JAMES'. A fuzzy match must be whole words;
-    a misread label that is ('Nane:') still counts."""
+    taken for the label, it cut the name to 'JAMES'. A fuzzy match is scored again to
+    the end of the word it ends in; a misread label ('Nane:', 'Valid Uintil') still
+    counts."""
     from stampless.ocr.extract import find_label
 
     value = group_lines(_words(100, (100, "FISCHER"), (300, "JAMES"), (460, "男/M")))[0]
@@ -311,3 +312,5 @@ def test_a_latin_label_matched_fuzzily_inside_a_word_is_no_label() -> None:
     assert [(s, e) for s, e, _ in find_label(misread, "Name")] == [(0, 4)]
     spec = WP.field("holder_name")
     assert [c.raw for c in extract_raw([value], WP, spec)] == []
+    until = group_lines(_words(100, (100, "Valid"), (260, "Uintil"), (500, "2024-09-18")))[0]
+    assert [(s, e) for s, e, _ in find_label(until, "Valid Until")] == [(0, len("Valid Uintil"))]

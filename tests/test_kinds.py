@@ -218,3 +218,13 @@ def test_a_claim_keeps_the_word_spaces_of_what_it_shows() -> None:
         "Marriage record MR-0001",
     )
     assert (claim.person_id, claim.on) == ("11010519491231002X", "2024-01-02")
+
+
+def test_latin_accents_are_no_other_value() -> None:
+    """The recognizer reads O as Ó now and then, and a certificate may print an accent the
+    record has not: RÓBERTS is the record's ROBERTS. A changed letter still differs."""
+    name = get_kind("name")
+    assert name.key("RÓBERTS GIULIA") == name.key("ROBERTS GIULIA")
+    assert name.key("MÜLLER") == name.key("MULLER") != name.key("MILLER")
+    assert name.skeleton("JÓHNSON SOPHIE") == name.skeleton("JOHNSON SOPHIE")
+    assert name.key("蔣介石") == "蒋介石" and name.key("ÆTHEL") == "ÆTHEL"

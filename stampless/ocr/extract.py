@@ -173,8 +173,8 @@ def find_label(
 
     Latin letters match in any case ("STATUS" is the label Status); a label that starts
     with a Latin letter must start a word ("Title" is not in "Subtitle"), and a short
-    one (under four characters) or one matched only fuzzily must end one too ("No" is
-    not in "Note", nor "Name" in the value "FISCHER JAMES").
+    one (under four characters) must end one too ("No" is not in "Note"). A fuzzy match
+    that ends inside a word is scored again to that word's end (:func:`_to_word_end`).
     """
     key = norm.remove_spaces(norm.to_halfwidth(label)).translate(_ASCII_LOWER)
     text = line.text.replace(" ", "").translate(_ASCII_LOWER)
@@ -183,10 +183,28 @@ def find_label(
     if key[:1].isascii() and key[:1].isalpha():
         spans = [
             sp
-            for sp in spans
-            if _whole_word(line.text, sp, short=len(key) < FUZZY_LABEL_MIN or sp[2] < 100.0)
+            for sp in (_to_word_end(line.text, key, sp, cutoff) for sp in spans)
+            if sp is not None and _whole_word(line.text, sp, short=len(key) < FUZZY_LABEL_MIN)
         ]
     return spans
+
+
+def _to_word_end(
+    text: str, key: str, span: tuple[int, int, float], cutoff: float
+) -> tuple[int, int, float] | None:
+    """A fuzzy match of a Latin label that ends inside a word, taken to the word's end and
+    kept only if it still matches: 'Valid Uintil' is the label Valid Until, but 'Name' is
+    not in the holder's name 'FISCHER JAMES', however alike 'JAME' is."""
+    start, end, score = span
+    if score >= 100.0:
+        return span
+    stop = end
+    while stop < len(text) and text[stop].isascii() and text[stop].isalpha():
+        stop += 1
+    if stop == end:
+        return span
+    again = fuzz.ratio(key, text[start:stop].replace(" ", "").translate(_ASCII_LOWER))
+    return (start, stop, again) if again >= cutoff else None
 
 
 def _whole_word(text: str, span: tuple[int, int, float], *, short: bool) -> bool:
