@@ -314,3 +314,15 @@ def test_a_latin_label_matched_fuzzily_inside_a_word_is_no_label() -> None:
     assert [c.raw for c in extract_raw([value], WP, spec)] == []
     until = group_lines(_words(100, (100, "Valid"), (260, "Uintil"), (500, "2024-09-18")))[0]
     assert [(s, e) for s, e, _ in find_label(until, "Valid Until")] == [(0, len("Valid Uintil"))]
+
+
+def test_a_misread_label_one_character_short_leaves_the_value_whole() -> None:
+    """A fuzzy match is as long as the label, so a label read one character short took
+    the value's first character with it: 'Pasiport No.H1024751' lost the H, and
+    'Employe福州利康源...' the 福. The match ends where it matches best."""
+    passport = WP.field("passport_no")
+    row = group_lines(_words(100, (100, "Pasiport"), (300, "No.H1024751")))
+    assert [c.raw for c in extract_raw(row, WP, passport)] == ["H1024751"]
+    employer = WP.field("employer")
+    row = group_lines(_words(100, (100, "Employe"), (280, "福州利康源信息技术股份有限公司")))
+    assert [c.raw for c in extract_raw(row, WP, employer)] == ["福州利康源信息技术股份有限公司"]

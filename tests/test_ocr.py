@@ -694,15 +694,15 @@ def _detected_line(text: str, left: float, right: float, top: float = 0.0) -> An
 
 
 def test_a_label_tail_detected_apart_from_its_value_is_no_part_of_the_value() -> None:
-    """'登记日期:' misread '登记日.期:' leaves '期:' before the date in the row; the date
-    is still one line's alone, so the record's value is scored on that line only (it was
-    split over both, and the genuine date came out at -55 nats)."""
+    """A label line read with a character too many ('登记日期期:') leaves '期:' before the
+    date in the row; the date is still one line's alone, so the record's value is scored
+    on that line only (it was split over both, and a genuine date came out at -55 nats)."""
     from stampless.ocr.ppocr import get_ppocr
     from stampless.ocr.reader import Context, Page, layout, locate
 
     dt = load_doctype_file(bundled_tasks_dir() / "marriage_certificate.py")
     ctx = Context(dt, CONFIG, CONFIG.calibration, {}, get_ppocr(CONFIG), None)
-    lines = [_detected_line("登记日.期:", 100, 300), _detected_line("2021年06月03日", 330, 680, 2)]
+    lines = [_detected_line("登记日期期:", 100, 300), _detected_line("2021年06月03日", 330, 680, 2)]
     page = locate(layout(Page(image=Image.new("RGB", (800, 100)), lines=lines), ctx), ctx)
     field = page.fields["registered_on"]
     assert field.raw == "期:2021年06月03日"  # the row as read, label tail and all

@@ -196,8 +196,8 @@ def _to_word_end(
     kept only if it still matches: 'Valid Uintil' is the label Valid Until, but 'Name' is
     not in the holder's name 'FISCHER JAMES', however alike 'JAME' is."""
     start, end, score = span
-    if score >= 100.0:
-        return span
+    if score >= 100.0 or not (text[end - 1].isascii() and text[end - 1].isalpha()):
+        return span  # exact, or ending in a mark ("No.H1024751": the H is the value's)
     stop = end
     while stop < len(text) and text[stop].isascii() and text[stop].isalpha():
         stop += 1
@@ -238,10 +238,22 @@ def _label_spans(key: str, text: str, cutoff: float) -> list[tuple[int, int, flo
             found = fuzz.partial_ratio_alignment(key, text[lo:hi], score_cutoff=cutoff)
             if found is None or found.dest_end - found.dest_start < len(key) - 1:
                 break
-            spans.append((lo + found.dest_start, lo + found.dest_end, found.score))
-            lo += found.dest_end
+            start = lo + found.dest_start
+            end, score = _best_end(key, text, start, lo + found.dest_end, hi)
+            spans.append((start, end, score))
+            lo = end
     spans.sort()
     return spans
+
+
+def _best_end(key: str, text: str, start: int, end: int, limit: int) -> tuple[int, float]:
+    """Where a fuzzy match of ``key`` starting at ``start`` ends best, within two
+    characters of ``end``: the alignment is as long as the label, so a misread label one
+    character short takes the value's first character with it ("Pasiport No.H1024751",
+    "Employe福州...")."""
+    ends = range(max(start + 1, end - 2), min(limit, end + 2) + 1)
+    score, _, best = max((fuzz.ratio(key, text[start:e]), -abs(e - end), e) for e in ends)
+    return best, score
 
 
 def _unspace(line: Line, spans: list[tuple[int, int, float]]) -> list[tuple[int, int, float]]:
