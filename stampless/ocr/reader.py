@@ -413,8 +413,9 @@ def _own_spans(
 ) -> list[tuple[int, int, int]]:
     """``spans`` without the lines that hold none of ``value``: a value whose words come
     from several detected lines, one of which holds it whole, is that line's alone (the
-    label's tail detected apart, "期:" of a misread "登记日.期:" beside its date). The
-    verification scores the record's value on the spans, and would split it over both."""
+    rest of a label line beside its date, "期:" of "登记日期期:" read with a character
+    too many). The verification scores the record's value on the spans, and would split
+    it over both."""
     if len(spans) < 2 or value is None:
         return spans
     for index, start, end in spans:

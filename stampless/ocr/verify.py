@@ -485,13 +485,13 @@ def _found_by_value(
         keys = {kind.key(form) for form in kind.printed(value)}
         hits = []
         for i, start in places:
-            text = kind.key(result.lines[i].text[start:])
+            text = result.lines[i].text
+            read_key = kind.key(text[start:])
             if not any(
-                abs(len(text) - len(key)) <= 2 and fuzz.ratio(text, key) >= SEARCH_LIKENESS
+                abs(len(read_key) - len(key)) <= 2 and fuzz.ratio(read_key, key) >= SEARCH_LIKENESS
                 for key in keys
             ):
                 continue
-            text = result.lines[i].text
             trial = read.model_copy(
                 update={"spans": [(i, start, len(text))], "source": "ppocr:search", "value": None}
             )
@@ -542,8 +542,9 @@ def _found_by_value(
 
 # A line is scored as a field's record value only when its reading is at least this alike
 # to a printed form of the value (rapidfuzz's ratio, 0-100): a two-character name with one
-# character misread is 50. Scoring every line of about the right length cost a
-# recognizer's second look at each, a fifth of a second a page on the tune split.
+# character misread is 50. Scoring every line of about the right length ran the second
+# looks on each: verification took 0.215 s of CPU a page on 54 tune hard pages, 0.080 s
+# with this.
 SEARCH_LIKENESS = 50.0
 
 # The part of a line after a colon this near its start may be a value whose label, before
