@@ -11,6 +11,9 @@ a scan, the department's record):
 * ``key(value)``: what two values are compared by (no spaces; no case for
   case-insensitive kinds), while the canonical value keeps word spaces for display;
 * ``whitelist`` and ``script``: the characters and script a re-read may expect;
+* ``shape``: what every value of the kind looks like, valid or not (an ID's 18
+  characters), so a reading with a character lost or doubled is no rival to the record's
+  value in OCR verification;
 * ``rule``: how the comparison treats a near miss (:class:`Rule`).
 
 A task module registers its own kind with :func:`register_kind` before its
@@ -97,6 +100,21 @@ class FieldKind:
     # Characters a value of the kind is made of, for a format search of the whole page
     # when its label cannot be read; None: the kind is found by its label only.
     search: re.Pattern[str] | None = field(default=None, compare=False)
+    # What every canonical value of the kind looks like, valid or not (its length and the
+    # characters in each place; not its check character): a string the recognizer finds
+    # on the image whose value does not match it is a misreading, never a value anyone
+    # printed, and OCR verification does not weigh it against the record's (see
+    # :meth:`well_formed`). None: any value may be printed.
+    shape: re.Pattern[str] | None = field(default=None, compare=False)
+
+    def well_formed(self, value: str | None) -> bool:
+        """Whether ``value`` (canonical, from :attr:`check`) could be printed as a value of
+        the kind: it fits :attr:`shape`, whether or not its check character holds. A
+        forger prints a value of the right form; a dropped or doubled character is the
+        recognizer's."""
+        if self.shape is None:
+            return True
+        return value is not None and self.shape.fullmatch(value) is not None
 
     def key(self, value: str) -> str:
         """What values of this kind are compared by: no spaces, traditional characters as
@@ -244,6 +262,7 @@ def fixed_digits(name: str, length: int) -> FieldKind:
         whitelist="0123456789",
         script="digits",
         search=re.compile(rf"(?<![0-9])[0-9OoDQIl|BS]{{{length}}}(?![0-9])"),
+        shape=re.compile(rf"[0-9]{{{length}}}"),
     )
 
 
@@ -280,6 +299,7 @@ for _kind in (
         ID_CHARS,
         "digits",
         search=re.compile(r"[0-9OoDQIl|iBSsZz]{17}[0-9Xx]"),
+        shape=re.compile(r"[0-9]{17}[0-9X]"),
     ),
     FieldKind(
         "credit_code",
@@ -288,6 +308,7 @@ for _kind in (
         CREDIT_CHARS,
         "latin",
         search=re.compile(r"[0-9A-Za-z|]{18}"),
+        shape=re.compile(rf"[{CREDIT_CHARS}]{{18}}"),
     ),
     FieldKind(
         "cert_no",
@@ -296,9 +317,24 @@ for _kind in (
         "J0123456789-",
         "latin",
         search=re.compile(r"[J1Ij\]][0-9OoDQIlBSZ]{6}-?(?:19|20)\d{2}-?[0-9OoDQIlBSZ]{6}"),
+        shape=re.compile(r"J[0-9]{6}-[0-9]{4}-[0-9]{6}"),
     ),
-    FieldKind("date", _checker(norm.normalize_date), date_forms, "0123456789年月日-./", "cjk"),
-    FieldKind("month", _checker(norm.normalize_month), month_forms, "0123456789年月-./", "cjk"),
+    FieldKind(
+        "date",
+        _checker(norm.normalize_date),
+        date_forms,
+        "0123456789年月日-./",
+        "cjk",
+        shape=re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}"),
+    ),
+    FieldKind(
+        "month",
+        _checker(norm.normalize_month),
+        month_forms,
+        "0123456789年月-./",
+        "cjk",
+        shape=re.compile(r"[0-9]{4}-[0-9]{2}"),
+    ),
     FieldKind("name", check_name, name_forms, None, "any", Rule.name, loose_marks=True),
     FieldKind("text", check_text, text_forms, None, "any", Rule.text, loose_marks=True),
     FieldKind("latin_text", check_latin_text, _same, None, "latin", Rule.text, loose_marks=True),

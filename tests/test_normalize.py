@@ -275,3 +275,10 @@ def test_cert_no() -> None:
 def test_unknown_kind_is_an_error() -> None:
     with pytest.raises(ValueError, match="unknown field kind"):
         norm.check("colour", "red")
+
+
+def test_a_day_of_three_digits_is_no_date() -> None:
+    """ "2021年09月103日" is a misreading (a doubled digit), not 2021-09-10."""
+    assert norm.normalize_date("2021年09月103日") is None
+    assert norm.normalize_date("2021年09月03日") == "2021-09-03"
+    assert norm.normalize_date("2021.9.3") == "2021-09-03"

@@ -522,3 +522,53 @@ def test_a_value_the_detector_cut_short_is_read_past_its_line() -> None:
         check = _wider_look(doubt, contest, wider, margin)
         assert (check.status is CheckStatus.supported) is supported, (value, check)
         assert check.views is not None or not supported
+
+
+def _digit_line(text: str, doubtful: int, keep: float) -> Any:
+    """The recognizer's scores for a line of digits, as TopK: each digit one sure
+    timestep and a blank after it, except digit ``doubtful``, read with only ``keep``
+    of its timestep (the rest blank: the character may not be there at all)."""
+    from stampless.ocr.ctc import TopK
+
+    rows = []
+    for i, ch in enumerate(text):
+        row = np.full(11, 0.002)
+        p = keep if i == doubtful else 0.97
+        row[1 + int(ch)] = p
+        row[0] = 1.0 - p - 0.002 * 9
+        rows += [row, np.eye(11)[0] * 0.98 + 0.002]
+    return TopK.from_probs(np.asarray(rows), k=11)
+
+
+def test_a_dropped_character_is_no_rival_value() -> None:
+    """A 17-digit reading of an 18-digit ID is a misreading (a blurred digit the
+    recognizer half lost), never what a forger printed: it does not outweigh the record's
+    ID. A printed rival of the ID's form still does."""
+    from stampless.ocr.verify import _Contest, _Scorer
+
+    spec = doctype("marriage_certificate").field("holder_id")
+    body = next(
+        b for b in (f"1101051949123100{d}" for d in range(10)) if resident_id_check_char(b) != "X"
+    )
+    record = body + resident_id_check_char(body)
+
+    def labels(text: str) -> list[int] | None:
+        return [1 + int(ch) for ch in text] if text.isdigit() else None
+
+    def decode(seq: tuple[int, ...]) -> str:
+        return "".join(str(label - 1) for label in seq)
+
+    half_lost = _Scorer(_digit_line(record, doubtful=9, keep=0.4), labels, 0, 36)
+    found = _Contest(spec, record, labels, decode, []).run(half_lost)
+    assert found is not None
+    # Reading digit 9 as nothing is likelier than as itself...
+    dropped = half_lost.score(record[:9] + record[10:])
+    assert dropped is not None and dropped > found.support
+    # ...but only a string of the ID's form is weighed against the record's.
+    assert len(found.other[1]) != 17 and found.margin >= CONFIG.calibration.verify_margin
+    # The ID with digit 9 changed, printed as clearly as the rest, is weighed in full.
+    altered = record[:9] + str((int(record[9]) + 5) % 10) + record[10:]
+    shown = _Scorer(_digit_line(altered, doubtful=9, keep=0.97), labels, 0, 36)
+    found = _Contest(spec, record, labels, decode, []).run(shown)
+    assert found is not None and found.other[1] == altered
+    assert found.margin < -CONFIG.calibration.verify_margin

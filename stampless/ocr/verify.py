@@ -10,7 +10,9 @@ over the characters where the value was read (:class:`stampless.ocr.ctc.TopK`) s
   string the beam search found that means the same value (a stray label character
   left on it);
 * the **best other string** the image supports: the likeliest strings of a CTC beam
-  search that do *not* mean the record's value.
+  search that do *not* mean the record's value but could be printed in its place (a
+  resident ID of 17 digits, a date with a three-digit day are misreadings, not rivals:
+  ``FieldKind.shape``).
 
 Their difference is the field's *margin*, a log-odds in nats. The field is
 
@@ -241,11 +243,16 @@ class _Contest:
             ):
                 if score > support:
                     support, best_form = score, string
+            elif not kind.well_formed(kind.check(string)[0]):
+                # A character dropped or doubled ("37010200007201584"): no one printed it,
+                # so it is no rival to the record's value (FieldKind.shape). The window
+                # holds the field's own part of its line, so the kind reads it whole.
+                continue
             elif other is None or score > other[0]:
                 other, other_value, other_valid = (score, string), value, valid
         if other is None:
-            # Every string the beam kept means the record's value: any other string is at
-            # most as likely as the weakest of them.
+            # Every string the beam kept means the record's value or is no value of the
+            # kind: any other string is at most as likely as the weakest of them.
             other = (min(weakest, support), "")
         return _Outcome(support, best_form, other, other_value, other_valid)
 
