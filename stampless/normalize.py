@@ -76,8 +76,10 @@ def clean(text: str) -> str:
 
 # --- dates -------------------------------------------------------------------------
 
+# A day has one or two digits: "103日" is a doubled digit, no day (a time after a date,
+# "2024-01-02 12:30", is no part of it).
 _DATE_RE = re.compile(
-    r"(?P<y>(?:19|20)\d{2})\s*(?:年|[-./])\s*(?P<m>\d{1,2})\s*(?:月|[-./])\s*(?P<d>\d{1,2})(?!\d)\s*日?"
+    r"(?P<y>(?:19|20)\d{2})\s*(?:年|[-./])\s*(?P<m>\d{1,2})\s*(?:月|[-./])\s*(?P<d>\d{1,2})(?!\d+日)\s*日?"
 )
 _DATE_COMPACT_RE = re.compile(r"(?<!\d)(?P<y>(?:19|20)\d{2})(?P<m>\d{2})(?P<d>\d{2})(?!\d)")
 _MONTH_RE = re.compile(r"(?P<y>(?:19|20)\d{2})\s*(?:年|[-./])\s*(?P<m>\d{1,2})(?!\d)\s*月?")

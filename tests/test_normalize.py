@@ -282,3 +282,5 @@ def test_a_day_of_three_digits_is_no_date() -> None:
     assert norm.normalize_date("2021年09月103日") is None
     assert norm.normalize_date("2021年09月03日") == "2021-09-03"
     assert norm.normalize_date("2021.9.3") == "2021-09-03"
+    # A time after a date is no third digit of its day.
+    assert norm.normalize_date("2024-01-02 12:30") == "2024-01-02"
