@@ -455,6 +455,54 @@ def test_a_value_after_a_misread_labels_colon_is_found_by_the_record(tmp_path: P
     assert registered("2021-09-08").check.status != "supported"
 
 
+@pytest.mark.slow
+def test_a_name_in_doubt_is_confirmed_where_the_page_prints_it_again(tmp_path: Path) -> None:
+    """A certificate prints the holder's name twice (持证人 and the person's 姓名). When
+    the reading under its label is in doubt, the other place, printed clearly, verifies
+    it; a reading that favours another name, or a record one character off, never is."""
+    from PIL import ImageDraw
+
+    from stampless.fixtures.fonts import font
+    from stampless.models import CheckStatus, FieldCheck
+    from stampless.ocr.extract import stop_labels
+    from stampless.ocr.ppocr import get_ppocr
+    from stampless.ocr.verify import _found_by_value
+
+    image = Image.new("L", (900, 300), 255)
+    draw = ImageDraw.Draw(image)
+    draw.text((40, 50), "持证人：武玉蕾", font=font("sans", 44), fill=0)
+    draw.text((40, 180), "姓名：武玉蕾", font=font("sans", 44), fill=0)
+    image.save(tmp_path / "names.png")
+    dt = doctype("marriage_certificate")
+    result = read_document(tmp_path / "names.png", dt, CONFIG, workers=1)
+    first = result.fields["holder_name"]
+    index = first.spans[0][0]
+    assert result.lines[index].text.startswith("持证人")
+
+    def holder(name: str, check: FieldCheck) -> Any:
+        read = first.model_copy(update={"check": check})
+        ocr = result.model_copy(update={"fields": {**result.fields, "holder_name": read}})
+        ocr.matrices.update(result.matrices)
+        record = Record(system="", key="J", fields={"holder_name": name})
+        # The search itself: verify_fields would check the clearly printed field again.
+        engine = get_ppocr(CONFIG)
+        found = _found_by_value(
+            dt, record, dict(ocr.fields), ocr, engine.labels, engine.decode, stop_labels(dt), CONFIG
+        )
+        return found.get("holder_name")
+
+    doubt = FieldCheck(status=CheckStatus.uncertain, margin=-1.0, views=[0.5, -2.0])
+    confirmed = holder("武玉蕾", doubt)
+    assert confirmed is not None and confirmed.check.status is CheckStatus.supported
+    assert confirmed.spans[0][0] != index and confirmed.source == "ppocr:search"
+    assert "read in doubt under its label" in confirmed.check.reason
+    # One reading favouring another name by view_floor: not in doubt, never looked for.
+    against = doubt.model_copy(update={"views": [0.5, -CONFIG.calibration.view_floor - 1]})
+    assert holder("武玉蕾", against) is None
+    # A record one character off: the other place does not support it either.
+    assert holder("武玉雷", doubt) is None
+
+
 def test_a_missing_8bit_detector_says_how_to_go_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

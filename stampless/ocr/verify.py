@@ -457,7 +457,7 @@ def _found_by_value(
     stop: list[str],
     config: OcrConfig,
 ) -> dict[str, OcrField]:
-    """Fields whose label was not read, found by their record value instead.
+    """Fields whose label was not read, or read in doubt, found by their record value.
 
     A label too small or too blurred to read leaves its value unplaced, though the value
     may be printed clearly. Each line that no field was read from, about as long as a
@@ -468,6 +468,12 @@ def _found_by_value(
     and no other field's search took that line; anything else leaves it as it was (a
     person decides). A line found this way never contradicts the record: nothing says it
     is this field's.
+
+    A field read in doubt under its label (:func:`_in_doubt`: no reading of it favours
+    another string by ``view_floor``) is looked for the same way: a certificate prints a
+    name twice (持证人 and the person's own 姓名), and the other place may be printed
+    or scanned more clearly. A forger must change every place a value is printed; one
+    place left showing the altered value keeps its field from ever being in doubt.
     """
     calibration = config.calibration
     unplaced = []
@@ -475,7 +481,11 @@ def _found_by_value(
         read = fields.get(spec.name)
         recorded = record.fields.get(spec.name)
         value = spec.kind_def.check(recorded)[0] if recorded is not None else None
-        if read is not None and not read.spans and value is not None:
+        if (
+            read is not None
+            and value is not None
+            and (not read.spans or _in_doubt(read, calibration.view_floor))
+        ):
             unplaced.append((spec, read, value))
     if not unplaced:
         return {}
@@ -530,6 +540,13 @@ def _found_by_value(
         box = (int(min(xs)), int(min(ys)), int(max(xs) - min(xs)), int(max(ys) - min(ys)))
         spec = doctype.field(name)
         value, valid = field_value(spec, line.text[start:], stop)
+        reason = "its label was not read; found by the record's value"
+        first = fields[name]
+        if first.spans and first.check is not None:
+            reason = (
+                f"read in doubt under its label ({first.value}, margin {first.check.margin}); "
+                "the record's value is printed clearly at another place on the page"
+            )
         out[name] = fields[name].model_copy(
             update={
                 "value": value,
@@ -539,12 +556,22 @@ def _found_by_value(
                 "confidence": line.confidence,
                 "source": "ppocr:search",
                 "spans": [(index, start, len(line.text))],
-                "check": check.model_copy(
-                    update={"reason": "its label was not read; found by the record's value"}
-                ),
+                "check": check.model_copy(update={"reason": reason}),
             }
         )
     return out
+
+
+def _in_doubt(field: OcrField, view_floor: float) -> bool:
+    """Read under its label, neither supporting the record's value nor favouring another
+    string by ``view_floor`` in any reading (the line's, and the second look's)."""
+    check = field.check
+    return (
+        check is not None
+        and check.status is CheckStatus.uncertain
+        and check.margin is not None
+        and min([check.margin, *(check.views or [])]) > -view_floor
+    )
 
 
 # A line is scored as a field's record value only when its reading is at least this alike
