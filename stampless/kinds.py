@@ -299,7 +299,12 @@ for _kind in (
         ID_CHARS,
         "digits",
         search=re.compile(r"[0-9OoDQIl|iBSsZz]{17}[0-9Xx]"),
-        shape=re.compile(r"[0-9]{17}[0-9X]"),
+        # GB 11643's form: an address code, a birth date from 1900 on, a sequence number
+        # and a check character (whether it holds is validity, not form).
+        shape=re.compile(
+            r"[1-9][0-9]{5}(?:19|20)[0-9]{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01])"
+            r"[0-9]{3}[0-9X]"
+        ),
     ),
     FieldKind(
         "credit_code",

@@ -228,3 +228,20 @@ def test_latin_accents_are_no_other_value() -> None:
     assert name.key("MÜLLER") == name.key("MULLER") != name.key("MILLER")
     assert name.skeleton("JÓHNSON SOPHIE") == name.skeleton("JOHNSON SOPHIE")
     assert name.key("蔣介石") == "蒋介石" and name.key("ÆTHEL") == "ÆTHEL"
+
+
+def test_a_kinds_shape_is_its_form_not_its_check_character() -> None:
+    """What verification weighs against the record: any value of the kind's form, valid
+    or not (a forger may not fix the check character), and nothing a forger would not print."""
+    from stampless.checksums import resident_id_check_char
+
+    resident = get_kind("resident_id")
+    body = "32010619980808171"
+    check_char = resident_id_check_char(body)
+    assert resident.well_formed(body + check_char)
+    assert resident.well_formed(body + ("0" if check_char != "0" else "1"))  # check fails
+    assert not resident.well_formed(body)  # 17 characters
+    assert not resident.well_formed("32010614980808171" + "2")  # born in 1498
+    assert not resident.well_formed("32010619981308171" + "2")  # month 13
+    assert get_kind("date").well_formed("2021-09-03") and not get_kind("date").well_formed(None)
+    assert get_kind("name").well_formed("武玉")  # no shape: any name is a rival
