@@ -501,6 +501,12 @@ def test_a_name_in_doubt_is_confirmed_where_the_page_prints_it_again(tmp_path: P
     assert holder("武玉蕾", against) is None
     # A record one character off: the other place does not support it either.
     assert holder("武玉雷", doubt) is None
+    # Sent to a person by the second reader, which read another value where it is
+    # printed: the doubt is about that place, and another place does not settle it.
+    second = doubt.model_copy(
+        update={"margin": CONFIG.calibration.verify_margin + 1, "views": None}
+    )
+    assert holder("武玉蕾", second) is None
 
 
 def test_a_missing_8bit_detector_says_how_to_go_on(

@@ -40,7 +40,7 @@ from typing import NamedTuple, Protocol
 
 from rapidfuzz import fuzz
 
-from stampless.config import OcrConfig
+from stampless.config import CalibrationConfig, OcrConfig
 from stampless.doctype import DocumentType, FieldSpec
 from stampless.models import CheckStatus, FieldCheck, OcrField, OcrResult, Record
 from stampless.normalize import remove_spaces
@@ -484,7 +484,7 @@ def _found_by_value(
         if (
             read is not None
             and value is not None
-            and (not read.spans or _in_doubt(read, calibration.view_floor))
+            and (not read.spans or _in_doubt(read, calibration))
         ):
             unplaced.append((spec, read, value))
     if not unplaced:
@@ -562,15 +562,18 @@ def _found_by_value(
     return out
 
 
-def _in_doubt(field: OcrField, view_floor: float) -> bool:
-    """Read under its label, neither supporting the record's value nor favouring another
-    string by ``view_floor`` in any reading (the line's, and the second look's)."""
+def _in_doubt(field: OcrField, calibration: CalibrationConfig) -> bool:
+    """Read under its label, neither supporting the record's value by ``verify_margin``
+    nor favouring another string by ``view_floor`` in any reading (the line's, and the
+    second look's). A field the second reader sent to a person (its margin was enough)
+    is not in doubt here: the other reader saw another value where it is printed."""
     check = field.check
     return (
         check is not None
         and check.status is CheckStatus.uncertain
         and check.margin is not None
-        and min([check.margin, *(check.views or [])]) > -view_floor
+        and check.margin < calibration.verify_margin
+        and min([check.margin, *(check.views or [])]) > -calibration.view_floor
     )
 
 
