@@ -540,14 +540,14 @@ def _found_by_value(
         box = (int(min(xs)), int(min(ys)), int(max(xs) - min(xs)), int(max(ys) - min(ys)))
         spec = doctype.field(name)
         value, valid = field_value(spec, line.text[start:], stop)
-        reason = "its label was not read; found by the record's value"
         first = fields[name]
+        reason = "its label was not read; found by the record's value"
         if first.spans and first.check is not None:
             reason = (
                 f"read in doubt under its label ({first.value}, margin {first.check.margin}); "
                 "the record's value is printed clearly at another place on the page"
             )
-        out[name] = fields[name].model_copy(
+        out[name] = first.model_copy(
             update={
                 "value": value,
                 "valid": valid,
